@@ -1,0 +1,129 @@
+"""Train the built-in teacher and the digits classifier, and write their weights.
+
+    python -m distill_core.builtin.train_weights --out distill_core/builtin/weights
+
+Deterministic on CPU for a given torch version and thread count (both are
+recorded in the files' metadata); the shipped files' sha256 are in
+weights/SHA256SUMS, so ``--check`` tells whether a rebuild reproduced them.
+The teacher is an SD3-style flow model: x_t = (1 - t) x0 + t eps, velocity
+target eps - x0, logit-normal t, labels dropped to the null class for CFG.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .digits import NULL_LABEL, load_split
+from .networks import TEACHER_CONFIG, DigitsClassifier, build_teacher_network
+
+TEACHER_FILE = "digits_teacher.safetensors"
+CLASSIFIER_FILE = "digits_classifier.safetensors"
+SUMS_FILE = "SHA256SUMS"
+
+
+def train_teacher(iterations: int, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+                  ema_decay: float = 0.999, label_dropout: float = 0.1) -> tuple[dict, list[float]]:
+    """Flow-matching training; returns the EMA weights and the loss history."""
+    split = load_split()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = build_teacher_network().eval()  # eval: label dropout is done here, with our generator
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * i / iterations)))
+    images, labels = split.train_images, split.train_labels
+    losses = []
+    for _ in tqdm(range(iterations), desc="teacher", unit="it"):
+        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+        x0, y = images[idx], labels[idx].clone()
+        y[torch.rand(batch_size, generator=gen) < label_dropout] = NULL_LABEL
+        eps = torch.randn(x0.shape, generator=gen)
+        t = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as in SD3
+        xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        v = net(xt, timestep=t * 1000, class_labels=y).sample
+        loss = F.mse_loss(v, eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1 - ema_decay)
+        losses.append(loss.item())
+    return {k: v.contiguous() for k, v in ema.state_dict().items()}, losses
+
+
+def train_classifier(epochs: int = 15, batch_size: int = 64, seed: int = 0) -> tuple[dict, float]:
+    """Train the metric CNN on the train split; returns weights and held-out accuracy."""
+    split = load_split()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = DigitsClassifier()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    n = len(split.train_labels)
+    for _ in tqdm(range(epochs), desc="classifier", unit="epoch"):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            b = order[i:i + batch_size]
+            loss = F.cross_entropy(net(split.train_images[b]), split.train_labels[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(split.test_images).argmax(1) == split.test_labels).float().mean().item()
+    return {k: v.contiguous() for k, v in net.state_dict().items()}, acc
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
+    parser.add_argument("--iterations", type=int, default=4000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check", action="store_true",
+                        help="compare the rebuilt files' sha256 with the shipped SHA256SUMS")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    provenance = {"torch": torch.__version__, "threads": str(torch.get_num_threads()),
+                  "machine": platform.machine(), "seed": str(args.seed)}
+
+    teacher, losses = train_teacher(args.iterations, seed=args.seed)
+    tail = sum(losses[-100:]) / min(100, len(losses))
+    save_file(teacher, str(args.out / TEACHER_FILE), metadata={
+        **provenance, "dpdmd.builtin": "teacher", "config": json.dumps(TEACHER_CONFIG),
+        "iterations": str(args.iterations), "final_loss": f"{tail:.4f}",
+        "command": f"python -m distill_core.builtin.train_weights --iterations {args.iterations} --seed {args.seed}",
+    })
+    classifier, acc = train_classifier(seed=args.seed)
+    save_file(classifier, str(args.out / CLASSIFIER_FILE), metadata={
+        **provenance, "dpdmd.builtin": "classifier", "test_accuracy": f"{acc:.4f}"})
+    print(f"teacher: final loss {tail:.4f}; classifier: held-out accuracy {acc:.4f}")
+
+    sums = {name: sha256(args.out / name) for name in (TEACHER_FILE, CLASSIFIER_FILE)}
+    shipped = Path(__file__).parent / "weights" / SUMS_FILE
+    if args.check:
+        expected = dict(line.split()[::-1] for line in shipped.read_text().splitlines() if line.strip())
+        for name, digest in sums.items():
+            print(f"{name}: {'reproduced' if expected.get(name) == digest else 'DIFFERS'}")
+    else:
+        (args.out / SUMS_FILE).write_text("".join(f"{d}  {n}\n" for n, d in sums.items()))
+
+
+if __name__ == "__main__":
+    main()

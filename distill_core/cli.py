@@ -1,0 +1,204 @@
+"""``dpdmd``: the command line of DP-DMD Studio.
+
+  dpdmd demo [--quick]            distil the built-in teacher (minutes on a CPU) and write a report
+  dpdmd train CONFIG              run or resume a distillation described by a TOML config
+  dpdmd config                    print a commented starting config
+  dpdmd sample STUDENT ...        draw a seed grid from an exported student
+  dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
+  dpdmd export RUN_DIR            write the student of a run's newest (or a chosen) checkpoint
+  dpdmd report RUN_DIR            (re)build a run's report.html
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DPDMDError
+
+
+def _cmd_demo(args) -> None:
+    from .demo import demo_config
+    from .train import train
+
+    run = train(demo_config(args.out, quick=args.quick, method=args.method))
+    metrics = json.loads((run / "metrics.json").read_text())
+    t, s = metrics["teacher"], metrics["student"]
+    print(f"\nteacher ({t['steps']} steps, CFG {t['guidance']:g}): diversity {t['diversity']:.4f}, "
+          f"Frechet distance {t['frechet_distance']:.2f}, class accuracy {t['class_accuracy']:.3f}")
+    print(f"student ({s['steps']} steps):        diversity {s['diversity']:.4f}, "
+          f"Frechet distance {s['frechet_distance']:.2f}, class accuracy {s['class_accuracy']:.3f}")
+    print(f"student sampling is {metrics['ratios']['sampling_speedup']:.1f}x faster; "
+          f"training took {metrics['run']['train_seconds']:.0f} s")
+    print(f"report: {run / 'report.html'}\nstudent: {run / 'student.safetensors'}")
+
+
+def _cmd_train(args) -> None:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config)
+    if args.output_dir:
+        cfg.run.output_dir = args.output_dir
+    if args.max_steps:
+        cfg.run.max_steps = args.max_steps
+    run = train(cfg, finish=not args.no_finish)
+    print(f"run folder: {run}")
+
+
+def _cmd_config(args) -> None:
+    from .config import Config, resolve
+
+    cfg = Config()
+    cfg.teacher.family = args.family
+    if args.family != "builtin":
+        cfg.teacher.path = "/path/to/local/diffusers/folder"
+        cfg.data.prompts = ["a photo of a cat"]
+        print(Config.to_toml(cfg))
+        return
+    print(resolve(cfg).to_toml())
+
+
+def _teacher_for(student: Path, teacher_path: str):
+    from .config import Config, resolve
+    from .student_file import read_student_info
+    from .teachers import load_teacher
+
+    info = read_student_info(student)
+    cfg = Config()
+    cfg.teacher.family = info.family
+    cfg.teacher.path = teacher_path
+    cfg.teacher.shift = info.schedule.get("shift")
+    if info.family != "builtin":
+        cfg.data.prompts = ["-"]
+    return load_teacher(resolve(cfg)), info
+
+
+def _cmd_sample(args) -> None:
+    from .export import load_student
+    from .grids import tile
+    from .sampling import sample_grid
+
+    teacher, _ = _teacher_for(Path(args.student), args.teacher)
+    net, info = load_student(args.student, teacher)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    lat = sample_grid(teacher, net, args.prompt, seeds, info.levels)
+    images = teacher.decode(lat)
+    cell = 48 if images.shape[-1] <= 32 else None
+    tile(images, len(seeds), cell=cell, row_labels=args.prompt, col_labels=[f"seed {s}" for s in seeds],
+         title=f"{info.title}: {info.num_steps} steps").save(args.out)
+    print(f"wrote {args.out} ({len(args.prompt)} prompts x {len(seeds)} seeds, {info.num_steps} steps)")
+
+
+def _cmd_evaluate(args) -> None:
+    from .config import Config, resolve
+    from .export import load_student
+    from .finish import compare
+
+    teacher, info = _teacher_for(Path(args.student), args.teacher)
+    net, info = load_student(args.student, teacher)
+    cfg = Config()
+    cfg.teacher.family, cfg.teacher.path = info.family, args.teacher
+    cfg.teacher.guidance_scale = info.teacher_guidance
+    cfg.student.num_steps = info.num_steps
+    cfg.eval.seeds = args.seeds
+    if args.prompt:
+        cfg.eval.prompts = args.prompt
+    cfg = resolve(cfg)
+    metrics = compare(cfg, teacher, net, "cpu")
+    print(json.dumps(metrics, indent=1))
+
+
+def _cmd_export(args) -> None:
+    from safetensors.torch import load_file
+
+    from . import checkpoint as ckpt
+    from .config import load_config, resolve
+    from .errors import CheckpointError
+    from .export import save_student, student_info
+    from .runfolder import RunFolder
+    from .teachers import load_teacher
+
+    run = RunFolder(Path(args.run_dir))
+    if not run.config_path.exists():
+        raise CheckpointError(f"{args.run_dir} is not a run folder (no config.toml)")
+    cfg = resolve(load_config(run.config_path))
+    folder = run.checkpoints / ckpt.step_dir_name(args.step) if args.step else ckpt.latest(run.checkpoints)
+    if folder is None or not ckpt.is_complete(folder):
+        raise CheckpointError(f"no complete checkpoint {'at step ' + str(args.step) if args.step else ''} in "
+                              f"{run.checkpoints}")
+    teacher = load_teacher(cfg)
+    step = ckpt.read_state(folder)["step"]
+    out = Path(args.out) if args.out else run.root / f"student_step{step:08d}.safetensors"
+    save_student(load_file(str(folder / "student.safetensors")), student_info(teacher, cfg, step), out)
+    print(f"wrote {out} (step {step})")
+
+
+def _cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dpdmd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="distil the built-in teacher and write a report (about 10 min on 2 cores)")
+    d.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    d.add_argument("--method", default="dpdmd", choices=["dpdmd", "dmd", "no_detach"])
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="run or resume a distillation from a TOML config")
+    t.add_argument("config")
+    t.add_argument("--output-dir", help="override run.output_dir")
+    t.add_argument("--max-steps", type=int, help="override run.max_steps")
+    t.add_argument("--no-finish", action="store_true", help="skip export, evaluation and report at the end")
+    t.set_defaults(func=_cmd_train)
+
+    c = sub.add_parser("config", help="print a starting config (resolved defaults)")
+    c.add_argument("--family", default="builtin", choices=["builtin", "sd3", "sdxl"])
+    c.set_defaults(func=_cmd_config)
+
+    s = sub.add_parser("sample", help="draw a seed grid from an exported student")
+    s.add_argument("student", help="a student .safetensors exported by a run")
+    s.add_argument("--prompt", action="append", required=True, help="repeat for several rows")
+    s.add_argument("--seeds", type=int, default=6)
+    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for sd3 / sdxl students)")
+    s.add_argument("--out", default="samples.png")
+    s.set_defaults(func=_cmd_sample)
+
+    e = sub.add_parser("evaluate", help="diversity, quality and speed of a student vs its teacher")
+    e.add_argument("student")
+    e.add_argument("--teacher", default="")
+    e.add_argument("--prompt", action="append")
+    e.add_argument("--seeds", type=int, default=9, help="R samples per prompt (paper: 9)")
+    e.set_defaults(func=_cmd_evaluate)
+
+    x = sub.add_parser("export", help="export the student of a run's checkpoint")
+    x.add_argument("run_dir")
+    x.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    x.add_argument("--out", help="output .safetensors path")
+    x.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("report", help="rebuild report.html of a run folder")
+    r.add_argument("run_dir")
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DPDMDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The run config: one dataclass tree, read from and written to TOML.
+
+Defaults follow the paper (k = 5, lambda = 0.05, 4 student steps, 5 fake-score
+updates per student update, teacher CFG per family). Fields left at ``None``
+take their family's default when the config is resolved; the run folder keeps
+the resolved config, so a run can always be repeated exactly. Every problem is
+reported as a ConfigError naming the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+METHODS = ("dpdmd", "dmd", "no_detach")
+
+# Per-family defaults (paper Sec. 4 / Appendix C; the built-in teacher's were
+# chosen on it, see docs/results.md).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "builtin": {"guidance_scale": 2.0, "num_steps": 30, "lr": 1e-4, "batch_size": 64, "resolution": 8},
+    "sd3": {"guidance_scale": 3.5, "num_steps": 30, "lr": 1e-5, "batch_size": 4, "resolution": 1024},
+    "sdxl": {"guidance_scale": 8.0, "num_steps": 50, "lr": 1e-5, "batch_size": 4, "resolution": 1024},
+}
+
+
+@dataclass
+class RunSection:
+    """Where the run lives and how often it saves."""
+    output_dir: str = "runs/dpdmd"
+    seed: int = 0
+    max_steps: int = 400  # student updates (each preceded by method.fake_updates fake-score updates)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: str = "no"  # no | bf16
+
+
+@dataclass
+class TeacherSection:
+    family: str = "builtin"  # builtin | sd3 | sdxl
+    path: str = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
+    guidance_scale: float | None = None  # teacher ("real score") CFG
+    num_steps: int | None = None  # the teacher's own multi-step schedule (anchor rollout, reference samples)
+    shift: float | None = None  # flow-time shift; None = the teacher scheduler's
+    dtype: str = "float32"  # float32 | bfloat16: the frozen teacher's weights
+    resolution: int | None = None  # image size in pixels (sd3 / sdxl)
+
+
+@dataclass
+class StudentSection:
+    num_steps: int = 4
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # 0 = full fine-tune
+
+
+@dataclass
+class MethodSection:
+    name: str = "dpdmd"  # dpdmd | dmd (lambda = 0, no detach) | no_detach (ablation)
+    anchor_step: int = 5  # k: teacher steps of the anchor rollout
+    diversity_weight: float = 0.05  # lambda
+    anchor_target: str = "auto"  # auto | velocity (Eq. 6, flow) | x0 (Eq. 39, epsilon)
+    backprop: str = "all"  # all: DMD through every step after the detach | one_step: DMD2-style
+    fake_updates: int = 5  # fake-score updates per student update
+    dmd_normalizer: str = "x0"  # x0 (DMD2: mean |x0 - real|) | xt (authors' script: mean |x_t - real|)
+    renoise_per: str = "sample"  # sample (DMD2) | batch (authors' script)
+    renoise_min: float = 0.02
+    renoise_max: float = 0.98
+
+
+@dataclass
+class OptimSection:
+    student_lr: float | None = None
+    fake_lr: float | None = None
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class DataSection:
+    prompts: list[str] = field(default_factory=list)  # inline prompts
+    prompts_file: str = ""  # one prompt per line (added to `prompts`)
+    batch_size: int | None = None  # per process
+
+
+@dataclass
+class EvalSection:
+    prompts: list[str] = field(default_factory=list)  # fixed evaluation prompts; [] = first training prompts
+    max_prompts: int = 10
+    seeds: int = 9  # R samples per prompt (paper: 9)
+    every: int = 100  # diversity during training every N steps (0 = only at the end)
+    grid_every: int = 50  # fixed-seed sample grid every N steps (0 = only at the end)
+    grid_prompts: int = 4
+    grid_seeds: int = 6
+    features: str = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
+    fd_samples_per_prompt: int = 50  # samples per prompt for the final Frechet distance (built-in)
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    data: DataSection = field(default_factory=DataSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    # ---- derived values ----------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        """The effective diversity weight (plain DMD has none)."""
+        return 0.0 if self.method.name == "dmd" else self.method.diversity_weight
+
+    @property
+    def detach_first(self) -> bool:
+        return self.method.name == "dpdmd"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+
+# ---- TOML ---------------------------------------------------------------------------------
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(data: dict) -> str:
+    """Write a two-level dict (sections of scalars and lists) as TOML; None values are omitted."""
+    lines: list[str] = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---- loading and checking types -----------------------------------------------------------------
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Coerce ``value`` to the field's annotated type or raise ConfigError naming the field."""
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType):  # X | None
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _check_type(name, value, inner)
+    if typing.get_origin(annotation) is list:
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{name} must be a list of strings, e.g. {name.split('.')[-1]} = [\"a\", \"b\"]")
+        return list(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number, not {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, not {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r}")
+        return value
+    raise TypeError(annotation)
+
+
+def _unknown(name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name.split(".")[-1], known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(known)}"
+    return ConfigError(f"unknown field '{name}'{hint}")
+
+
+def from_dict(data: dict) -> Config:
+    """Build a Config from nested dicts, refusing unknown sections and fields."""
+    cfg = Config()
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for sec_name, values in data.items():
+        if sec_name not in sections:
+            raise _unknown(sec_name, list(sections))
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{sec_name}] must be a table of fields, not {values!r}")
+        section = getattr(cfg, sec_name)
+        hints = typing.get_type_hints(type(section))
+        known = [f.name for f in dataclasses.fields(section)]
+        for key, value in values.items():
+            if key not in known:
+                raise _unknown(f"{sec_name}.{key}", known)
+            setattr(section, key, _check_type(f"{sec_name}.{key}", value, hints[key]))
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML run config; errors name the file, line or field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; write one (see examples/) "
+                          "or run `dpdmd demo` to get a working config.toml")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return from_dict(data)
+
+
+def loads_config(text: str) -> Config:
+    try:
+        return from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}") from None
+
+
+# ---- resolution and validation ------------------------------------------------------------
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} = {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+
+
+def read_prompts_file(path: str) -> list[str]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.prompts_file {path!r} does not exist; give a text file with one prompt per line")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def resolve(cfg: Config) -> Config:
+    """A validated copy with every family default filled in (what the run folder records)."""
+    cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
+                                      for f in dataclasses.fields(Config)})
+    t, m, s, o, d, e, r = cfg.teacher, cfg.method, cfg.student, cfg.optim, cfg.data, cfg.eval, cfg.run
+    _one_of("teacher.family", t.family, tuple(FAMILY_DEFAULTS))
+    fam = FAMILY_DEFAULTS[t.family]
+    t.guidance_scale = fam["guidance_scale"] if t.guidance_scale is None else t.guidance_scale
+    t.num_steps = fam["num_steps"] if t.num_steps is None else t.num_steps
+    t.resolution = fam["resolution"] if t.resolution is None else t.resolution
+    o.student_lr = fam["lr"] if o.student_lr is None else o.student_lr
+    o.fake_lr = fam["lr"] if o.fake_lr is None else o.fake_lr
+    d.batch_size = fam["batch_size"] if d.batch_size is None else d.batch_size
+
+    if t.family != "builtin" and not t.path:
+        raise ConfigError(f"teacher.path is empty; a {t.family} teacher is loaded from a local diffusers folder "
+                          "(the one with model_index.json), e.g. path = \"/models/stable-diffusion-3.5-medium\"")
+    if t.path and not Path(t.path).expanduser().exists():
+        raise ConfigError(f"teacher.path {t.path!r} does not exist; give the local folder (or file) of the teacher")
+    _one_of("teacher.dtype", t.dtype, ("float32", "bfloat16"))
+    if t.guidance_scale < 1.0:
+        raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
+    if t.num_steps < 2:
+        raise ConfigError(f"teacher.num_steps = {t.num_steps} must be at least 2")
+    if t.shift is not None and t.shift <= 0:
+        raise ConfigError(f"teacher.shift = {t.shift} must be positive")
+    if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
+        raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
+
+    _one_of("method.name", m.name, METHODS)
+    if not 1 <= m.anchor_step < t.num_steps:
+        raise ConfigError(f"method.anchor_step (k) = {m.anchor_step} must be between 1 and teacher.num_steps - 1 "
+                          f"= {t.num_steps - 1}: the anchor is the teacher's state after k of its {t.num_steps} steps")
+    if m.diversity_weight < 0:
+        raise ConfigError(f"method.diversity_weight (lambda) = {m.diversity_weight} must be >= 0 (paper: 0.05)")
+    if m.name == "dmd":
+        m.diversity_weight = 0.0
+    _one_of("method.anchor_target", m.anchor_target, ("auto", "velocity", "x0"))
+    _one_of("method.backprop", m.backprop, ("all", "one_step"))
+    _one_of("method.dmd_normalizer", m.dmd_normalizer, ("x0", "xt"))
+    _one_of("method.renoise_per", m.renoise_per, ("sample", "batch"))
+    if m.fake_updates < 1:
+        raise ConfigError(f"method.fake_updates = {m.fake_updates} must be >= 1 (paper: 5)")
+    if not 0.0 <= m.renoise_min < m.renoise_max <= 1.0:
+        raise ConfigError(f"method.renoise_min / renoise_max = {m.renoise_min} / {m.renoise_max} must satisfy "
+                          "0 <= min < max <= 1 (DMD2: 0.02 / 0.98)")
+
+    if s.num_steps < 2:
+        raise ConfigError(f"student.num_steps = {s.num_steps} must be at least 2: DP-DMD trains the first step "
+                          "with the diversity loss and the others with DMD")
+    if s.lora_rank < 0:
+        raise ConfigError(f"student.lora_rank = {s.lora_rank} must be >= 0 (0 = full fine-tune)")
+
+    for name in ("student_lr", "fake_lr"):
+        if getattr(o, name) <= 0:
+            raise ConfigError(f"optim.{name} = {getattr(o, name)} must be positive")
+    if o.weight_decay < 0 or o.grad_clip <= 0 or o.warmup_steps < 0:
+        raise ConfigError("optim.weight_decay and optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
+    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+        raise ConfigError(f"optim.beta1 / beta2 = {o.beta1} / {o.beta2} must lie in [0, 1)")
+
+    prompts = list(d.prompts) + (read_prompts_file(d.prompts_file) if d.prompts_file else [])
+    if t.family == "builtin" and not prompts:
+        from .builtin.digits import NUM_CLASSES, canonical_prompt
+        prompts = [canonical_prompt(i) for i in range(NUM_CLASSES)]
+    if not prompts:
+        raise ConfigError("no training prompts: set data.prompts = [\"...\"] or data.prompts_file")
+    d.prompts, d.prompts_file = prompts, ""
+    if d.batch_size < 1:
+        raise ConfigError(f"data.batch_size = {d.batch_size} must be >= 1")
+
+    if not e.prompts:
+        e.prompts = prompts[: e.max_prompts]
+    if e.seeds < 2:
+        raise ConfigError(f"eval.seeds = {e.seeds} must be >= 2: diversity compares samples pairwise (paper: 9)")
+    for name in ("every", "grid_every", "max_prompts", "grid_prompts", "grid_seeds", "fd_samples_per_prompt"):
+        if getattr(e, name) < 0:
+            raise ConfigError(f"eval.{name} = {getattr(e, name)} must be >= 0")
+
+    if not r.output_dir:
+        raise ConfigError("run.output_dir is empty; give the folder the run writes to")
+    if r.max_steps < 1:
+        raise ConfigError(f"run.max_steps = {r.max_steps} must be >= 1")
+    if r.checkpoint_every < 0 or r.keep_checkpoints < 1 or r.log_every < 1:
+        raise ConfigError("run.checkpoint_every must be >= 0, run.keep_checkpoints and run.log_every >= 1")
+    _one_of("run.device", r.device, ("auto", "cpu", "cuda"))
+    if r.mixed_precision == "fp16":
+        raise ConfigError("run.mixed_precision = 'fp16' is refused: DMD is known to diverge in fp16 (DMD2); "
+                          "use 'bf16' (fp32 master weights, bf16 autocast) or 'no'")
+    _one_of("run.mixed_precision", r.mixed_precision, ("no", "bf16"))
+    return cfg

@@ -1,0 +1,26 @@
+"""Errors a user can act on.
+
+Every error raised for bad input derives from DPDMDError and carries a message
+that names the field or file and the fix; the CLI prints it without a traceback.
+"""
+from __future__ import annotations
+
+
+class DPDMDError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+
+class ConfigError(DPDMDError):
+    """A run config that cannot be used; the message names the field."""
+
+
+class PromptError(DPDMDError):
+    """A prompt the teacher cannot condition on."""
+
+
+class CheckpointError(DPDMDError):
+    """A checkpoint or student file that is missing, incomplete or not ours."""
+
+
+class TrainingDiverged(DPDMDError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,63 @@
+"""Export a trained student to a safetensors file that carries its schedule, and load it back."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import Config
+from .errors import CheckpointError
+from .student_file import StudentInfo, read_student_info
+from .teachers.base import Teacher
+
+
+def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentInfo:
+    levels = teacher.student_levels(cfg.student.num_steps)
+    return StudentInfo(
+        family=teacher.family, prediction_type=teacher.schedule.prediction_type, levels=levels,
+        sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
+        network_config=teacher.network_config(), method=cfg.method.name, anchor_step=cfg.method.anchor_step,
+        diversity_weight=cfg.lam, teacher_guidance=float(cfg.teacher.guidance_scale),
+        teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
+        title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
+    )
+
+
+def save_student(state_dict: dict[str, torch.Tensor], info: StudentInfo, path: str | Path,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write the student atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=info.to_metadata())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_student(path: str | Path, teacher: Teacher, device: torch.device | str = "cpu") -> tuple[nn.Module, StudentInfo]:
+    """The student network (teacher's architecture, student weights) and its sampling info."""
+    info = read_student_info(path)
+    if info.family != teacher.family:
+        raise CheckpointError(f"{Path(path).name} is a {info.family} student but the teacher is {teacher.family}; "
+                              f"load it with a {info.family} teacher")
+    net = teacher.make_trainable_copy().requires_grad_(False)
+    try:
+        missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{Path(path).name} does not fit the teacher's architecture: {str(e)[:300]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{Path(path).name} does not fit the teacher's architecture "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. "
+                              f"{(missing or unexpected)[0]!r})")
+    return net.to(device).eval(), info

@@ -1,0 +1,76 @@
+"""The end of a run: export the student, measure teacher and student the same way, write the report."""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from torch import nn
+
+from .config import Config
+from .evaluate import FeatureExtractor, evaluate_images, load_extractor
+from .export import save_student, student_info
+from .runfolder import atomic_write_text
+from .sampling import sample_grid
+from .teachers.base import Teacher
+
+
+def prompt_labels(teacher: Teacher, prompts: list[str], per_prompt: int) -> torch.Tensor | None:
+    """Class labels of prompt-major samples, where the teacher has classes (the built-in one)."""
+    if teacher.family != "builtin":
+        return None
+    labels = teacher.encode_prompts(prompts)["class_labels"]
+    return labels.repeat_interleave(per_prompt)
+
+
+def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExtractor | None, *,
+            levels: list[float], guidance: float, device) -> dict:
+    """Sample the eval prompts from fixed seeds and compute the metrics; times the sampling."""
+    e = cfg.eval
+    per_prompt = max(e.seeds, e.fd_samples_per_prompt if teacher.family == "builtin" else 0)
+    seeds = list(range(per_prompt))
+    start = time.perf_counter()
+    latents = sample_grid(teacher, net, e.prompts, seeds, levels, guidance, max(cfg.data.batch_size, 64), device)
+    seconds = time.perf_counter() - start
+    out = {"steps": len(levels) - 1, "guidance": guidance, "nfe": (len(levels) - 1) * (2 if guidance != 1 else 1),
+           "seconds_per_image": seconds / latents.shape[0]}
+    if extractor is not None:
+        images = teacher.decode(latents)
+        out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
+                                   diversity_seeds=e.seeds))
+    return out
+
+
+def compare(cfg: Config, teacher: Teacher, student: nn.Module, device) -> dict:
+    """Teacher (its steps, CFG) and student (its steps, no CFG) measured identically."""
+    extractor = load_extractor(cfg.eval.features) if cfg.eval.features else None
+    t = measure(teacher, teacher.network, cfg, extractor, levels=teacher.teacher_levels(cfg.teacher.num_steps),
+                guidance=cfg.teacher.guidance_scale, device=device)
+    s = measure(teacher, student, cfg, extractor, levels=teacher.student_levels(cfg.student.num_steps),
+                guidance=1.0, device=device)
+    ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
+    if "diversity" in t:
+        ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)
+    return {"teacher": t, "student": s, "ratios": ratios}
+
+
+def finish_run(trainer) -> dict:
+    """Export, evaluate and report a finished run (main process)."""
+    cfg, teacher, run = trainer.cfg, trainer.teacher, trainer.run
+    info = student_info(teacher, cfg, trainer.step)
+    save_student(trainer.student_state_dict(), info, run.student_path)
+    run.append_event("export", step=trainer.step, path=run.student_path.name)
+    student = trainer.acc.unwrap_model(trainer.student)
+    metrics = compare(cfg, teacher, student, trainer.acc.device)
+    events = run.read_events()
+    train_seconds = sum(e.get("sec_per_step", 0.0) for e in events if e.get("event") == "step")
+    metrics["run"] = {"method": cfg.method.name, "anchor_step": cfg.method.anchor_step,
+                      "diversity_weight": cfg.lam, "steps": trainer.step, "train_seconds": round(train_seconds, 1),
+                      "batch_size": cfg.data.batch_size, "fake_updates": cfg.method.fake_updates,
+                      "teacher_guidance": cfg.teacher.guidance_scale, "student_levels": info.levels}
+    atomic_write_text(run.metrics_path, json.dumps(metrics, indent=1))
+    run.append_event("metrics", step=trainer.step, **{k: v for k, v in metrics.items() if k != "run"})
+    from .report import write_report
+    write_report(run.root)
+    run.append_event("report", step=trainer.step, path=run.report_path.name)
+    return metrics

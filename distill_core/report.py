@@ -1,0 +1,121 @@
+"""report.html: a self-contained page (images inlined) that tells how a run went.
+
+Built from the run folder alone, so it can be regenerated at any time:
+``dpdmd report RUN_DIR``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from .runfolder import RunFolder, atomic_write_text
+
+
+def _png(data: bytes) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes | None, bytes | None]:
+    """Loss curves and diversity-over-steps pictures (PNG bytes) from the events."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e for e in events if e.get("event") == "step"]
+    evals = [e for e in events if e.get("event") == "eval" and "diversity" in e]
+    loss_png = div_png = None
+    if steps:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+        for ax, key, label in zip(axes, ("loss_dmd", "loss_div", "loss_fake"),
+                                  ("DMD loss (student)", "diversity loss (first step)", "fake-score loss")):
+            ax.plot([e["step"] for e in steps], [e.get(key, 0.0) for e in steps], lw=1)
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+        loss_png = _fig_png(fig)
+        plt.close(fig)
+    if evals:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot([e["step"] for e in evals], [e["diversity"] for e in evals], marker="o", label="student")
+        if teacher_diversity is not None:
+            ax.axhline(teacher_diversity, color="gray", ls="--", label="teacher")
+        ax.set_xlabel("step")
+        ax.set_ylabel("diversity (Eq. 9)")
+        ax.legend(fontsize=8)
+        div_png = _fig_png(fig)
+        plt.close(fig)
+    return loss_png, div_png
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = [("diversity (Eq. 9, higher = more varied)", "diversity", "{:.4f}"),
+            ("Frechet distance to held-out digits (lower = better)", "frechet_distance", "{:.2f}"),
+            ("class accuracy", "class_accuracy", "{:.3f}"),
+            ("steps / NFEs", None, None), ("seconds per image", "seconds_per_image", "{:.5f}")]
+    t, s = metrics.get("teacher", {}), metrics.get("student", {})
+    out = ["<table><tr><th></th><th>teacher</th><th>student</th></tr>"]
+    for label, key, fmt in rows:
+        if key is None:
+            vals = [f"{m.get('steps')} / {m.get('nfe')}" for m in (t, s)]
+        elif key in t or key in s:
+            vals = [fmt.format(m[key]) if key in m else "" for m in (t, s)]
+        else:
+            continue
+        out.append(f"<tr><td>{label}</td><td>{vals[0]}</td><td>{vals[1]}</td></tr>")
+    out.append("</table>")
+    r = metrics.get("ratios", {})
+    if r:
+        out.append("<p>" + "; ".join(f"{html.escape(k.replace('_', ' '))}: <b>{v:.2f}</b>" for k, v in r.items())
+                   + "</p>")
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run = RunFolder(Path(run_dir))
+    events = run.read_events()
+    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.exists() else {}
+    status = run.read_status()
+    config_text = run.config_path.read_text() if run.config_path.exists() else ""
+    info = metrics.get("run", {})
+    teacher_div = metrics.get("teacher", {}).get("diversity")
+    loss_png, div_png = curves(events, teacher_div)
+    grids = sorted(run.samples.glob("step_*.png")) if run.samples.exists() else []
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>DP-DMD run report</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
+        " table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px 8px} .row{display:flex;gap:16px;"
+        "flex-wrap:wrap;align-items:flex-start} pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}",
+        "</style></head><body>",
+        f"<h1>DP-DMD run: {html.escape(run.root.name)}</h1>",
+        f"<p>state: <b>{html.escape(str(status.get('state', 'unknown')))}</b>, step {status.get('step', '?')} of "
+        f"{status.get('max_steps', '?')}; method <b>{html.escape(str(info.get('method', '?')))}</b>, "
+        f"k = {info.get('anchor_step', '?')}, lambda = {info.get('diversity_weight', '?')}, "
+        f"training time {info.get('train_seconds', '?')} s.</p>",
+    ]
+    if metrics:
+        parts += ["<h2>Teacher vs student (same prompts, same seeds)</h2>", _metrics_table(metrics)]
+    teacher_grid = run.samples / "teacher.png"
+    if teacher_grid.exists() and grids:
+        parts += ["<h2>Seed grids</h2><p>Rows are prompts, columns seeds; the same noise in both grids.</p>",
+                  "<div class='row'>", _png(teacher_grid.read_bytes()), _png(grids[-1].read_bytes()), "</div>"]
+    if loss_png or div_png:
+        parts.append("<h2>Training curves</h2>")
+        parts += [_png(p) for p in (loss_png, div_png) if p]
+    if len(grids) > 1:
+        picks = [grids[0], grids[len(grids) // 2], grids[-1]]
+        parts += ["<h2>The student over training</h2><div class='row'>"] + [_png(g.read_bytes()) for g in picks]
+        parts.append("</div>")
+    parts += ["<p>More: docs/results.md in the DP-DMD Studio repository compares DMD, DP-DMD and the no-detach "
+              "ablation on the built-in teacher over several seeds.</p>",
+              "<h2>Config</h2><pre>" + html.escape(config_text) + "</pre></body></html>"]
+    atomic_write_text(run.report_path, "\n".join(parts))
+    return run.report_path

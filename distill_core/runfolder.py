@@ -1,0 +1,143 @@
+"""The run folder: the single source of truth about a run.
+
+    config.toml      the resolved config the run uses
+    status.json      state, step, pid, message (rewritten atomically)
+    events.jsonl     append-only: one JSON object per line (steps, evals, grids, checkpoints)
+    checkpoints/     step_XXXXXXXX/ folders (see checkpoint.py)
+    samples/         fixed-seed grids: teacher.png, step_XXXXXXXX.png
+    control/         files a UI touches to ask the trainer to stop or save now
+    student.safetensors, metrics.json, report.html   when the run is done
+
+Anything (CLI, UI, a person) learns about a run by reading these files only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("starting", "running", "finished", "stopped", "failed")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunFolder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    # paths
+    @property
+    def config_path(self) -> Path: return self.root / "config.toml"
+    @property
+    def status_path(self) -> Path: return self.root / "status.json"
+    @property
+    def events_path(self) -> Path: return self.root / "events.jsonl"
+    @property
+    def checkpoints(self) -> Path: return self.root / "checkpoints"
+    @property
+    def samples(self) -> Path: return self.root / "samples"
+    @property
+    def control(self) -> Path: return self.root / "control"
+    @property
+    def student_path(self) -> Path: return self.root / "student.safetensors"
+    @property
+    def metrics_path(self) -> Path: return self.root / "metrics.json"
+    @property
+    def report_path(self) -> Path: return self.root / "report.html"
+
+    def create(self) -> None:
+        for d in (self.root, self.checkpoints, self.samples, self.control):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # events
+    def append_event(self, kind: str, **fields: Any) -> None:
+        record = {"event": kind, "time": round(time.time(), 3), **fields}
+        with open(self.events_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read_events(self) -> list[dict]:
+        """Events in order, with the steps a resume rolled back removed; a torn last line is ignored."""
+        if not self.events_path.exists():
+            return []
+        out: list[dict] = []
+        for line in self.events_path.read_text(encoding="utf-8").splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if ev.get("event") == "resume":
+                step = ev.get("step", 0)
+                out = [e for e in out if e.get("step") is None or e["step"] <= step]
+            out.append(ev)
+        return out
+
+    # status
+    def write_status(self, state: str, **fields: Any) -> None:
+        assert state in STATES, state
+        status = {**self.read_status(), "state": state, "updated": round(time.time(), 3), **fields}
+        atomic_write_text(self.status_path, json.dumps(status, indent=1))
+
+    def read_status(self) -> dict:
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def effective_state(self) -> str:
+        """The recorded state, or 'died' when a running trainer's process is gone."""
+        status = self.read_status()
+        state = status.get("state", "unknown")
+        if state in ("starting", "running") and status.get("pid") and status.get("host") == os.uname().nodename:
+            if not pid_alive(int(status["pid"])):
+                return "died"
+        return state
+
+    # control requests from a UI
+    def request(self, what: str) -> None:
+        """Ask the trainer to 'stop' or 'save' (it polls between steps)."""
+        assert what in ("stop", "save"), what
+        self.control.mkdir(parents=True, exist_ok=True)
+        (self.control / what).write_text(str(time.time()))
+
+    def take_request(self, what: str) -> bool:
+        """True once per request: the trainer consumes the control file."""
+        path = self.control / what
+        if path.exists():
+            path.unlink(missing_ok=True)
+            return True
+        return False

@@ -1,0 +1,56 @@
+"""Fixed-seed pictures and measurements of a run: seed grids and diversity during training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config
+from .evaluate import FeatureExtractor, evaluate_images
+from .grids import tile
+from .sampling import sample_grid
+from .teachers.base import Teacher
+
+
+def grid_image(teacher: Teacher, latents: torch.Tensor, prompts: list[str], seeds: list[int], title: str):
+    images = teacher.decode(latents)
+    cell = 48 if images.shape[-1] <= 32 else min(256, images.shape[-1])
+    return tile(images, len(seeds), cell=cell, row_labels=prompts, col_labels=[f"seed {s}" for s in seeds],
+                title=title)
+
+
+class Snapshots:
+    """Samples the teacher once and the student on demand, from the same fixed seeds."""
+
+    def __init__(self, cfg: Config, teacher: Teacher, extractor: FeatureExtractor | None, device) -> None:
+        self.cfg, self.teacher, self.extractor, self.device = cfg, teacher, extractor, device
+        e = cfg.eval
+        self.grid_prompts = e.prompts[: e.grid_prompts]
+        self.grid_seeds = list(range(e.grid_seeds))
+        self.eval_prompts = e.prompts
+        self.eval_seeds = list(range(e.seeds))
+        self.student_levels = teacher.student_levels(cfg.student.num_steps)
+        self.teacher_levels = teacher.teacher_levels(cfg.teacher.num_steps)
+        self.batch = max(cfg.data.batch_size, 16)
+
+    def _student(self, net: nn.Module, prompts, seeds) -> torch.Tensor:
+        return sample_grid(self.teacher, net, prompts, seeds, self.student_levels, 1.0, self.batch, self.device)
+
+    def teacher_grid(self, path: Path) -> None:
+        lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
+                          self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device)
+        title = f"teacher: {self.cfg.teacher.num_steps} steps, CFG {self.cfg.teacher.guidance_scale:g}"
+        grid_image(self.teacher, lat, self.grid_prompts, self.grid_seeds, title).save(path)
+
+    def student_grid(self, net: nn.Module, path: Path, step: int) -> None:
+        lat = self._student(net, self.grid_prompts, self.grid_seeds)
+        title = f"student: {self.cfg.student.num_steps} steps, step {step}"
+        grid_image(self.teacher, lat, self.grid_prompts, self.grid_seeds, title).save(path)
+
+    def student_metrics(self, net: nn.Module) -> dict:
+        """Diversity (Eq. 9) of the student on the eval prompts x R seeds."""
+        if self.extractor is None:
+            return {}
+        lat = self._student(net, self.eval_prompts, self.eval_seeds)
+        return evaluate_images(self.teacher.decode(lat), len(self.eval_seeds), self.extractor)

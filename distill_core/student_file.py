@@ -1,0 +1,101 @@
+"""The exported student file: a safetensors state dict whose metadata says how to sample it.
+
+Sampling a student with any schedule other than the one it was trained on is
+wrong, so the levels (and ComfyUI sigmas) travel in the file, next to the
+method's settings and ModelSpec keys. Files without our metadata are refused.
+This module needs only the standard library to read metadata, so ComfyUI nodes
+and UIs can list students cheaply.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = "1"
+PREFIX = "dpdmd."
+MODELSPEC_ARCH = {
+    "builtin": "dpdmd-builtin-digits",
+    "sd3": "stable-diffusion-v3-medium",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+
+
+@dataclass
+class StudentInfo:
+    """Everything needed to sample a student correctly, as stored in its metadata."""
+    family: str  # builtin | sd3 | sdxl
+    prediction_type: str  # flow | epsilon
+    levels: list[float]  # the schedule's levels, ending at the clean level
+    sigmas: list[float]  # the same levels as ComfyUI sigmas (ending at 0)
+    schedule: dict  # NoiseSchedule.describe()
+    network_config: dict  # constructor config of the network
+    method: str = "dpdmd"
+    anchor_step: int = 5
+    diversity_weight: float = 0.05
+    teacher_guidance: float = 1.0
+    teacher: str = ""
+    steps_trained: int = 0
+    title: str = "DP-DMD student"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.levels) - 1
+
+    def to_metadata(self) -> dict[str, str]:
+        meta = {f"{PREFIX}{k}": json.dumps(v) for k, v in asdict(self).items()}
+        meta[f"{PREFIX}format_version"] = FORMAT_VERSION
+        meta.update({
+            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.architecture": MODELSPEC_ARCH.get(self.family, self.family),
+            "modelspec.implementation": "diffusers",
+            "modelspec.title": self.title,
+            "modelspec.description": (f"{self.num_steps}-step {self.method} student of {self.teacher or self.family}"
+                                      f" (k={self.anchor_step}, lambda={self.diversity_weight}); sample with guidance 1"
+                                      " on the stored schedule"),
+            "modelspec.date": datetime.date.today().isoformat(),
+            "modelspec.prediction_type": "flow" if self.prediction_type == "flow" else "epsilon",
+        })
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str] | None, source: str = "file") -> StudentInfo:
+        meta = meta or {}
+        if f"{PREFIX}format_version" not in meta:
+            raise CheckpointError(f"{source} has no DP-DMD student metadata (dpdmd.format_version); it was not "
+                                  "exported by `dpdmd export` / a DP-DMD run, so its sampling schedule is unknown")
+        known = set(cls.__dataclass_fields__)
+        try:
+            values = {k[len(PREFIX):]: json.loads(v) for k, v in meta.items()
+                      if k.startswith(PREFIX) and k[len(PREFIX):] in known}
+            return cls(**values)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{source} has damaged DP-DMD metadata ({e})") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The __metadata__ of a safetensors file, read from its header only (no tensors, no torch)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"student file {str(path)!r} does not exist")
+    if path.suffix not in (".safetensors", ".sft"):
+        raise CheckpointError(f"{path.name} is not a .safetensors file; only safetensors students are loaded "
+                              "(pickled .pt/.ckpt files can run code and are refused)")
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000 or n > path.stat().st_size - 8:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); is it truncated?") from None
+    return header.get("__metadata__", {}) or {}
+
+
+def read_student_info(path: str | Path) -> StudentInfo:
+    return StudentInfo.from_metadata(read_metadata(path), source=Path(path).name)

@@ -1,0 +1,136 @@
+"""The teacher interface.
+
+A teacher owns a frozen network, its noise schedule and its prompt encoders.
+Conditioning is a flat dict of batch-first tensors (``Cond``), so CFG, batching
+and caching are written once here for every family. The student and the fake
+score are trainable copies of the teacher's network (same architecture, same
+weights at start) made by ``make_trainable_copy``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..schedules import NoiseSchedule
+
+Cond = dict[str, torch.Tensor]
+
+
+def cat_cond(a: Cond, b: Cond) -> Cond:
+    """Concatenate two conditionings along the batch dim (for one CFG forward)."""
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def index_cond(c: Cond, idx: torch.Tensor) -> Cond:
+    return {k: v[idx.to(v.device)] for k, v in c.items()}
+
+
+def repeat_cond(c: Cond, n: int) -> Cond:
+    """Repeat a conditioning of batch 1 (or B) ``n`` times along the batch dim."""
+    return {k: v.repeat_interleave(n, dim=0) for k, v in c.items()}
+
+
+def cond_to(c: Cond, device: torch.device | str, dtype: torch.dtype | None = None) -> Cond:
+    return {k: v.to(device=device, dtype=dtype if (dtype and v.is_floating_point()) else v.dtype)
+            for k, v in c.items()}
+
+
+class PromptBank:
+    """Encoded training prompts, looked up by index; encoders can be released after.
+
+    The default keeps every encoding in host memory; a teacher with huge prompt
+    lists may return a subclass that pages them from disk.
+    """
+
+    def __init__(self, prompts: Sequence[str], cond: Cond, null: Cond) -> None:
+        self.prompts = list(prompts)
+        self._cond = cond
+        self._null = null  # batch 1
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def get(self, indices: torch.Tensor) -> Cond:
+        return index_cond(self._cond, indices.cpu())
+
+    def null(self, n: int) -> Cond:
+        return repeat_cond(self._null, n)
+
+
+class Teacher(ABC):
+    """A frozen multi-step text-to-image model the student is distilled from."""
+
+    family: str  # "builtin", "sd3" or "sdxl"
+    default_guidance: float
+    default_steps: int
+
+    def __init__(self, network: nn.Module, schedule: NoiseSchedule) -> None:
+        self.network = network.requires_grad_(False).eval()
+        self.schedule = schedule
+
+    # ---- what each family implements -------------------------------------------------
+    @abstractmethod
+    def call_network(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Raw prediction of ``net`` (teacher, student or fake: same architecture)."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        """Conditioning for each prompt; raises PromptError for prompts it cannot use."""
+
+    @abstractmethod
+    def null_condition(self) -> Cond:
+        """The unconditional input (batch 1) used for classifier-free guidance."""
+
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the space the models work in."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] for previews and metrics."""
+
+    @abstractmethod
+    def network_config(self) -> dict:
+        """The network's constructor config, stored with exported students."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Facts about the teacher for run folders and exported metadata."""
+
+    # ---- shared ------------------------------------------------------------------------
+    def make_trainable_copy(self) -> nn.Module:
+        """A float32, trainable network initialised from the teacher's weights."""
+        import copy
+
+        net = copy.deepcopy(self.network).float().requires_grad_(True)
+        return net.eval()  # eval: no dropout / label drop; gradients still flow
+
+    def prompt_bank(self, prompts: Sequence[str]) -> PromptBank:
+        return PromptBank(prompts, self.encode_prompts(prompts), self.null_condition())
+
+    def predict(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
+        levels = torch.as_tensor(levels, dtype=torch.float32)
+        if levels.dim() == 0:
+            levels = levels.expand(x.shape[0])
+        return self.call_network(net, x, levels, cond)
+
+    def predict_cfg(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond,
+                    null: Cond, scale: float) -> torch.Tensor:
+        """Classifier-free guidance u + s (c - u) in one batched forward (s = 1: cond only)."""
+        if scale == 1.0:
+            return self.predict(net, x, levels, cond)
+        levels = torch.as_tensor(levels, dtype=torch.float32)
+        if levels.dim() == 0:
+            levels = levels.expand(x.shape[0])
+        both = self.call_network(net, torch.cat([x, x]), torch.cat([levels, levels]), cat_cond(cond, null))
+        c, u = both.chunk(2)
+        return u + scale * (c - u)
+
+    def student_levels(self, num_steps: int) -> list[float]:
+        return self.schedule.sampling_levels(num_steps)
+
+    def teacher_levels(self, num_steps: int) -> list[float]:
+        return self.schedule.sampling_levels(num_steps)

@@ -1,0 +1,83 @@
+"""The built-in digits teacher behind the Teacher interface."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from ..builtin.digits import IMAGE_SIZE, NULL_LABEL, parse_prompt
+from ..builtin.networks import build_teacher_network
+from ..errors import CheckpointError
+from ..schedules import FlowSchedule
+from .base import Cond, Teacher
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "builtin" / "weights"
+TEACHER_WEIGHTS = WEIGHTS_DIR / "digits_teacher.safetensors"
+REBUILD = "python -m distill_core.builtin.train_weights"
+
+
+def verify_shipped(path: Path) -> None:
+    """Refuse a shipped weights file whose sha256 differs from weights/SHA256SUMS."""
+    sums = WEIGHTS_DIR / "SHA256SUMS"
+    if path.parent.resolve() != WEIGHTS_DIR or not sums.exists():
+        return
+    expected = dict(line.split()[::-1] for line in sums.read_text().splitlines() if line.strip())
+    if path.name in expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected[path.name]:
+        raise CheckpointError(f"{path} does not match its recorded sha256 (weights/SHA256SUMS); "
+                              f"restore it with git or rebuild it with `{REBUILD}`")
+
+
+def load_builtin_weights(path: Path) -> tuple[dict, dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"built-in teacher weights {str(path)!r} are missing; rebuild them with `{REBUILD}`")
+    verify_shipped(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return load_file(str(path)), meta
+
+
+class BuiltinTeacher(Teacher):
+    """Class-conditional flow-matching DiT on 8x8 digits; prompts name a digit."""
+
+    family = "builtin"
+    default_guidance = 2.0
+    default_steps = 30
+
+    def __init__(self, path: str | Path = "", shift: float | None = None, dtype: torch.dtype = torch.float32):
+        self.path = Path(path) if path else TEACHER_WEIGHTS
+        state, meta = load_builtin_weights(self.path)
+        self._config = json.loads(meta["config"]) if "config" in meta else None
+        net = build_teacher_network(self._config)
+        net.load_state_dict(state)
+        super().__init__(net.to(dtype), FlowSchedule(shift=1.0 if shift is None else shift))
+
+    def call_network(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
+        dtype = next(net.parameters()).dtype
+        t = self.schedule.model_timestep(levels).to(x.device)
+        out = net(x.to(dtype), timestep=t, class_labels=cond["class_labels"].to(x.device)).sample
+        return out.to(x.dtype)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        return {"class_labels": torch.tensor([parse_prompt(p) for p in prompts], dtype=torch.long)}
+
+    def null_condition(self) -> Cond:
+        return {"class_labels": torch.tensor([NULL_LABEL], dtype=torch.long)}
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (1, IMAGE_SIZE, IMAGE_SIZE)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents.float() + 1) / 2).clamp(0, 1).repeat(1, 3, 1, 1)
+
+    def network_config(self) -> dict:
+        return dict(self._config or {})
+
+    def describe(self) -> dict:
+        return {"family": self.family, "path": str(self.path), "architecture": "DiTTransformer2DModel",
+                "prediction_type": self.schedule.prediction_type, "schedule": self.schedule.describe()}

@@ -1,0 +1,405 @@
+"""The DP-DMD training loop: two networks, two optimisers, two time scales, on accelerate.
+
+    dpdmd train CONFIG                                   # one process
+    accelerate launch -m distill_core.train CONFIG      # several GPUs or machines
+
+One *step* is ``method.fake_updates`` fake-score updates on fresh detached
+student samples, then one student update (DMD on the steps after the detach,
+plus lambda times the diversity loss on the first step). All randomness comes
+from generators saved in every checkpoint, so a resumed run equals an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import Config, load_config, resolve
+from .errors import ConfigError, DPDMDError, TrainingDiverged
+from .method import dmd_term, diversity_loss, fake_score_loss, student_rollout, teacher_anchor, velocity_target
+from .runfolder import RunFolder
+from .teachers import load_teacher
+from .teachers.base import cond_to
+
+# Fields that may change when a run is resumed; any other difference means another run.
+RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device"}
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    try:
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
+    except ValueError:  # an earlier Accelerator in this process had other settings
+        AcceleratorState._reset_state(True)
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k] and not s == "eval"
+            and f"{s}.{k}" not in RESUMABLE_CHANGES]
+
+
+class Trainer:
+    """Owns the networks, optimisers, generators and run folder of one run."""
+
+    def __init__(self, cfg: Config, *, progress: bool = True) -> None:
+        self.cfg = resolve(cfg)
+        self.acc = make_accelerator(self.cfg)
+        self.main = self.acc.is_main_process
+        self.run = RunFolder(Path(self.cfg.run.output_dir))
+        self.progress = progress and self.main
+        self._stop = threading.Event()
+
+        c = self.cfg
+        self.teacher = load_teacher(c, self.acc.device)
+        sched = self.teacher.schedule
+        target = c.method.anchor_target
+        if target == "auto":
+            target = "velocity" if sched.prediction_type == "flow" else "x0"
+        if target == "velocity" and sched.prediction_type != "flow":
+            raise ConfigError("method.anchor_target = 'velocity' needs a flow teacher; use 'x0' (Appendix C) "
+                              f"for the {sched.prediction_type} teacher")
+        self.anchor_target = target
+        if c.method.backprop == "one_step" and not c.detach_first:
+            raise ConfigError(f"method.backprop = 'one_step' implies the detach after step one; "
+                              f"it cannot be combined with method.name = {c.method.name!r}")
+        self.student_levels = self.teacher.student_levels(c.student.num_steps)
+        self.teacher_levels = self.teacher.teacher_levels(c.teacher.num_steps)
+
+        student = self.teacher.make_trainable_copy()
+        fake = self.teacher.make_trainable_copy()
+        if c.student.gradient_checkpointing:
+            for net in (student, fake):
+                if hasattr(net, "enable_gradient_checkpointing"):
+                    net.enable_gradient_checkpointing()
+        o = c.optim
+
+        def adamw(net, lr):
+            return torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
+                                     betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+        self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(
+            student, fake, adamw(student, o.student_lr), adamw(fake, o.fake_lr))
+        self.bank = self.teacher.prompt_bank(c.data.prompts)
+        rank = self.acc.process_index
+        self.generators = {"data": torch.Generator(), "noise": torch.Generator()}
+        self._seed_generators(rank, 0)
+        self.step = 0
+
+    # ---- randomness ------------------------------------------------------------------------
+    def _seed_generators(self, rank: int, step: int) -> None:
+        base = self.cfg.run.seed * 1_000_003 + rank * 7_919 + step
+        self.generators["data"].manual_seed(base * 2 + 1)
+        self.generators["noise"].manual_seed(base * 2 + 2)
+
+    def _batch(self) -> tuple[dict, dict, torch.Tensor]:
+        b = self.cfg.data.batch_size
+        idx = torch.randint(0, len(self.bank), (b,), generator=self.generators["data"])
+        dev = self.acc.device
+        cond, null = cond_to(self.bank.get(idx), dev), cond_to(self.bank.null(b), dev)
+        z = torch.randn((b, *self.teacher.latent_shape()), generator=self.generators["noise"]).to(dev)
+        return cond, null, z
+
+    # ---- predictors ----------------------------------------------------------------------------
+    def _pred(self, net, cond):
+        return lambda x, lv: self.teacher.predict(net, x, lv, cond)
+
+    def _real(self, cond, null):
+        w = self.cfg.teacher.guidance_scale
+        return lambda x, lv: self.teacher.predict_cfg(self.teacher.network, x, lv, cond, null, w)
+
+    def _lr_scale(self) -> float:
+        w = self.cfg.optim.warmup_steps
+        return min(1.0, (self.step + 1) / w) if w else 1.0
+
+    # ---- the two updates -------------------------------------------------------------------------
+    def fake_update(self) -> float:
+        """Flow-matching (or epsilon) loss of the fake score on fresh detached student samples."""
+        cond, _, z = self._batch()
+        with self.acc.autocast():
+            with torch.no_grad():
+                from .method import ddim_sample
+                x0 = ddim_sample(self._pred(self.student, cond), self.teacher.schedule, z, self.student_levels)
+            loss = fake_score_loss(self._pred(self.fake, cond), self.teacher.schedule, x0, self.generators["noise"])
+        self._check(loss, "fake-score")
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.fake.parameters(), self.cfg.optim.grad_clip)
+        self.opt_f.step()
+        self.opt_f.zero_grad(set_to_none=True)
+        return float(loss)
+
+    def student_update(self) -> dict:
+        """Eq. 8: L_DMD on the steps after the detach + lambda * L_div on the first step."""
+        c, sched = self.cfg, self.teacher.schedule
+        cond, null, z = self._batch()
+        real = self._real(cond, null)
+        lam = c.lam
+        pick = None
+        if c.method.backprop == "one_step":
+            pick = int(torch.randint(1, c.student.num_steps, (1,), generator=self.generators["data"]))
+        with self.acc.autocast():
+            if lam > 0:
+                x_tk, t_k = teacher_anchor(real, sched, z, self.teacher_levels, c.method.anchor_step)
+            roll = student_rollout(self._pred(self.student, cond), sched, z, self.student_levels,
+                                   detach_first=c.detach_first, backprop=c.method.backprop, pick=pick)
+            dmd = dmd_term(roll.x0, sched, real, self._pred(self.fake, cond), self.generators["noise"],
+                           low=c.method.renoise_min, high=c.method.renoise_max,
+                           per_sample=c.method.renoise_per == "sample", normalizer=c.method.dmd_normalizer)
+            div = torch.zeros((), device=z.device)
+            if lam > 0:
+                if self.anchor_target == "velocity":
+                    div = diversity_loss(roll.first_pred, velocity_target(z, x_tk, t_k, self.student_levels[0]))
+                else:
+                    with torch.no_grad():
+                        lv = torch.full((z.shape[0],), t_k)
+                        x0_star = sched.to_x0(x_tk, lv, real(x_tk, lv))
+                    div = diversity_loss(roll.first_x0, x0_star)
+            loss = dmd.loss + lam * div
+        self._check(loss, "student")
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.student.parameters(), c.optim.grad_clip)
+        self.opt_s.step()
+        self.opt_s.zero_grad(set_to_none=True)
+        return {"loss": float(loss), "loss_dmd": float(dmd.loss), "loss_div": float(div), "dmd_grad": dmd.grad_norm}
+
+    def _check(self, loss: torch.Tensor, which: str) -> None:
+        if not torch.isfinite(loss):
+            last = ckpt.latest(self.run.checkpoints)
+            where = f"the last good checkpoint is {last.name}" if last else "no checkpoint was written yet"
+            msg = (f"the {which} loss became {float(loss)} at step {self.step + 1}; {where} and is kept. "
+                   "Lower optim.student_lr / optim.fake_lr or use run.mixed_precision = 'no'.")
+            raise TrainingDiverged(msg)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        acc = self.acc
+        tmp = ckpt.staging_dir(self.run.checkpoints, self.step)
+        acc.wait_for_everyone()
+        student_sd, fake_sd = acc.get_state_dict(self.student), acc.get_state_dict(self.fake)
+        if self.main:
+            ckpt.save_tensors(tmp / "student.safetensors", student_sd)
+            ckpt.save_tensors(tmp / "fake.safetensors", fake_sd)
+            for name, opt in (("optim_student", self.opt_s), ("optim_fake", self.opt_f)):
+                tensors, meta = ckpt.optimizer_tensors(opt)
+                ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
+        ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
+        acc.wait_for_everyone()
+        if self.main:
+            state = {"step": self.step, "world_size": acc.num_processes, "config": self.cfg.to_dict()}
+            final = ckpt.finalize(self.run.checkpoints, self.step, state, self.cfg.run.keep_checkpoints)
+            self.run.append_event("checkpoint", step=self.step, path=str(final.relative_to(self.run.root)))
+        acc.wait_for_everyone()
+
+    def load_checkpoint(self, folder: Path) -> None:
+        acc = self.acc
+        state = ckpt.read_state(folder)
+        from safetensors.torch import load_file
+        acc.unwrap_model(self.student).load_state_dict(load_file(str(folder / "student.safetensors")))
+        acc.unwrap_model(self.fake).load_state_dict(load_file(str(folder / "fake.safetensors")))
+        self.opt_s.load_state_dict(ckpt.optimizer_state_from(folder / "optim_student.safetensors"))
+        self.opt_f.load_state_dict(ckpt.optimizer_state_from(folder / "optim_fake.safetensors"))
+        self.step = int(state["step"])
+        rng = folder / f"rng_rank{acc.process_index}.safetensors"
+        if rng.exists() and state.get("world_size") == acc.num_processes:
+            ckpt.restore_rng(rng, self.generators)
+        else:  # a different number of processes: continue, deterministically but not bit-exactly
+            self._seed_generators(acc.process_index, self.step)
+            if self.main:
+                print(f"note: {folder.name} was written by {state.get('world_size')} processes, resuming on "
+                      f"{acc.num_processes}; training continues but is not bit-identical to an unbroken run")
+
+    def try_resume(self) -> bool:
+        """Resume from the newest complete checkpoint of this run folder, if there is one."""
+        if self.run.config_path.exists():
+            old = resolve(load_config(self.run.config_path))
+            diff = config_differences(old, self.cfg)
+            if diff:
+                raise ConfigError(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
+                                  f"(differs in {', '.join(diff)}); choose a new run.output_dir, or delete that "
+                                  "folder to start over")
+        last = ckpt.latest(self.run.checkpoints)
+        if last is None:
+            return False
+        self.load_checkpoint(last)
+        return True
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    @contextmanager
+    def _signals(self):
+        """SIGINT / SIGTERM ask for a graceful stop (finish the step, checkpoint, exit)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self._stop.is_set():  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self._stop.set()
+            if self.main:
+                print("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort",
+                      file=sys.stderr)
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _broadcast_flag(self, flag: bool) -> bool:
+        """Agree on a control decision across processes (any rank asking wins)."""
+        if self.acc.num_processes == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
+
+    def fit(self) -> str:
+        """Train to run.max_steps (resuming if possible); returns 'finished' or 'stopped'."""
+        from tqdm import tqdm
+
+        from .evaluate import load_extractor
+        from .snapshots import Snapshots
+
+        c, run = self.cfg, self.run
+        if self.main:
+            run.create()
+        self.acc.wait_for_everyone()
+        resumed = self.try_resume()
+        if self.main:
+            from .runfolder import atomic_write_text
+            atomic_write_text(run.config_path, c.to_toml())
+            import os
+            run.write_status("running", pid=os.getpid(), host=os.uname().nodename, step=self.step,
+                             max_steps=c.run.max_steps, message="", processes=self.acc.num_processes)
+            if resumed:
+                run.append_event("resume", step=self.step)
+            else:
+                run.append_event("start", step=0, teacher=self.teacher.describe(), method=c.method.name,
+                                 student_levels=self.student_levels, anchor_level=self.teacher_levels[c.method.anchor_step])
+        snaps = None
+        if self.main:
+            extractor = load_extractor(c.eval.features) if c.eval.features else None
+            snaps = Snapshots(c, self.teacher, extractor, self.acc.device)
+            if not (run.samples / "teacher.png").exists():
+                snaps.teacher_grid(run.samples / "teacher.png")
+                run.append_event("grid", step=0, who="teacher", path="samples/teacher.png")
+            if not resumed:
+                self._snapshot(snaps, grid=True, metrics=bool(c.eval.every))
+        state = "finished"
+        bar = tqdm(total=c.run.max_steps, initial=self.step, desc="distilling", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        with self._signals():
+            while self.step < c.run.max_steps:
+                if self._broadcast_flag(self._stop.is_set() or (self.main and run.take_request("stop"))):
+                    state = "stopped"
+                    break
+                t0 = time.perf_counter()
+                for group in (self.opt_s, self.opt_f):
+                    for g in group.param_groups:
+                        g["lr"] = g.setdefault("initial_lr", g["lr"]) * self._lr_scale()
+                fake_losses = [self.fake_update() for _ in range(c.method.fake_updates)]
+                logs = self.student_update()
+                self.step += 1
+                dt = time.perf_counter() - t0
+                logs.update(loss_fake=sum(fake_losses) / len(fake_losses), sec_per_step=round(dt, 4))
+                bar.update(1)
+                bar.set_postfix(dmd=f"{logs['loss_dmd']:.4f}", div=f"{logs['loss_div']:.4f}",
+                                fake=f"{logs['loss_fake']:.4f}")
+                if self.main:
+                    if self.step % c.run.log_every == 0 or self.step == c.run.max_steps:
+                        run.append_event("step", step=self.step, **{k: round(v, 6) for k, v in logs.items()})
+                    grid = bool(c.eval.grid_every) and self.step % c.eval.grid_every == 0
+                    metrics = bool(c.eval.every) and self.step % c.eval.every == 0
+                    if grid or metrics:
+                        self._snapshot(snaps, grid, metrics)
+                    run.write_status("running", step=self.step)
+                save_now = self._broadcast_flag(self.main and run.take_request("save"))
+                if save_now or (c.run.checkpoint_every and self.step % c.run.checkpoint_every == 0):
+                    self.save_checkpoint()
+        bar.close()
+        last = ckpt.latest(run.checkpoints)
+        if last is None or ckpt.read_state(last)["step"] != self.step:
+            self.save_checkpoint()
+        if self.main:
+            if self.step == c.run.max_steps and not (c.eval.grid_every and self.step % c.eval.grid_every == 0):
+                self._snapshot(snaps, grid=True, metrics=False)
+            run.write_status(state, step=self.step,
+                             message="" if state == "finished" else f"stopped at step {self.step}; run the same "
+                             "command again to resume")
+        self.acc.wait_for_everyone()
+        return state
+
+    def _snapshot(self, snaps, grid: bool, metrics: bool) -> None:
+        net = self.acc.unwrap_model(self.student)
+        if grid:
+            path = self.run.samples / f"step_{self.step:08d}.png"
+            snaps.student_grid(net, path, self.step)
+            self.run.append_event("grid", step=self.step, who="student", path=str(path.relative_to(self.run.root)))
+        if metrics:
+            m = snaps.student_metrics(net)
+            if m:
+                self.run.append_event("eval", step=self.step, **m)
+
+    def student_state_dict(self) -> dict:
+        return self.acc.get_state_dict(self.student)
+
+
+def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
+    """Run (or resume) a distillation; then export, evaluate and report. Returns the run folder."""
+    trainer = Trainer(cfg, progress=progress)
+    try:
+        state = trainer.fit()
+    except TrainingDiverged as e:
+        if trainer.main:
+            trainer.run.write_status("failed", message=str(e))
+            trainer.run.append_event("failed", step=trainer.step, message=str(e))
+        raise
+    except BaseException as e:
+        if trainer.main and trainer.run.root.exists():
+            trainer.run.write_status("failed", message=f"{type(e).__name__}: {e}")
+        raise
+    if finish and state == "finished" and trainer.main:
+        from .finish import finish_run
+        finish_run(trainer)
+    trainer.acc.wait_for_everyone()
+    return trainer.run.root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry for ``accelerate launch -m distill_core.train CONFIG``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distill_core.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a run config (TOML)")
+    parser.add_argument("--no-finish", action="store_true", help="skip the export, evaluation and report")
+    args = parser.parse_args(argv)
+    try:
+        train(load_config(args.config), finish=not args.no_finish)
+    except DPDMDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
