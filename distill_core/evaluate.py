@@ -53,7 +53,14 @@ class FeatureExtractor(Protocol):
 
 
 class DigitsExtractor:
-    """The built-in classifier: 64-d features, class predictions, held-out real features."""
+    """The built-in classifier: 64-d features, class predictions, held-out real features.
+
+    Features are centred on the mean feature of the real training digits: the
+    raw ReLU features all lie in one orthant, where cosines bunch near 1; centred,
+    they spread like DINO / CLIP embeddings (real held-out digits score about 0.24
+    on Eq. 9, close to the paper's SD3.5 teacher). The Frechet distance does not
+    change under the shift.
+    """
 
     name = "digits-classifier"
 
@@ -72,9 +79,16 @@ class DigitsExtractor:
     def _model_space(images: torch.Tensor) -> torch.Tensor:
         return images.float().mean(1, keepdim=True) * 2 - 1
 
+    @cached_property
+    def center(self) -> torch.Tensor:
+        from .builtin.digits import load_split
+
+        with torch.no_grad():
+            return self.net.features(load_split().train_images).mean(0)
+
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.features(self._model_space(images))
+        return self.net.features(self._model_space(images)) - self.center
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -86,7 +100,7 @@ class DigitsExtractor:
         from .builtin.digits import load_split
 
         with torch.no_grad():
-            return self.net.features(load_split().test_images).numpy()
+            return (self.net.features(load_split().test_images) - self.center).numpy()
 
 
 def load_extractor(spec: str) -> FeatureExtractor:

@@ -140,7 +140,7 @@ class Trainer:
         self.acc.clip_grad_norm_(self.fake.parameters(), self.cfg.optim.grad_clip)
         self.opt_f.step()
         self.opt_f.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.item()
 
     def student_update(self) -> dict:
         """Eq. 8: L_DMD on the steps after the detach + lambda * L_div on the first step."""
@@ -174,7 +174,7 @@ class Trainer:
         self.acc.clip_grad_norm_(self.student.parameters(), c.optim.grad_clip)
         self.opt_s.step()
         self.opt_s.zero_grad(set_to_none=True)
-        return {"loss": float(loss), "loss_dmd": float(dmd.loss), "loss_div": float(div), "dmd_grad": dmd.grad_norm}
+        return {"loss": loss.item(), "loss_dmd": dmd.loss.item(), "loss_div": div.item(), "dmd_grad": dmd.grad_norm}
 
     def _check(self, loss: torch.Tensor, which: str) -> None:
         if not torch.isfinite(loss):

@@ -55,7 +55,9 @@ class BuiltinTeacher(Teacher):
         self._config = json.loads(meta["config"]) if "config" in meta else None
         net = build_teacher_network(self._config)
         net.load_state_dict(state)
-        super().__init__(net.to(dtype), FlowSchedule(shift=1.0 if shift is None else shift))
+        if dtype != torch.float32:
+            net = net.to(dtype)
+        super().__init__(net, FlowSchedule(shift=1.0 if shift is None else shift))
 
     def call_network(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
         dtype = next(net.parameters()).dtype

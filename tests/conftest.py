@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny, fast configs of the built-in teacher in temporary run folders."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+from distill_core.config import Config  # noqa: E402
+
+
+def tiny_config(out, **overrides) -> Config:
+    """A built-in-teacher run that takes a few seconds: small batch, 2 fake updates, no periodic evals."""
+    cfg = Config()
+    cfg.run.output_dir = str(out)
+    cfg.run.max_steps = 4
+    cfg.run.checkpoint_every = 2
+    cfg.data.batch_size = 8
+    cfg.method.fake_updates = 2
+    cfg.teacher.num_steps = 8
+    cfg.method.anchor_step = 3
+    cfg.eval.every = 0
+    cfg.eval.grid_every = 0
+    cfg.eval.prompts = ["0", "1", "2"]
+    cfg.eval.seeds = 3
+    cfg.eval.grid_prompts = 2
+    cfg.eval.grid_seeds = 2
+    cfg.eval.fd_samples_per_prompt = 4
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda name="run", **kw: tiny_config(tmp_path / name, **kw)

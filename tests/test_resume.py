@@ -1,0 +1,58 @@
+"""Checkpoints: resume equals an unbroken run, bit for bit; broken checkpoints are skipped."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from distill_core import checkpoint as ckpt
+from distill_core.train import Trainer, train
+
+
+def _weights(run_dir):
+    last = ckpt.latest(run_dir / "checkpoints")
+    return {n: load_file(str(last / f"{n}.safetensors")) for n in ("student", "fake", "optim_student")}
+
+
+def test_resume_equals_uninterrupted_run(tiny):
+    straight = tiny("straight", run__max_steps=4)
+    train(straight, progress=False, finish=False)
+
+    broken = tiny("broken", run__max_steps=2)
+    train(broken, progress=False, finish=False)  # stops after 2 steps with a checkpoint
+    broken.run.max_steps = 4
+    train(broken, progress=False, finish=False)  # resumes from step 2
+
+    a, b = _weights(run_dir(straight)), _weights(run_dir(broken))
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs after resume"
+    events = [json.loads(line) for line in (run_dir(broken) / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("resume") == 1
+
+
+def run_dir(cfg) -> Path:
+    return Path(cfg.run.output_dir)
+
+
+def test_truncated_newest_checkpoint_is_skipped(tiny):
+    cfg = tiny(run__max_steps=4)
+    train(cfg, progress=False, finish=False)
+    checkpoints = run_dir(cfg) / "checkpoints"
+    newest = ckpt.latest(checkpoints)
+    assert newest.name == "step_00000004"
+    data = (newest / "student.safetensors").read_bytes()
+    (newest / "student.safetensors").write_bytes(data[: len(data) // 2])
+    assert ckpt.latest(checkpoints).name == "step_00000002"
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.try_resume() and trainer.step == 2
+
+
+def test_interrupted_write_leaves_previous_checkpoint(tiny):
+    cfg = tiny(run__max_steps=2)
+    train(cfg, progress=False, finish=False)
+    checkpoints = run_dir(cfg) / "checkpoints"
+    staged = ckpt.staging_dir(checkpoints, 99)  # a crash mid-write leaves only a staging folder
+    (staged / "student.safetensors").write_bytes(b"partial")
+    assert ckpt.latest(checkpoints).name == "step_00000002"
