@@ -336,6 +336,10 @@ class Trainer:
                 if save_now or (c.run.checkpoint_every and self.step % c.run.checkpoint_every == 0):
                     self.save_checkpoint()
         bar.close()
+        if self.acc.num_processes > 1:
+            diff = self._replica_difference()
+            if self.main:
+                run.append_event("replicas", step=self.step, processes=self.acc.num_processes, max_difference=diff)
         last = ckpt.latest(run.checkpoints)
         if last is None or ckpt.read_state(last)["step"] != self.step:
             self.save_checkpoint()
@@ -347,6 +351,13 @@ class Trainer:
                              "command again to resume")
         self.acc.wait_for_everyone()
         return state
+
+    def _replica_difference(self) -> float:
+        """Largest difference between processes of per-tensor fingerprints of both networks (0 = in sync)."""
+        prints = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().norm()])
+                              for net in (self.student, self.fake) for p in net.parameters()]).flatten()
+        gathered = self.acc.gather(prints.to(self.acc.device).unsqueeze(0)).cpu()
+        return float((gathered - gathered[0]).abs().max())
 
     def _snapshot(self, snaps, grid: bool, metrics: bool) -> None:
         net = self.acc.unwrap_model(self.student)
