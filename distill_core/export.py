@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import Config
 from .errors import CheckpointError
+from .runfolder import FILE_MODE
 from .student_file import StudentInfo, read_student_info
 from .teachers.base import Teacher
 
@@ -38,6 +39,7 @@ def save_student(state_dict: dict[str, torch.Tensor], info: StudentInfo, path: s
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=info.to_metadata())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

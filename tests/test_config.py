@@ -1,0 +1,57 @@
+"""Bad configs give errors that name the field and the fix."""
+import pytest
+
+from distill_core.config import Config, load_config, loads_config, resolve
+from distill_core.errors import ConfigError
+
+
+def test_defaults_follow_the_paper():
+    cfg = resolve(Config())
+    assert (cfg.method.anchor_step, cfg.method.diversity_weight, cfg.student.num_steps) == (5, 0.05, 4)
+    assert cfg.method.fake_updates == 5 and cfg.optim.grad_clip == 1.0
+    assert cfg.data.prompts and cfg.eval.prompts  # the built-in teacher's ten digits
+
+
+def test_toml_round_trip():
+    cfg = resolve(Config())
+    again = resolve(loads_config(cfg.to_toml()))
+    assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[method]\nanchr_step = 3", ["method.anchr_step", "anchor_step"]),
+    ("[methods]\nname = 'dmd'", ["methods"]),
+    ("[method]\nanchor_step = 'five'", ["method.anchor_step", "whole number"]),
+    ("[method\nx=1", ["not valid TOML"]),
+    ("[method]\nanchor_step = 30", ["method.anchor_step", "teacher.num_steps"]),
+    ("[method]\ndiversity_weight = -0.1", ["method.diversity_weight", ">= 0"]),
+    ("[student]\nnum_steps = 1", ["student.num_steps", "at least 2"]),
+    ("[method]\nname = 'dmd2'", ["method.name", "'dpdmd'"]),
+    ("[run]\nmixed_precision = 'fp16'", ["fp16", "bf16"]),
+    ("[teacher]\nfamily = 'sd3'", ["teacher.path"]),
+    ("[teacher]\npath = '/no/such/folder'", ["teacher.path", "does not exist"]),
+    ("[data]\nprompts_file = '/no/such/prompts.txt'", ["data.prompts_file"]),
+    ("[eval]\nseeds = 1", ["eval.seeds", "pairwise"]),
+])
+def test_bad_values_name_the_field(text, words):
+    with pytest.raises(ConfigError) as err:
+        resolve(loads_config(text))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_dmd_method_has_no_diversity_loss():
+    cfg = resolve(loads_config("[method]\nname = 'dmd'"))
+    assert cfg.lam == 0.0 and not cfg.detach_first
+
+
+def test_prompts_file_is_read(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("seven\n\n# a comment\na handwritten 3\n")
+    cfg = resolve(loads_config(f"[data]\nprompts_file = '{f}'"))
+    assert cfg.data.prompts == ["seven", "a handwritten 3"]

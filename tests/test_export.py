@@ -1,0 +1,74 @@
+"""Exported students carry their schedule; foreign or broken files are refused clearly."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from distill_core.config import resolve
+from distill_core.errors import CheckpointError, PromptError
+from distill_core.export import load_student, save_student, student_info
+from distill_core.sampling import sample_grid
+from distill_core.student_file import read_student_info
+from distill_core.teachers import load_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from distill_core.config import Config
+    return load_teacher(resolve(Config()))
+
+
+def test_round_trip_keeps_weights_and_schedule(tiny, tmp_path, teacher):
+    cfg = resolve(tiny())
+    net = teacher.make_trainable_copy()
+    with torch.no_grad():
+        next(net.parameters()).add_(0.01)  # a "trained" student differs from the teacher
+    info = student_info(teacher, cfg, steps_trained=7)
+    path = save_student(net.state_dict(), info, tmp_path / "s.safetensors")
+    again = read_student_info(path)
+    assert again.levels == teacher.student_levels(4) and again.levels[0] == 1.0 and again.levels[-1] == 0.0
+    assert again.sigmas == again.levels  # flow models: ComfyUI's sigma is the flow time
+    assert again == info and again.num_steps == 4 and again.steps_trained == 7
+    loaded, _ = load_student(path, teacher)
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    a = sample_grid(teacher, net, ["3"], [0, 1], info.levels)
+    b = sample_grid(teacher, loaded, ["3"], [0, 1], again.levels)
+    torch.testing.assert_close(a, b)
+
+
+def test_metadata_has_modelspec_keys(tiny, tmp_path, teacher):
+    path = save_student(teacher.network.state_dict(), student_info(teacher, resolve(tiny()), 0), tmp_path / "s.safetensors")
+    from distill_core.student_file import read_metadata
+    meta = read_metadata(path)
+    for key in ("modelspec.sai_model_spec", "modelspec.architecture", "modelspec.title", "dpdmd.levels",
+                "dpdmd.sigmas", "dpdmd.anchor_step", "dpdmd.diversity_weight", "dpdmd.method"):
+        assert key in meta
+
+
+def test_file_without_metadata_is_refused(tmp_path, teacher):
+    path = tmp_path / "plain.safetensors"
+    save_file(teacher.network.state_dict(), str(path))
+    with pytest.raises(CheckpointError, match="no DP-DMD student metadata"):
+        load_student(path, teacher)
+
+
+def test_pickle_and_truncated_files_are_refused(tmp_path, teacher, tiny):
+    pt = tmp_path / "student.pt"
+    pt.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        read_student_info(pt)
+    good = save_student(teacher.network.state_dict(), student_info(teacher, resolve(tiny()), 0), tmp_path / "g.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated|readable"):
+        read_student_info(cut)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_student_info(tmp_path / "missing.safetensors")
+
+
+def test_unknown_prompt_lists_what_is_accepted(teacher):
+    with pytest.raises(PromptError, match="exactly one digit"):
+        teacher.encode_prompts(["a cat"])
+    with pytest.raises(PromptError, match="several digits"):
+        teacher.encode_prompts(["3 or 4"])
+    assert teacher.encode_prompts(["seven", "a handwritten 7", "7"])["class_labels"].tolist() == [7, 7, 7]
