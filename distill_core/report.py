@@ -24,6 +24,15 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average (bias-corrected), as TensorBoard's smoothing slider."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** (i + 1)))
+    return out
+
+
 def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes | None, bytes | None]:
     """Loss curves and diversity-over-steps pictures (PNG bytes) from the events."""
     import matplotlib
@@ -37,7 +46,9 @@ def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes |
         fig, axes = plt.subplots(1, 3, figsize=(12, 3))
         for ax, key, label in zip(axes, ("loss_dmd", "loss_div", "loss_fake"),
                                   ("DMD loss (student)", "diversity loss (first step)", "fake-score loss")):
-            ax.plot([e["step"] for e in steps], [e.get(key, 0.0) for e in steps], lw=1)
+            x, y = [e["step"] for e in steps], [e.get(key, 0.0) for e in steps]
+            ax.plot(x, y, lw=0.6, alpha=0.4)
+            ax.plot(x, smooth(y), lw=1.4, color="C0")
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -48,6 +59,8 @@ def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes |
         ax.plot([e["step"] for e in evals], [e["diversity"] for e in evals], marker="o", label="student")
         if teacher_diversity is not None:
             ax.axhline(teacher_diversity, color="gray", ls="--", label="teacher")
+        top = max([e["diversity"] for e in evals] + ([teacher_diversity] if teacher_diversity else []))
+        ax.set_ylim(0, top * 1.2)
         ax.set_xlabel("step")
         ax.set_ylabel("diversity (Eq. 9)")
         ax.legend(fontsize=8)

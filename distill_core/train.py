@@ -23,7 +23,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config, load_config, resolve
-from .errors import ConfigError, DPDMDError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .method import dmd_term, diversity_loss, fake_score_loss, student_rollout, teacher_anchor, velocity_target
 from .runfolder import RunFolder
 from .teachers import load_teacher
@@ -396,20 +396,10 @@ def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry for ``accelerate launch -m distill_core.train CONFIG``."""
-    import argparse
+    """Entry for ``accelerate launch -m distill_core.train CONFIG``: the same as ``dpdmd train``."""
+    from .cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m distill_core.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="a run config (TOML)")
-    parser.add_argument("--no-finish", action="store_true", help="skip the export, evaluation and report")
-    args = parser.parse_args(argv)
-    try:
-        train(load_config(args.config), finish=not args.no_finish)
-    except DPDMDError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
