@@ -23,17 +23,30 @@ def prompt_labels(teacher: Teacher, prompts: list[str], per_prompt: int) -> torc
     return labels.repeat_interleave(per_prompt)
 
 
+def seconds_per_image(teacher: Teacher, net: nn.Module, prompts: list[str], levels: list[float], guidance: float,
+                      batch: int, device, repeats: int = 3) -> float:
+    """Best-of-``repeats`` wall time per image for one batch, after a warm-up (robust to a busy host)."""
+    seeds = list(range(max(1, batch // len(prompts))))
+    sample_grid(teacher, net, prompts[:1], seeds[:1], levels, guidance, batch, device)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lat = sample_grid(teacher, net, prompts, seeds, levels, guidance, batch, device)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / lat.shape[0])
+    return best
+
+
 def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExtractor | None, *,
             levels: list[float], guidance: float, device) -> dict:
-    """Sample the eval prompts from fixed seeds and compute the metrics; times the sampling."""
+    """Sample the eval prompts from fixed seeds, compute the metrics, and time the sampler."""
     e = cfg.eval
     per_prompt = max(e.seeds, e.fd_samples_per_prompt if teacher.family == "builtin" else 0)
-    seeds = list(range(per_prompt))
-    start = time.perf_counter()
-    latents = sample_grid(teacher, net, e.prompts, seeds, levels, guidance, max(cfg.data.batch_size, 64), device)
-    seconds = time.perf_counter() - start
+    batch = max(cfg.data.batch_size, 64) if teacher.family == "builtin" else cfg.data.batch_size
+    latents = sample_grid(teacher, net, e.prompts, list(range(per_prompt)), levels, guidance, batch, device)
     out = {"steps": len(levels) - 1, "guidance": guidance, "nfe": (len(levels) - 1) * (2 if guidance != 1 else 1),
-           "seconds_per_image": seconds / latents.shape[0]}
+           "seconds_per_image": seconds_per_image(teacher, net, e.prompts, levels, guidance, batch, device)}
     if extractor is not None:
         images = teacher.decode(latents)
         out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
