@@ -29,6 +29,8 @@ def _cmd_demo(args) -> None:
           f"Frechet distance {t['frechet_distance']:.2f}, class accuracy {t['class_accuracy']:.3f}")
     print(f"student ({s['steps']} steps):        diversity {s['diversity']:.4f}, "
           f"Frechet distance {s['frechet_distance']:.2f}, class accuracy {s['class_accuracy']:.3f}")
+    print(f"style clusters reached: teacher {t['mode_coverage']:.2f}, student {s['mode_coverage']:.2f}; the student "
+          f"lands in the teacher's style for {100 * s['mode_agreement_with_teacher']:.0f}% of noises")
     print(f"student sampling is {metrics['ratios']['sampling_speedup']:.1f}x faster; "
           f"training took {metrics['run']['train_seconds']:.0f} s")
     print(f"report: {run / 'report.html'}\nstudent: {run / 'student.safetensors'}")

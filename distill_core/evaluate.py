@@ -95,6 +95,13 @@ class DigitsExtractor:
         return self.net(self._model_space(images)).argmax(1)
 
     @cached_property
+    def modes(self):
+        """The real digits' per-class style clusters (see builtin/modes.py)."""
+        from .builtin.modes import StyleModes
+
+        return StyleModes.fit(self)
+
+    @cached_property
     def real_features(self) -> np.ndarray:
         """Features of the held-out real digits (the reference for the Frechet distance)."""
         from .builtin.digits import load_split

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from .config import Config
-from .evaluate import FeatureExtractor, evaluate_images, load_extractor
+from .builtin.modes import mode_metrics
+from .evaluate import DigitsExtractor, FeatureExtractor, evaluate_images, load_extractor
 from .export import save_student, student_info
 from .runfolder import atomic_write_text
 from .sampling import sample_grid
@@ -39,31 +40,40 @@ def seconds_per_image(teacher: Teacher, net: nn.Module, prompts: list[str], leve
 
 
 def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExtractor | None, *,
-            levels: list[float], guidance: float, device) -> dict:
-    """Sample the eval prompts from fixed seeds, compute the metrics, and time the sampler."""
+            levels: list[float], guidance: float, device) -> tuple[dict, torch.Tensor]:
+    """Sample the eval prompts from fixed seeds, compute the metrics, and time the sampler.
+
+    Returns the metrics and the images (prompt-major), for comparisons across models.
+    """
     e = cfg.eval
     per_prompt = max(e.seeds, e.fd_samples_per_prompt if teacher.family == "builtin" else 0)
     batch = max(cfg.data.batch_size, 64) if teacher.family == "builtin" else cfg.data.batch_size
     latents = sample_grid(teacher, net, e.prompts, list(range(per_prompt)), levels, guidance, batch, device)
     out = {"steps": len(levels) - 1, "guidance": guidance, "nfe": (len(levels) - 1) * (2 if guidance != 1 else 1),
            "seconds_per_image": seconds_per_image(teacher, net, e.prompts, levels, guidance, batch, device)}
+    images = teacher.decode(latents)
     if extractor is not None:
-        images = teacher.decode(latents)
         out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
                                    diversity_seeds=e.seeds))
-    return out
+    return out, images
 
 
 def compare(cfg: Config, teacher: Teacher, student: nn.Module, device) -> dict:
     """Teacher (its steps, CFG) and student (its steps, no CFG) measured identically."""
     extractor = load_extractor(cfg.eval.features) if cfg.eval.features else None
-    t = measure(teacher, teacher.network, cfg, extractor, levels=teacher.teacher_levels(cfg.teacher.num_steps),
-                guidance=cfg.teacher.guidance_scale, device=device)
-    s = measure(teacher, student, cfg, extractor, levels=teacher.student_levels(cfg.student.num_steps),
-                guidance=1.0, device=device)
+    t, t_images = measure(teacher, teacher.network, cfg, extractor,
+                          levels=teacher.teacher_levels(cfg.teacher.num_steps), guidance=cfg.teacher.guidance_scale,
+                          device=device)
+    s, s_images = measure(teacher, student, cfg, extractor, levels=teacher.student_levels(cfg.student.num_steps),
+                          guidance=1.0, device=device)
     ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
     if "diversity" in t:
         ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)
+    if isinstance(extractor, DigitsExtractor):
+        labels = prompt_labels(teacher, cfg.eval.prompts, t_images.shape[0] // len(cfg.eval.prompts))
+        t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels)
+        t.update(t_modes)
+        s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}
 
 

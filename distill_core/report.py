@@ -73,6 +73,10 @@ def _metrics_table(metrics: dict) -> str:
     rows = [("diversity (Eq. 9, higher = more varied)", "diversity", "{:.4f}"),
             ("Frechet distance to held-out digits (lower = better)", "frechet_distance", "{:.2f}"),
             ("class accuracy", "class_accuracy", "{:.3f}"),
+            ("style clusters of the real digits reached (coverage)", "mode_coverage", "{:.3f}"),
+            ("style histogram divergence from the teacher (KL, lower = closer)", "mode_divergence_from_teacher",
+             "{:.3f}"),
+            ("same noise, same style as the teacher (agreement)", "mode_agreement_with_teacher", "{:.3f}"),
             ("steps / NFEs", None, None), ("seconds per image", "seconds_per_image", "{:.5f}")]
     t, s = metrics.get("teacher", {}), metrics.get("student", {})
     out = ["<table><tr><th></th><th>teacher</th><th>student</th></tr>"]

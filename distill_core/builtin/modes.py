@@ -70,3 +70,17 @@ def histogram_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-3) -> flo
 def agreement(modes_a: np.ndarray, modes_b: np.ndarray) -> float:
     """Share of noises that land in the same style cluster under two models."""
     return float((modes_a == modes_b).mean())
+
+
+def mode_metrics(extractor, teacher_images: torch.Tensor, student_images: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[dict, dict]:
+    """Coverage for both; for the student also divergence and agreement with the teacher (same noises)."""
+    modes = extractor.modes
+    classes = np.unique(labels.numpy())
+    t_modes = modes.assign(extractor.features(teacher_images), labels)
+    s_modes = modes.assign(extractor.features(student_images), labels)
+    t_hist, s_hist = modes.histograms(t_modes, labels), modes.histograms(s_modes, labels)
+    return ({"mode_coverage": modes.coverage(t_hist, classes)},
+            {"mode_coverage": modes.coverage(s_hist, classes),
+             "mode_divergence_from_teacher": histogram_divergence(t_hist[classes], s_hist[classes]),
+             "mode_agreement_with_teacher": agreement(t_modes, s_modes)})
