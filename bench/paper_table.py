@@ -1,0 +1,228 @@
+"""Does the paper's claim hold on the built-in teacher? DMD vs DP-DMD vs no-detach, ablations, costs.
+
+    python bench/paper_table.py                  # the full benchmark (hours on 2 CPU cores)
+    python bench/paper_table.py --quick          # a smoke run of the same pipeline (minutes)
+    python bench/paper_table.py --only cost      # just the cost ratios (a few minutes)
+
+Every model is trained with the same budget, data, CFG and seeds; each student
+and the teacher (30 steps, CFG) are sampled from the same noises (R = 9 seeds
+per prompt for diversity, more for the Frechet distance and mode statistics).
+Runs are resumable: results of finished runs are reused from --work.
+Writes docs/results.md, docs/results/*.png and docs/results/results.json, and
+prints the ratios measured in this run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from distill_core.builtin.modes import mode_metrics  # noqa: E402
+from distill_core.config import Config, resolve  # noqa: E402
+from distill_core.demo import demo_config  # noqa: E402
+from distill_core.evaluate import DigitsExtractor  # noqa: E402
+from distill_core.finish import measure, seconds_per_image  # noqa: E402
+from distill_core.sampling import sample_grid  # noqa: E402
+from distill_core.snapshots import grid_image  # noqa: E402
+from distill_core.train import Trainer  # noqa: E402
+
+METHODS = ("dmd", "dpdmd", "no_detach")
+LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD without detach", "teacher": "teacher"}
+KS = (1, 3, 5, 10, 20)
+LAMBDAS = (0.01, 0.05, 0.08, 0.1)
+
+
+def base_config(args, work: Path, name: str, method: str, seed: int) -> Config:
+    cfg = demo_config(work / name, method=method)
+    cfg.run.seed = seed
+    cfg.run.max_steps = args.steps
+    cfg.run.checkpoint_every = args.steps
+    cfg.run.keep_checkpoints = 1
+    cfg.data.batch_size = args.batch
+    cfg.optim.student_lr = cfg.optim.fake_lr = args.lr
+    cfg.eval.every = max(1, args.steps // 8)  # diversity over training (the paper's Fig. 5)
+    cfg.eval.grid_every = 0
+    return cfg
+
+
+def train_student(cfg: Config) -> Trainer:
+    """Train (or resume / reuse) one run; returns its trainer with the final student."""
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    return trainer
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.work = Path(args.work)
+        self.extractor = DigitsExtractor()
+        self.eval_cfg = resolve(base_config(args, self.work, "eval", "dpdmd", 0))
+        self.eval_cfg.eval.fd_samples_per_prompt = args.samples
+        self.results: dict = {"runs": {}, "ablations": {}, "cost": {}}
+        self.measured: dict[str, dict] = {}
+        self.teacher_images = None
+        (self.work / "grids").mkdir(parents=True, exist_ok=True)
+
+    def save_grid(self, trainer: Trainer, net, name: str, levels: list[float], guidance: float) -> None:
+        c = trainer.cfg
+        prompts, seeds = c.eval.prompts[:5], list(range(8))
+        lat = sample_grid(trainer.teacher, net, prompts, seeds, levels, guidance)
+        title = f"{LABEL.get(name.split('_s')[0], name)}: {len(levels) - 1} steps" + (
+            f", CFG {guidance:g}" if guidance != 1 else "")
+        grid_image(trainer.teacher, lat, prompts, seeds, title).save(self.work / "grids" / f"{name}.png")
+
+    def measure_teacher(self, teacher) -> dict:
+        c = self.eval_cfg
+        m, self.teacher_images = measure(teacher, teacher.network, c, self.extractor,
+                                         levels=teacher.teacher_levels(c.teacher.num_steps),
+                                         guidance=c.teacher.guidance_scale, device="cpu")
+        return m
+
+    def measure_student(self, trainer: Trainer) -> dict:
+        c, teacher = self.eval_cfg, trainer.teacher
+        net = trainer.acc.unwrap_model(trainer.student)
+        m, images = measure(teacher, net, c, self.extractor, levels=trainer.student_levels, guidance=1.0, device="cpu")
+        labels = teacher.encode_prompts(c.eval.prompts)["class_labels"].repeat_interleave(images.shape[0] // len(c.eval.prompts))
+        t_modes, s_modes = mode_metrics(self.extractor, self.teacher_images, images, labels)
+        m.update(s_modes)
+        self.results["teacher"].update(t_modes)
+        events = trainer.run.read_events()
+        m["diversity_over_steps"] = [[e["step"], e["diversity"]] for e in events if e.get("event") == "eval"]
+        m["sec_per_step_median"] = statistics.median(e["sec_per_step"] for e in events if e.get("event") == "step")
+        return m
+
+    def run_one(self, key: str, cfg: Config, bucket: dict) -> None:
+        t0 = time.time()
+        name = Path(cfg.run.output_dir).name
+        if name in self.measured:  # the ablation's default point is a main-table run
+            bucket[key] = self.measured[name]
+            return
+        trainer = train_student(cfg)
+        if "teacher" not in self.results:
+            self.results["teacher"] = self.measure_teacher(trainer.teacher)
+            self.save_grid(trainer, trainer.teacher.network, "teacher", trainer.teacher_levels,
+                           trainer.cfg.teacher.guidance_scale)
+        bucket[key] = self.measured[name] = m = self.measure_student(trainer)
+        if cfg.run.seed == 0:
+            self.save_grid(trainer, trainer.acc.unwrap_model(trainer.student), name, trainer.student_levels, 1.0)
+        print(f"  {key}: diversity {m['diversity']:.4f}  FD {m['frechet_distance']:.2f}  coverage "
+              f"{m['mode_coverage']:.2f}  agreement {m['mode_agreement_with_teacher']:.2f}  ({time.time() - t0:.0f} s)",
+              flush=True)
+
+    def table(self) -> None:
+        for method in METHODS:
+            for seed in range(self.args.seeds):
+                name = f"{method}_s{seed}"
+                self.run_one(name, base_config(self.args, self.work, name, method, seed), self.results["runs"])
+
+    def ablations(self) -> None:
+        default = base_config(self.args, self.work, "x", "dpdmd", 0).method
+        for k in KS:
+            name = "dpdmd_s0" if k == default.anchor_step else f"k{k}"
+            cfg = base_config(self.args, self.work, name, "dpdmd", 0)
+            cfg.method.anchor_step = k
+            self.run_one(f"k={k}", cfg, self.results["ablations"])
+        for lam in LAMBDAS:
+            name = "dpdmd_s0" if lam == default.diversity_weight else f"lambda{lam}"
+            cfg = base_config(self.args, self.work, name, "dpdmd", 0)
+            cfg.method.diversity_weight = lam
+            self.run_one(f"lambda={lam}", cfg, self.results["ablations"])
+
+    def cost(self) -> None:
+        """Seconds per training step and autograd memory, DP-DMD vs DMD, alternated to cancel host noise."""
+        trainers = {m: Trainer(base_config(self.args, self.work, f"cost_{m}", m, 0), progress=False)
+                    for m in ("dmd", "dpdmd")}
+        times: dict[str, list[float]] = {m: [] for m in trainers}
+        for rnd in range(self.args.cost_rounds + 1):
+            for m, tr in trainers.items():
+                t0 = time.perf_counter()
+                for _ in range(tr.cfg.method.fake_updates):
+                    tr.fake_update()
+                tr.student_update()
+                if rnd:  # round 0 is a warm-up
+                    times[m].append(time.perf_counter() - t0)
+        saved = {m: saved_tensor_bytes(tr) for m, tr in trainers.items()}
+        teacher = trainers["dpdmd"].teacher
+        c = trainers["dpdmd"].cfg
+        t_sec = seconds_per_image(teacher, teacher.network, c.eval.prompts, teacher.teacher_levels(c.teacher.num_steps),
+                                  c.teacher.guidance_scale, 64, "cpu")
+        s_sec = seconds_per_image(teacher, trainers["dpdmd"].acc.unwrap_model(trainers["dpdmd"].student),
+                                  c.eval.prompts, trainers["dpdmd"].student_levels, 1.0, 64, "cpu")
+        med = {m: statistics.median(v) for m, v in times.items()}
+        self.results["cost"] = {
+            "sec_per_step": med, "step_time_ratio_dpdmd_over_dmd": med["dpdmd"] / med["dmd"],
+            "autograd_bytes": saved, "memory_ratio_dpdmd_over_dmd": saved["dpdmd"] / saved["dmd"],
+            "teacher_sec_per_image": t_sec, "student_sec_per_image": s_sec, "sampling_speedup": t_sec / s_sec,
+            "rounds": self.args.cost_rounds, "batch": c.data.batch_size, "k": c.method.anchor_step,
+        }
+        r = self.results["cost"]
+        print(f"  DP-DMD / DMD seconds per step: {r['step_time_ratio_dpdmd_over_dmd']:.3f} "
+              f"({med['dpdmd']:.3f} s / {med['dmd']:.3f} s, median of {self.args.cost_rounds})")
+        print(f"  DP-DMD / DMD autograd memory of a student update: {r['memory_ratio_dpdmd_over_dmd']:.3f}")
+        print(f"  teacher (30 steps, CFG) / student (4 steps) sampling time: {r['sampling_speedup']:.1f}x")
+
+
+def saved_tensor_bytes(trainer: Trainer) -> int:
+    """Bytes kept for backward during one student update (the activation memory the method adds)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer.student_update()
+    return sum(seen.values())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["table", "ablations", "cost", "all"], default="all")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--samples", type=int, default=50, help="samples per prompt for FD and mode statistics")
+    p.add_argument("--cost-rounds", type=int, default=10)
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--docs", default=str(ROOT / "docs"))
+    p.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline, not the claim")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.steps, args.batch, args.samples, args.cost_rounds = 1, 6, 16, 12, 2
+        args.work = str(Path(args.work).parent / "bench_quick")
+    bench = Bench(args)
+    started = time.time()
+    if args.only in ("table", "all"):
+        print("main table (same budget, data, CFG and seeds):", flush=True)
+        bench.table()
+    if args.only in ("ablations", "all"):
+        print("ablations (DP-DMD, seed 0):", flush=True)
+        bench.ablations()
+    if args.only in ("cost", "all"):
+        print("cost ratios:", flush=True)
+        bench.cost()
+    bench.results["meta"] = {
+        "command": "python bench/paper_table.py " + " ".join(sys.argv[1:]), "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "wall_seconds": round(time.time() - started), "args": vars(args),
+    }
+    from results_page import write_results  # noqa: E402  (bench/results_page.py)
+
+    write_results(bench.results, Path(args.docs), Path(args.work))
+
+
+if __name__ == "__main__":
+    main()
