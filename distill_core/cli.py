@@ -111,28 +111,16 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from safetensors.torch import load_file
+    from .exporters import export
 
-    from . import checkpoint as ckpt
-    from .config import load_config, resolve
-    from .errors import CheckpointError
-    from .export import save_student, student_info
-    from .runfolder import RunFolder
-    from .teachers import load_teacher
-
-    run = RunFolder(Path(args.run_dir))
-    if not run.config_path.exists():
-        raise CheckpointError(f"{args.run_dir} is not a run folder (no config.toml)")
-    cfg = resolve(load_config(run.config_path))
-    folder = run.checkpoints / ckpt.step_dir_name(args.step) if args.step else ckpt.latest(run.checkpoints)
-    if folder is None or not ckpt.is_complete(folder):
-        raise CheckpointError(f"no complete checkpoint {'at step ' + str(args.step) if args.step else ''} in "
-                              f"{run.checkpoints}")
-    teacher = load_teacher(cfg)
-    step = ckpt.read_state(folder)["step"]
-    out = Path(args.out) if args.out else run.root / f"student_step{step:08d}.safetensors"
-    save_student(load_file(str(folder / "student.safetensors")), student_info(teacher, cfg, step), out)
-    print(f"wrote {out} (step {step})")
+    path, student = export(args.run_dir, args.format, out=args.out, step=args.step, dtype=args.dtype, rank=args.rank)
+    print(f"wrote {path} (step {student.step}, format {args.format})")
+    info = student.info()
+    if args.format == "comfy":
+        print(f"ComfyUI: put it in models/diffusion_models/, load it with Load Diffusion Model and sample "
+              f"{info.num_steps} steps at CFG 1 with these sigmas: {', '.join(f'{s:.4f}' for s in info.sigmas)}")
+    elif args.format == "diffusers":
+        print(f"diffusers: see {path / 'README.md'}")
 
 
 def _cmd_report(args) -> None:
@@ -178,10 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, default=9, help="R samples per prompt (paper: 9)")
     e.set_defaults(func=_cmd_evaluate)
 
-    x = sub.add_parser("export", help="export the student of a run's checkpoint")
+    x = sub.add_parser("export", help="export the student of a run's checkpoint (file, comfy, diffusers, lora)")
     x.add_argument("run_dir")
+    x.add_argument("--format", default="file", choices=["file", "comfy", "diffusers", "lora"],
+                   help="file: float32 .safetensors with metadata (default); comfy: the same in bf16 for "
+                        "ComfyUI; diffusers: a transformer/ or unet/ + scheduler/ folder; lora: the change "
+                        "from the teacher as a LoRA")
     x.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    x.add_argument("--out", help="output .safetensors path")
+    x.add_argument("--out", help="output path (default: inside the run folder)")
+    x.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default per format)")
+    x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
 
     r = sub.add_parser("report", help="rebuild report.html of a run folder")
