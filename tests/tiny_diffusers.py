@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-SD3_RESOLUTION = 32  # pixels: a 8x8 latent, 16 tokens with patch size 2
-SDXL_RESOLUTION = 32
+RESOLUTION = 32  # pixels: an 8x8 latent (SD3: 16 image tokens with patch size 2)
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -136,3 +135,20 @@ def build_tiny_sdxl_pipeline(path: str | Path, seed: int = 0):
     check_tokenizers(pipe)
     pipe.save_pretrained(str(path))
     return pipe
+
+
+def tiny_run_config(family: str, folder: str | Path, out: str | Path, **overrides):
+    """A few-second DP-DMD run on a tiny pipeline folder; overrides as ``section__field=value``."""
+    from distill_core.config import Config
+
+    cfg = Config()
+    cfg.teacher.family, cfg.teacher.path, cfg.teacher.resolution = family, str(folder), RESOLUTION
+    cfg.teacher.num_steps, cfg.method.anchor_step, cfg.method.fake_updates = 6, 2, 1
+    cfg.run.output_dir, cfg.run.max_steps, cfg.run.checkpoint_every = str(out), 2, 1
+    cfg.data.prompts, cfg.data.batch_size = ["a photo of a cat", "the dog", "a painting of the sea"], 2
+    cfg.eval.every, cfg.eval.grid_every, cfg.eval.features = 0, 0, ""
+    cfg.eval.seeds, cfg.eval.max_prompts, cfg.eval.grid_prompts, cfg.eval.grid_seeds = 2, 1, 1, 2
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
