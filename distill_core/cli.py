@@ -6,6 +6,8 @@
   dpdmd sample STUDENT ...        draw a seed grid from an exported student
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
   dpdmd export RUN_DIR            write the student of a run's newest (or a chosen) checkpoint
+                                  (--format file | comfy | diffusers | lora)
+  dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 24 / 48 / 80 GB
   dpdmd report RUN_DIR            (re)build a run's report.html
 """
 from __future__ import annotations
@@ -123,6 +125,14 @@ def _cmd_export(args) -> None:
         print(f"diffusers: see {path / 'README.md'}")
 
 
+def _cmd_plan(args) -> None:
+    from .config import load_config
+    from .plan import plan
+
+    cfg = load_config(args.config) if args.config else None
+    print(plan(cfg, architecture=args.architecture, fsdp=args.fsdp).text())
+
+
 def _cmd_report(args) -> None:
     from .report import write_report
 
@@ -177,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default per format)")
     x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
+
+    pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 24 / 48 / 80 GB")
+    pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
+    pl.add_argument("--architecture", choices=["sd3.5-medium", "sdxl"],
+                    help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
+    pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
+    pl.set_defaults(func=_cmd_plan)
 
     r = sub.add_parser("report", help="rebuild report.html of a run folder")
     r.add_argument("run_dir")

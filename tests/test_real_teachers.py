@@ -30,7 +30,7 @@ from distill_core.student_file import read_student_info
 from distill_core.teachers import load_teacher
 from distill_core.teachers.diffusers_teachers import DiffusersTeacher
 from distill_core.train import Trainer
-from tiny_diffusers import build_tiny_sd3_pipeline, build_tiny_sdxl_pipeline, tiny_run_config
+from tiny_diffusers import tiny_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photo of a cat"
@@ -45,11 +45,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    build_tiny_sd3_pipeline(root / "sd3")
-    build_tiny_sdxl_pipeline(root / "sdxl")
-    return {"sd3": root / "sd3", "sdxl": root / "sdxl"}
+def folders(tiny_pipelines):
+    return tiny_pipelines
 
 
 def write_config(cfg, path: Path) -> Path:
