@@ -54,9 +54,12 @@ def _cmd_config(args) -> None:
 
     cfg = Config()
     cfg.teacher.family = args.family
-    if args.family != "builtin":
+    if args.family != "builtin":  # the memory settings of docs/performance.md; see `dpdmd plan`
         cfg.teacher.path = "/path/to/local/diffusers/folder"
-        cfg.data.prompts = ["a photo of a cat"]
+        cfg.data.prompts_file = "/path/to/prompts.txt"
+        cfg.run.mixed_precision, cfg.teacher.dtype = "bf16", "bfloat16"
+        cfg.student.gradient_checkpointing = True
+        cfg.eval.features = ""
         print(Config.to_toml(cfg))
         return
     print(resolve(cfg).to_toml())

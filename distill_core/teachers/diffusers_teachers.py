@@ -57,6 +57,7 @@ class DiffusersTeacher(Teacher):
         self.index = check_folder(self.path, type(self))
         self.dtype = dtype
         self.resolution = int(cfg.teacher.resolution)
+        self.max_sample_batch = int(cfg.data.batch_size)  # what fits in training fits in sampling (no grad)
         self.vae_config = _read_json(self.path / "vae" / "config.json")
         network = self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True)
