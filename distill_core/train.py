@@ -343,7 +343,7 @@ class Trainer:
                 if save_now or (c.run.checkpoint_every and self.step % c.run.checkpoint_every == 0):
                     self.save_checkpoint()
         bar.close()
-        if self.acc.num_processes > 1:
+        if self.acc.num_processes > 1 and not self.sharded:  # FSDP ranks hold different shards by design
             diff = self._replica_difference()
             if self.main:
                 run.append_event("replicas", step=self.step, processes=self.acc.num_processes, max_difference=diff)

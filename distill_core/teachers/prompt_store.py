@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class EmbeddingStore:
             self._memory[name] = {k: v.detach().cpu() for k, v in cond.items()}
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{name}.tmp"
+            tmp = self.folder / f".{name}.{os.getpid()}.tmp"  # processes encoding at once never share a file
             save_tensors(tmp, cond)
             tmp.replace(self.folder / name)
         self.rows.update({p: (name, i) for i, p in enumerate(prompts)})
