@@ -65,6 +65,12 @@ def _cmd_config(args) -> None:
     print(resolve(cfg).to_toml())
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _teacher_for(student: Path, teacher_path: str):
     from .config import Config, resolve
     from .student_file import read_student_info
@@ -75,9 +81,10 @@ def _teacher_for(student: Path, teacher_path: str):
     cfg.teacher.family = info.family
     cfg.teacher.path = teacher_path
     cfg.teacher.shift = info.schedule.get("shift")
+    cfg.teacher.resolution = info.extra.get("resolution")
     if info.family != "builtin":
         cfg.data.prompts = ["-"]
-    return load_teacher(resolve(cfg)), info
+    return load_teacher(resolve(cfg), _device()), info
 
 
 def _cmd_sample(args) -> None:
@@ -86,9 +93,9 @@ def _cmd_sample(args) -> None:
     from .sampling import sample_grid
 
     teacher, _ = _teacher_for(Path(args.student), args.teacher)
-    net, info = load_student(args.student, teacher)
+    net, info = load_student(args.student, teacher, _device())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    lat = sample_grid(teacher, net, args.prompt, seeds, info.levels)
+    lat = sample_grid(teacher, net, args.prompt, seeds, info.levels, device=_device())
     images = teacher.decode(lat)
     cell = 48 if images.shape[-1] <= 32 else None
     tile(images, len(seeds), cell=cell, row_labels=args.prompt, col_labels=[f"seed {s}" for s in seeds],
@@ -98,11 +105,12 @@ def _cmd_sample(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from .config import Config, resolve
+    from .errors import ConfigError
     from .export import load_student
     from .finish import compare
 
     teacher, info = _teacher_for(Path(args.student), args.teacher)
-    net, info = load_student(args.student, teacher)
+    net, info = load_student(args.student, teacher, _device())
     cfg = Config()
     cfg.teacher.family, cfg.teacher.path = info.family, args.teacher
     cfg.teacher.guidance_scale = info.teacher_guidance
@@ -110,8 +118,14 @@ def _cmd_evaluate(args) -> None:
     cfg.eval.seeds = args.seeds
     if args.prompt:
         cfg.eval.prompts = args.prompt
+    if info.family != "builtin":
+        if not args.prompt:
+            raise ConfigError(f"evaluating an {info.family} student needs prompts: add --prompt \"...\" (repeatable)")
+        cfg.data.prompts = args.prompt
     cfg = resolve(cfg)
-    metrics = compare(cfg, teacher, net, "cpu")
+    if args.features:
+        cfg.eval.features = args.features
+    metrics = compare(cfg, teacher, net, _device())
     print(json.dumps(metrics, indent=1))
 
 
@@ -177,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", default="")
     e.add_argument("--prompt", action="append")
     e.add_argument("--seeds", type=int, default=9, help="R samples per prompt (paper: 9)")
+    e.add_argument("--features", help="a local DINO / CLIP folder (transformers) for Eq. 9 diversity "
+                                      "(default: the built-in classifier for digits, none for sd3 / sdxl)")
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="export the student of a run's checkpoint (file, comfy, diffusers, lora)")

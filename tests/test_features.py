@@ -7,26 +7,14 @@ import torch
 from distill_core.errors import ConfigError
 from distill_core.evaluate import diversity, load_extractor
 from distill_core.features import TransformersExtractor
+from tiny_diffusers import build_tiny_clip_vision, build_tiny_dino
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from transformers import (BitImageProcessor, CLIPImageProcessor, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model)
-
     root = tmp_path_factory.mktemp("extractors")
-    torch.manual_seed(0)
-    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                                    image_size=28, patch_size=7))
-    dino.save_pretrained(root / "dino")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(root / "dino")
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                                          num_attention_heads=4, image_size=28, patch_size=7,
-                                                          projection_dim=16))
-    clip.save_pretrained(root / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(root / "clip")
-    return {"dino": (root / "dino", dino), "clip": (root / "clip", clip)}
+    return {"dino": (root / "dino", build_tiny_dino(root / "dino")),
+            "clip": (root / "clip", build_tiny_clip_vision(root / "clip"))}
 
 
 @pytest.mark.parametrize("kind", ["dino", "clip"])

@@ -30,7 +30,7 @@ from distill_core.student_file import read_student_info
 from distill_core.teachers import load_teacher
 from distill_core.teachers.diffusers_teachers import DiffusersTeacher
 from distill_core.train import Trainer
-from tiny_diffusers import tiny_run_config
+from tiny_diffusers import build_tiny_dino, tiny_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photo of a cat"
@@ -213,6 +213,21 @@ def test_lora_run_checkpoints_adapters_and_exports_an_exact_lora(folders, tmp_pa
     ours = sample_grid(teacher, student, [PROMPT], seeds, info.levels)
     close(ours, theirs)
     assert float((ours - sample_grid(teacher, teacher.network, [PROMPT], seeds, info.levels)).abs().max()) > 1e-3
+
+
+def test_evaluate_cli_measures_diversity_with_dino(folders, tmp_path, capsys):
+    cfg = tiny_run_config("sd3", folders["sd3"], tmp_path / "run", run__max_steps=1)
+    assert cli(["train", str(write_config(cfg, tmp_path / "run.toml"))]) == 0
+    build_tiny_dino(tmp_path / "dino")
+    capsys.readouterr()
+    assert cli(["evaluate", str(tmp_path / "run" / "student.safetensors"), "--teacher", str(folders["sd3"]),
+                "--prompt", PROMPT, "--prompt", "the dog", "--seeds", "3", "--features", str(tmp_path / "dino")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    teacher, student = metrics["teacher"], metrics["student"]
+    assert (teacher["nfe"], student["nfe"]) == (60, 4)  # the teacher at its 30 default steps with CFG
+    assert teacher["features"] == student["features"] == "dino:dino" and student["seeds_per_prompt"] == 3
+    assert 0 < student["diversity"] < 2 and 0 < teacher["diversity"] < 2 and metrics["ratios"]["sampling_speedup"] > 0
+    assert cli(["evaluate", str(tmp_path / "run" / "student.safetensors"), "--teacher", str(folders["sd3"])]) == 2
 
 
 # ---- memory options -------------------------------------------------------------------------------------------

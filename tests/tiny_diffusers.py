@@ -152,3 +152,29 @@ def tiny_run_config(family: str, folder: str | Path, out: str | Path, **override
         section, name = key.split("__")
         setattr(getattr(cfg, section), name, value)
     return cfg
+
+
+def build_tiny_dino(path: str | Path, seed: int = 0):
+    """A random DINOv2 with its image processor (resize 32, crop 28, ImageNet statistics), saved to ``path``."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, image_size=28, patch_size=7))
+    model.save_pretrained(str(path))
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(str(path))
+    return model
+
+
+def build_tiny_clip_vision(path: str | Path, seed: int = 0):
+    """A random CLIP vision tower with projection and its processor, saved to ``path``."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                                           num_attention_heads=4, image_size=28, patch_size=7,
+                                                           projection_dim=16))
+    model.save_pretrained(str(path))
+    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(str(path))
+    return model
