@@ -234,7 +234,8 @@ def test_evaluate_cli_measures_diversity_with_dino(folders, tmp_path, capsys):
 def test_bf16_autocast_keeps_fp32_masters_and_a_bf16_teacher(folders, tmp_path):
     for rank in (0, 2):
         cfg = tiny_run_config("sd3", folders["sd3"], tmp_path / f"r{rank}", run__mixed_precision="bf16",
-                              teacher__dtype="bfloat16", student__lora_rank=rank, optim__student_lr=1e-3)
+                              teacher__dtype="bfloat16", student__lora_rank=rank, optim__student_lr=1e-3,
+                              student__gradient_checkpointing=bool(rank))  # the lora64-ckpt preset's combination
         trainer = Trainer(cfg, progress=False)
         net = trainer.acc.unwrap_model(trainer.student)
         before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
