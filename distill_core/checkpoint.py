@@ -52,6 +52,7 @@ def optimizer_state_from(path: Path) -> dict:
         meta = f.metadata()
     tensors = load_file(str(path))
     state: dict[int | str, dict] = {}
+
     def param_id(pid: str) -> int | str:  # an index, or a parameter name (which may contain dots)
         return int(pid) if pid.isdigit() else pid
 
