@@ -32,9 +32,9 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Flatten an optimiser state dict into safetensors tensors plus JSON metadata."""
-    sd = optimizer.state_dict()
+def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Flatten an optimiser state dict (keyed by index or by parameter name) into tensors plus JSON metadata."""
+    sd = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     for pid, state in sd["state"].items():
@@ -51,12 +51,16 @@ def optimizer_state_from(path: Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
-    state: dict[int, dict] = {}
+    state: dict[int | str, dict] = {}
+
+    def param_id(pid: str) -> int | str:  # an index, or a parameter name (which may contain dots)
+        return int(pid) if pid.isdigit() else pid
+
     for key, value in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = value
+        pid, name = key[len("state."):].rsplit(".", 1)
+        state.setdefault(param_id(pid), {})[name] = value
     for pid, values in json.loads(meta["scalars"]).items():
-        state.setdefault(int(pid), {}).update(values)
+        state.setdefault(param_id(pid), {}).update(values)
     return {"state": state, "param_groups": json.loads(meta["param_groups"])}
 
 

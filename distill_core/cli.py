@@ -6,6 +6,8 @@
   dpdmd sample STUDENT ...        draw a seed grid from an exported student
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
   dpdmd export RUN_DIR            write the student of a run's newest (or a chosen) checkpoint
+                                  (--format file | comfy | diffusers | lora)
+  dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 24 / 48 / 80 GB
   dpdmd report RUN_DIR            (re)build a run's report.html
 """
 from __future__ import annotations
@@ -54,12 +56,21 @@ def _cmd_config(args) -> None:
 
     cfg = Config()
     cfg.teacher.family = args.family
-    if args.family != "builtin":
+    if args.family != "builtin":  # the memory settings of docs/performance.md; see `dpdmd plan`
         cfg.teacher.path = "/path/to/local/diffusers/folder"
-        cfg.data.prompts = ["a photo of a cat"]
+        cfg.data.prompts_file = "/path/to/prompts.txt"
+        cfg.run.mixed_precision, cfg.teacher.dtype = "bf16", "bfloat16"
+        cfg.student.gradient_checkpointing = True
+        cfg.eval.features = ""
         print(Config.to_toml(cfg))
         return
     print(resolve(cfg).to_toml())
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _teacher_for(student: Path, teacher_path: str):
@@ -72,9 +83,10 @@ def _teacher_for(student: Path, teacher_path: str):
     cfg.teacher.family = info.family
     cfg.teacher.path = teacher_path
     cfg.teacher.shift = info.schedule.get("shift")
+    cfg.teacher.resolution = info.extra.get("resolution")
     if info.family != "builtin":
         cfg.data.prompts = ["-"]
-    return load_teacher(resolve(cfg)), info
+    return load_teacher(resolve(cfg), _device()), info
 
 
 def _cmd_sample(args) -> None:
@@ -83,9 +95,9 @@ def _cmd_sample(args) -> None:
     from .sampling import sample_grid
 
     teacher, _ = _teacher_for(Path(args.student), args.teacher)
-    net, info = load_student(args.student, teacher)
+    net, info = load_student(args.student, teacher, _device())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    lat = sample_grid(teacher, net, args.prompt, seeds, info.levels)
+    lat = sample_grid(teacher, net, args.prompt, seeds, info.levels, device=_device())
     images = teacher.decode(lat)
     cell = 48 if images.shape[-1] <= 32 else None
     tile(images, len(seeds), cell=cell, row_labels=args.prompt, col_labels=[f"seed {s}" for s in seeds],
@@ -95,11 +107,12 @@ def _cmd_sample(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from .config import Config, resolve
+    from .errors import ConfigError
     from .export import load_student
     from .finish import compare
 
     teacher, info = _teacher_for(Path(args.student), args.teacher)
-    net, info = load_student(args.student, teacher)
+    net, info = load_student(args.student, teacher, _device())
     cfg = Config()
     cfg.teacher.family, cfg.teacher.path = info.family, args.teacher
     cfg.teacher.guidance_scale = info.teacher_guidance
@@ -107,34 +120,36 @@ def _cmd_evaluate(args) -> None:
     cfg.eval.seeds = args.seeds
     if args.prompt:
         cfg.eval.prompts = args.prompt
+    if info.family != "builtin":
+        if not args.prompt:
+            raise ConfigError(f"evaluating an {info.family} student needs prompts: add --prompt \"...\" (repeatable)")
+        cfg.data.prompts = args.prompt
     cfg = resolve(cfg)
-    metrics = compare(cfg, teacher, net, "cpu")
+    if args.features:
+        cfg.eval.features = args.features
+    metrics = compare(cfg, teacher, net, _device())
     print(json.dumps(metrics, indent=1))
 
 
 def _cmd_export(args) -> None:
-    from safetensors.torch import load_file
+    from .exporters import export
 
-    from . import checkpoint as ckpt
-    from .config import load_config, resolve
-    from .errors import CheckpointError
-    from .export import save_student, student_info
-    from .runfolder import RunFolder
-    from .teachers import load_teacher
+    path, student = export(args.run_dir, args.format, out=args.out, step=args.step, dtype=args.dtype, rank=args.rank)
+    print(f"wrote {path} (step {student.step}, format {args.format})")
+    info = student.info()
+    if args.format == "comfy":
+        print(f"ComfyUI: put it in models/diffusion_models/, load it with Load Diffusion Model and sample "
+              f"{info.num_steps} steps at CFG 1 with these sigmas: {', '.join(f'{s:.4f}' for s in info.sigmas)}")
+    elif args.format == "diffusers":
+        print(f"diffusers: see {path / 'README.md'}")
 
-    run = RunFolder(Path(args.run_dir))
-    if not run.config_path.exists():
-        raise CheckpointError(f"{args.run_dir} is not a run folder (no config.toml)")
-    cfg = resolve(load_config(run.config_path))
-    folder = run.checkpoints / ckpt.step_dir_name(args.step) if args.step else ckpt.latest(run.checkpoints)
-    if folder is None or not ckpt.is_complete(folder):
-        raise CheckpointError(f"no complete checkpoint {'at step ' + str(args.step) if args.step else ''} in "
-                              f"{run.checkpoints}")
-    teacher = load_teacher(cfg)
-    step = ckpt.read_state(folder)["step"]
-    out = Path(args.out) if args.out else run.root / f"student_step{step:08d}.safetensors"
-    save_student(load_file(str(folder / "student.safetensors")), student_info(teacher, cfg, step), out)
-    print(f"wrote {out} (step {step})")
+
+def _cmd_plan(args) -> None:
+    from .config import load_config
+    from .plan import plan
+
+    cfg = load_config(args.config) if args.config else None
+    print(plan(cfg, architecture=args.architecture, fsdp=args.fsdp).text())
 
 
 def _cmd_report(args) -> None:
@@ -178,13 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", default="")
     e.add_argument("--prompt", action="append")
     e.add_argument("--seeds", type=int, default=9, help="R samples per prompt (paper: 9)")
+    e.add_argument("--features", help="a local DINO / CLIP folder (transformers) for Eq. 9 diversity "
+                                      "(default: the built-in classifier for digits, none for sd3 / sdxl)")
     e.set_defaults(func=_cmd_evaluate)
 
-    x = sub.add_parser("export", help="export the student of a run's checkpoint")
+    x = sub.add_parser("export", help="export the student of a run's checkpoint (file, comfy, diffusers, lora)")
     x.add_argument("run_dir")
+    x.add_argument("--format", default="file", choices=["file", "comfy", "diffusers", "lora"],
+                   help="file: float32 .safetensors with metadata (default); comfy: the same in bf16 for "
+                        "ComfyUI; diffusers: a transformer/ or unet/ + scheduler/ folder; lora: the change "
+                        "from the teacher as a LoRA")
     x.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    x.add_argument("--out", help="output .safetensors path")
+    x.add_argument("--out", help="output path (default: inside the run folder)")
+    x.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default per format)")
+    x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
+
+    pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 24 / 48 / 80 GB")
+    pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
+    pl.add_argument("--architecture", choices=["sd3.5-medium", "sdxl"],
+                    help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
+    pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
+    pl.set_defaults(func=_cmd_plan)
 
     r = sub.add_parser("report", help="rebuild report.html of a run folder")
     r.add_argument("run_dir")

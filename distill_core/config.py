@@ -321,6 +321,8 @@ def resolve(cfg: Config) -> Config:
 
     if not e.prompts:
         e.prompts = prompts[: e.max_prompts]
+    if t.family != "builtin" and e.features == "builtin":
+        e.features = ""  # the digits classifier only knows digits; real teachers measure with a DINO / CLIP folder
     if e.seeds < 2:
         raise ConfigError(f"eval.seeds = {e.seeds} must be >= 2: diversity compares samples pairwise (paper: 9)")
     for name in ("every", "grid_every", "max_prompts", "grid_prompts", "grid_seeds", "fd_samples_per_prompt"):

@@ -25,6 +25,7 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         diversity_weight=cfg.lam, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
+        extra={"resolution": cfg.teacher.resolution},  # the image size it was trained at
     )
 
 

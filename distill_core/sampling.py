@@ -32,6 +32,7 @@ def sample_latents(teacher: Teacher, net: nn.Module, cond: Cond, noise: torch.Te
     """Deterministic samples of ``net`` for conditioning ``cond`` (batch-aligned with ``noise``)."""
     out = []
     null = teacher.null_condition()
+    batch_size = min(batch_size, teacher.max_sample_batch or batch_size)
     for start in range(0, noise.shape[0], batch_size):
         idx = torch.arange(start, min(start + batch_size, noise.shape[0]))
         c = cond_to(index_cond(cond, idx), device)

@@ -25,6 +25,16 @@ MODELSPEC_ARCH = {
 }
 
 
+def modelspec_architecture(family: str, network_config: dict) -> str:
+    """ModelSpec's architecture id (as SwarmUI / kohya read it); SD3 variants are told apart by their config."""
+    if family == "sd3":
+        if network_config.get("num_layers") == 38:
+            return "stable-diffusion-v3.5-large"
+        if network_config.get("dual_attention_layers") or network_config.get("qk_norm"):
+            return "stable-diffusion-v3.5-medium"
+    return MODELSPEC_ARCH.get(family, family)
+
+
 @dataclass
 class StudentInfo:
     """Everything needed to sample a student correctly, as stored in its metadata."""
@@ -52,7 +62,8 @@ class StudentInfo:
         meta[f"{PREFIX}format_version"] = FORMAT_VERSION
         meta.update({
             "modelspec.sai_model_spec": "1.0.0",
-            "modelspec.architecture": MODELSPEC_ARCH.get(self.family, self.family),
+            "modelspec.architecture": modelspec_architecture(self.family, self.network_config)
+            + ("/lora" if self.extra.get("kind") == "lora" else ""),
             "modelspec.implementation": "diffusers",
             "modelspec.title": self.title,
             "modelspec.description": (f"{self.num_steps}-step {self.method} student of {self.teacher or self.family}"

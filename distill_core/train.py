@@ -24,10 +24,12 @@ import torch
 from . import checkpoint as ckpt
 from .config import Config, load_config, resolve
 from .errors import ConfigError, TrainingDiverged
+from .lora import merged_state_dict
 from .method import dmd_term, diversity_loss, fake_score_loss, student_rollout, teacher_anchor, velocity_target
 from .runfolder import RunFolder
 from .teachers import load_teacher
 from .teachers.base import cond_to
+from .train_state import is_sharded, load_network_state, load_optimizer_state, network_state, optimizer_state
 
 # Fields that may change when a run is resumed; any other difference means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device"}
@@ -80,8 +82,14 @@ class Trainer:
         self.student_levels = self.teacher.student_levels(c.student.num_steps)
         self.teacher_levels = self.teacher.teacher_levels(c.teacher.num_steps)
 
+        # prompts first: the text encoders come and go before the trainable copies take their memory
+        self.bank = self.teacher.prompt_bank(c.data.prompts)
         student = self.teacher.make_trainable_copy()
         fake = self.teacher.make_trainable_copy()
+        if c.student.lora_rank:
+            from .lora import add_lora, base_dtype
+            student, fake = (add_lora(net, c.student.lora_rank, self.teacher.family, base_dtype(c), c.run.seed)
+                             for net in (student, fake))
         if c.student.gradient_checkpointing:
             for net in (student, fake):
                 if hasattr(net, "enable_gradient_checkpointing"):
@@ -94,7 +102,7 @@ class Trainer:
 
         self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(
             student, fake, adamw(student, o.student_lr), adamw(fake, o.fake_lr))
-        self.bank = self.teacher.prompt_bank(c.data.prompts)
+        self.sharded = is_sharded(self.acc)
         rank = self.acc.process_index
         self.generators = {"data": torch.Generator(), "noise": torch.Generator()}
         self._seed_generators(rank, 0)
@@ -189,12 +197,12 @@ class Trainer:
         acc = self.acc
         tmp = ckpt.staging_dir(self.run.checkpoints, self.step)
         acc.wait_for_everyone()
-        student_sd, fake_sd = acc.get_state_dict(self.student), acc.get_state_dict(self.fake)
+        states = {"student": network_state(acc, self.student), "fake": network_state(acc, self.fake),
+                  "optim_student": optimizer_state(self.student, self.opt_s),
+                  "optim_fake": optimizer_state(self.fake, self.opt_f)}  # collectives: every rank takes part
         if self.main:
-            ckpt.save_tensors(tmp / "student.safetensors", student_sd)
-            ckpt.save_tensors(tmp / "fake.safetensors", fake_sd)
-            for name, opt in (("optim_student", self.opt_s), ("optim_fake", self.opt_f)):
-                tensors, meta = ckpt.optimizer_tensors(opt)
+            for name, sd in states.items():
+                tensors, meta = ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
                 ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
         ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
         acc.wait_for_everyone()
@@ -208,10 +216,9 @@ class Trainer:
         acc = self.acc
         state = ckpt.read_state(folder)
         from safetensors.torch import load_file
-        acc.unwrap_model(self.student).load_state_dict(load_file(str(folder / "student.safetensors")))
-        acc.unwrap_model(self.fake).load_state_dict(load_file(str(folder / "fake.safetensors")))
-        self.opt_s.load_state_dict(ckpt.optimizer_state_from(folder / "optim_student.safetensors"))
-        self.opt_f.load_state_dict(ckpt.optimizer_state_from(folder / "optim_fake.safetensors"))
+        for net, opt, name in ((self.student, self.opt_s, "student"), (self.fake, self.opt_f, "fake")):
+            load_network_state(acc, net, load_file(str(folder / f"{name}.safetensors")))
+            load_optimizer_state(net, opt, ckpt.optimizer_state_from(folder / f"optim_{name}.safetensors"))
         self.step = int(state["step"])
         rng = folder / f"rng_rank{acc.process_index}.safetensors"
         if rng.exists() and state.get("world_size") == acc.num_processes:
@@ -336,7 +343,7 @@ class Trainer:
                 if save_now or (c.run.checkpoint_every and self.step % c.run.checkpoint_every == 0):
                     self.save_checkpoint()
         bar.close()
-        if self.acc.num_processes > 1:
+        if self.acc.num_processes > 1 and not self.sharded:  # FSDP ranks hold different shards by design
             diff = self._replica_difference()
             if self.main:
                 run.append_event("replicas", step=self.step, processes=self.acc.num_processes, max_difference=diff)
@@ -360,6 +367,8 @@ class Trainer:
         return float((gathered - gathered[0]).abs().max())
 
     def _snapshot(self, snaps, grid: bool, metrics: bool) -> None:
+        if self.sharded:  # an FSDP student only runs with every process; sample after training instead
+            return
         net = self.acc.unwrap_model(self.student)
         if grid:
             path = self.run.samples / f"step_{self.step:08d}.png"
@@ -371,7 +380,8 @@ class Trainer:
                 self.run.append_event("eval", step=self.step, **m)
 
     def student_state_dict(self) -> dict:
-        return self.acc.get_state_dict(self.student)
+        """The student's weights in the teacher's layout (LoRA adapters merged)."""
+        return merged_state_dict(self.acc.get_state_dict(self.student))
 
 
 def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
@@ -388,7 +398,10 @@ def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
         if trainer.main and trainer.run.root.exists():
             trainer.run.write_status("failed", message=f"{type(e).__name__}: {e}")
         raise
-    if finish and state == "finished" and trainer.main:
+    if finish and state == "finished" and trainer.main and trainer.sharded:
+        print(f"FSDP run: export and evaluate after training with `dpdmd export {trainer.run.root}` and "
+              "`dpdmd evaluate` (an FSDP student samples only with every process)", file=sys.stderr)
+    elif finish and state == "finished" and trainer.main:
         from .finish import finish_run
         finish_run(trainer)
     trainer.acc.wait_for_everyone()

@@ -47,3 +47,14 @@ def require(available: bool, what: str, how: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI: {how}")
     pytest.skip(f"{what} is not available here ({how})")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory):
+    """Tiny random SD3 and SDXL diffusers folders, built offline once per session: {'sd3': path, 'sdxl': path}."""
+    from tiny_diffusers import build_tiny_sd3_pipeline, build_tiny_sdxl_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_pipelines")
+    build_tiny_sd3_pipeline(root / "sd3")
+    build_tiny_sdxl_pipeline(root / "sdxl")
+    return {"sd3": root / "sd3", "sdxl": root / "sdxl"}

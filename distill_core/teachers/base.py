@@ -66,6 +66,7 @@ class Teacher(ABC):
     family: str  # "builtin", "sd3" or "sdxl"
     default_guidance: float
     default_steps: int
+    max_sample_batch: int | None = None  # largest batch for sampling grids / evaluation (None: no limit)
 
     def __init__(self, network: nn.Module, schedule: NoiseSchedule) -> None:
         self.network = network.requires_grad_(False).eval()

@@ -1,0 +1,245 @@
+"""A run's student in the formats people load: one file, a ComfyUI file, a diffusers folder, a LoRA.
+
+    file       student_stepN.safetensors: float32 weights (teacher's layout) + DP-DMD metadata + ModelSpec
+    comfy      the same single file in bf16, for ComfyUI's models/diffusion_models (UNETLoader reads
+               diffusers-format SD3 / SDXL weights; the sigmas to sample with are in the metadata)
+    diffusers  a folder with transformer/ (SD3) or unet/ (SDXL) and a scheduler/ whose
+               ``num_inference_steps=N`` reproduces the student's levels exactly; load it over the
+               teacher pipeline (see the README.md written next to it)
+    lora       the student minus the teacher as a LoRA: the trained adapters exactly (LoRA runs) or a
+               rank-r SVD of every linear and convolution layer's change (full fine-tunes), in keys diffusers and
+               ComfyUI load (SD3: transformer.X.lora_A/B; SDXL: kohya lora_unet_X.lora_down/up)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import Config, load_config, resolve
+from .errors import CheckpointError, ConfigError
+from .export import save_student, student_info
+from .lora import adapter_factors, base_dtype, is_lora_state, merged_state_dict
+from .runfolder import RunFolder
+from .student_file import StudentInfo
+from .teachers import load_teacher
+from .teachers.base import Teacher
+
+FORMATS = ("file", "comfy", "diffusers", "lora")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RunStudent:
+    """A checkpoint's student with what is needed to write it anywhere."""
+    cfg: Config
+    teacher: Teacher
+    step: int
+    state: dict[str, torch.Tensor]  # the checkpoint's student tensors (all weights, or a LoRA run's adapters)
+    _base: dict[str, torch.Tensor] | None = None
+
+    @property
+    def adapters(self) -> dict[str, torch.Tensor] | None:
+        return self.state if is_lora_state(self.state) else None
+
+    @property
+    def base(self) -> dict[str, torch.Tensor]:
+        """The teacher's float32 weights as the student started from them (LoRA runs: through the bf16 base)."""
+        if self._base is None:
+            dtype = base_dtype(self.cfg) if self.adapters is not None else torch.float32
+            net = self.teacher.make_trainable_copy()
+            self._base = {k: v.detach().to(dtype).float() for k, v in net.state_dict().items()}
+        return self._base
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The student's weights in the teacher's layout (adapters merged)."""
+        return self.state if self.adapters is None else merged_state_dict({**self.base, **self.adapters})
+
+    def info(self, **extra) -> StudentInfo:
+        info = student_info(self.teacher, self.cfg, self.step)
+        return replace(info, extra={**info.extra, **extra}) if extra else info
+
+
+def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent:
+    run = RunFolder(Path(run_dir))
+    if not run.config_path.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.toml)")
+    cfg = resolve(load_config(run.config_path))
+    folder = run.checkpoints / ckpt.step_dir_name(step) if step else ckpt.latest(run.checkpoints)
+    if folder is None or not ckpt.is_complete(folder):
+        raise CheckpointError(f"no complete checkpoint {'at step ' + str(step) + ' ' if step else ''}in "
+                              f"{run.checkpoints}")
+    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]),
+                      load_file(str(folder / "student.safetensors")))
+
+
+# ---- single files ----------------------------------------------------------------------------
+def export_file(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
+    return save_student(student.weights(), student.info(), out, dtype=dtype)
+
+
+# ---- diffusers folder -------------------------------------------------------------------------
+def diffusers_scheduler(student: RunStudent, levels: list[float]):
+    """A diffusers scheduler whose ``set_timesteps(N)`` gives exactly the student's levels (checked here)."""
+    import diffusers
+
+    teacher = student.teacher
+    sched = teacher.schedule.describe()
+    if teacher.family == "sd3":
+        source = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+            {**source, "shift": sched["shift"], "use_dynamic_shifting": False})
+        scheduler.set_timesteps(len(levels) - 1)
+        got = [float(s) for s in scheduler.sigmas]
+    else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain
+        scheduler = diffusers.DDIMScheduler(
+            num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
+            beta_end=sched["beta_end"], beta_schedule=sched["beta_schedule"], prediction_type="epsilon",
+            clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing")
+        scheduler.set_timesteps(len(levels) - 1)
+        got = [float(t) for t in scheduler.timesteps] + [-1.0]
+    if len(got) != len(levels) or max(abs(a - b) for a, b in zip(got, levels)) > 1e-5:
+        raise CheckpointError(f"no diffusers scheduler reproduces the student's levels {levels} (got {got})")
+    return scheduler
+
+
+USAGE = """# {title}
+
+A {steps}-step DP-DMD student of `{teacher}` ({family}). Load it over the teacher pipeline and
+sample with guidance 1 (the teacher's CFG is baked in) and this folder's scheduler:
+
+```python
+import torch
+from diffusers import {pipeline}, {net_class}, {scheduler}
+
+student = {net_class}.from_pretrained("{out}", subfolder="{net_folder}", torch_dtype=torch.bfloat16)
+pipe = {pipeline}.from_pretrained("{teacher}", {net_folder}=student, torch_dtype=torch.bfloat16).to("cuda")
+pipe.scheduler = {scheduler}.from_pretrained("{out}", subfolder="scheduler")
+image = pipe("a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
+```
+
+The scheduler reproduces the training levels exactly: {levels}.
+`dpdmd_student.json` holds the full training record (method, k, lambda, teacher CFG).
+"""
+
+
+def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
+    teacher = student.teacher
+    if teacher.family not in ("sd3", "sdxl"):
+        raise ConfigError(f"--format diffusers needs an sd3 or sdxl run; this run's teacher is {teacher.family!r}")
+    info = student.info()
+    scheduler = diffusers_scheduler(student, info.levels)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net_dir = tmp / teacher.net_folder
+    net_dir.mkdir(parents=True)
+    shutil.copyfile(teacher.path / teacher.net_folder / "config.json", net_dir / "config.json")
+    save_student(student.weights(), info, net_dir / "diffusion_pytorch_model.safetensors", dtype=dtype)
+    scheduler.save_pretrained(str(tmp / "scheduler"))
+    record = {**asdict(info), "diffusers": {"pipeline": teacher.pipeline_class, "component": teacher.net_folder,
+                                              "scheduler": type(scheduler).__name__,
+                                              "call": {"num_inference_steps": info.num_steps, "guidance_scale": 1.0}}}
+    (tmp / "dpdmd_student.json").write_text(json.dumps(record, indent=1))
+    (tmp / "README.md").write_text(USAGE.format(
+        title=info.title, steps=info.num_steps, teacher=teacher.path.resolve(), family=info.family, out=out.resolve(),
+        pipeline=teacher.pipeline_class, net_class=teacher.net_class, net_folder=teacher.net_folder,
+        scheduler=type(scheduler).__name__, levels=info.levels))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+# ---- LoRA -------------------------------------------------------------------------------------------
+def svd_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with B @ A the best rank-``rank`` approximation of ``delta`` (Eckart-Young).
+
+    Convolution kernels (out, in, kh, kw) are factored as (out, in*kh*kw) and
+    returned in the LoCon layout: A (r, in, kh, kw), B (out, r, 1, 1).
+    """
+    u, s, vh = torch.linalg.svd(delta.float().flatten(1), full_matrices=False)
+    r = min(rank, s.numel())
+    a, b = vh[:r].contiguous(), (u[:, :r] * s[:r]).contiguous()
+    if delta.dim() == 4:
+        return a.reshape(r, *delta.shape[1:]), b.reshape(delta.shape[0], r, 1, 1)
+    return a, b
+
+
+def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """B @ A in the layer's weight shape (linear or LoCon convolution)."""
+    w = b.flatten(1) @ a.flatten(1)
+    return w.reshape(b.shape[0], *a.shape[1:]) if a.dim() == 4 else w
+
+
+# SDXL modules whose kohya name diffusers' converter cannot map back; their LDM names both loaders know
+_SDXL_LDM_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
+
+def lora_keys(family: str, module: str, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One layer's factors in the key format diffusers and ComfyUI both load for the family (scale 1)."""
+    if family == "sdxl":  # kohya names, which ComfyUI maps from diffusers UNet modules
+        key = "lora_unet_" + _SDXL_LDM_NAMES.get(module, module).replace(".", "_")
+        return {f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b,
+                f"{key}.alpha": torch.tensor(float(a.shape[0]))}
+    return {f"transformer.{module}.lora_A.weight": a, f"transformer.{module}.lora_B.weight": b}
+
+
+def _lora_modules(net: nn.Module) -> list[str]:
+    return [name for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """The student's difference from the teacher as LoRA factors, with the share of the change they capture."""
+    family = student.teacher.family
+    if family not in ("sd3", "sdxl"):
+        raise ConfigError(f"--format lora needs an sd3 or sdxl run; this run's teacher is {family!r}")
+    base, weights = student.base, student.weights()
+    factors = adapter_factors(student.adapters) if student.adapters is not None else {}
+    trained_rank = max((a.shape[0] for a, _ in factors.values()), default=0)
+    exact = bool(factors) and (rank is None or rank >= trained_rank)
+    if not exact:
+        rank = rank or 64
+        deltas = {m: weights[f"{m}.weight"] - base[f"{m}.weight"] for m in _lora_modules(student.teacher.network)}
+        factors = {m: svd_factors(d, rank) for m, d in deltas.items() if d.abs().max() > 0}
+    covered = {f"{m}.weight": product(a, b) for m, (a, b) in factors.items()}
+    total = sum(float((weights[k] - base[k]).pow(2).sum()) for k in base)
+    residual = sum(float((weights[k] - base[k] - covered.get(k, 0.0)).pow(2).sum()) for k in base)
+    captured = 1.0 - residual / total if total > 0 else 1.0
+    tensors: dict[str, torch.Tensor] = {}
+    for module, (a, b) in factors.items():
+        tensors.update(lora_keys(family, module, a, b))
+    info = student.info(kind="lora", rank=int(trained_rank if exact else rank), exact=exact,
+                        captured=round(captured, 6), base=str(student.teacher.path))
+    save_student(tensors, info, out, dtype=dtype)
+    return out
+
+
+# ---- entry --------------------------------------------------------------------------------------------
+def default_out(run_dir: Path, fmt: str, step: int) -> Path:
+    names = {"file": f"student_step{step:08d}.safetensors", "comfy": f"student_step{step:08d}_comfy.safetensors",
+             "diffusers": f"student_step{step:08d}_diffusers", "lora": f"student_step{step:08d}_lora.safetensors"}
+    return run_dir / names[fmt]
+
+
+def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = None, step: int | None = None,
+           dtype: str | None = None, rank: int | None = None) -> tuple[Path, RunStudent]:
+    """Write the run's (newest or chosen) checkpoint student in ``fmt``; returns the path written."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    student = load_run_student(run_dir, step)
+    path = Path(out) if out else default_out(Path(run_dir), fmt, student.step)
+    default = {"file": "float32", "comfy": "bfloat16", "diffusers": "float32", "lora": "bfloat16"}[fmt]
+    torch_dtype = DTYPES[dtype or default]
+    if fmt == "diffusers":
+        return export_diffusers(student, path, torch_dtype), student
+    if fmt == "lora":
+        return export_lora(student, path, rank, torch_dtype), student
+    return export_file(student, path, torch_dtype), student

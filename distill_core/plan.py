@@ -1,0 +1,437 @@
+"""``dpdmd plan``: GPU memory of a run before it starts, and which memory preset fits 24 / 48 / 80 GB.
+
+Parameter counts come from the teacher folder's configs (models built on the
+meta device, nothing loaded). Activations are *measured* on the meta device:
+one forward pass with gradient of the denoiser at the run's resolution, adding
+up the tensors autograd saves for backward (attention counted as a fused
+flash-style kernel saves it: q, k, v, output and log-sum-exp). With gradient
+checkpointing the saved set is what stays outside the checkpointed blocks,
+their inputs, and the largest block re-run during backward. The rest is
+arithmetic on the training loop:
+
+- each trainable network (student, fake score): float32 master weights,
+  AdamW's two float32 moments, and float32 gradients for one network at a time
+  (the two updates alternate); LoRA keeps a frozen base in the base dtype and
+  trains only the adapters; FSDP divides these across GPUs;
+- the frozen teacher in teacher.dtype; the VAE (float32) for previews;
+- activations: the student update keeps N graphs alive (the first step for the
+  diversity loss and N-1 steps after the detach), one-step backprop keeps 2;
+  the fake-score update keeps 1;
+- before training, the text encoders sit next to the teacher while the prompts
+  are encoded (then they are released);
+- 1.5 GB for the CUDA context and 10 % for allocator fragmentation.
+It is an estimate: check it with the peak memory the run reports.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config, resolve
+from .errors import ConfigError
+
+GB = 1e9
+BUDGETS = (24, 48, 80)
+CONTEXT_BYTES = 1.5 * GB
+FRAGMENTATION = 1.10
+BYTES = {"float32": 4, "bfloat16": 2}
+
+# Public configs of the two reference teachers, for planning before anything is downloaded.
+SD35_MEDIUM = {
+    "family": "sd3", "network_class": "SD3Transformer2DModel",
+    "network": {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
+                "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+                "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,
+                "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"},
+    "text_encoders": {
+        "text_encoder": ("CLIPTextModelWithProjection", {"hidden_size": 768, "intermediate_size": 3072,
+                                                         "num_attention_heads": 12, "num_hidden_layers": 12,
+                                                         "projection_dim": 768, "vocab_size": 49408}),
+        "text_encoder_2": ("CLIPTextModelWithProjection", {"hidden_size": 1280, "intermediate_size": 5120,
+                                                           "num_attention_heads": 20, "num_hidden_layers": 32,
+                                                           "projection_dim": 1280, "vocab_size": 49408}),
+        "text_encoder_3": ("T5EncoderModel", {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64,
+                                              "num_layers": 24, "vocab_size": 32128,
+                                              "feed_forward_proj": "gated-gelu"})},
+    "vae": {"block_out_channels": [128, 256, 512, 512], "latent_channels": 16, "layers_per_block": 2,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "use_quant_conv": False, "use_post_quant_conv": False},
+}
+SDXL_BASE = {
+    "family": "sdxl", "network_class": "UNet2DConditionModel",
+    "network": {"sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+                "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 10],
+                "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048, "use_linear_projection": True,
+                "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+                "projection_class_embeddings_input_dim": 2816},
+    "text_encoders": {
+        "text_encoder": ("CLIPTextModel", {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                                           "num_hidden_layers": 12, "vocab_size": 49408}),
+        "text_encoder_2": ("CLIPTextModelWithProjection", {"hidden_size": 1280, "intermediate_size": 5120,
+                                                           "num_attention_heads": 20, "num_hidden_layers": 32,
+                                                           "projection_dim": 1280, "vocab_size": 49408})},
+    "vae": {"block_out_channels": [128, 256, 512, 512], "latent_channels": 4, "layers_per_block": 2,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4},
+}
+REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sdxl": SDXL_BASE}
+
+
+@dataclass
+class Architecture:
+    """What memory depends on: the denoiser's config, the text encoders', the VAE's."""
+    family: str
+    network_class: str
+    network: dict
+    text_encoders: dict[str, tuple[str, dict]]
+    vae: dict
+
+    @property
+    def text_tokens(self) -> int:
+        return 77 + 256 if self.family == "sd3" else 77  # CLIP (+ T5 at the pipeline's default length)
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"teacher.path: cannot read {path} ({e}); plan reads the folder's config files") from None
+
+
+def architecture_from_folder(path: Path, family: str) -> Architecture:
+    """Configs only: a folder without weights plans as well as a full one."""
+    index = _json(path / "model_index.json")
+    net = "transformer" if family == "sd3" else "unet"
+    encoders = {name: (entry[1], _json(path / name / "config.json")) for name, entry in index.items()
+                if name.startswith("text_encoder") and isinstance(entry, list) and entry[0] == "transformers"}
+    return Architecture(family, index[net][1], _json(path / net / "config.json"), encoders,
+                        _json(path / "vae" / "config.json"))
+
+
+def architecture_from_reference(name: str) -> Architecture:
+    if name not in REFERENCES:
+        raise ConfigError(f"--architecture {name!r} is not one of {', '.join(REFERENCES)}")
+    ref = REFERENCES[name]
+    return Architecture(ref["family"], ref["network_class"], ref["network"], ref["text_encoders"], ref["vae"])
+
+
+# ---- counting on the meta device --------------------------------------------------------------------
+def _clean(config: dict) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def build_meta_network(arch: Architecture) -> nn.Module:
+    import diffusers
+
+    with torch.device("meta"):
+        return getattr(diffusers, arch.network_class).from_config(_clean(arch.network))
+
+
+def _numel(module: nn.Module, buffers: bool = True) -> int:
+    n = sum(p.numel() for p in module.parameters())
+    return n + (sum(b.numel() for b in module.buffers()) if buffers else 0)
+
+
+def text_encoder_params(arch: Architecture) -> int:
+    import transformers
+
+    total = 0
+    for cls_name, config in arch.text_encoders.values():
+        cls = getattr(transformers, cls_name)
+        with torch.device("meta"):
+            total += _numel(cls(cls.config_class(**_clean(config))))
+    return total
+
+
+def vae_params(arch: Architecture) -> int:
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        return _numel(AutoencoderKL.from_config(_clean(arch.vae)))
+
+
+def lora_params(net: nn.Module, family: str, rank: int) -> int:
+    from .lora import target_modules
+
+    modules = dict(net.named_modules())
+    return sum(rank * (modules[name].in_features + modules[name].out_features)
+               for name in target_modules(net, family))
+
+
+# ---- activations: what autograd saves, measured on the meta device ------------------------------------------
+class _FlashAttention(torch.autograd.Function):
+    """Shape-only attention that saves what fused (flash / memory-efficient) kernels save."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, *_ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class _SavedBytes:
+    """Counts distinct tensors autograd saves (parameters excluded)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, torch.Tensor] = {}
+
+    def pack(self, t: torch.Tensor):
+        if not isinstance(t, nn.Parameter):
+            self.seen[id(t)] = t
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.seen.values())
+
+
+def _inputs(arch: Architecture, resolution: int, dtype: torch.dtype) -> dict:
+    side = resolution // arch.vae_factor
+    n = arch.network
+    x = torch.empty(1, n["in_channels"], side, side, dtype=dtype)
+    t = torch.empty(1)
+    if arch.family == "sd3":
+        return {"hidden_states": x, "timestep": t,
+                "encoder_hidden_states": torch.empty(1, arch.text_tokens, n["joint_attention_dim"], dtype=dtype),
+                "pooled_projections": torch.empty(1, n["pooled_projection_dim"], dtype=dtype), "return_dict": False}
+    pooled = n["projection_class_embeddings_input_dim"] - 6 * n["addition_time_embed_dim"]
+    return {"sample": x, "timestep": t,
+            "encoder_hidden_states": torch.empty(1, arch.text_tokens, n["cross_attention_dim"], dtype=dtype),
+            "added_cond_kwargs": {"text_embeds": torch.empty(1, pooled, dtype=dtype),
+                                  "time_ids": torch.empty(1, 6, dtype=dtype)}, "return_dict": False}
+
+
+def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, checkpointing: bool,
+                     net: nn.Module | None = None) -> int:
+    """Bytes autograd keeps for one training forward pass of one sample."""
+    net = nn.Module.to(net or build_meta_network(arch), dtype).requires_grad_(True)  # not diffusers .to (warns)
+    outside, inputs, largest = _SavedBytes(), _SavedBytes(), [0]
+
+    def checkpointed(module, *args):  # diffusers' hook: one block under activation checkpointing
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                inputs.pack(a)
+        region = _SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(region.pack, lambda t: t):
+            out = module(*args)
+        largest[0] = max(largest[0], region.total)
+        return out
+
+    if checkpointing:
+        net.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda q, k, v, *a, **kw: _FlashAttention.apply(q, k, v)
+    try:
+        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(outside.pack, lambda t: t):
+            net(**_inputs(arch, resolution, dtype))
+    finally:
+        F.scaled_dot_product_attention = original
+        if checkpointing:
+            net.disable_gradient_checkpointing()
+    outside_only = {k: t for k, t in outside.seen.items() if k not in inputs.seen}
+    return sum(t.numel() * t.element_size() for t in outside_only.values()) + inputs.total + largest[0]
+
+
+# ---- the estimate -----------------------------------------------------------------------------------------------
+@dataclass
+class Options:
+    """The memory-relevant choices of a run."""
+    resolution: int = 1024
+    batch_size: int = 4
+    student_steps: int = 4
+    backprop: str = "all"  # all | one_step
+    lora_rank: int = 0
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "bf16"  # bf16 | no
+    teacher_dtype: str = "bfloat16"
+    fsdp: int = 1  # FSDP shards the networks' states over this many GPUs (1 = one GPU, or DDP)
+
+    @classmethod
+    def from_config(cls, cfg: Config, fsdp: int = 1) -> Options:
+        return cls(cfg.teacher.resolution, cfg.data.batch_size, cfg.student.num_steps, cfg.method.backprop,
+                   cfg.student.lora_rank, cfg.student.gradient_checkpointing, cfg.run.mixed_precision,
+                   cfg.teacher.dtype, fsdp)
+
+    def describe(self) -> str:
+        parts = [f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune",
+                 "bf16 autocast" if self.mixed_precision == "bf16" else "fp32",
+                 f"{self.teacher_dtype} teacher"]
+        if self.gradient_checkpointing:
+            parts.append("gradient checkpointing")
+        if self.backprop == "one_step":
+            parts.append("one-step backprop")
+        if self.fsdp > 1:
+            parts.append(f"FSDP over {self.fsdp} GPUs")
+        return f"{', '.join(parts)}, batch {self.batch_size}"
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float]  # bytes per GPU during training
+    encode_peak: float  # bytes while the prompts are encoded (teacher + text encoders)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def train_peak(self) -> float:
+        return (sum(self.parts.values()) + CONTEXT_BYTES) * FRAGMENTATION
+
+    @property
+    def peak(self) -> float:
+        return max(self.train_peak, (self.encode_peak + CONTEXT_BYTES) * FRAGMENTATION)
+
+    def fits(self, budget_gb: float) -> bool:
+        return self.peak <= budget_gb * GB
+
+
+class Planner:
+    """Counts once, measures activations per (dtype, checkpointing), estimates any Options."""
+
+    def __init__(self, arch: Architecture) -> None:
+        self.arch = arch
+        self.net = build_meta_network(arch)
+        self.net_params = _numel(self.net, buffers=False)
+        self.net_buffers = sum(b.numel() for b in self.net.buffers())
+        self.text_params = text_encoder_params(arch)
+        self.vae_params = vae_params(arch)
+        self._activations: dict[tuple, int] = {}
+
+    def activations(self, resolution: int, dtype: torch.dtype, checkpointing: bool) -> int:
+        key = (resolution, dtype, checkpointing)
+        if key not in self._activations:
+            self._activations[key] = activation_bytes(self.arch, resolution, dtype, checkpointing, self.net)
+        return self._activations[key]
+
+    def estimate(self, o: Options) -> Estimate:
+        p, buffers = self.net_params, self.net_buffers
+        teacher_bytes = BYTES[o.teacher_dtype]
+        shard = max(1, o.fsdp)
+        if o.lora_rank:
+            base = BYTES["bfloat16" if (o.teacher_dtype == "bfloat16" and o.mixed_precision == "bf16") else "float32"]
+            trainable = lora_params(self.net, self.arch.family, o.lora_rank)
+            frozen = (p * base + buffers * 4) / shard
+        else:
+            trainable, frozen = p, buffers * 4 / shard
+        act_dtype = torch.bfloat16 if o.mixed_precision == "bf16" else torch.float32
+        graphs = 2 if o.backprop == "one_step" else o.student_steps
+        per_sample = self.activations(o.resolution, act_dtype, o.gradient_checkpointing)
+        parts = {
+            "teacher weights": (p + buffers) * teacher_bytes,
+            "student + fake weights": 2 * (trainable * 4 / shard + frozen),
+            "AdamW states (both)": 2 * trainable * 8 / shard,
+            "gradients (one network)": trainable * 4 / shard,
+            # autocast keeps a bf16 copy of each fp32 weight it casts, for both networks, until the update ends
+            # (FSDP casts per gathered block instead)
+            "autocast weight copies": 2 * p * 2 if (o.mixed_precision == "bf16" and not o.lora_rank and shard == 1)
+            else 0.0,
+            "activations": graphs * o.batch_size * per_sample,
+            "VAE (previews)": self.vae_params * 4,
+        }
+        notes = {"activations": f"{graphs} graphs x batch {o.batch_size} x {per_sample / GB:.2f} GB"}
+        return Estimate(parts, (p + buffers) * teacher_bytes + self.text_params * teacher_bytes, notes)
+
+
+PRESETS: dict[str, dict] = {
+    "full": {},
+    "full-ckpt": {"gradient_checkpointing": True},
+    "full-ckpt-onestep": {"gradient_checkpointing": True, "backprop": "one_step"},
+    "lora64-ckpt": {"lora_rank": 64, "gradient_checkpointing": True},
+    "lora64-ckpt-onestep": {"lora_rank": 64, "gradient_checkpointing": True, "backprop": "one_step"},
+    "lora64-ckpt-onestep-b1": {"lora_rank": 64, "gradient_checkpointing": True, "backprop": "one_step",
+                               "batch_size": 1},
+}
+PRESET_FIELDS = {"gradient_checkpointing": "student.gradient_checkpointing", "backprop": "method.backprop",
+                 "lora_rank": "student.lora_rank", "batch_size": "data.batch_size"}
+
+
+def preset_options(base: Options, name: str) -> Options:
+    """A preset on top of the run's resolution and steps; presets always use bf16 autocast and a bf16 teacher."""
+    defaults = {"gradient_checkpointing": False, "backprop": "all", "lora_rank": 0}
+    return replace(base, mixed_precision="bf16", teacher_dtype="bfloat16", **{**defaults, **PRESETS[name]})
+
+
+def preset_toml(name: str) -> str:
+    """The config lines of a preset (besides run.mixed_precision = 'bf16' and teacher.dtype = 'bfloat16')."""
+    settings = {"gradient_checkpointing": False, "backprop": "all", "lora_rank": 0, **PRESETS[name]}
+    return ", ".join(f"{PRESET_FIELDS[k]} = {json.dumps(v)}" for k, v in settings.items())
+
+
+@dataclass
+class Report:
+    arch: Architecture
+    source: str
+    options: Options
+    planner: Planner
+    rows: dict[str, Estimate] = field(default_factory=dict)
+
+    def text(self) -> str:
+        pl, o, gb = self.planner, self.options, lambda b: f"{b / GB:6.1f} GB"
+        side = o.resolution // self.arch.vae_factor
+        lines = [f"teacher: {self.source} ({self.arch.network_class}, {pl.net_params / 1e9:.2f} B parameters "
+                 f"+ {pl.net_buffers / 1e6:.0f} M buffer values; text encoders {pl.text_params / 1e9:.2f} B, "
+                 f"released after encoding; VAE {pl.vae_params / 1e6:.0f} M)",
+                 f"{o.resolution} px -> latent {self.arch.network['in_channels']}x{side}x{side}; "
+                 f"{o.student_steps} student steps; per GPU",
+                 "", f"this config: {o.describe()}"]
+        est = pl.estimate(o)
+        for name, value in est.parts.items():
+            note = f"  ({est.notes[name]})" if name in est.notes else ""
+            lines.append(f"  {name:<26}{gb(value)}{note}")
+        lines.append(f"  {'prompt encoding (start)':<26}{gb(est.encode_peak)}  (teacher + text encoders, before training)")
+        lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
+        lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
+        lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",
+                  f"  {'preset':<24}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
+        for name in PRESETS:
+            e = self.rows[name] = pl.estimate(preset_options(o, name))
+            lines.append(f"  {name:<24}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
+                                                                     for b in BUDGETS))
+        lines.append("")
+        for budget in BUDGETS:
+            fitting = [n for n, e in self.rows.items() if e.fits(budget)]
+            pick = fitting[0] if fitting else None
+            lines.append(f"{budget} GB: " + (f"{pick} ({preset_toml(pick)})" if pick else
+                                             "no preset fits on one GPU; shard with FSDP (--fsdp N) or lower "
+                                             "teacher.resolution"))
+        lines.append("\nAn estimate (see docs/performance.md); compare with the peak memory of a real run.")
+        return "\n".join(lines)
+
+
+def plan(cfg: Config | None = None, *, architecture: str | None = None, fsdp: int = 1) -> Report:
+    """The memory report of a config (its teacher folder's configs), or of a reference architecture."""
+    if cfg is not None:
+        cfg = resolve(cfg)
+        if cfg.teacher.family not in ("sd3", "sdxl"):
+            raise ConfigError(f"dpdmd plan is for sd3 / sdxl teachers; teacher.family = {cfg.teacher.family!r} "
+                              "trains on a CPU in minutes")
+        options = Options.from_config(cfg, fsdp)
+        if architecture:
+            arch, source = architecture_from_reference(architecture), architecture
+        else:
+            from .teachers.diffusers_teachers import TEACHERS, check_folder
+
+            path = Path(cfg.teacher.path).expanduser()
+            check_folder(path, TEACHERS[cfg.teacher.family])
+            arch, source = architecture_from_folder(path, cfg.teacher.family), str(path)
+    else:
+        if not architecture:
+            raise ConfigError("give a run config (dpdmd plan CONFIG) or --architecture sd3.5-medium | sdxl")
+        arch, source = architecture_from_reference(architecture), architecture
+        options = Options(fsdp=fsdp)
+    if fsdp < 1:
+        raise ConfigError(f"--fsdp {fsdp} must be at least 1")
+    return Report(arch, source, options, Planner(arch))

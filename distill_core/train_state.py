@@ -1,0 +1,71 @@
+"""Full (unsharded) states of the prepared networks and optimisers, the same under one process, DDP and FSDP.
+
+Checkpoints hold one full copy of each network and optimiser state, keyed by
+parameter names, so a run resumes on any number of processes and under any of
+the three ways of running. Under FSDP gathering a state is a collective: every
+process calls these functions, and the full state arrives on the main process.
+torch.distributed.checkpoint's state-dict API does the (un)sharding; the files
+stay safetensors (its own on-disk format would pickle metadata).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .lora import is_lora, trainable_state
+from .errors import CheckpointError
+
+_WRAPPERS = re.compile(r"(_fsdp_wrapped_module\.|_checkpoint_wrapped_module\.|_orig_mod\.|^module\.)")
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def is_sharded(acc) -> bool:
+    """True under FSDP, where a network's forward pass needs every process."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def network_state(acc, net: nn.Module) -> dict[str, torch.Tensor]:
+    """The checkpointed part of a prepared network: all weights, or only its LoRA adapters (collective)."""
+    return trainable_state(acc.get_state_dict(net))
+
+
+def load_network_state(acc, net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put a full state (as ``network_state`` wrote it) into a prepared, possibly sharded network."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    inner = acc.unwrap_model(net)
+    lora = is_lora(inner)
+    if lora:
+        expected = {_WRAPPERS.sub("", n) for n, _ in inner.named_parameters() if ".lora_" in n}
+        if set(state) != expected:
+            diff = sorted(set(state) ^ expected)
+            raise CheckpointError(f"the checkpoint's LoRA adapters do not match student.lora_rank / the network "
+                                  f"({len(diff)} tensors differ, e.g. {diff[0]!r})")
+    set_model_state_dict(net, state, options=_options(strict=not lora))
+
+
+def optimizer_state(net: nn.Module, optimizer) -> dict:
+    """The optimiser's full state keyed by parameter names; complete on the main process (collective)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(net, getattr(optimizer, "optimizer", optimizer), options=_options(cpu_offload=True))
+
+
+def load_optimizer_state(net: nn.Module, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):  # e.g. initial_lr set by the loop
+        for key, value in saved.items():
+            if key != "params":
+                group.setdefault(key, value)
+    set_optimizer_state_dict(net, optimizer, state, options=_options())

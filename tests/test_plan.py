@@ -1,0 +1,77 @@
+"""dpdmd plan: parameter counts from folder configs, the memory arithmetic, presets, the CLI."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill_core.cli import main as cli
+from distill_core.plan import Options, Planner, architecture_from_folder, architecture_from_reference, plan
+from tiny_diffusers import tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def sd3_planner(tiny_pipelines):
+    return Planner(architecture_from_folder(tiny_pipelines["sd3"], "sd3"))
+
+
+def test_counts_from_configs_equal_the_real_models(tiny_pipelines, sd3_planner):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_pipelines["sd3"]))
+    net = pipe.transformer
+    assert sd3_planner.net_params == sum(p.numel() for p in net.parameters())
+    assert sd3_planner.net_buffers == sum(b.numel() for b in net.buffers())
+    encoders = (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+    assert sd3_planner.text_params == sum(t.numel() for m in encoders for t in [*m.parameters(), *m.buffers()])
+    assert sd3_planner.vae_params == sum(p.numel() for p in pipe.vae.parameters())
+
+
+def test_sdxl_reference_has_the_published_unet_size():
+    planner = Planner(architecture_from_reference("sdxl"))
+    assert planner.net_params == 2_567_463_684  # SDXL-base UNet
+
+
+def test_memory_arithmetic_and_options(sd3_planner):
+    p, buffers = sd3_planner.net_params, sd3_planner.net_buffers
+    base = Options(resolution=32, batch_size=2, student_steps=4)
+    est = sd3_planner.estimate(base)
+    assert est.parts["AdamW states (both)"] == 2 * p * 8
+    assert est.parts["gradients (one network)"] == p * 4
+    assert est.parts["teacher weights"] == (p + buffers) * 2
+    per_sample = sd3_planner.activations(32, torch.bfloat16, False)
+    assert est.parts["activations"] == 4 * 2 * per_sample  # N graphs x batch
+    assert sd3_planner.estimate(Options(resolution=32, batch_size=2, backprop="one_step")).parts["activations"] \
+        == 2 * 2 * per_sample
+
+    ckpt = sd3_planner.activations(32, torch.bfloat16, True)
+    assert 0 < ckpt < per_sample
+    assert sd3_planner.activations(32, torch.float32, False) > per_sample  # fp32 activations are larger
+    assert sd3_planner.activations(64, torch.bfloat16, False) > per_sample  # 4x the image tokens
+
+    lora = sd3_planner.estimate(Options(resolution=32, batch_size=2, lora_rank=4))
+    assert lora.parts["AdamW states (both)"] < est.parts["AdamW states (both)"] / 4
+    sharded = sd3_planner.estimate(Options(resolution=32, batch_size=2, fsdp=4))
+    assert sharded.parts["AdamW states (both)"] == est.parts["AdamW states (both)"] / 4
+    assert est.fits(24)  # a tiny model fits anywhere
+
+
+def test_reference_presets_order_and_fit():
+    report = plan(architecture="sd3.5-medium")
+    text = report.text()
+    peaks = {name: e.peak for name, e in report.rows.items()}
+    assert peaks["full"] > peaks["full-ckpt"] > peaks["full-ckpt-onestep"] > peaks["lora64-ckpt-onestep"]
+    assert peaks["lora64-ckpt-onestep"] > peaks["lora64-ckpt-onestep-b1"]
+    assert not report.rows["full"].fits(80) and report.rows["lora64-ckpt"].fits(80)
+    assert "80 GB: lora64-ckpt" in text and "24 GB:" in text
+
+
+def test_plan_cli_reads_a_run_config(tiny_pipelines, tmp_path, capsys):
+    cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run", student__lora_rank=4,
+                          student__gradient_checkpointing=True)
+    path = tmp_path / "run.toml"
+    path.write_text(cfg.to_toml())
+    assert cli(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "this config: LoRA rank 4" in out and "gradient checkpointing" in out and "presets" in out
+    assert "fits: 24 GB yes" in out  # a tiny model fits anywhere
+    assert cli(["plan"]) == 2 and "--architecture" in capsys.readouterr().err
