@@ -45,7 +45,8 @@ def _draw_builtin(student: Student, prompts: list[str], seeds: list[int], size: 
         shown = student.teacher.decode(x0[:cols * 2].float().cpu())
         pbar.update_absolute(i + 1, total, ("JPEG", tile(shown, cols, cell=PREVIEW_CELL), 512))
 
-    latents = sample_grid(student.teacher, student.net, prompts, seeds, levels, guidance=1.0, on_step=on_step)
+    latents = sample_grid(student.teacher, student.net, prompts, seeds, levels, guidance=student.guidance,
+                          on_step=on_step)
     images = upscale(student.teacher.decode(latents), size)
     return to_comfy_images(images), {"samples": latents}
 

@@ -5,11 +5,12 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import library
 from .grid import Diversity, SeedGrid
-from .loader import StudentLoader
+from .loader import BuiltinTeacher, StudentLoader
 from .routes import register_routes
 from .sampling import Sample, StudentSampler, StudentSigmas
 
-NODES: list[type[io.ComfyNode]] = [StudentLoader, StudentSigmas, StudentSampler, Sample, SeedGrid, Diversity]
+NODES: list[type[io.ComfyNode]] = [StudentLoader, BuiltinTeacher, StudentSigmas, StudentSampler, Sample, SeedGrid,
+                                   Diversity]
 
 
 class DPDMDExtension(ComfyExtension):

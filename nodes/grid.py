@@ -52,7 +52,7 @@ class SeedGrid(io.ComfyNode):
                 rows = rows[:1]  # one conditioning: one row
             images, _ = draw(student, prompts=rows, seeds=seed_ids, positive=positive, vae=vae, width=width,
                              height=height, size=display_size)
-            title = title or f"{student.info.title}: {student.info.num_steps} steps"
+            title = title or student.info.title
         n_rows = -(-images.shape[0] // seeds)
         row_labels = rows if len(rows) == n_rows else None
         grid = grid_image(images, seeds, row_labels=row_labels, col_labels=[f"seed {s}" for s in seed_ids],
@@ -78,6 +78,7 @@ class Diversity(io.ComfyNode):
                                     tooltip="feature model; without it the built-in digits classifier is used"),
             ],
             outputs=[io.Float.Output(display_name="diversity")],
+            is_output_node=True,
         )
 
     @classmethod

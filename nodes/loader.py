@@ -53,3 +53,25 @@ class StudentLoader(io.ComfyNode):
         loaded = student.load(student_name, path, info, weight_dtype)
         model = loaded.model if loaded.native else student.NotAComfyModel(student_name)
         return io.NodeOutput(model, sigmas, loaded, ui={"dpdmd_student": [summary(info)], "text": [describe(info)]})
+
+
+class BuiltinTeacher(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDBuiltinTeacher",
+            display_name="DP-DMD Built-in Teacher",
+            category=CATEGORY,
+            description="The built-in digits teacher that ships with DP-DMD Studio, sampled with its own many "
+                        "steps and CFG: connect it to a Seed Grid next to a student's grid to compare them on "
+                        "the same seeds.",
+            inputs=[
+                io.Int.Input("steps", default=30, min=2, max=200),
+                io.Float.Input("cfg", default=2.0, min=1.0, max=20.0, step=0.1),
+            ],
+            outputs=[STUDENT.Output(display_name="teacher")],
+        )
+
+    @classmethod
+    def execute(cls, steps: int, cfg: float) -> io.NodeOutput:
+        return io.NodeOutput(student.builtin_teacher(steps, cfg))

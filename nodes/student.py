@@ -35,6 +35,7 @@ class Student:
     model: Any = None  # ComfyUI ModelPatcher (sd3 / sdxl)
     teacher: Any = None  # distill_core BuiltinTeacher: architecture, prompt encoding, decoding (builtin)
     net: torch.nn.Module | None = None  # the student network (builtin)
+    guidance: float = 1.0  # CFG when sampling (1 for students; the built-in teacher handle uses its own)
 
     @property
     def native(self) -> bool:
@@ -55,6 +56,19 @@ class NotAComfyModel:
         raise NotAComfyModelError(
             f"{self._name} is a built-in-teacher student: ComfyUI's own samplers cannot run it. Connect the "
             "loader's 'student' output to 'DP-DMD Sample' or 'DP-DMD Seed Grid' instead of its MODEL output")
+
+
+def builtin_teacher(steps: int, cfg: float) -> Student:
+    """The shipped built-in teacher as a handle the pack's samplers understand (multi-step, with CFG)."""
+    from distill_core.teachers.builtin import BuiltinTeacher
+
+    teacher = BuiltinTeacher()
+    levels = teacher.teacher_levels(steps)
+    info = StudentInfo(family="builtin", prediction_type="flow", levels=levels,
+                       sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
+                       network_config=teacher.network_config(), method="teacher", teacher_guidance=cfg,
+                       teacher="builtin", title=f"built-in teacher: {steps} steps, cfg {cfg:g}")
+    return Student("built-in teacher", info, teacher=teacher, net=teacher.network, guidance=cfg)
 
 
 def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default") -> Student:

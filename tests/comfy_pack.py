@@ -18,10 +18,11 @@ PACK = "dpdmd_pack"
 
 # A tiny SD3.5-shaped transformer (dual attention in layer 0, RMS qk-norm). ComfyUI infers the MMDiT depth
 # as hidden // 64, so hidden = 64 * num_layers. Context 4096 / pooled 2048 are what ComfyUI's SD3 text
-# encoders produce (CLIP-L alone is padded to them), so the same student runs on real conditioning.
+# encoders produce (CLIP-L alone is padded to them), so the same student runs on real conditioning;
+# pos_embed_max_size 64 patches covers 1024 px images (latent 128, patch 2).
 TINY_SD3 = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=64,
                 num_attention_heads=2, joint_attention_dim=4096, caption_projection_dim=128,
-                pooled_projection_dim=2048, pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm")
+                pooled_projection_dim=2048, pos_embed_max_size=64, dual_attention_layers=(0,), qk_norm="rms_norm")
 
 
 def load_pack():

@@ -106,7 +106,7 @@ class FixedCondTeacher(Teacher):
 
 def test_node_ids_and_category(pack):
     ids = nodes_by_id(pack)
-    assert set(ids) == {"DPDMDStudentLoader", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
+    assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
                         "DPDMDSeedGrid", "DPDMDDiversity"}
     assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
 
