@@ -6,6 +6,7 @@ and that importing the pack stays light.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,50 @@ def test_examples_are_api_and_ui_pairs():
         assert {n["type"] for n in workflow["nodes"]} - {"Note"} == {n["class_type"] for n in prompt.values()}
         links = sum(isinstance(v, list) for n in prompt.values() for v in n["inputs"].values())
         assert len(workflow["links"]) == links
+
+
+def _requirements() -> dict[str, str]:
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    return {re.split(r"[<>=~!]", ln)[0].lower(): ln for ln in lines if ln}
+
+
+def test_requirements_leave_torch_to_comfyui_and_match_pyproject():
+    import tomllib
+
+    reqs = _requirements()
+    assert not {"torch", "torchvision", "torchaudio", "xformers"} & set(reqs)
+    project = {re.split(r"[<>=~!]", d)[0].lower(): d for d in
+               tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert {name: project.get(name) for name in reqs} == reqs  # same floors as the project itself
+
+
+COMFY_PROVIDED = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "server", "aiohttp", "torch"}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Top-level third-party modules a file imports anywhere (lazy imports inside functions included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "distill_core"}
+
+
+def test_requirements_cover_what_the_nodes_import():
+    """Every third-party module imported by the nodes and the distill_core modules they load is required."""
+    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+            "from comfy_pack import pack_module; pack_module('nodes.common')\n"
+            "import distill_core.export, distill_core.sampling, distill_core.teachers.builtin, distill_core.evaluate\n"
+            "print('\\n'.join(m.__file__ for k, m in sys.modules.items() if k.startswith('distill_core')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = [Path(f) for f in r.stdout.split()] + sorted((ROOT / "nodes").glob("*.py"))
+    assert any(f.name == "builtin.py" for f in files)
+    needed = set().union(*map(_third_party_imports, files)) - COMFY_PROVIDED
+    dist = {"PIL": "pillow", "sklearn": "scikit-learn"}
+    missing = {dist.get(m, m).lower() for m in needed} - set(_requirements())
+    assert not missing, f"imported by the pack but not in requirements.txt: {sorted(missing)}"

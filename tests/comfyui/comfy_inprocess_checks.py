@@ -218,3 +218,16 @@ def test_loader_refuses_bad_input_with_a_clear_message(pack, models, name, messa
     loader = nodes_by_id(pack)["DPDMDStudentLoader"]
     result = loader.validate_inputs(student_name=name)
     assert isinstance(result, str) and message in result
+
+
+def test_comfy_registry_config_parses():
+    """ComfyUI's own parser (the Comfy Registry schema) reads the [tool.comfy] block of pyproject.toml."""
+    from comfy_config import config_parser
+
+    from comfy_pack import ROOT
+
+    config = config_parser.extract_node_configuration(str(ROOT))
+    assert config.project.name == "dp-dmd-studio" and "comfyui" not in config.project.name.lower()
+    assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "DP-DMD Studio"
+    assert config.project.supported_comfyui_version == ">=0.3.75"
+    assert config.tool_comfy.web is None  # WEB_DIRECTORY serves the JS; both would load it twice
