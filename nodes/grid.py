@@ -9,7 +9,7 @@ from distill_core.errors import ConfigError
 from .common import batch_diversity, from_comfy_images, grid_image, prompt_lines, seed_list, to_digit_space
 from .draw import draw
 from .loader import CATEGORY, STUDENT
-from .sampling import SEED_MAX
+from .sampling import SEED_MAX, size_inputs
 
 
 class SeedGrid(io.ComfyNode):
@@ -28,10 +28,7 @@ class SeedGrid(io.ComfyNode):
                 io.Int.Input("seeds", default=8, min=1, max=64, tooltip="columns"),
                 io.Int.Input("first_seed", default=0, min=0, max=SEED_MAX),
                 io.String.Input("title", default=""),
-                io.Int.Input("width", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
-                io.Int.Input("display_size", default=64, min=8, max=1024, step=8,
-                             tooltip="built-in students: upscale the 8x8 digits to this size"),
+                *size_inputs(),
                 STUDENT.Input("student", optional=True),
                 io.Image.Input("images", optional=True, tooltip="tile this batch instead of sampling"),
                 io.Conditioning.Input("positive", optional=True, tooltip="SD3 / SDXL students"),

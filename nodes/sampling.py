@@ -13,6 +13,16 @@ from .loader import CATEGORY, STUDENT
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
+def size_inputs() -> list:
+    """Image size widgets shared by the sampling nodes (SD3 / SDXL latent size; built-in display size)."""
+    return [
+        io.Int.Input("width", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
+        io.Int.Input("height", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
+        io.Int.Input("display_size", default=64, min=8, max=1024, step=8,
+                     tooltip="built-in students: upscale the 8x8 digits to this size"),
+    ]
+
+
 class StudentSigmas(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -79,10 +89,7 @@ class Sample(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
                 io.Int.Input("batch_size", default=4, min=1, max=256),
                 io.String.Input("prompt", default="a handwritten 7", tooltip="built-in students only"),
-                io.Int.Input("width", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
-                io.Int.Input("display_size", default=64, min=8, max=1024, step=8,
-                             tooltip="built-in students: upscale the 8x8 digits to this size"),
+                *size_inputs(),
                 io.Conditioning.Input("positive", optional=True),
                 io.Vae.Input("vae", optional=True),
             ],

@@ -127,38 +127,85 @@ def test_sd3_student_loads_as_native_flow_model(pack, models):
     assert student.info.family == "sd3" and student.model is model
 
 
+def fixed_condition() -> tuple[Cond, list]:
+    """Random prompt embeddings shaped like ComfyUI's SD3 text encoders' (distill_core and ComfyUI forms)."""
+    g = torch.Generator().manual_seed(0)
+    cond = {"context": torch.randn(1, TOKENS, 4096, generator=g), "pooled": torch.randn(1, 2048, generator=g)}
+    return cond, [[cond["context"], {"pooled_output": cond["pooled"]}]]
+
+
+def distill_core_samples(path, levels, state_dict_change=None) -> torch.Tensor:
+    """distill_core's own 4-step samples of the student file (model space), one per seed in SEEDS."""
+    from safetensors.torch import load_file
+
+    from comfy_pack import tiny_sd3_transformer
+
+    net = tiny_sd3_transformer()
+    sd = load_file(str(path))
+    net.load_state_dict(state_dict_change(sd) if state_dict_change else sd)
+    teacher = FixedCondTeacher(net, pack_module("nodes.common").family_schedule("sd3"), fixed_condition()[0])
+    return sample_grid(teacher, net, ["p"], SEEDS, levels)  # (len(SEEDS), 16, 8, 8)
+
+
+def comfy_samples(model, sampler, sigmas, positive, seeds=SEEDS) -> torch.Tensor:
+    """SamplerCustom (add noise from each seed, cfg 1) for each seed, in model space."""
+    out = [SamplerCustom.execute(model, True, seed, 1.0, positive, positive, sampler, sigmas,
+                                 {"samples": torch.zeros(1, 16, 8, 8)}).result[0]["samples"] for seed in seeds]
+    return model.get_model_object("latent_format").process_in(torch.cat(out))
+
+
 def test_comfy_4_steps_equal_distill_core(pack, models):
     """SamplerCustom + Student Sampler + the loader's sigmas == distill_core.sampling.sample_grid, same noise."""
     ids = nodes_by_id(pack)
     model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
     sampler = run(ids["DPDMDStudentSampler"]).result[0]
-    g = torch.Generator().manual_seed(0)
-    cond = {"context": torch.randn(1, TOKENS, 4096, generator=g), "pooled": torch.randn(1, 2048, generator=g)}
-    positive = [[cond["context"], {"pooled_output": cond["pooled"]}]]
-
-    from comfy_pack import tiny_sd3_transformer
-    from safetensors.torch import load_file
-
-    net = tiny_sd3_transformer()
-    net.load_state_dict(load_file(str(models / "dpdmd" / "tiny_sd3_student.safetensors")))
-    teacher = FixedCondTeacher(net, pack_module("nodes.common").family_schedule("sd3"), cond)
-    ours = sample_grid(teacher, net, ["p"], SEEDS, student.info.levels)  # (2, 16, 8, 8), model space
-
+    _, positive = fixed_condition()
+    ours = distill_core_samples(models / "dpdmd" / "tiny_sd3_student.safetensors", student.info.levels)
+    theirs = comfy_samples(model, sampler, sigmas, positive)
+    print(f"max |ComfyUI - distill_core| = {float((theirs - ours).abs().max()):.2e} (samples std {float(ours.std()):.2f})")
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=1e-5), (theirs - ours).abs().max()
     latent_format = model.get_model_object("latent_format")
-    for i, seed in enumerate(SEEDS):
-        out, _ = SamplerCustom.execute(model, True, seed, 1.0, positive, positive, sampler, sigmas,
-                                       {"samples": torch.zeros(1, 16, 8, 8)}).result
-        comfy_model_space = latent_format.process_in(out["samples"])
-        assert torch.allclose(comfy_model_space, ours[i:i + 1], atol=2e-4, rtol=1e-4), \
-            (comfy_model_space - ours[i:i + 1]).abs().max()
-    # the all-in-one node draws the same per-seed images in one batch
+    # SamplerCustomAdvanced with BasicGuider and RandomNoise: the same images
+    from comfy_extras.nodes_custom_sampler import BasicGuider, RandomNoise, SamplerCustomAdvanced
+
+    guider = BasicGuider.execute(model, positive).result[0]
+    noise = RandomNoise.execute(SEEDS[0]).result[0]
+    adv, _ = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": torch.zeros(1, 16, 8, 8)}).result
+    assert torch.allclose(latent_format.process_in(adv["samples"]), ours[:1], atol=1e-5, rtol=1e-5)
+    # the all-in-one node: image i of a batch is what seed + i gives alone in SamplerCustom
     identity_vae = type("VAE", (), {"decode": staticmethod(lambda s: s[:, :3].permute(0, 2, 3, 1))})()
-    _, latent = run(ids["DPDMDSample"], student=student, seed=SEEDS[0], batch_size=1, prompt="-", width=64,
+    _, latent = run(ids["DPDMDSample"], student=student, seed=SEEDS[0], batch_size=2, prompt="-", width=64,
                     height=64, display_size=64, positive=positive, vae=identity_vae).result
-    assert torch.allclose(latent_format.process_in(latent["samples"]), ours[:1], atol=2e-4, rtol=1e-4)
-    # ComfyUI's 'simple' schedule is not the student's: it would give other samples
+    alone = torch.cat([ours[:1], comfy_samples(model, sampler, sigmas, positive, [SEEDS[0] + 1])])
+    assert torch.allclose(latent_format.process_in(latent["samples"]), alone, atol=1e-5, rtol=1e-5)
+    # ComfyUI's 'simple' schedule is not the student's
     simple = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4)
     assert not torch.allclose(simple, sigmas, atol=1e-3)
+
+
+def test_lora_on_the_native_model(pack, models):
+    """A diffusers-format LoRA applied by ComfyUI to the student's MODEL == the merged weights in distill_core."""
+    import comfy.sd
+
+    ids = nodes_by_id(pack)
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    g = torch.Generator().manual_seed(5)
+    target = "transformer_blocks.0.ff.net.2"  # a Linear(512 -> 128) of the first block
+    lora_a, lora_b = torch.randn(4, 512, generator=g) * 0.05, torch.randn(128, 4, generator=g) * 0.05
+    lora = {f"transformer.{target}.lora_A.weight": lora_a, f"transformer.{target}.lora_B.weight": lora_b}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    _, positive = fixed_condition()
+    theirs = comfy_samples(patched, run(ids["DPDMDStudentSampler"]).result[0], sigmas, positive)
+
+    def merge(sd):
+        sd = dict(sd)
+        sd[f"{target}.weight"] = sd[f"{target}.weight"] + lora_b @ lora_a
+        return sd
+
+    path = models / "dpdmd" / "tiny_sd3_student.safetensors"
+    ours = distill_core_samples(path, student.info.levels, merge)
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=1e-5), (theirs - ours).abs().max()
+    assert not torch.allclose(ours, distill_core_samples(path, student.info.levels), atol=1e-3)  # the LoRA matters
 
 
 def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
@@ -207,6 +254,18 @@ def test_builtin_student_grid_and_diversity(pack, models):
     # the MODEL output of a built-in student is not a ComfyUI model: using it says so
     with pytest.raises(AttributeError, match="built-in-teacher student"):
         model.get_model_object("latent_format")
+
+
+def test_diversity_uses_a_clip_vision_model_when_given(pack):
+    """With a Load CLIP Vision model connected, Eq. 9 runs on its image_embeds (a stand-in model here)."""
+    from types import SimpleNamespace
+
+    embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    seen = []
+    vision = SimpleNamespace(encode_image=lambda images: seen.append(images.shape) or SimpleNamespace(image_embeds=embeds))
+    out = run(nodes_by_id(pack)["DPDMDDiversity"], images=torch.rand(4, 32, 32, 3), per_prompt=2, clip_vision=vision)
+    assert seen == [(4, 32, 32, 3)] and out.result[0] == pytest.approx(0.5)
+    assert "CLIP vision" in out.ui.as_dict()["text"][0]
 
 
 @pytest.mark.parametrize("name, message", [
