@@ -36,8 +36,9 @@ class StudentSigmas(io.ComfyNode):
             inputs=[
                 io.Combo.Input("source", options=["from student", *FAMILIES], default="from student"),
                 io.Int.Input("steps", default=4, min=1, max=50, tooltip="ignored when reading the student"),
-                io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01,
-                               tooltip="flow shift (sd3 / builtin); ignored for sdxl and when reading the student"),
+                io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="flow shift; 0 = the family's default (sd3 3.0, builtin 1.0); ignored for "
+                                       "sdxl and when reading the student"),
                 STUDENT.Input("student", optional=True),
             ],
             outputs=[io.Sigmas.Output()],
@@ -51,7 +52,7 @@ class StudentSigmas(io.ComfyNode):
                                   "Student Loader, or pick a family")
             sigmas = student_sigmas(student.info)
         else:
-            sigmas = family_sigmas(source, steps, shift if source != "sdxl" else None)
+            sigmas = family_sigmas(source, steps, shift if shift > 0 and source != "sdxl" else None)
         return io.NodeOutput(torch.tensor(sigmas, dtype=torch.float32))
 
 

@@ -24,6 +24,7 @@ from comfy.k_diffusion import sampling as k_sampling  # noqa: E402
 from comfy_extras.nodes_custom_sampler import SamplerCustom  # noqa: E402
 
 from comfy_pack import builtin_student, load_pack, pack_module, plain_safetensors, sd3_student, truncated_copy  # noqa: E402
+from distill_core.errors import DPDMDError  # noqa: E402
 from distill_core.method import ddim_sample  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
 from distill_core.schedules import VPSchedule  # noqa: E402
@@ -152,6 +153,19 @@ def comfy_samples(model, sampler, sigmas, positive, seeds=SEEDS) -> torch.Tensor
     out = [SamplerCustom.execute(model, True, seed, 1.0, positive, positive, sampler, sigmas,
                                  {"samples": torch.zeros(1, 16, 8, 8)}).result[0]["samples"] for seed in seeds]
     return model.get_model_object("latent_format").process_in(torch.cat(out))
+
+
+def test_student_sigmas_node(pack, models):
+    ids = nodes_by_id(pack)
+    _, loader_sigmas, student = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    node = ids["DPDMDStudentSigmas"]
+    assert torch.equal(run(node, source="from student", steps=9, shift=0.0, student=student).result[0], loader_sigmas)
+    assert torch.allclose(run(node, source="sd3", steps=4, shift=0.0).result[0], loader_sigmas)
+    builtin = run(node, source="builtin", steps=4, shift=0.0).result[0]
+    assert builtin.tolist() == pytest.approx([1.0, 0.667, 0.334, 0.001, 0.0])  # shift 1, not SD3's 3
+    assert run(node, source="sdxl", steps=4, shift=5.0).result[0][0] == pytest.approx(14.6146, abs=1e-3)
+    with pytest.raises(DPDMDError, match="no student is connected"):
+        run(node, source="from student", steps=4, shift=0.0)
 
 
 def test_comfy_4_steps_equal_distill_core(pack, models):

@@ -49,6 +49,9 @@ def saved_images(comfy: Comfy, entry: dict, node: str) -> list[Image.Image]:
 def assert_success(comfy: Comfy, entry: dict) -> None:
     status = entry["status"]
     assert status["status_str"] == "success", json.dumps(status["messages"])[-3000:] + comfy.log_tail(2000)
+    outputs = {node: {k: (v if k == "text" else [i["filename"] for i in v]) for k, v in out.items() if k in ("images", "text")}
+               for node, out in entry["outputs"].items()}
+    print(f"\n{entry['prompt'][1][:8]}: {status['status_str']}, outputs {outputs}")
 
 
 def diversity_text(entry: dict, node: str) -> float:

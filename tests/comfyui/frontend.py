@@ -25,8 +25,10 @@ def frontend(url: str):
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(url) else r.abort())
             page.goto(url)
-            page.wait_for_function("window.app && window.app.graph && window.app.graph.nodes !== undefined",
-                                   timeout=120_000)
+            # ready = node definitions registered with this pack's web extension applied (it loads asynchronously)
+            page.wait_for_function("window.app?.graph && window.LiteGraph?.registered_node_types?.DPDMDStudentLoader"
+                                   "?.prototype?.dpdmdRefresh !== undefined", timeout=120_000)
+            page.wait_for_load_state("networkidle")  # the app restores its start-up workflow asynchronously
             yield page
         finally:
             browser.close()
@@ -68,7 +70,13 @@ def ui_from_api(page, api: dict, name: str, note: str = "") -> dict:
 def api_from_ui(page, workflow: dict) -> tuple[dict, list[str]]:
     """Load a UI workflow as a person would (drop it on the canvas): the prompt it queues and any alerts shown."""
     page.evaluate("() => document.querySelectorAll('.p-toast-message').forEach((e) => e.remove())")
-    prompt = page.evaluate("async (wf) => { await app.loadGraphData(wf); return (await app.graphToPrompt()).output; }",
-                           workflow)
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+    # a late start-up restore can still replace the graph: load again until the workflow is the one shown
+    for _ in range(3):
+        if page.evaluate("() => app.graph.nodes.length") == len(workflow["nodes"]):
+            break
+        page.wait_for_timeout(2000)
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+    prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
     alerts = page.evaluate("() => [...document.querySelectorAll('.p-toast-message')].map((e) => e.innerText)")
     return prompt, alerts
