@@ -37,9 +37,9 @@ def setup_comfy() -> None:
     """Put ComfyUI first on sys.path (its `nodes` module, not the pack's) and select the CPU."""
     if str(COMFY) not in sys.path:
         sys.path.insert(0, str(COMFY))
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(1, tests)
+    for path in (str(ROOT / "tests"), str(ROOT)):  # test helpers; distill_core for scripts run directly
+        if path not in sys.path:
+            sys.path.insert(1, path)
     from comfy.cli_args import args
 
     args.cpu = True  # before comfy.model_management is imported
