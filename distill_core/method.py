@@ -23,16 +23,20 @@ def _levels(level: float, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ddim_sample(predict: Predictor, schedule: NoiseSchedule, x: torch.Tensor, levels: list[float]) -> torch.Tensor:
+def ddim_sample(predict: Predictor, schedule: NoiseSchedule, x: torch.Tensor, levels: list[float],
+                on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Deterministic sampler through ``levels`` (Euler for flow models); returns the final state.
 
     With ``levels`` ending at the clean level this is a full sample; ending
     earlier it is the teacher's partial ODE solution (the anchor rollout).
+    ``on_step(i, x0_hat)`` is called after step i (progress bars and previews).
     """
-    for t, t_next in zip(levels[:-1], levels[1:]):
+    for i, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
         lv = _levels(t, x)
         x0, eps = schedule.split(x, lv, predict(x, lv))
         x = schedule.ddim_step(x0, eps, _levels(t_next, x)).to(x.dtype)
+        if on_step is not None:
+            on_step(i, x0)
     return x
 
 

@@ -28,8 +28,11 @@ def grid_seeds(num_prompts: int, seeds: Sequence[int]) -> tuple[list[int], list[
 @torch.no_grad()
 def sample_latents(teacher: Teacher, net: nn.Module, cond: Cond, noise: torch.Tensor, levels: list[float],
                    guidance: float = 1.0, batch_size: int = 256, device: torch.device | str = "cpu",
-                   progress=None) -> torch.Tensor:
-    """Deterministic samples of ``net`` for conditioning ``cond`` (batch-aligned with ``noise``)."""
+                   progress=None, on_step=None) -> torch.Tensor:
+    """Deterministic samples of ``net`` for conditioning ``cond`` (batch-aligned with ``noise``).
+
+    ``progress(n)`` is called after each batch of n samples, ``on_step(i, x0_hat)`` after each step.
+    """
     out = []
     null = teacher.null_condition()
     batch_size = min(batch_size, teacher.max_sample_batch or batch_size)
@@ -38,7 +41,7 @@ def sample_latents(teacher: Teacher, net: nn.Module, cond: Cond, noise: torch.Te
         c = cond_to(index_cond(cond, idx), device)
         n = cond_to({k: v.repeat_interleave(len(idx), 0) for k, v in null.items()}, device)
         predict = (lambda x, lv, c=c, n=n: teacher.predict_cfg(net, x, lv, c, n, guidance))
-        out.append(ddim_sample(predict, teacher.schedule, noise[idx].to(device), levels).float().cpu())
+        out.append(ddim_sample(predict, teacher.schedule, noise[idx].to(device), levels, on_step).float().cpu())
         if progress is not None:
             progress(len(idx))
     return torch.cat(out)
@@ -46,10 +49,10 @@ def sample_latents(teacher: Teacher, net: nn.Module, cond: Cond, noise: torch.Te
 
 def sample_grid(teacher: Teacher, net: nn.Module, prompts: Sequence[str], seeds: Sequence[int],
                 levels: list[float], guidance: float = 1.0, batch_size: int = 256,
-                device: torch.device | str = "cpu", progress=None) -> torch.Tensor:
+                device: torch.device | str = "cpu", progress=None, on_step=None) -> torch.Tensor:
     """Latents for every (prompt, seed), prompt-major: shape (len(prompts) * len(seeds), C, H, W)."""
     cond = teacher.encode_prompts(list(prompts))
     p_idx, s_list = grid_seeds(len(prompts), seeds)
     cond = index_cond(cond, torch.tensor(p_idx))
     noise = seed_noise(s_list, teacher.latent_shape())
-    return sample_latents(teacher, net, cond, noise, levels, guidance, batch_size, device, progress)
+    return sample_latents(teacher, net, cond, noise, levels, guidance, batch_size, device, progress, on_step)

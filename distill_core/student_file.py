@@ -89,9 +89,8 @@ class StudentInfo:
             raise CheckpointError(f"{source} has damaged DP-DMD metadata ({e})") from None
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The __metadata__ of a safetensors file, read from its header only (no tensors, no torch)."""
-    path = Path(path)
+def _read_header(path: Path) -> tuple[int, dict]:
+    """(header length, header JSON) of a safetensors file; no tensors are read."""
     if not path.is_file():
         raise CheckpointError(f"student file {str(path)!r} does not exist")
     if path.suffix not in (".safetensors", ".sft"):
@@ -105,7 +104,26 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             header = json.loads(f.read(n))
     except (OSError, ValueError, struct.error) as e:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); is it truncated?") from None
-    return header.get("__metadata__", {}) or {}
+    return n, header
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The __metadata__ of a safetensors file, read from its header only (no tensors, no torch)."""
+    return _read_header(Path(path))[1].get("__metadata__", {}) or {}
+
+
+def check_complete(path: str | Path) -> None:
+    """Refuse a file whose size differs from what its header promises (a cut-off copy or download).
+
+    Costs one header read, so loaders can say "truncated" before torch meets the file.
+    """
+    path = Path(path)
+    n, header = _read_header(path)
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    expected, actual = 8 + n + max(ends, default=0), path.stat().st_size
+    if actual != expected:
+        raise CheckpointError(f"{path.name} is {'truncated' if actual < expected else 'damaged'}: its header "
+                              f"describes {expected:,} bytes but the file has {actual:,}; copy or export it again")
 
 
 def read_student_info(path: str | Path) -> StudentInfo:

@@ -1,0 +1,24 @@
+"""The pack's V3 extension: node list, model folder and the web extension's route."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import library
+from .grid import Diversity, SeedGrid
+from .loader import BuiltinTeacher, StudentLoader
+from .routes import register_routes
+from .sampling import Sample, StudentSampler, StudentSigmas
+
+NODES: list[type[io.ComfyNode]] = [StudentLoader, BuiltinTeacher, StudentSigmas, StudentSampler, Sample, SeedGrid,
+                                   Diversity]
+
+
+class DPDMDExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+def create() -> DPDMDExtension:
+    library.register_folder()
+    register_routes()
+    return DPDMDExtension()

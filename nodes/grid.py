@@ -1,0 +1,93 @@
+"""DP-DMD Seed Grid and DP-DMD Diversity: the pictures and the number that show diversity."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+from distill_core.errors import ConfigError
+
+from .common import batch_diversity, from_comfy_images, grid_image, prompt_lines, seed_list, to_digit_space
+from .draw import draw
+from .loader import CATEGORY, STUDENT
+from .sampling import SEED_MAX, size_inputs
+
+
+class SeedGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDSeedGrid",
+            display_name="DP-DMD Seed Grid",
+            category=CATEGORY,
+            description="A labelled grid, one row per prompt and one column per seed. Connect a 'student' to "
+                        "sample it (seeds first_seed.. first_seed+seeds-1), or an IMAGE batch to tile it "
+                        "('seeds' columns). The grid shows at a glance whether the seeds give different images.",
+            inputs=[
+                io.String.Input("prompts", multiline=True, default="a handwritten 7",
+                                tooltip="one per line: the rows (built-in students sample them; otherwise labels)"),
+                io.Int.Input("seeds", default=8, min=1, max=64, tooltip="columns"),
+                io.Int.Input("first_seed", default=0, min=0, max=SEED_MAX),
+                io.String.Input("title", default=""),
+                *size_inputs(),
+                STUDENT.Input("student", optional=True),
+                io.Image.Input("images", optional=True, tooltip="tile this batch instead of sampling"),
+                io.Conditioning.Input("positive", optional=True, tooltip="SD3 / SDXL students"),
+                io.Vae.Input("vae", optional=True, tooltip="SD3 / SDXL students"),
+            ],
+            outputs=[io.Image.Output(display_name="grid"), io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, prompts: str, seeds: int, first_seed: int, title: str, width: int, height: int,
+                display_size: int, student=None, images=None, positive=None, vae=None) -> io.NodeOutput:
+        rows = prompt_lines(prompts) if prompts.strip() else [""]
+        seed_ids = seed_list(first_seed, seeds)
+        if images is None:
+            if student is None:
+                raise ConfigError("DP-DMD Seed Grid needs a 'student' to sample or an 'images' batch to tile")
+            if student.native:
+                rows = rows[:1]  # one conditioning: one row
+            images, _ = draw(student, prompts=rows, seeds=seed_ids, positive=positive, vae=vae, width=width,
+                             height=height, size=display_size)
+            title = title or student.info.title
+        n_rows = -(-images.shape[0] // seeds)
+        row_labels = rows if len(rows) == n_rows else None
+        grid = grid_image(images, seeds, row_labels=row_labels, col_labels=[f"seed {s}" for s in seed_ids],
+                          title=title)
+        return io.NodeOutput(grid, images)
+
+
+class Diversity(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDDiversity",
+            display_name="DP-DMD Diversity",
+            category=CATEGORY,
+            description="The paper's diversity (Eq. 9): 1 - mean pairwise cosine between the features of the "
+                        "images of each prompt, averaged over prompts. Features: the built-in digits classifier, "
+                        "or a CLIP / DINO vision model (Load CLIP Vision). Compare numbers only with the same "
+                        "features and seeds.",
+            inputs=[
+                io.Image.Input("images", tooltip="prompt-major batch, e.g. the 'images' of a Seed Grid"),
+                io.Int.Input("per_prompt", default=0, min=0, max=4096, tooltip="images per prompt; 0 = all one prompt"),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="feature model; without it the built-in digits classifier is used"),
+            ],
+            outputs=[io.Float.Output(display_name="diversity")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, per_prompt: int, clip_vision=None) -> io.NodeOutput:
+        if clip_vision is not None:
+            features, name = clip_vision.encode_image(images).image_embeds.float().cpu(), "CLIP vision"
+        else:
+            from distill_core.evaluate import DigitsExtractor
+
+            features = DigitsExtractor().features(to_digit_space(from_comfy_images(images)))
+            name = "digits classifier"
+        result = batch_diversity(features, per_prompt)
+        text = (f"diversity {result['diversity']:.4f} ({name} features; {result['prompts']} prompt(s) x "
+                f"{result['per_prompt']} images)")
+        return io.NodeOutput(result["diversity"], ui=ui.PreviewText(text))

@@ -1,0 +1,77 @@
+"""DP-DMD Student Loader: a student by name from ComfyUI's model folders."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from distill_core.errors import DPDMDError
+
+from . import library, student
+from .common import describe, student_sigmas, summary
+
+STUDENT = io.Custom("DPDMD_STUDENT")
+CATEGORY = "DP-DMD"
+
+
+class StudentLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDStudentLoader",
+            display_name="DP-DMD Student Loader",
+            category=CATEGORY,
+            description="Load a DP-DMD student from models/dpdmd or models/diffusion_models. SD3 / SDXL students "
+                        "give a native MODEL and the SIGMAS they were trained on (use them with SamplerCustom, "
+                        "cfg 1, and the DP-DMD Student Sampler); every student gives a 'student' for the DP-DMD "
+                        "Sample and Seed Grid nodes.",
+            inputs=[
+                io.Combo.Input("student_name", options=library.list_students(),
+                               tooltip="exported student (.safetensors with DP-DMD metadata)"),
+                io.Combo.Input("weight_dtype", options=list(student.WEIGHT_DTYPES), default="default",
+                               tooltip="storage precision of SD3 / SDXL weights, as in Load Diffusion Model"),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="native ComfyUI model (SD3 / SDXL students)"),
+                io.Sigmas.Output(display_name="SIGMAS", tooltip="the student's training timesteps as sigmas"),
+                STUDENT.Output(display_name="student", tooltip="for DP-DMD Sample / Seed Grid / Student Sigmas"),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, student_name: str) -> bool | str:
+        """Refuse unknown names, files without DP-DMD metadata and truncated files before anything runs."""
+        try:
+            library.open_student(student_name)
+        except DPDMDError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, student_name: str, weight_dtype: str = "default") -> io.NodeOutput:
+        path, info = library.open_student(student_name)
+        sigmas = torch.tensor(student_sigmas(info), dtype=torch.float32)
+        loaded = student.load(student_name, path, info, weight_dtype)
+        model = loaded.model if loaded.native else student.NotAComfyModel(student_name)
+        return io.NodeOutput(model, sigmas, loaded, ui={"dpdmd_student": [summary(info)], "text": [describe(info)]})
+
+
+class BuiltinTeacher(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDBuiltinTeacher",
+            display_name="DP-DMD Built-in Teacher",
+            category=CATEGORY,
+            description="The built-in digits teacher that ships with DP-DMD Studio, sampled with its own many "
+                        "steps and CFG: connect it to a Seed Grid next to a student's grid to compare them on "
+                        "the same seeds.",
+            inputs=[
+                io.Int.Input("steps", default=30, min=2, max=200),
+                io.Float.Input("cfg", default=2.0, min=1.0, max=20.0, step=0.1),
+            ],
+            outputs=[STUDENT.Output(display_name="teacher")],
+        )
+
+    @classmethod
+    def execute(cls, steps: int, cfg: float) -> io.NodeOutput:
+        return io.NodeOutput(student.builtin_teacher(steps, cfg))

@@ -1,0 +1,96 @@
+"""The loaded student that travels on a DPDMD_STUDENT wire, and how each family is loaded.
+
+SD3 / SDXL students become ComfyUI's own MODEL (comfy.sd.load_diffusion_model
+reads diffusers-format transformers / UNets), so native samplers, LoRAs and
+patches apply. Built-in-teacher students are a small diffusers DiT that ComfyUI
+has no model class for: they are loaded by distill_core and sampled by this pack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import comfy.model_sampling
+import comfy.sd
+
+from distill_core.errors import CheckpointError, DPDMDError
+from distill_core.student_file import StudentInfo
+
+from .common import NATIVE_FAMILIES
+
+WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+                 "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+                 "fp8_e5m2": {"dtype": torch.float8_e5m2}}
+PARAMETRIZATION = {"sd3": comfy.model_sampling.CONST, "sdxl": comfy.model_sampling.EPS}
+
+
+@dataclass
+class Student:
+    """A loaded student: its file name, metadata and network (a ComfyUI MODEL, or the built-in pair)."""
+    name: str
+    info: StudentInfo
+    model: Any = None  # ComfyUI ModelPatcher (sd3 / sdxl)
+    teacher: Any = None  # distill_core BuiltinTeacher: architecture, prompt encoding, decoding (builtin)
+    net: torch.nn.Module | None = None  # the student network (builtin)
+    guidance: float = 1.0  # CFG when sampling (1 for students; the built-in teacher handle uses its own)
+
+    @property
+    def native(self) -> bool:
+        return self.info.family in NATIVE_FAMILIES
+
+
+class NotAComfyModelError(DPDMDError, AttributeError):
+    """Raised when a built-in student's MODEL output reaches one of ComfyUI's own nodes."""
+
+
+class NotAComfyModel:
+    """Stands on the MODEL output of a built-in-teacher student, so misuse gets a clear message."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        raise NotAComfyModelError(
+            f"{self._name} is a built-in-teacher student: ComfyUI's own samplers cannot run it. Connect the "
+            "loader's 'student' output to 'DP-DMD Sample' or 'DP-DMD Seed Grid' instead of its MODEL output")
+
+
+def builtin_teacher(steps: int, cfg: float) -> Student:
+    """The shipped built-in teacher as a handle the pack's samplers understand (multi-step, with CFG)."""
+    from distill_core.teachers.builtin import BuiltinTeacher
+
+    teacher = BuiltinTeacher()
+    levels = teacher.teacher_levels(steps)
+    info = StudentInfo(family="builtin", prediction_type="flow", levels=levels,
+                       sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
+                       network_config=teacher.network_config(), method="teacher", teacher_guidance=cfg,
+                       teacher="builtin", title=f"built-in teacher: {steps} steps, cfg {cfg:g}")
+    return Student("built-in teacher", info, teacher=teacher, net=teacher.network, guidance=cfg)
+
+
+def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default") -> Student:
+    """Load the network of a student whose metadata has been read and checked."""
+    if info.family == "builtin":
+        from distill_core.export import load_student
+        from distill_core.teachers.builtin import BuiltinTeacher
+
+        teacher = BuiltinTeacher(shift=info.schedule.get("shift"))
+        net, _ = load_student(path, teacher)
+        return Student(name, info, teacher=teacher, net=net)
+    if info.family not in NATIVE_FAMILIES:
+        raise CheckpointError(f"{name} is a {info.family!r} student; this pack samples sd3, sdxl and builtin students")
+    try:
+        model = comfy.sd.load_diffusion_model(str(path), model_options=dict(WEIGHT_DTYPES[weight_dtype]))
+    except Exception as e:  # ComfyUI raises RuntimeError / safetensors errors with long hints
+        raise CheckpointError(f"ComfyUI could not load {name} as a {info.family} diffusion model: "
+                              f"{str(e).splitlines()[0][:300]}") from None
+    sampling = model.get_model_object("model_sampling")
+    expected = PARAMETRIZATION[info.family]
+    if not isinstance(sampling, expected):
+        raise CheckpointError(f"{name}'s metadata says {info.family} ({info.prediction_type}) but ComfyUI detected "
+                              f"a {type(model.model).__name__} model with {type(sampling).__name__} sampling; "
+                              "the file and its metadata disagree, export it again")
+    return Student(name, info, model=model)

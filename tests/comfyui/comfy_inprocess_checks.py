@@ -1,0 +1,306 @@
+"""Layer 2: the pack against the real `comfy` modules of ComfyUI 0.3.75, in one process.
+
+Run by tests/test_comfyui.py under the ComfyUI interpreter (or directly with it).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from comfy_env import require_comfy, setup_comfy
+
+require_comfy()
+setup_comfy()
+
+import comfy.model_base  # noqa: E402
+import comfy.model_sampling  # noqa: E402
+import comfy.samplers  # noqa: E402
+import comfy.supported_models  # noqa: E402
+import folder_paths  # noqa: E402
+from comfy.k_diffusion import sampling as k_sampling  # noqa: E402
+from comfy_extras.nodes_custom_sampler import SamplerCustom  # noqa: E402
+
+from comfy_pack import builtin_student, load_pack, pack_module, plain_safetensors, sd3_student, truncated_copy  # noqa: E402
+from distill_core.errors import DPDMDError  # noqa: E402
+from distill_core.method import ddim_sample  # noqa: E402
+from distill_core.sampling import sample_grid  # noqa: E402
+from distill_core.schedules import VPSchedule  # noqa: E402
+from distill_core.teachers.base import Cond, Teacher  # noqa: E402
+
+SEEDS = [3, 11]
+TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return asyncio.run(load_pack().comfy_entrypoint())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, pack):
+    """models/dpdmd with a tiny SD3 student, a built-in student and bad files; ComfyUI's lists point there."""
+    root = tmp_path_factory.mktemp("models")
+    dpdmd, diffusion = root / "dpdmd", root / "diffusion_models"
+    dpdmd.mkdir()
+    diffusion.mkdir()
+    sd3 = sd3_student(dpdmd / "tiny_sd3_student.safetensors")
+    builtin_student(dpdmd / "digits_student.safetensors")
+    plain_safetensors(dpdmd / "not_a_student.safetensors")
+    truncated_copy(sd3, dpdmd / "truncated_student.safetensors")
+    sd3_student(diffusion / "student_in_diffusion_models.safetensors", seed=1)
+    plain_safetensors(diffusion / "ordinary_model.safetensors")
+    saved = {k: folder_paths.folder_names_and_paths[k] for k in ("dpdmd", "diffusion_models")}
+    folder_paths.folder_names_and_paths["dpdmd"] = ([str(dpdmd)], {".safetensors", ".sft"})
+    folder_paths.folder_names_and_paths["diffusion_models"] = ([str(diffusion)], saved["diffusion_models"][1])
+    yield root
+    folder_paths.folder_names_and_paths.update(saved)
+
+
+def nodes_by_id(pack) -> dict:
+    return {n.GET_SCHEMA().node_id: n for n in asyncio.run(pack.get_node_list())}
+
+
+def run(node, **inputs):
+    return node.execute(**inputs)
+
+
+class FixedCondTeacher(Teacher):
+    """distill_core's view of the tiny SD3 student: fixed prompt embeddings, diffusers forward.
+
+    The sampling math under test (levels, noise, DDIM/Euler steps) is distill_core's own.
+    """
+
+    family = "sd3"
+    default_guidance = 1.0
+    default_steps = 4
+
+    def __init__(self, network, schedule, cond: Cond):
+        super().__init__(network, schedule)
+        self.cond = cond
+
+    def call_network(self, net, x, levels, cond):
+        t = self.schedule.model_timestep(levels)
+        return net(hidden_states=x, encoder_hidden_states=cond["context"], pooled_projections=cond["pooled"],
+                   timestep=t).sample
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        return {k: v.expand(len(prompts), *v.shape[1:]) for k, v in self.cond.items()}
+
+    def null_condition(self) -> Cond:
+        return {k: torch.zeros_like(v) for k, v in self.cond.items()}
+
+    def latent_shape(self):
+        return (16, 8, 8)
+
+    def decode(self, latents):
+        raise NotImplementedError
+
+    def network_config(self):
+        return {}
+
+    def describe(self):
+        return {}
+
+
+def test_node_ids_and_category(pack):
+    ids = nodes_by_id(pack)
+    assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
+                        "DPDMDSeedGrid", "DPDMDDiversity"}
+    assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
+
+
+def test_loader_lists_students_only(pack, models):
+    options = nodes_by_id(pack)["DPDMDStudentLoader"].INPUT_TYPES()["required"]["student_name"][1]["options"]
+    # everything in dpdmd/ is offered (bad files there get a clear error); diffusion_models/ only students
+    assert "tiny_sd3_student.safetensors" in options and "student_in_diffusion_models.safetensors" in options
+    assert "ordinary_model.safetensors" not in options
+
+
+def test_sd3_student_loads_as_native_flow_model(pack, models):
+    model, sigmas, student = run(nodes_by_id(pack)["DPDMDStudentLoader"],
+                                 student_name="tiny_sd3_student.safetensors").result
+    assert isinstance(model.model, comfy.model_base.SD3)
+    assert isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    assert torch.allclose(sigmas, torch.tensor([1.0, 0.8576923, 0.6021505, 0.0089286, 0.0]), atol=1e-6)
+    assert student.info.family == "sd3" and student.model is model
+
+
+def fixed_condition() -> tuple[Cond, list]:
+    """Random prompt embeddings shaped like ComfyUI's SD3 text encoders' (distill_core and ComfyUI forms)."""
+    g = torch.Generator().manual_seed(0)
+    cond = {"context": torch.randn(1, TOKENS, 4096, generator=g), "pooled": torch.randn(1, 2048, generator=g)}
+    return cond, [[cond["context"], {"pooled_output": cond["pooled"]}]]
+
+
+def distill_core_samples(path, levels, state_dict_change=None) -> torch.Tensor:
+    """distill_core's own 4-step samples of the student file (model space), one per seed in SEEDS."""
+    from safetensors.torch import load_file
+
+    from comfy_pack import tiny_sd3_transformer
+
+    net = tiny_sd3_transformer()
+    sd = load_file(str(path))
+    net.load_state_dict(state_dict_change(sd) if state_dict_change else sd)
+    teacher = FixedCondTeacher(net, pack_module("nodes.common").family_schedule("sd3"), fixed_condition()[0])
+    return sample_grid(teacher, net, ["p"], SEEDS, levels)  # (len(SEEDS), 16, 8, 8)
+
+
+def comfy_samples(model, sampler, sigmas, positive, seeds=SEEDS) -> torch.Tensor:
+    """SamplerCustom (add noise from each seed, cfg 1) for each seed, in model space."""
+    out = [SamplerCustom.execute(model, True, seed, 1.0, positive, positive, sampler, sigmas,
+                                 {"samples": torch.zeros(1, 16, 8, 8)}).result[0]["samples"] for seed in seeds]
+    return model.get_model_object("latent_format").process_in(torch.cat(out))
+
+
+def test_student_sigmas_node(pack, models):
+    ids = nodes_by_id(pack)
+    _, loader_sigmas, student = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    node = ids["DPDMDStudentSigmas"]
+    assert torch.equal(run(node, source="from student", steps=9, shift=0.0, student=student).result[0], loader_sigmas)
+    assert torch.allclose(run(node, source="sd3", steps=4, shift=0.0).result[0], loader_sigmas)
+    builtin = run(node, source="builtin", steps=4, shift=0.0).result[0]
+    assert builtin.tolist() == pytest.approx([1.0, 0.667, 0.334, 0.001, 0.0])  # shift 1, not SD3's 3
+    assert run(node, source="sdxl", steps=4, shift=5.0).result[0][0] == pytest.approx(14.6146, abs=1e-3)
+    with pytest.raises(DPDMDError, match="no student is connected"):
+        run(node, source="from student", steps=4, shift=0.0)
+
+
+def test_comfy_4_steps_equal_distill_core(pack, models):
+    """SamplerCustom + Student Sampler + the loader's sigmas == distill_core.sampling.sample_grid, same noise."""
+    ids = nodes_by_id(pack)
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    sampler = run(ids["DPDMDStudentSampler"]).result[0]
+    _, positive = fixed_condition()
+    ours = distill_core_samples(models / "dpdmd" / "tiny_sd3_student.safetensors", student.info.levels)
+    theirs = comfy_samples(model, sampler, sigmas, positive)
+    print(f"max |ComfyUI - distill_core| = {float((theirs - ours).abs().max()):.2e} (samples std {float(ours.std()):.2f})")
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=1e-5), (theirs - ours).abs().max()
+    latent_format = model.get_model_object("latent_format")
+    # SamplerCustomAdvanced with BasicGuider and RandomNoise: the same images
+    from comfy_extras.nodes_custom_sampler import BasicGuider, RandomNoise, SamplerCustomAdvanced
+
+    guider = BasicGuider.execute(model, positive).result[0]
+    noise = RandomNoise.execute(SEEDS[0]).result[0]
+    adv, _ = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": torch.zeros(1, 16, 8, 8)}).result
+    assert torch.allclose(latent_format.process_in(adv["samples"]), ours[:1], atol=1e-5, rtol=1e-5)
+    # the all-in-one node: image i of a batch is what seed + i gives alone in SamplerCustom
+    identity_vae = type("VAE", (), {"decode": staticmethod(lambda s: s[:, :3].permute(0, 2, 3, 1))})()
+    _, latent = run(ids["DPDMDSample"], student=student, seed=SEEDS[0], batch_size=2, prompt="-", width=64,
+                    height=64, display_size=64, positive=positive, vae=identity_vae).result
+    alone = torch.cat([ours[:1], comfy_samples(model, sampler, sigmas, positive, [SEEDS[0] + 1])])
+    assert torch.allclose(latent_format.process_in(latent["samples"]), alone, atol=1e-5, rtol=1e-5)
+    # ComfyUI's 'simple' schedule is not the student's
+    simple = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4)
+    assert not torch.allclose(simple, sigmas, atol=1e-3)
+
+
+def test_lora_on_the_native_model(pack, models):
+    """A diffusers-format LoRA applied by ComfyUI to the student's MODEL == the merged weights in distill_core."""
+    import comfy.sd
+
+    ids = nodes_by_id(pack)
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    g = torch.Generator().manual_seed(5)
+    target = "transformer_blocks.0.ff.net.2"  # a Linear(512 -> 128) of the first block
+    lora_a, lora_b = torch.randn(4, 512, generator=g) * 0.05, torch.randn(128, 4, generator=g) * 0.05
+    lora = {f"transformer.{target}.lora_A.weight": lora_a, f"transformer.{target}.lora_B.weight": lora_b}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    _, positive = fixed_condition()
+    theirs = comfy_samples(patched, run(ids["DPDMDStudentSampler"]).result[0], sigmas, positive)
+
+    def merge(sd):
+        sd = dict(sd)
+        sd[f"{target}.weight"] = sd[f"{target}.weight"] + lora_b @ lora_a
+        return sd
+
+    path = models / "dpdmd" / "tiny_sd3_student.safetensors"
+    ours = distill_core_samples(path, student.info.levels, merge)
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=1e-5), (theirs - ours).abs().max()
+    assert not torch.allclose(ours, distill_core_samples(path, student.info.levels), atol=1e-3)  # the LoRA matters
+
+
+def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
+    """SDXL (epsilon): the student's timesteps -> sigmas -> ComfyUI timesteps, and euler == distill_core DDIM."""
+    common = pack_module("nodes.common")
+    config = comfy.supported_models.SDXL(dict(comfy.supported_models.SDXL.unet_config))
+    ms = comfy.model_base.model_sampling(config, comfy.model_base.ModelType.EPS)
+    sigmas = torch.tensor(common.family_sigmas("sdxl", 4), dtype=torch.float32)
+    levels = VPSchedule().sampling_levels(4)
+    assert ms.timestep(sigmas[:-1]).tolist() == [999, 749, 499, 249]
+    assert torch.allclose(ms.sigma(torch.tensor(levels[:-1])), sigmas[:-1], rtol=1e-4)
+
+    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(1)) * 0.3
+
+    def eps_net(x, t):  # any deterministic network of (x_t, t): a fixed mixing of channels
+        return torch.einsum("oc,bchw->bohw", w, x) * (1 + t.view(-1, 1, 1, 1) / 1000)
+
+    def denoiser(x, sigma, **_):  # what ComfyUI's model wrapper computes for an EPS model
+        return ms.calculate_denoised(sigma, eps_net(ms.calculate_input(sigma, x), ms.timestep(sigma)), x)
+
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    x = ms.noise_scaling(sigmas[0], noise, torch.zeros_like(noise), max_denoise=True)
+    comfy_x0 = k_sampling.sample_euler(denoiser, x, sigmas, disable=True, s_churn=0.0)
+    schedule = VPSchedule()
+    ours = ddim_sample(lambda x, lv: eps_net(x, schedule.model_timestep(lv)), schedule, noise, levels)
+    assert torch.allclose(comfy_x0, ours, atol=1e-4, rtol=1e-4), (comfy_x0 - ours).abs().max()
+
+
+def test_builtin_student_grid_and_diversity(pack, models):
+    ids = nodes_by_id(pack)
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
+    grid, images = run(ids["DPDMDSeedGrid"], prompts="a handwritten 7\nthree", seeds=3, first_seed=5, title="",
+                       width=64, height=64, display_size=32, student=student).result
+    assert images.shape == (6, 32, 32, 3) and grid.shape[0] == 1 and grid.shape[-1] == 3
+    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    lat = sample_grid(student.teacher, student.net, ["a handwritten 7", "three"], [5, 6, 7], student.info.levels)
+    expected = student.teacher.decode(lat).repeat_interleave(4, -2).repeat_interleave(4, -1).permute(0, 2, 3, 1)
+    assert torch.allclose(images, expected, atol=1e-6)
+
+    out = run(ids["DPDMDDiversity"], images=images, per_prompt=3)
+    from distill_core.evaluate import DigitsExtractor, diversity
+
+    feats = DigitsExtractor().features(student.teacher.decode(lat))
+    assert out.result[0] == pytest.approx(diversity(feats, 3), abs=1e-6)
+    assert "diversity" in out.ui.as_dict()["text"][0]
+    # the MODEL output of a built-in student is not a ComfyUI model: using it says so
+    with pytest.raises(AttributeError, match="built-in-teacher student"):
+        model.get_model_object("latent_format")
+
+
+def test_diversity_uses_a_clip_vision_model_when_given(pack):
+    """With a Load CLIP Vision model connected, Eq. 9 runs on its image_embeds (a stand-in model here)."""
+    from types import SimpleNamespace
+
+    embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    seen = []
+    vision = SimpleNamespace(encode_image=lambda images: seen.append(images.shape) or SimpleNamespace(image_embeds=embeds))
+    out = run(nodes_by_id(pack)["DPDMDDiversity"], images=torch.rand(4, 32, 32, 3), per_prompt=2, clip_vision=vision)
+    assert seen == [(4, 32, 32, 3)] and out.result[0] == pytest.approx(0.5)
+    assert "CLIP vision" in out.ui.as_dict()["text"][0]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nope.safetensors", "no student named 'nope.safetensors'"),
+    ("not_a_student.safetensors", "no DP-DMD student metadata"),
+    ("truncated_student.safetensors", "is truncated"),
+])
+def test_loader_refuses_bad_input_with_a_clear_message(pack, models, name, message):
+    loader = nodes_by_id(pack)["DPDMDStudentLoader"]
+    result = loader.validate_inputs(student_name=name)
+    assert isinstance(result, str) and message in result
+
+
+def test_comfy_registry_config_parses():
+    """ComfyUI's own parser (the Comfy Registry schema) reads the [tool.comfy] block of pyproject.toml."""
+    from comfy_config import config_parser
+
+    from comfy_pack import ROOT
+
+    config = config_parser.extract_node_configuration(str(ROOT))
+    assert config.project.name == "dp-dmd-studio" and "comfyui" not in config.project.name.lower()
+    assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "DP-DMD Studio"
+    assert config.project.supported_comfyui_version == ">=0.3.75"
+    assert config.tool_comfy.web is None  # WEB_DIRECTORY serves the JS; both would load it twice
