@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:  # Python 3.11+; ComfyUI installs on 3.10 use the tomli backport
+    import tomllib
+except ImportError:  # pragma: no cover
+    import tomli as tomllib
 
 from .errors import ConfigError
 
