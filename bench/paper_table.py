@@ -91,7 +91,7 @@ class Bench:
 
     def measure_student(self, trainer: Trainer) -> dict:
         c, teacher = self.eval_cfg, trainer.teacher
-        net = trainer.acc.unwrap_model(trainer.student)
+        net = trainer.sampling_student()
         m, images = measure(teacher, net, c, self.extractor, levels=trainer.student_levels, guidance=1.0, device="cpu")
         labels = teacher.encode_prompts(c.eval.prompts)["class_labels"].repeat_interleave(images.shape[0] // len(c.eval.prompts))
         t_modes, s_modes = mode_metrics(self.extractor, self.teacher_images, images, labels)
@@ -115,7 +115,7 @@ class Bench:
                            trainer.cfg.teacher.guidance_scale)
         bucket[key] = self.measured[name] = m = self.measure_student(trainer)
         if cfg.run.seed == 0:
-            self.save_grid(trainer, trainer.acc.unwrap_model(trainer.student), name, trainer.student_levels, 1.0)
+            self.save_grid(trainer, trainer.sampling_student(), name, trainer.student_levels, 1.0)
         print(f"  {key}: diversity {m['diversity']:.4f}  FD {m['frechet_distance']:.2f}  coverage "
               f"{m['mode_coverage']:.2f}  agreement {m['mode_agreement_with_teacher']:.2f}  ({time.time() - t0:.0f} s)",
               flush=True)
@@ -157,7 +157,7 @@ class Bench:
         c = trainers["dpdmd"].cfg
         t_sec = seconds_per_image(teacher, teacher.network, c.eval.prompts, teacher.teacher_levels(c.teacher.num_steps),
                                   c.teacher.guidance_scale, 64, "cpu")
-        s_sec = seconds_per_image(teacher, trainers["dpdmd"].acc.unwrap_model(trainers["dpdmd"].student),
+        s_sec = seconds_per_image(teacher, trainers["dpdmd"].sampling_student(),
                                   c.eval.prompts, trainers["dpdmd"].student_levels, 1.0, 64, "cpu")
         med = {m: statistics.median(v) for m, v in times.items()}
         self.results["cost"] = {

@@ -64,6 +64,7 @@ class StudentSection:
     num_steps: int = 4
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0 = full fine-tune
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
 
 
 @dataclass
@@ -302,6 +303,8 @@ def resolve(cfg: Config) -> Config:
     if s.num_steps < 2:
         raise ConfigError(f"student.num_steps = {s.num_steps} must be at least 2: DP-DMD trains the first step "
                           "with the diversity loss and the others with DMD")
+    if not 0.0 <= s.ema_decay < 1.0:
+        raise ConfigError(f"student.ema_decay = {s.ema_decay} must lie in [0, 1) (0 = no EMA; e.g. 0.99)")
     if s.lora_rank < 0:
         raise ConfigError(f"student.lora_rank = {s.lora_rank} must be >= 0 (0 = full fine-tune)")
 

@@ -83,7 +83,7 @@ def finish_run(trainer) -> dict:
     info = student_info(teacher, cfg, trainer.step)
     save_student(trainer.student_state_dict(), info, run.student_path)
     run.append_event("export", step=trainer.step, path=run.student_path.name)
-    student = trainer.acc.unwrap_model(trainer.student)
+    student = trainer.sampling_student()
     metrics = compare(cfg, teacher, student, trainer.acc.device)
     events = run.read_events()
     train_seconds = sum(e.get("sec_per_step", 0.0) for e in events if e.get("event") == "step")

@@ -103,6 +103,13 @@ class Trainer:
         self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(
             student, fake, adamw(student, o.student_lr), adamw(fake, o.fake_lr))
         self.sharded = is_sharded(self.acc)
+        self.ema = None
+        if c.student.ema_decay:
+            if self.sharded:
+                raise ConfigError("student.ema_decay is not available under FSDP (each process holds a shard); "
+                                  "set it to 0 or train with DDP")
+            import copy
+            self.ema = copy.deepcopy(self.acc.unwrap_model(self.student)).requires_grad_(False).eval()
         rank = self.acc.process_index
         self.generators = {"data": torch.Generator(), "noise": torch.Generator()}
         self._seed_generators(rank, 0)
@@ -182,7 +189,20 @@ class Trainer:
         self.acc.clip_grad_norm_(self.student.parameters(), c.optim.grad_clip)
         self.opt_s.step()
         self.opt_s.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self._update_ema()
         return {"loss": loss.item(), "loss_dmd": dmd.loss.item(), "loss_div": div.item(), "dmd_grad": dmd.grad_norm}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        keep = self.cfg.student.ema_decay
+        for avg, p in zip(self.ema.parameters(), self.acc.unwrap_model(self.student).parameters()):
+            if p.requires_grad:
+                avg.lerp_(p.detach().to(avg.dtype), 1.0 - keep)
+
+    def sampling_student(self) -> torch.nn.Module:
+        """The network that is sampled, evaluated and exported: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.acc.unwrap_model(self.student)
 
     def _check(self, loss: torch.Tensor, which: str) -> None:
         if not torch.isfinite(loss):
@@ -200,6 +220,8 @@ class Trainer:
         states = {"student": network_state(acc, self.student), "fake": network_state(acc, self.fake),
                   "optim_student": optimizer_state(self.student, self.opt_s),
                   "optim_fake": optimizer_state(self.fake, self.opt_f)}  # collectives: every rank takes part
+        if self.ema is not None:
+            states["ema"] = network_state(acc, self.ema)
         if self.main:
             for name, sd in states.items():
                 tensors, meta = ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
@@ -219,6 +241,12 @@ class Trainer:
         for net, opt, name in ((self.student, self.opt_s, "student"), (self.fake, self.opt_f, "fake")):
             load_network_state(acc, net, load_file(str(folder / f"{name}.safetensors")))
             load_optimizer_state(net, opt, ckpt.optimizer_state_from(folder / f"optim_{name}.safetensors"))
+        if self.ema is not None:
+            ema = folder / "ema.safetensors"
+            if not ema.exists():
+                raise ConfigError(f"{folder.name} has no EMA weights: the run was started with student.ema_decay = 0; "
+                                  "keep it at 0 to resume this run")
+            load_network_state(acc, self.ema, load_file(str(ema)))
         self.step = int(state["step"])
         rng = folder / f"rng_rank{acc.process_index}.safetensors"
         if rng.exists() and state.get("world_size") == acc.num_processes:
@@ -369,7 +397,7 @@ class Trainer:
     def _snapshot(self, snaps, grid: bool, metrics: bool) -> None:
         if self.sharded:  # an FSDP student only runs with every process; sample after training instead
             return
-        net = self.acc.unwrap_model(self.student)
+        net = self.sampling_student()
         if grid:
             path = self.run.samples / f"step_{self.step:08d}.png"
             snaps.student_grid(net, path, self.step)
@@ -381,6 +409,8 @@ class Trainer:
 
     def student_state_dict(self) -> dict:
         """The student's weights in the teacher's layout (LoRA adapters merged)."""
+        if self.ema is not None:
+            return merged_state_dict(self.ema.state_dict())
         return merged_state_dict(self.acc.get_state_dict(self.student))
 
 

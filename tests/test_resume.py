@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -11,19 +12,22 @@ from distill_core.train import Trainer, train
 
 def _weights(run_dir):
     last = ckpt.latest(run_dir / "checkpoints")
-    return {n: load_file(str(last / f"{n}.safetensors")) for n in ("student", "fake", "optim_student")}
+    names = ("student", "fake", "optim_student", "optim_fake", "ema")
+    return {n: load_file(str(last / f"{n}.safetensors")) for n in names if (last / f"{n}.safetensors").exists()}
 
 
-def test_resume_equals_uninterrupted_run(tiny):
-    straight = tiny("straight", run__max_steps=4)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_equals_uninterrupted_run(tiny, ema):
+    straight = tiny("straight", run__max_steps=4, student__ema_decay=ema)
     train(straight, progress=False, finish=False)
 
-    broken = tiny("broken", run__max_steps=2)
+    broken = tiny("broken", run__max_steps=2, student__ema_decay=ema)
     train(broken, progress=False, finish=False)  # stops after 2 steps with a checkpoint
     broken.run.max_steps = 4
     train(broken, progress=False, finish=False)  # resumes from step 2
 
     a, b = _weights(run_dir(straight)), _weights(run_dir(broken))
+    assert ("ema" in a) is bool(ema)
     for name in a:
         assert a[name].keys() == b[name].keys()
         for key in a[name]:
