@@ -112,7 +112,8 @@ class UIProcess:
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "trainer_ui", "--runs-dir", str(runs_dir), "--port", str(self.port),
-                 "--refresh", "1"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                 "--refresh", "1"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)  # its own process group, like a UI started from a terminal
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -128,10 +129,16 @@ class UIProcess:
         return self
 
     def kill(self) -> None:
-        """End the UI process the hard way (as a crash or a closed terminal would)."""
-        if self.proc.poll() is None:
+        """Hang up the UI's whole process group, as closing its terminal does, then make sure it is gone."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-        self.proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
 
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:

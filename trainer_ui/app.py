@@ -25,6 +25,8 @@ from .wizard import (FAMILIES, FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NO
 
 CSS = """
 #teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
+#teacher-grid img, #student-grid img { height: 280px !important; width: auto !important; max-width: 100%;
+  object-fit: contain; }
 .run-status { font-size: 1.05em; line-height: 1.6; }
 .run-status progress { width: 100%; height: 14px; }
 .state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
@@ -88,11 +90,13 @@ def on_method(method: str):
 
 
 def on_teacher_steps(steps, k):
+    """k must stay below the teacher's steps; k's value is only touched when it is out of range (a stale
+    value sent back would undo a slider move made while this ran)."""
     try:
         top = max(1, int(steps) - 1)
     except (TypeError, ValueError):
         return gr.skip()
-    return gr.update(maximum=top, value=min(int(k), top))
+    return gr.update(maximum=top, value=top) if int(k) > top else gr.update(maximum=top)
 
 
 def preset_note(memory: str, method: str) -> str:
