@@ -9,6 +9,7 @@ which overrides the form.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import tomllib
 from dataclasses import dataclass
@@ -62,27 +63,27 @@ ONE_STEP_NOTE = "one-step backprop needs the detach, so it applies to DP-DMD onl
 
 @dataclass
 class WizardForm:
-    """The wizard's fields, in the order the page passes them to the handlers."""
-    family: str = "builtin"
-    teacher_path: str = ""
-    prompts: str = ""  # one per line
-    prompts_file: str = ""
-    method: str = "dpdmd"
-    anchor_step: float = 5
-    diversity_weight: float = 0.05
-    student_steps: float = 4
-    guidance_scale: float = 2.0
-    teacher_steps: float = 30
-    max_steps: float = 400
-    batch_size: float = 64
-    memory: str = "CPU / tiny"
-    run_name: str = ""
-    fake_updates: float = 5
-    seed: float = 0
-    checkpoint_every: float = 100
-    grid_every: float = 50
-    eval_every: float = 100
-    extra_toml: str = ""
+    """The wizard's fields, in the order the page passes them to the handlers (defaults: default_form)."""
+    family: str
+    teacher_path: str
+    prompts: str  # one per line
+    prompts_file: str
+    method: str
+    anchor_step: float | None
+    diversity_weight: float | None
+    student_steps: float | None
+    guidance_scale: float | None
+    teacher_steps: float | None
+    max_steps: float | None
+    batch_size: float | None
+    memory: str
+    run_name: str
+    fake_updates: float | None
+    seed: float | None
+    checkpoint_every: float | None
+    grid_every: float | None
+    eval_every: float | None
+    extra_toml: str
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # an emptied Gradio text box sends None
@@ -96,7 +97,8 @@ FIELDS = [f.name for f in dataclasses.fields(WizardForm)]
 def default_form(family: str = "builtin") -> WizardForm:
     """The paper's defaults (Config()) with the family's teacher settings."""
     c, fam = Config(), FAMILY_DEFAULTS[family]
-    return WizardForm(family=family, method=c.method.name, anchor_step=c.method.anchor_step,
+    return WizardForm(family=family, teacher_path="", prompts="", prompts_file="", extra_toml="",
+                      method=c.method.name, anchor_step=c.method.anchor_step,
                       diversity_weight=c.method.diversity_weight, student_steps=c.student.num_steps,
                       guidance_scale=fam["guidance_scale"], teacher_steps=fam["num_steps"],
                       max_steps=c.run.max_steps, batch_size=fam["batch_size"],
@@ -109,18 +111,23 @@ def default_run_name(method: str = "dpdmd") -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _whole(value: Any, label: str) -> int:
-    if value is None or value == "":
-        raise ConfigError(f"{label} is empty; give a whole number")
-    if float(value) != int(float(value)):
-        raise ConfigError(f"{label} must be a whole number, not {value}")
-    return int(float(value))
-
-
 def _number(value: Any, label: str) -> float:
     if value is None or value == "":
         raise ConfigError(f"{label} is empty; give a number")
-    return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{label} must be a finite number, not {value!r}")
+    return number
+
+
+def _whole(value: Any, label: str) -> int:
+    number = _number(value, label)
+    if number != int(number):
+        raise ConfigError(f"{label} must be a whole number, not {value}")
+    return int(number)
 
 
 def _merge(base: dict, extra: dict) -> dict:
