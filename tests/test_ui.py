@@ -192,3 +192,14 @@ def test_dpdmd_ui_subcommand_and_lazy_import():
     assert "--runs-dir" in out.stdout and "--allowed-root" in out.stdout and "--share" in out.stdout
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "trainer_ui*" in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+
+
+def test_a_run_that_dies_at_startup_shows_why(settings):
+    # Passes the config checks but the trainer refuses it when it builds (one-step backprop needs the detach).
+    form = tiny_form("doomed", method__name="no_detach")
+    form.extra_toml += '\n[method]\nbackprop = "one_step"\n'
+    assert app.start(settings, *values(form))[0].startswith("Started")
+    run = RunFolder(settings.roots.runs / "doomed")
+    wait_for(lambda: runs.run_state(run) == "died", 120, "the state 'died'", run.root / "train.log")
+    status, resume_btn = app.refresh(settings, "doomed", None)[2], app.refresh(settings, "doomed", None)[11]
+    assert "state-died" in status and "one_step" in status and resume_btn["interactive"]

@@ -28,7 +28,7 @@ def tiny_form(name: str, **overrides) -> WizardForm:
     e = cfg.eval
     extra = dumps_toml({"eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
                                  "grid_seeds": e.grid_seeds, "fd_samples_per_prompt": e.fd_samples_per_prompt}})
-    return WizardForm(family="builtin", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
+    return WizardForm(family="builtin", teacher_path="", prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
                       diversity_weight=cfg.method.diversity_weight, student_steps=cfg.student.num_steps,
                       guidance_scale=2.0, teacher_steps=cfg.teacher.num_steps, max_steps=cfg.run.max_steps,
                       batch_size=cfg.data.batch_size, memory="CPU / tiny", run_name=name,

@@ -123,7 +123,9 @@ def _status_html(v: runs.RunView) -> str:
     if v.message:
         out.append(f"<div>{html.escape(v.message)}</div>")
     if v.state in ("failed", "died"):
-        out.append("<div>The last lines of train.log are below; <b>Resume</b> continues from the newest checkpoint.</div>")
+        last = "\n".join(v.log.splitlines()[-4:])
+        out.append(f"<div>The end of train.log (all of it below); <b>Resume</b> continues from the newest "
+                   f"checkpoint.</div><pre>{html.escape(last)}</pre>")
     if v.student:
         out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
     return f"<div class='run-status'>{'<br>'.join(out)}</div>"
