@@ -16,6 +16,7 @@ from PIL import Image
 from ui_support import UIProcess, copy_run, finished_runs, stop_trainers, wait_for
 
 from distill_core.runfolder import RunFolder
+from trainer_ui import app, runs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -34,6 +35,12 @@ def _grid_present(path: Path) -> None:
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
     dark, bright = (pixels < 40).mean(), (pixels > 200).mean()
     assert dark > 0.05 and bright > 0.05, f"{path.name}: no seed grid (dark {dark:.2f}, bright {bright:.2f})"
+
+
+def _line_drawn(page, plot_id: str, color: str) -> bool:
+    """A drawn line (two points or more) of ``color`` in a LinePlot's SVG (gradio 6 renders Vega as SVG)."""
+    paths = page.locator(f"#{plot_id} svg .mark-line path[stroke='{color}']")
+    return any("L" in (paths.nth(i).get_attribute("d") or "") for i in range(paths.count()))
 
 
 def _set_number(page, elem_id: str, value) -> None:
@@ -124,9 +131,8 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     page.wait_for_selector("#run-status .state-running")
     page.wait_for_selector("#student-grid img")
     page.wait_for_selector("#teacher-grid img")
-    page.wait_for_selector("#loss-plot canvas, #loss-plot svg")
-    page.wait_for_selector("#diversity-plot canvas, #diversity-plot svg")
-    page.wait_for_timeout(1500)  # let the plots draw
+    wait_for(lambda: _line_drawn(page, "loss-plot", app.LOSS_COLORS[runs.LOSSES["loss_dmd"]]), 30, "the DMD loss curve")
+    wait_for(lambda: _line_drawn(page, "diversity-plot", app.DIVERSITY_COLORS["student"]), 30, "the diversity curve")
     page.screenshot(path=shots / "monitor.png", full_page=True)
     _not_blank(shots / "monitor.png")
     page.locator("#student-grid img").screenshot(path=shots / "student_grid.png")

@@ -139,8 +139,29 @@ def _report_html(path: Path | None) -> str:
             f"<iframe src='{url}' sandbox='' style='width:100%;height:720px;border:1px solid #ddd'></iframe>")
 
 
-def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=columns)
+LOSS_COLORS = dict(zip(runs.LOSSES.values(), ("#2f6fb5", "#e8862a", "#c9372c")))
+DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a"}
+
+
+def _frame(rows: list[tuple], columns: list[str], series: dict[str, str]) -> pd.DataFrame:
+    """(step, value, series) rows for a LinePlot, typed, with every series present.
+
+    The plot keeps the axis types and the series of the first frame it draws: an empty untyped frame
+    makes both axes categorical, and a missing series is never drawn. A series without data gets one
+    empty (NaN) point, which the plot skips.
+    """
+    present = {r[2] for r in rows}
+    rows = list(rows) + [(0, float("nan"), name) for name in series if name not in present]
+    return pd.DataFrame(rows, columns=columns).astype({columns[0]: "int64", columns[1]: "float64",
+                                                       columns[2]: "str"})
+
+
+def _losses(rows: list[tuple]) -> pd.DataFrame:
+    return _frame(rows, ["step", "value", "series"], LOSS_COLORS)
+
+
+def _diversity(rows: list[tuple]) -> pd.DataFrame:
+    return _frame(rows, ["step", "diversity", "who"], DIVERSITY_COLORS)
 
 
 def refresh(settings: Settings, selected: str | None, last: tuple | None):
@@ -155,14 +176,12 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None):
     table = [r.row() for r in summaries]
     choice = gr.update(choices=names, value=name)
     if run_dir is None:
-        empty = _frame([], ["step", "value", "series"])
-        return (choice, table, "<p>No runs yet: start one in the Wizard.</p>", empty,
-                _frame([], ["step", "diversity", "who"]), None, None, _report_html(None), "",
+        return (choice, table, "<p>No runs yet: start one in the Wizard.</p>", _losses([]), _diversity([]),
+                None, None, _report_html(None), "",
                 gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), sig)
     v = runs.view(run_dir)
     active = v.state in launcher.ACTIVE
-    return (choice, table, _status_html(v), _frame(v.losses, ["step", "value", "series"]),
-            _frame(v.diversity, ["step", "diversity", "who"]),
+    return (choice, table, _status_html(v), _losses(v.losses), _diversity(v.diversity),
             str(v.teacher_grid) if v.teacher_grid else None, str(v.student_grid) if v.student_grid else None,
             _report_html(v.report), v.log, gr.update(interactive=active), gr.update(interactive=active),
             gr.update(interactive=v.state in RESUMABLE), sig)
@@ -285,10 +304,10 @@ def _monitor_page(settings: Settings):
         student_img = gr.Image(type="filepath", label="student: latest grid, same seeds", interactive=False,
                                elem_id="student-grid", buttons=["download", "fullscreen"], height=320)
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Training losses (not quality measures)",
-                                elem_id="loss-plot", height=260)
-        div_plot = gr.LinePlot(x="step", y="diversity", color="who", title="Diversity (Eq. 9) on fixed seeds",
-                               elem_id="diversity-plot", height=260)
+        loss_plot = gr.LinePlot(_losses([]), x="step", y="value", color="series", color_map=LOSS_COLORS,
+                                title="Training losses (not quality measures)", elem_id="loss-plot", height=260)
+        div_plot = gr.LinePlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
+                               title="Diversity (Eq. 9) on fixed seeds", elem_id="diversity-plot", height=260)
     runs_table = gr.Dataframe(headers=runs.SUMMARY_HEADERS, interactive=False, label="Runs", elem_id="runs-table")
     with gr.Accordion("train.log (last lines)", open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, elem_id="train-log")
