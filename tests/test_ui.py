@@ -80,6 +80,13 @@ def test_wizard_shows_the_exact_config_and_the_cores_messages(settings, tmp_path
     cfg = build_config(WizardForm(**{**vars(form), "prompts_file": str(models / "prompts.txt")}), settings.roots)
     assert cfg.data.prompts == ["seven", "a handwritten 3"] and cfg.data.prompts_file == ""
 
+    sd3_folder = models / "sd3"
+    sd3_folder.mkdir()
+    sd3 = WizardForm(**{**vars(form), "family": "sd3", "teacher_path": str(sd3_folder), "prompts": "a photo of a cat"})
+    assert build_config(sd3, settings.roots).teacher.path == str(sd3_folder)
+    assert "does not exist" in refused(family="sd3", teacher_path=str(models / "missing"), prompts="a cat")
+    assert "outside the folders" in refused(family="sd3", teacher_path=str(tmp_path), prompts="a cat")
+
     big = build_config(WizardForm(**{**vars(form), "memory": "24 GB"}), settings.roots)
     assert (big.run.mixed_precision, big.student.gradient_checkpointing, big.method.backprop) == ("bf16", True,
                                                                                                    "one_step")
@@ -140,6 +147,9 @@ def test_start_refuses_an_existing_run_with_another_config(settings):
 def test_compare_samples_each_student_and_the_teacher(settings, tmp_path_factory):
     done = {m: copy_run(p, settings.roots.runs) for m, p in finished_runs(tmp_path_factory).items()}
     assert set(app.compare_choices(settings)["choices"]) == {d.name for d in done.values()}
+    monitor = app.refresh(settings, "done-dpdmd", None)  # a finished run: final numbers and the report
+    assert "state-finished" in monitor[2] and "final evaluation: diversity" in monitor[2]
+    assert "gradio_api/file=" in monitor[7] and "report.html" in monitor[7]
     gallery, table, msg = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd", "done-dmd"], True, "", 4, 0,
                                           progress=lambda *a, **k: None)
     assert [label for _, label in gallery] == ["teacher", "done-dpdmd", "done-dmd"], msg

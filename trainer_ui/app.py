@@ -122,6 +122,12 @@ def _status_html(v: runs.RunView) -> str:
     out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
     if v.message:
         out.append(f"<div>{html.escape(v.message)}</div>")
+    t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
+    if "diversity" in t and "diversity" in st:
+        fd = (f"; Frechet distance {st['frechet_distance']:.1f} vs {t['frechet_distance']:.1f}"
+              if "frechet_distance" in t and "frechet_distance" in st else "")
+        out.append(f"<div>final evaluation: diversity <b>{st['diversity']:.4f}</b> (student, {st.get('steps')} steps) "
+                   f"vs {t['diversity']:.4f} (teacher, {t.get('steps')} steps){fd}</div>")
     if v.state in ("failed", "died"):
         last = "\n".join(v.log.splitlines()[-4:])
         out.append(f"<div>The end of train.log (all of it below); <b>Resume</b> continues from the newest "
