@@ -9,6 +9,7 @@
                                   (--format file | comfy | diffusers | lora)
   dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 24 / 48 / 80 GB
   dpdmd report RUN_DIR            (re)build a run's report.html
+  dpdmd ui [--runs-dir DIR]       the Gradio trainer UI (wizard, monitor, compare); `dpdmd ui --help`
 """
 from __future__ import annotations
 
@@ -219,10 +220,27 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.html of a run folder")
     r.add_argument("run_dir")
     r.set_defaults(func=_cmd_report)
+
+    # Listed for --help only: main() hands `dpdmd ui ...` to trainer_ui, which owns its options.
+    sub.add_parser("ui", add_help=False, help="the Gradio trainer UI (needs the [ui] extra); dpdmd ui --help")
     return p
 
 
+def _run_ui(argv: list[str]) -> int:
+    """Imported here, not at the top: the core never imports Gradio unless the UI is asked for."""
+    try:
+        from trainer_ui.cli import main as ui_main
+    except ImportError as e:
+        print(f"error: the trainer UI is not available ({e}); install it with `pip install 'dp-dmd-studio[ui]'`",
+              file=sys.stderr)
+        return 2
+    return ui_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ui"]:
+        return _run_ui(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,0 +1,162 @@
+"""Trainer UI in a real browser: Debian's chromium driven by Playwright (never `playwright install`).
+
+Wizard (move the k and lambda sliders, start a tiny run, double click included),
+Monitor (grid and curves appear, stop), Compare (two finished students and the
+teacher). Screenshots are saved under the test's tmp folder and checked.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+from conftest import require
+from PIL import Image
+from ui_support import UIProcess, copy_run, finished_runs, stop_trainers, wait_for
+
+from distill_core.runfolder import RunFolder
+from trainer_ui import app, runs
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _not_blank(path: Path) -> Image.Image:
+    img = Image.open(path).convert("L")
+    pixels = np.asarray(img, dtype=np.float32)
+    assert pixels.std() > 10 and len(np.unique(pixels)) > 20, f"{path.name} looks blank"
+    return img
+
+
+def _grid_present(path: Path) -> None:
+    """A seed grid: white background with black digit cells (many dark pixels) holding bright strokes."""
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    dark, bright = (pixels < 40).mean(), (pixels > 200).mean()
+    assert dark > 0.05 and bright > 0.05, f"{path.name}: no seed grid (dark {dark:.2f}, bright {bright:.2f})"
+
+
+def _line_drawn(page, plot_id: str, color: str) -> bool:
+    """A drawn line (two points or more) of ``color`` in a LinePlot's SVG (gradio 6 renders Vega as SVG)."""
+    paths = page.locator(f"#{plot_id} svg .mark-line path[stroke='{color}']")
+    return any("L" in (paths.nth(i).get_attribute("d") or "") for i in range(paths.count()))
+
+
+def _set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_wizard_monitor_compare_in_chromium(tmp_path, tmp_path_factory):
+    require(Path(CHROMIUM).exists(), "chromium", "apt-get install -y chromium (Debian's package)")
+    require(importlib.util.find_spec("playwright") is not None, "playwright (python)", "pip install playwright")
+    from playwright import sync_api
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for src in finished_runs(tmp_path_factory).values():
+        copy_run(src, runs_dir)
+    run = RunFolder(runs_dir / "browser-run")
+    log = run.root / "train.log"
+    try:
+        with UIProcess(runs_dir, tmp_path / "ui.log") as ui, sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(60_000)
+            outside = []
+            page.on("request", lambda r: None if r.url.startswith(ui.url) or r.url.startswith("data:")
+                    else outside.append(r.url))
+            try:
+                _drive(page, ui, run, log, shots)
+            except BaseException:
+                page.screenshot(path=shots / "failure.png", full_page=True)  # for whoever reads the CI log
+                raise
+            assert not outside, f"the page fetched from outside the UI: {outside[:3]}"
+            browser.close()
+    finally:
+        stop_trainers(runs_dir)
+
+
+def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
+    """The user's path through the three pages; every wait names what it waits for."""
+    page.goto(ui.url, wait_until="load")
+    page.wait_for_selector("#start-btn")
+
+    # ---- Wizard: a tiny budget, then move the sliders as a user does (keyboard on the range input)
+    _set_number(page, "teacher-steps", 8)
+    _set_number(page, "batch", 8)
+    _set_number(page, "max-steps", 500)
+    page.get_by_text("Advanced").click()
+    _set_number(page, "fake-updates", 2)
+    _set_number(page, "grid-every", 2)
+    _set_number(page, "eval-every", 2)
+    editor = page.locator("#extra-toml .cm-content")
+    editor.click()
+    page.keyboard.type('[eval]\nprompts = ["0", "1", "2"]\nseeds = 3\ngrid_prompts = 2\ngrid_seeds = 2\n'
+                       'fd_samples_per_prompt = 4\n')
+    k = page.locator("#k-slider input[type=range]")
+    k.focus()
+    k.press("ArrowLeft")
+    k.press("ArrowLeft")  # 5 -> 3
+    lam = page.locator("#lambda-slider input[type=range]")
+    lam.focus()
+    lam.press("ArrowRight")
+    lam.press("ArrowRight")  # 0.05 -> 0.06
+    name_box = page.locator("#run-name input, #run-name textarea").first
+
+    def named() -> bool:  # the page's load event sets a fresh default name, maybe after we typed ours
+        if name_box.input_value() != "browser-run":
+            name_box.fill("browser-run")
+            name_box.press("Tab")
+        return "runs/browser-run" in page.locator("#config-preview").inner_text()
+
+    wait_for(named, 30, "the run name in the config preview")
+    page.click("#check-btn")
+    preview = page.locator("#config-preview")
+    wait_for(lambda: "runs/browser-run" in preview.inner_text() and "anchor_step = 3" in preview.inner_text() and "diversity_weight = 0.06" in
+             preview.inner_text() and "num_steps = 8" in preview.inner_text(), 30, "the config preview")
+    assert "Ready" in page.locator("#wizard-message").inner_text()
+    page.screenshot(path=shots / "wizard.png", full_page=True)
+    _not_blank(shots / "wizard.png")
+
+    page.locator("#start-btn").dblclick()  # a double click starts one run
+    page.wait_for_selector("#run-status .state-running, #run-status .state-starting")
+
+    # ---- Monitor: the grids and both curves appear while it trains
+    wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
+             "two diversity evaluations", log)
+    page.wait_for_selector("#run-status .state-running")
+    page.wait_for_selector("#student-grid img")
+    page.wait_for_selector("#teacher-grid img")
+    wait_for(lambda: _line_drawn(page, "loss-plot", app.LOSS_COLORS[runs.LOSSES["loss_dmd"]]), 30, "the DMD loss curve")
+    wait_for(lambda: _line_drawn(page, "diversity-plot", app.DIVERSITY_COLORS["student"]), 30, "the diversity curve")
+    page.screenshot(path=shots / "monitor.png", full_page=True)
+    _not_blank(shots / "monitor.png")
+    page.locator("#student-grid img").screenshot(path=shots / "student_grid.png")
+    _grid_present(shots / "student_grid.png")
+    page.locator("#loss-plot").screenshot(path=shots / "losses.png")
+    _not_blank(shots / "losses.png")
+    assert log.read_text().count("trainer UI:") == 1, "the double click started two processes"
+
+    page.click("#stop-btn")
+    page.wait_for_selector("#run-status .state-stopped", timeout=120_000)
+    assert "stop" in page.locator("#monitor-message").inner_text()
+    page.screenshot(path=shots / "stopped.png", full_page=True)
+
+    # ---- Compare: two finished students (DP-DMD, DMD) and the teacher, same prompts and seeds
+    page.get_by_role("tab", name="Compare").click()
+    for name in ("done-dpdmd", "done-dmd"):
+        page.locator("#compare-runs").get_by_label(name).check()
+    page.click("#compare-btn")
+    page.wait_for_selector("#compare-table :text('diversity (these samples)')", timeout=120_000)
+    wait_for(lambda: page.locator("#compare-gallery img").count() >= 3, 30, "three grids")
+    page.wait_for_timeout(1000)
+    page.screenshot(path=shots / "compare.png", full_page=True)
+    _not_blank(shots / "compare.png")
+    page.locator("#compare-gallery").screenshot(path=shots / "compare_gallery.png")
+    _grid_present(shots / "compare_gallery.png")
+    table = page.locator("#compare-table").inner_text()
+    assert "teacher" in table and "dpdmd" in table and "dmd" in table

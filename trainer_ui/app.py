@@ -1,0 +1,377 @@
+"""The Gradio app: Wizard, Monitor and Compare pages wired to the UI's plain-Python modules.
+
+Handlers are module-level functions taking the app's Settings first, so tests
+call exactly what the page calls. Training never runs in this process: Start
+launches it, and the Monitor re-reads run folders on a timer.
+"""
+from __future__ import annotations
+
+import html
+import urllib.parse
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from distill_core.errors import DPDMDError
+
+from . import compare as cmp
+from . import launcher, runs
+from .paths import Roots
+from .wizard import (FAMILIES, FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS, WizardForm,
+                     build_config, default_form, default_run_name)
+
+CSS = """
+#teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
+#teacher-grid img, #student-grid img { height: 280px !important; width: auto !important; max-width: 100%;
+  object-fit: contain; }
+.run-status { font-size: 1.05em; line-height: 1.6; }
+.run-status progress { width: 100%; height: 14px; }
+.state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
+.state-running, .state-starting { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
+.state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
+"""
+RESUMABLE = ("stopped", "failed", "died")
+
+
+@dataclass
+class Settings:
+    roots: Roots
+    refresh_seconds: float = 2.0
+    device: str = "cpu"  # where Compare samples
+
+
+def _refused(e: Exception) -> str:
+    return f"**Refused:** {html.escape(str(e))}"
+
+
+# ---- Wizard -------------------------------------------------------------------------------------------
+def check(settings: Settings, *values) -> tuple[str, str]:
+    """(the TOML that will run, a message): the core's resolve() and error messages, unchanged."""
+    form = WizardForm(*values)
+    try:
+        cfg = build_config(form, settings.roots)
+        note = launcher.existing_run_note(cfg)
+    except DPDMDError as e:
+        return "", _refused(e)
+    lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
+           f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
+           f"→ `{cfg.run.output_dir}`")
+    return cfg.to_toml(), msg + (f"  \n{note}" if note else "")
+
+
+def start(settings: Settings, *values):
+    """Start the run the form describes; outputs (message, TOML, tabs, monitor's run choice)."""
+    form = WizardForm(*values)
+    try:
+        cfg = build_config(form, settings.roots)
+        started = launcher.start(cfg)
+    except DPDMDError as e:
+        return _refused(e), gr.skip(), gr.skip(), gr.skip()
+    config = started.run_dir / "config.toml"
+    msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
+           f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
+    if started.note:
+        msg += f"  \n{started.note}"
+    names = [r.name for r in runs.list_runs(settings.roots)]
+    return msg, cfg.to_toml(), gr.Tabs(selected="monitor"), gr.update(choices=names, value=started.run_dir.name)
+
+
+def on_family(family: str):
+    f = default_form(family)
+    return (gr.update(visible=family != "builtin"), f.guidance_scale, f.teacher_steps, f.batch_size, f.memory)
+
+
+def on_method(method: str):
+    return gr.update(interactive=method != "dmd")
+
+
+def on_teacher_steps(steps, k):
+    """k must stay below the teacher's steps; k's value is only touched when it is out of range (a stale
+    value sent back would undo a slider move made while this ran)."""
+    try:
+        top = max(1, int(steps) - 1)
+    except (TypeError, ValueError):
+        return gr.skip()
+    return gr.update(maximum=top, value=top) if int(k) > top else gr.update(maximum=top)
+
+
+def preset_note(memory: str, method: str) -> str:
+    preset = PRESETS.get(memory)
+    if preset is None:
+        return ""
+    extra = f" ({ONE_STEP_NOTE})" if preset.settings.get("method.backprop") == "one_step" and method != "dpdmd" else ""
+    return f"Sets: {preset.note}{extra}. Starting points, not measured limits."
+
+
+# ---- Monitor -------------------------------------------------------------------------------------------
+MONITOR_OUTPUTS = 13  # the number of values refresh() returns
+
+
+def _status_html(v: runs.RunView) -> str:
+    parts = [f"<span class='state state-{v.state}'>{v.state}</span> step <b>{v.step}</b> / {v.max_steps}"]
+    if v.sec_per_step is not None:
+        parts.append(f"{v.sec_per_step:.2f} s/step")
+    if v.eta_seconds is not None:
+        parts.append(f"about {v.eta_seconds / 60:.1f} min left")
+    if v.checkpoint_step is not None:
+        parts.append(f"last checkpoint: step {v.checkpoint_step}")
+    out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
+    if v.message:
+        out.append(f"<div>{html.escape(v.message)}</div>")
+    t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
+    if "diversity" in t and "diversity" in st:
+        fd = (f"; Frechet distance {st['frechet_distance']:.1f} vs {t['frechet_distance']:.1f}"
+              if "frechet_distance" in t and "frechet_distance" in st else "")
+        out.append(f"<div>final evaluation: diversity <b>{st['diversity']:.4f}</b> (student, {st.get('steps')} steps) "
+                   f"vs {t['diversity']:.4f} (teacher, {t.get('steps')} steps){fd}</div>")
+    if v.state in ("failed", "died"):
+        last = "\n".join(v.log.splitlines()[-4:])
+        out.append(f"<div>The end of train.log (all of it below); <b>Resume</b> continues from the newest "
+                   f"checkpoint.</div><pre>{html.escape(last)}</pre>")
+    if v.student:
+        out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
+    return f"<div class='run-status'>{'<br>'.join(out)}</div>"
+
+
+def _report_html(path: Path | None) -> str:
+    if path is None:
+        return "<p>The report appears here when the run finishes.</p>"
+    url = "gradio_api/file=" + urllib.parse.quote(str(path))
+    return (f"<p><a href='{url}' target='_blank'>Open report.html in a new tab</a></p>"
+            f"<iframe src='{url}' sandbox='' style='width:100%;height:720px;border:1px solid #ddd'></iframe>")
+
+
+LOSS_COLORS = dict(zip(runs.LOSSES.values(), ("#2f6fb5", "#e8862a", "#c9372c")))
+DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a"}
+
+
+def _frame(rows: list[tuple], columns: list[str], series: dict[str, str]) -> pd.DataFrame:
+    """(step, value, series) rows for a LinePlot, typed, with every series present.
+
+    The plot keeps the axis types and the series of the first frame it draws: an empty untyped frame
+    makes both axes categorical, and a missing series is never drawn. A series without data gets one
+    empty (NaN) point, which the plot skips.
+    """
+    present = {r[2] for r in rows}
+    rows = list(rows) + [(0, float("nan"), name) for name in series if name not in present]
+    return pd.DataFrame(rows, columns=columns).astype({columns[0]: "int64", columns[1]: "float64",
+                                                       columns[2]: "str"})
+
+
+def _losses(rows: list[tuple]) -> pd.DataFrame:
+    return _frame(rows, ["step", "value", "series"], LOSS_COLORS)
+
+
+def _diversity(rows: list[tuple]) -> pd.DataFrame:
+    return _frame(rows, ["step", "diversity", "who"], DIVERSITY_COLORS)
+
+
+def refresh(settings: Settings, selected: str | None, last: tuple | None):
+    """Everything the Monitor shows; gr.skip() for all when nothing changed since ``last``."""
+    summaries = runs.list_runs(settings.roots)
+    names = [r.name for r in summaries]
+    name = selected if selected in names else runs.default_run(summaries)
+    run_dir = settings.roots.runs / name if name else None
+    sig = (tuple(tuple(r.row()) for r in summaries), runs.signature(run_dir) if run_dir else None)
+    if sig == last:
+        return (gr.skip(),) * MONITOR_OUTPUTS
+    table = [r.row() for r in summaries]
+    choice = gr.update(choices=names, value=name)
+    if run_dir is None:
+        return (choice, table, "<p>No runs yet: start one in the Wizard.</p>", _losses([]), _diversity([]),
+                None, None, _report_html(None), "",
+                gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), sig)
+    v = runs.view(run_dir)
+    active = v.state in launcher.ACTIVE
+    return (choice, table, _status_html(v), _losses(v.losses), _diversity(v.diversity),
+            str(v.teacher_grid) if v.teacher_grid else None, str(v.student_grid) if v.student_grid else None,
+            _report_html(v.report), v.log, gr.update(interactive=active), gr.update(interactive=active),
+            gr.update(interactive=v.state in RESUMABLE), sig)
+
+
+def control(settings: Settings, what: str, selected: str | None) -> str:
+    """Stop, save now or resume the chosen run."""
+    if not selected:
+        return "Choose a run first."
+    try:
+        run_dir = settings.roots.run_dir(selected)
+        if what == "resume":
+            started = launcher.resume(run_dir)
+            return f"Resumed **{selected}** (process {started.pid}) from its newest checkpoint."
+        return launcher.request(run_dir, what)
+    except DPDMDError as e:
+        return _refused(e)
+
+
+# ---- Compare -------------------------------------------------------------------------------------------
+def compare_choices(settings: Settings):
+    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
+
+
+def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], teacher: bool, prompt_text: str,
+                seeds: float, first_seed: float, progress=gr.Progress()):
+    """(gallery, numbers table, message) for the chosen runs and teacher on the same prompts and seeds."""
+    try:
+        run_dirs = [settings.roots.run_dir(n) for n in names or []]
+        prompts = [p.strip() for p in (prompt_text or "").splitlines() if p.strip()] or cmp.default_prompts(run_dirs)
+        seed_list = list(range(int(first_seed or 0), int(first_seed or 0) + int(seeds)))
+        panels = cmp.compare(run_dirs, teacher, prompts, seed_list, cache, settings.device,
+                             progress=lambda f, what: progress(f, desc=what))
+    except DPDMDError as e:
+        return gr.skip(), gr.skip(), _refused(e)
+    table = pd.DataFrame([p.numbers for p in panels]).fillna("")
+    gallery = [(p.image, p.label) for p in panels]
+    msg = (f"{len(prompts)} prompts x {len(seed_list)} seeds (seeds {seed_list[0]}-{seed_list[-1]}), the same noise "
+           "for every model; each student in its own schedule, the teacher with its steps and CFG.")
+    return gallery, table, msg
+
+
+# ---- layout ----------------------------------------------------------------------------------------------
+def _wizard_page(settings: Settings):
+    f = default_form()
+    with gr.Row():
+        family = gr.Radio(FAMILIES, value=f.family, label="Teacher", elem_id="family")
+        teacher_path = gr.Textbox(label="Teacher folder (a local diffusers folder with model_index.json)",
+                                  visible=False, elem_id="teacher-path",
+                                  placeholder=f"inside {settings.roots.describe()}")
+    with gr.Row():
+        prompts = gr.Textbox(lines=4, label="Prompts, one per line", elem_id="prompts",
+                             placeholder="built-in teacher: leave empty for all ten digits, or e.g. 'a handwritten 7'")
+        prompts_file = gr.Textbox(label="...or a prompts file (one prompt per line)", elem_id="prompts-file",
+                                  placeholder=f"inside {settings.roots.describe()}")
+    method = gr.Radio(METHODS, value=f.method, label="Method", elem_id="method")
+    with gr.Row():
+        k = gr.Slider(1, f.teacher_steps - 1, value=f.anchor_step, step=1, label="k: anchor step", info=K_HELP,
+                      elem_id="k-slider")
+        lam = gr.Slider(0.0, 0.5, value=f.diversity_weight, step=0.005, label="lambda: diversity weight",
+                        info=LAMBDA_HELP, elem_id="lambda-slider")
+    with gr.Row():
+        student_steps = gr.Slider(2, 8, value=f.student_steps, step=1, label="Student steps", elem_id="student-steps")
+        guidance = gr.Number(value=f.guidance_scale, label="Teacher CFG (baked into the student)", elem_id="cfg")
+        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, label="Teacher steps (k must stay below)",
+                                  elem_id="teacher-steps")
+    with gr.Row():
+        max_steps = gr.Number(value=f.max_steps, precision=0, label="Iterations (student updates)",
+                              elem_id="max-steps")
+        batch = gr.Number(value=f.batch_size, precision=0, label="Batch size (per process)", elem_id="batch")
+        memory = gr.Radio(list(PRESETS), value=f.memory, label="Memory preset", elem_id="memory")
+    memory_note = gr.Markdown(preset_note(f.memory, f.method))
+    run_name = gr.Textbox(value=lambda: default_run_name(), label=f"Run name (a folder in {settings.roots.runs})",
+                          elem_id="run-name")
+    with gr.Accordion("Advanced", open=False):
+        with gr.Row():
+            fake_updates = gr.Number(value=f.fake_updates, precision=0, label="Fake-score updates per student update",
+                                     elem_id="fake-updates")
+            seed = gr.Number(value=f.seed, precision=0, label="Seed", elem_id="seed")
+            checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, label="Checkpoint every N steps",
+                                         elem_id="checkpoint-every")
+            grid_every = gr.Number(value=f.grid_every, precision=0, label="Seed grid every N steps",
+                                   elem_id="grid-every")
+            eval_every = gr.Number(value=f.eval_every, precision=0, label="Diversity every N steps",
+                                   elem_id="eval-every")
+        extra = gr.Code(value="", language=None, label="Any other config field as TOML (overrides the form), "
+                        "e.g. [eval] seeds = 9", elem_id="extra-toml", lines=4)
+    inputs = [family, teacher_path, prompts, prompts_file, method, k, lam, student_steps, guidance, teacher_steps,
+              max_steps, batch, memory, run_name, fake_updates, seed, checkpoint_every, grid_every, eval_every, extra]
+    assert len(inputs) == len(FIELDS)
+    with gr.Row():
+        check_btn = gr.Button("Check config", elem_id="check-btn")
+        start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
+    message = gr.Markdown(elem_id="wizard-message")
+    preview = gr.Code(label="config.toml: exactly what will run (`dpdmd train` takes the same file)",
+                      language=None, interactive=False, elem_id="config-preview")
+
+    private = {"api_visibility": "private", "show_progress": "hidden"}
+    family.change(on_family, family, [teacher_path, guidance, teacher_steps, batch, memory], **private)
+    method.change(on_method, method, lam, **private)
+    teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
+    gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
+    gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs, [preview, message],
+          trigger_mode="always_last", show_progress="hidden", api_name="check")
+    return inputs, start_btn, message, preview
+
+
+def _monitor_page(settings: Settings):
+    with gr.Row():
+        run_select = gr.Dropdown(choices=[], label="Run", elem_id="run-select", scale=1)
+        status = gr.HTML(elem_id="run-status")
+    with gr.Row():
+        stop_btn = gr.Button("Stop (checkpoint, then exit)", variant="stop", interactive=False, elem_id="stop-btn")
+        save_btn = gr.Button("Save a checkpoint now", interactive=False, elem_id="save-btn")
+        resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
+    action = gr.Markdown(elem_id="monitor-message")
+    with gr.Row():
+        teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",
+                               buttons=["download", "fullscreen"], height=320)
+        student_img = gr.Image(type="filepath", label="student: latest grid, same seeds", interactive=False,
+                               elem_id="student-grid", buttons=["download", "fullscreen"], height=320)
+    with gr.Row():
+        loss_plot = gr.LinePlot(_losses([]), x="step", y="value", color="series", color_map=LOSS_COLORS,
+                                title="Training losses (not quality measures)", elem_id="loss-plot", height=260)
+        div_plot = gr.LinePlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
+                               title="Diversity (Eq. 9) on fixed seeds", elem_id="diversity-plot", height=260)
+    runs_table = gr.Dataframe(headers=runs.SUMMARY_HEADERS, interactive=False, label="Runs", elem_id="runs-table")
+    with gr.Accordion("train.log (last lines)", open=False):
+        log = gr.Textbox(lines=12, max_lines=12, show_label=False, elem_id="train-log")
+    with gr.Accordion("Report", open=True):
+        report = gr.HTML(elem_id="report")
+    last = gr.State(None)
+    timer = gr.Timer(settings.refresh_seconds)
+    outputs = [run_select, runs_table, status, loss_plot, div_plot, teacher_img, student_img, report, log,
+               stop_btn, save_btn, resume_btn, last]
+    assert len(outputs) == MONITOR_OUTPUTS
+    timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
+    run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
+                      api_visibility="private")
+    for btn, what in ((stop_btn, "stop"), (save_btn, "save")):
+        btn.click(partial(control, settings, what), run_select, action, api_name=what)
+    # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
+    resume_btn.click(partial(control, settings, "resume"), run_select, action, trigger_mode="once",
+                     concurrency_limit=1, concurrency_id="start", api_name="resume")
+    return run_select, outputs
+
+
+def _compare_page(settings: Settings, cache: cmp.ModelCache):
+    gr.Markdown("Sample the same prompts from the same seeds with each chosen student (and the teacher), "
+                "side by side. Runs appear here once they have finished and exported `student.safetensors`.")
+    with gr.Row():
+        names = gr.CheckboxGroup(choices=[], label="Runs", elem_id="compare-runs")
+        teacher = gr.Checkbox(value=True, label="Include the teacher", elem_id="compare-teacher")
+    with gr.Row():
+        prompts = gr.Textbox(lines=3, label="Prompts, one per line (empty: the first run's grid prompts)",
+                             elem_id="compare-prompts")
+        seeds = gr.Slider(2, cmp.MAX_SEEDS, value=6, step=1, label="Seeds per prompt", elem_id="compare-seeds")
+        first_seed = gr.Number(value=0, precision=0, label="First seed", elem_id="compare-first-seed")
+    go = gr.Button("Sample side by side", variant="primary", elem_id="compare-btn")
+    message = gr.Markdown(elem_id="compare-message")
+    gallery = gr.Gallery(label="Seed grids (rows: prompts, columns: seeds)", columns=3, format="png",
+                         object_fit="contain", height="auto", elem_id="compare-gallery")
+    table = gr.Dataframe(label="Numbers", interactive=False, elem_id="compare-table")
+    go.click(partial(run_compare, settings, cache), [names, teacher, prompts, seeds, first_seed],
+             [gallery, table, message], api_name="compare")
+    return names
+
+
+def build_app(settings: Settings) -> gr.Blocks:
+    cache = cmp.ModelCache()
+    with gr.Blocks(title="DP-DMD Studio", analytics_enabled=False) as demo:
+        gr.Markdown(f"## DP-DMD Studio: distil a teacher into a 4-step student that keeps its variety\n"
+                    f"Runs folder: `{settings.roots.runs}`. Training runs in its own process: closing this page "
+                    "or restarting the UI does not stop it.")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
+                inputs, start_btn, message, preview = _wizard_page(settings)
+            with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
+                run_select, monitor_outputs = _monitor_page(settings)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
+                compare_names = _compare_page(settings, cache)
+        start_btn.click(partial(start, settings), inputs, [message, preview, tabs, run_select],
+                        trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
+        compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+        demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
+        demo.load(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+    return demo

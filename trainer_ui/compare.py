@@ -1,0 +1,150 @@
+"""Students side by side: the same prompts and seeds drawn by each run's exported student and its teacher.
+
+Each student is sampled in its own schedule (read from its file's metadata),
+each teacher in its own steps and CFG, from identical per-seed noise, so the
+grids differ only by the model. Diversity (Eq. 9) is measured on exactly these
+samples; the runs' full evaluations (metrics.json) are shown next to it.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill_core.config import Config, load_config, resolve
+from distill_core.errors import DPDMDError
+from distill_core.runfolder import RunFolder
+
+MAX_PROMPTS = 8  # a page is reachable over the network: keep one click's work bounded
+MAX_SEEDS = 16
+
+
+@dataclass
+class Panel:
+    label: str
+    image: Any  # PIL.Image
+    numbers: dict[str, Any]
+
+
+class ModelCache:
+    """Teachers and feature extractors loaded once per UI process (loading is the slow part)."""
+
+    def __init__(self) -> None:
+        self._teachers: dict[tuple, Any] = {}
+        self._extractors: dict[str, Any] = {}
+
+    def teacher(self, cfg: Config, device: str):
+        from distill_core.teachers import load_teacher
+
+        t = cfg.teacher
+        key = (t.family, t.path, t.shift, t.dtype, t.resolution, device)
+        if key not in self._teachers:
+            self._teachers[key] = load_teacher(cfg, device)
+        return self._teachers[key]
+
+    def extractor(self, spec: str):
+        from distill_core.evaluate import load_extractor
+
+        if spec and spec not in self._extractors:
+            self._extractors[spec] = load_extractor(spec)
+        return self._extractors.get(spec)
+
+
+def _measure(teacher, images, prompts: list[str], seeds: list[int], extractor) -> dict:
+    from distill_core.evaluate import evaluate_images
+    from distill_core.finish import prompt_labels
+
+    if extractor is None:
+        return {}
+    m = evaluate_images(images, len(seeds), extractor, prompt_labels(teacher, prompts, len(seeds)))
+    out = {"diversity (these samples)": round(m["diversity"], 4)}
+    if "class_accuracy" in m:
+        out["class accuracy (these samples)"] = round(m["class_accuracy"], 3)
+    return out
+
+
+def _run_eval(metrics: dict, who: str) -> dict:
+    """The run's own end-of-training evaluation (many more samples), when it has one."""
+    m = metrics.get(who, {})
+    names = {"diversity": "diversity (run eval)", "frechet_distance": "Frechet distance (run eval)",
+             "class_accuracy": "class accuracy (run eval)"}
+    return {label: round(m[key], 4) for key, label in names.items() if key in m}
+
+
+def _panel(label: str, title: str, teacher, net, prompts, seeds, levels, guidance, extractor, device,
+           numbers: dict) -> Panel:
+    from distill_core.sampling import sample_grid
+    from distill_core.snapshots import grid_image
+
+    latents = sample_grid(teacher, net, prompts, seeds, levels, guidance, device=device)
+    image = grid_image(teacher, latents, prompts, seeds, title)
+    numbers = {"model": label, **numbers, **_measure(teacher, teacher.decode(latents), prompts, seeds, extractor)}
+    return Panel(label, image, numbers)
+
+
+def _run_config(run: RunFolder) -> Config:
+    if not run.config_path.exists():
+        raise DPDMDError(f"{run.root.name!r} is not a run folder (no config.toml)")
+    return resolve(load_config(run.config_path))
+
+
+def default_prompts(run_dirs: list[Path]) -> list[str]:
+    """The first grid prompts of the first chosen run (the built-in teacher's if none is chosen)."""
+    cfg = _run_config(RunFolder(run_dirs[0])) if run_dirs else resolve(Config())
+    return cfg.eval.prompts[: cfg.eval.grid_prompts or 4]
+
+
+def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], seeds: list[int], cache: ModelCache,
+            device: str = "cpu", progress: Callable[[float, str], None] | None = None) -> list[Panel]:
+    """One seed grid per teacher (if asked) and per run's student, same prompts and seeds, with numbers."""
+    from distill_core.export import load_student
+
+    if not run_dirs and not include_teacher:
+        raise DPDMDError("pick at least one run, or the teacher")
+    if not 1 <= len(prompts) <= MAX_PROMPTS:
+        raise DPDMDError(f"give 1 to {MAX_PROMPTS} prompts (one per line); got {len(prompts)}")
+    if not 2 <= len(seeds) <= MAX_SEEDS:
+        raise DPDMDError(f"use 2 to {MAX_SEEDS} seeds: diversity compares samples of one prompt pairwise")
+    runs = [RunFolder(d) for d in run_dirs]
+    for run in runs:
+        if not run.student_path.exists():
+            raise DPDMDError(f"run {run.root.name!r} has no exported student yet; Compare uses the "
+                             "student.safetensors a run writes when it finishes")
+    configs = [_run_config(run) for run in runs] or [resolve(Config())]
+    metrics = [json.loads(r.metrics_path.read_text()) if r.metrics_path.exists() else {} for r in runs] or [{}]
+    panels: list[Panel] = []
+    total = len(runs) + (1 if include_teacher else 0)
+    step = 0
+
+    def tick(what: str) -> None:
+        nonlocal step
+        if progress:
+            progress(step / total, what)
+        step += 1
+
+    if include_teacher:
+        seen: set[tuple] = set()
+        for cfg, m in zip(configs, metrics):
+            t = cfg.teacher
+            key = (t.family, t.path, t.shift, t.dtype, t.guidance_scale, t.num_steps)
+            if key in seen:
+                continue
+            seen.add(key)
+            tick("sampling the teacher")
+            teacher = cache.teacher(cfg, device)
+            panels.append(_panel(
+                "teacher", f"teacher: {t.num_steps} steps, CFG {t.guidance_scale:g}", teacher, teacher.network,
+                prompts, seeds, teacher.teacher_levels(t.num_steps), t.guidance_scale, cache.extractor(cfg.eval.features),
+                device, {"method": "teacher", "k": "", "lambda": "", "steps": t.num_steps, **_run_eval(m, "teacher")}))
+    for run, cfg, m in zip(runs, configs, metrics):
+        tick(f"sampling {run.root.name}")
+        teacher = cache.teacher(cfg, device)
+        net, info = load_student(run.student_path, teacher, device)
+        panels.append(_panel(
+            run.root.name, f"{run.root.name}: {info.num_steps} steps", teacher, net, prompts, seeds, info.levels, 1.0,
+            cache.extractor(cfg.eval.features), device,
+            {"method": info.method, "k": info.anchor_step, "lambda": info.diversity_weight, "steps": info.num_steps,
+             **_run_eval(m, "student")}))
+    return panels

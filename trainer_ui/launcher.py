@@ -1,0 +1,157 @@
+"""Start training in its own process, and ask it to stop or save; the run folder is the only channel.
+
+The process is ``python -m distill_core.cli train <run>/config.toml`` (what
+``dpdmd train`` runs), in a new session so that it outlives the UI, with its
+output in ``<run>/train.log``. A lock file in the run folder (created with
+O_EXCL) makes two clicks, tabs or UIs starting the same run start one process.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import distill_core
+from distill_core.config import Config, load_config, resolve
+from distill_core.errors import ConfigError, DPDMDError
+from distill_core.runfolder import RunFolder, atomic_write_text
+
+CODE_ROOT = Path(distill_core.__file__).resolve().parent.parent  # the code the UI runs is the code it launches
+LOCK = ".launch.lock"
+LOCK_STALE_SECONDS = 120.0  # a lock this old was left by a UI that died while starting a run
+LOG = "train.log"
+ACTIVE = ("starting", "running")
+
+
+class RunBusy(DPDMDError):
+    """The run is already starting or running (or not running, for stop and save)."""
+
+
+def train_command(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "distill_core.cli", "train", str(config_path)]
+
+
+def child_env() -> dict[str, str]:
+    """The UI's environment, importing the same distill_core, offline, unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_state(run: RunFolder) -> str:
+    """RunFolder.effective_state(), plus 'died' for a start whose UI died before it had a process."""
+    state, status = run.effective_state(), run.read_status()
+    if state == "starting" and not status.get("pid") and time.time() - status.get("updated", 0) > LOCK_STALE_SECONDS:
+        return "died"
+    return state
+
+
+@contextmanager
+def launch_lock(root: Path) -> Iterator[None]:
+    """Exclusive while a run is being started; refuses with RunBusy if another start holds it."""
+    path = root / LOCK
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if attempt or age < LOCK_STALE_SECONDS:
+                raise RunBusy(f"run {root.name!r} is being started right now (another click, tab or UI); "
+                              "it appears in the Monitor in a moment") from None
+            path.unlink(missing_ok=True)
+    else:
+        raise RunBusy(f"run {root.name!r} is being started right now")
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def existing_run_note(cfg: Config) -> str:
+    """'' for a new run; a note when the folder holds this run (starting continues it); refuses otherwise."""
+    from distill_core.train import config_differences
+
+    run = RunFolder(Path(cfg.run.output_dir))
+    name, state = run.root.name, run_state(run)
+    if state in ACTIVE:
+        pid = run.read_status().get("pid")
+        raise RunBusy(f"run {name!r} is already {state} (pid {pid}); watch it in the Monitor, or stop it first")
+    if not run.config_path.exists():
+        return ""
+    diff = config_differences(resolve(load_config(run.config_path)), cfg)
+    if diff:
+        raise ConfigError(f"run {name!r} already exists with another config (differs in {', '.join(diff)}); "
+                          "choose a new run name, or delete that folder to start over")
+    step = run.read_status().get("step", 0)
+    return (f"run {name!r} already exists ({state}, step {step}); starting it continues from its newest "
+            "checkpoint")
+
+
+@dataclass
+class Started:
+    run_dir: Path
+    pid: int
+    note: str
+
+
+def start(cfg: Config) -> Started:
+    """Write the run's config and start its training process (refused if it is already active)."""
+    run = RunFolder(Path(cfg.run.output_dir))
+    run.create()
+    with launch_lock(run.root):
+        note = existing_run_note(cfg)
+        for stale in ("stop", "save"):  # requests left from an earlier process must not stop this one
+            (run.control / stale).unlink(missing_ok=True)
+        atomic_write_text(run.config_path, cfg.to_toml())
+        run.write_status("starting", pid=None, max_steps=cfg.run.max_steps, message="starting the training process")
+        command = train_command(run.config_path)
+        try:
+            with open(run.root / LOG, "ab") as log:
+                log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} trainer UI: {' '.join(command)}\n".encode())
+                log.flush()
+                proc = subprocess.Popen(command, cwd=CODE_ROOT, env=child_env(), stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            run.write_status("failed", message=f"could not start {command[0]}: {e}")
+            raise DPDMDError(f"could not start the training process: {e}") from None
+        run.write_status("starting", pid=proc.pid, host=os.uname().nodename, message="loading the teacher")
+    # Reap the child when it exits, so a crash reads as 'died' rather than as a live zombie.
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    return Started(run.root, proc.pid, note)
+
+
+def resume(run_dir: Path) -> Started:
+    """Start a stopped, failed or died run again with its own config.toml (continues from its checkpoint)."""
+    run = RunFolder(run_dir)
+    if not run.config_path.exists():
+        raise ConfigError(f"{run.root.name!r} has no config.toml, so it cannot be resumed")
+    cfg = resolve(load_config(run.config_path))
+    if Path(cfg.run.output_dir).resolve() != run.root.resolve():
+        raise ConfigError(f"{run.config_path} names another run folder ({cfg.run.output_dir}); "
+                          "start it from the wizard instead")
+    return start(cfg)
+
+
+def request(run_dir: Path, what: str) -> str:
+    """Ask a running trainer to 'stop' (checkpoint, then exit) or 'save' (checkpoint now)."""
+    run = RunFolder(run_dir)
+    state = run_state(run)
+    if state not in ACTIVE:
+        raise RunBusy(f"run {run.root.name!r} is {state}; only a running run can be asked to {what}")
+    run.request(what)
+    if what == "stop":
+        return f"asked {run.root.name!r} to stop: it finishes the current step, writes a checkpoint and exits"
+    return f"asked {run.root.name!r} for a checkpoint: it is written after the current step"

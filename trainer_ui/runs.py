@@ -1,0 +1,156 @@
+"""What the monitor shows, read from run folders only (never from a training process).
+
+Everything here is recomputed from files on each refresh, so a reloaded page or
+a restarted UI shows exactly what a running one would.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill_core.runfolder import RunFolder
+
+from .launcher import ACTIVE, LOG, run_state
+from .paths import Roots
+
+LOSSES = {"loss_dmd": "DMD loss (student)", "loss_div": "diversity loss (first step)", "loss_fake": "fake-score loss"}
+
+
+def _config(run: RunFolder) -> dict:
+    import tomllib
+
+    try:
+        return tomllib.loads(run.config_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+@dataclass
+class RunSummary:
+    name: str
+    state: str
+    step: int
+    max_steps: int
+    method: str
+    k: int | None
+    lam: float | None
+    updated: float
+    has_student: bool
+
+    def row(self) -> list:
+        return [self.name, self.state, f"{self.step} / {self.max_steps}", self.method,
+                "" if self.k is None else self.k, "" if self.lam is None else self.lam,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(self.updated)) if self.updated else ""]
+
+
+SUMMARY_HEADERS = ["run", "state", "step", "method", "k", "lambda", "updated"]
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    run = RunFolder(run_dir)
+    status, cfg = run.read_status(), _config(run)
+    method = cfg.get("method", {})
+    name = method.get("name", "?")
+    updated = status.get("updated") or (run.config_path.stat().st_mtime if run.config_path.exists() else 0.0)
+    return RunSummary(name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
+                      max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
+                      method=name, k=method.get("anchor_step"),
+                      lam=0.0 if name == "dmd" else method.get("diversity_weight"), updated=float(updated),
+                      has_student=run.student_path.exists())
+
+
+def list_runs(roots: Roots) -> list[RunSummary]:
+    """Every run folder directly under the runs folder, newest first."""
+    if not roots.runs.is_dir():
+        return []
+    runs = [summarize(d) for d in roots.runs.iterdir()
+            if d.is_dir() and ((d / "config.toml").exists() or (d / "status.json").exists())]
+    return sorted(runs, key=lambda r: r.updated, reverse=True)
+
+
+def default_run(runs: list[RunSummary]) -> str | None:
+    """The run a fresh page shows: the newest active one, else the newest."""
+    pick = [r for r in runs if r.state in ACTIVE] or runs
+    return pick[0].name if pick else None
+
+
+def log_tail(path: Path, lines: int = 25, max_bytes: int = 32_768) -> str:
+    """The last lines of a training log; progress-bar redraws (carriage returns) count as lines."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - max_bytes))
+        text = f.read().decode("utf-8", errors="replace")
+    return "\n".join([s for s in re.split(r"[\r\n]+", text) if s.strip()][-lines:])
+
+
+@dataclass
+class RunView:
+    """One run as the monitor shows it."""
+    name: str
+    state: str
+    step: int
+    max_steps: int
+    message: str
+    sec_per_step: float | None
+    losses: list[tuple[int, float, str]] = field(default_factory=list)  # (step, value, series)
+    diversity: list[tuple[int, float, str]] = field(default_factory=list)
+    teacher_grid: Path | None = None
+    student_grid: Path | None = None
+    checkpoint_step: int | None = None
+    report: Path | None = None
+    student: Path | None = None
+    metrics: dict = field(default_factory=dict)
+    log: str = ""
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.sec_per_step is None or self.state not in ACTIVE:
+            return None
+        return max(0, self.max_steps - self.step) * self.sec_per_step
+
+
+def signature(run_dir: Path) -> tuple:
+    """Changes whenever anything the monitor shows may have changed (cheap: stats, no reads)."""
+    run = RunFolder(run_dir)
+    stats = []
+    for p in (run.status_path, run.events_path, run.report_path, run.root / LOG):
+        try:
+            st = p.stat()
+            stats.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stats.append(None)
+    return (str(run_dir), run_state(run), *stats)
+
+
+def view(run_dir: Path) -> RunView:
+    from distill_core import checkpoint as ckpt
+
+    run = RunFolder(run_dir)
+    status, events = run.read_status(), run.read_events()
+    steps = [e for e in events if e.get("event") == "step"]
+    recent = [e["sec_per_step"] for e in steps[-20:] if "sec_per_step" in e]
+    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.exists() else {}
+    diversity = [(e["step"], e["diversity"], "student") for e in events
+                 if e.get("event") == "eval" and "diversity" in e]
+    teacher_div = metrics.get("teacher", {}).get("diversity")
+    if teacher_div is not None and diversity:
+        diversity += [(s, teacher_div, "teacher") for s in (diversity[0][0], diversity[-1][0])]
+    grids = sorted(run.samples.glob("step_*.png")) if run.samples.is_dir() else []
+    last = ckpt.latest(run.checkpoints) if run.checkpoints.is_dir() else None
+    return RunView(
+        name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
+        max_steps=int(status.get("max_steps") or 0), message=str(status.get("message") or ""),
+        sec_per_step=statistics.median(recent) if recent else None,
+        losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
+        diversity=diversity,
+        teacher_grid=run.samples / "teacher.png" if (run.samples / "teacher.png").exists() else None,
+        student_grid=grids[-1] if grids else None,
+        checkpoint_step=ckpt.read_state(last)["step"] if last else None,
+        report=run.report_path if run.report_path.exists() else None,
+        student=run.student_path if run.student_path.exists() else None,
+        metrics=metrics, log=log_tail(run.root / LOG))

@@ -1,0 +1,209 @@
+"""The wizard's form, turned into a resolved run config by the core's own loader and checks.
+
+The form is a flat set of fields a newcomer understands; it becomes the nested
+dict the TOML loader reads, so every check and every error message is the
+core's (``from_dict`` and ``resolve``), and the TOML shown is exactly what the
+trainer runs. Fields the form does not show go in the "advanced" TOML box,
+which overrides the form.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from distill_core.config import FAMILY_DEFAULTS, Config, from_dict, resolve
+from distill_core.errors import ConfigError
+
+from .paths import Roots
+
+METHODS = [
+    ("DP-DMD (paper): diversity loss on step 1, detach, DMD on the rest", "dpdmd"),
+    ("DMD (baseline): DMD on every step, no diversity loss", "dmd"),
+    ("No-detach ablation: diversity loss, DMD through every step", "no_detach"),
+]
+FAMILIES = [("Built-in digits teacher (runs on a CPU)", "builtin"),
+            ("SD3 / SD3.5 (local diffusers folder)", "sd3"),
+            ("SDXL (local diffusers folder)", "sdxl")]
+
+K_HELP = ("k, the diversity anchor: the teacher runs k of its own steps from the student's noise, and the "
+          "student's first step learns to land there, which keeps each seed's layout (paper: 5 of 30).")
+LAMBDA_HELP = ("lambda, the diversity weight: how much the first-step diversity loss counts next to DMD on the "
+               "later steps (paper: 0.05; 0 is plain DMD).")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A memory tier: settings that exist in the config, written into it as they are."""
+    settings: dict[str, Any]
+    note: str
+
+
+PRESETS: dict[str, Preset] = {
+    "CPU / tiny": Preset({"run.mixed_precision": "no", "teacher.dtype": "float32",
+                          "student.gradient_checkpointing": False, "student.lora_rank": 0,
+                          "method.backprop": "all"},
+                         "fp32, full fine-tune: the built-in teacher on a CPU or any GPU"),
+    "24 GB": Preset({"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
+                     "student.gradient_checkpointing": True, "student.lora_rank": 32, "method.backprop": "one_step"},
+                    "bf16, bf16 teacher, gradient checkpointing, LoRA rank 32, DMD2-style one-step backprop"),
+    "48 GB": Preset({"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
+                     "student.gradient_checkpointing": True, "student.lora_rank": 128, "method.backprop": "one_step"},
+                    "bf16, bf16 teacher, gradient checkpointing, LoRA rank 128, one-step backprop"),
+    "80 GB": Preset({"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
+                     "student.gradient_checkpointing": True, "student.lora_rank": 0, "method.backprop": "all"},
+                    "bf16, bf16 teacher, gradient checkpointing, full fine-tune, backprop through every step "
+                    "(the paper: 8 x 80 GB with FSDP)"),
+}
+ONE_STEP_NOTE = "one-step backprop needs the detach, so it applies to DP-DMD only"
+
+
+@dataclass
+class WizardForm:
+    """The wizard's fields, in the order the page passes them to the handlers (defaults: default_form)."""
+    family: str
+    teacher_path: str
+    prompts: str  # one per line
+    prompts_file: str
+    method: str
+    anchor_step: float | None
+    diversity_weight: float | None
+    student_steps: float | None
+    guidance_scale: float | None
+    teacher_steps: float | None
+    max_steps: float | None
+    batch_size: float | None
+    memory: str
+    run_name: str
+    fake_updates: float | None
+    seed: float | None
+    checkpoint_every: float | None
+    grid_every: float | None
+    eval_every: float | None
+    extra_toml: str
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # an emptied Gradio text box sends None
+            if f.type == "str" and getattr(self, f.name) is None:
+                setattr(self, f.name, "")
+
+
+FIELDS = [f.name for f in dataclasses.fields(WizardForm)]
+
+
+def default_form(family: str = "builtin") -> WizardForm:
+    """The paper's defaults (Config()) with the family's teacher settings."""
+    c, fam = Config(), FAMILY_DEFAULTS[family]
+    return WizardForm(family=family, teacher_path="", prompts="", prompts_file="", extra_toml="",
+                      method=c.method.name, anchor_step=c.method.anchor_step,
+                      diversity_weight=c.method.diversity_weight, student_steps=c.student.num_steps,
+                      guidance_scale=fam["guidance_scale"], teacher_steps=fam["num_steps"],
+                      max_steps=c.run.max_steps, batch_size=fam["batch_size"],
+                      memory="CPU / tiny" if family == "builtin" else "24 GB", run_name=default_run_name(c.method.name),
+                      fake_updates=c.method.fake_updates, seed=c.run.seed, checkpoint_every=c.run.checkpoint_every,
+                      grid_every=c.eval.grid_every, eval_every=c.eval.every)
+
+
+def default_run_name(method: str = "dpdmd") -> str:
+    return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _number(value: Any, label: str) -> float:
+    if value is None or value == "":
+        raise ConfigError(f"{label} is empty; give a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{label} must be a finite number, not {value!r}")
+    return number
+
+
+def _whole(value: Any, label: str) -> int:
+    number = _number(value, label)
+    if number != int(number):
+        raise ConfigError(f"{label} must be a whole number, not {value}")
+    return int(number)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, one level of sections deep (the config's shape)."""
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        if isinstance(values, dict) and isinstance(out.get(section), dict):
+            out[section].update(values)
+        else:
+            out[section] = values
+    return out
+
+
+def form_to_dict(form: WizardForm, roots: Roots) -> dict:
+    """The nested config dict the form describes (typed paths checked against the allowed roots)."""
+    if form.memory not in PRESETS:
+        raise ConfigError(f"memory preset {form.memory!r} is not one of {', '.join(PRESETS)}")
+    prompts = [line.strip() for line in form.prompts.splitlines() if line.strip() and not line.strip().startswith("#")]
+    data: dict[str, dict[str, Any]] = {
+        "run": {"output_dir": str(roots.run_dir(form.run_name)), "seed": _whole(form.seed, "seed"),
+                "max_steps": _whole(form.max_steps, "iterations"),
+                "checkpoint_every": _whole(form.checkpoint_every, "checkpoint every")},
+        "teacher": {"family": form.family,
+                    "path": form.teacher_path.strip(),
+                    "guidance_scale": _number(form.guidance_scale, "teacher CFG"),
+                    "num_steps": _whole(form.teacher_steps, "teacher steps")},
+        "student": {"num_steps": _whole(form.student_steps, "student steps")},
+        "method": {"name": form.method, "anchor_step": _whole(form.anchor_step, "k"),
+                   "diversity_weight": _number(form.diversity_weight, "lambda"),
+                   "fake_updates": _whole(form.fake_updates, "fake updates")},
+        "data": {"prompts": prompts, "batch_size": _whole(form.batch_size, "batch size"),
+                 "prompts_file": form.prompts_file.strip()},
+        "eval": {"grid_every": _whole(form.grid_every, "grid every"), "every": _whole(form.eval_every, "eval every")},
+    }
+    for key, value in PRESETS[form.memory].settings.items():
+        if key == "method.backprop" and form.method != "dpdmd":
+            continue  # ONE_STEP_NOTE
+        section, name = key.split(".")
+        data[section][name] = value
+    if form.extra_toml.strip():
+        try:
+            extra = tomllib.loads(form.extra_toml)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"the advanced TOML box is not valid TOML: {e}") from None
+        if isinstance(extra.get("run"), dict) and "output_dir" in extra["run"]:
+            raise ConfigError("run.output_dir cannot be set in the advanced TOML box; use the run name field "
+                              "(runs are written under the runs folder)")
+        data = _merge(data, extra)
+    return _check_paths(data, roots)
+
+
+# Config fields that name files or folders to read; "builtin" and "" name none.
+PATH_FIELDS = {("teacher", "path"): "teacher.path", ("data", "prompts_file"): "data.prompts_file",
+               ("eval", "features"): "eval.features"}
+
+
+def _check_paths(data: dict, roots: Roots) -> dict:
+    """Resolve every path field (from the form or the advanced box) inside the allowed roots."""
+    for (section, name), label in PATH_FIELDS.items():
+        value = data[section].get(name) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value.strip() and value != "builtin":
+            data[section][name] = str(roots.inside(value, label))
+    return data
+
+
+def check_prompts(cfg: Config) -> None:
+    """Refuse prompts the teacher cannot condition on now, rather than after the run has started."""
+    if cfg.teacher.family == "builtin":
+        from distill_core.builtin.digits import parse_prompt
+
+        for prompt in dict.fromkeys(cfg.data.prompts + cfg.eval.prompts):
+            parse_prompt(prompt)
+
+
+def build_config(form: WizardForm, roots: Roots) -> Config:
+    """The resolved config the wizard will run; raises the core's errors (DPDMDError) on bad input."""
+    cfg = resolve(from_dict(form_to_dict(form, roots)))
+    check_prompts(cfg)
+    return cfg
