@@ -292,6 +292,12 @@ def resolve(cfg: Config) -> Config:
         m.diversity_weight = 0.0
     _one_of("method.anchor_target", m.anchor_target, ("auto", "velocity", "x0"))
     _one_of("method.backprop", m.backprop, ("all", "one_step"))
+    if m.backprop == "one_step" and m.name != "dpdmd":
+        raise ConfigError(f"method.backprop = 'one_step' trains one step after the detach, so it needs method.name = "
+                          f"'dpdmd' (got {m.name!r}); use backprop = 'all' for {m.name!r}")
+    if m.anchor_target == "velocity" and t.family == "sdxl":
+        raise ConfigError("method.anchor_target = 'velocity' (Eq. 6) needs a flow teacher; the sdxl teacher predicts "
+                          "noise, use 'x0' (Appendix C) or 'auto'")
     _one_of("method.dmd_normalizer", m.dmd_normalizer, ("x0", "xt"))
     _one_of("method.renoise_per", m.renoise_per, ("sample", "batch"))
     if m.fake_updates < 1:

@@ -72,13 +72,10 @@ class Trainer:
         target = c.method.anchor_target
         if target == "auto":
             target = "velocity" if sched.prediction_type == "flow" else "x0"
-        if target == "velocity" and sched.prediction_type != "flow":
+        if target == "velocity" and sched.prediction_type != "flow":  # resolve() catches the known families
             raise ConfigError("method.anchor_target = 'velocity' needs a flow teacher; use 'x0' (Appendix C) "
                               f"for the {sched.prediction_type} teacher")
         self.anchor_target = target
-        if c.method.backprop == "one_step" and not c.detach_first:
-            raise ConfigError(f"method.backprop = 'one_step' implies the detach after step one; "
-                              f"it cannot be combined with method.name = {c.method.name!r}")
         self.student_levels = self.teacher.student_levels(c.student.num_steps)
         self.teacher_levels = self.teacher.teacher_levels(c.teacher.num_steps)
 

@@ -32,6 +32,8 @@ def test_toml_round_trip():
     ("[teacher]\npath = '/no/such/folder'", ["teacher.path", "does not exist"]),
     ("[data]\nprompts_file = '/no/such/prompts.txt'", ["data.prompts_file"]),
     ("[eval]\nseeds = 1", ["eval.seeds", "pairwise"]),
+    ("[method]\nname = 'dmd'\nbackprop = 'one_step'", ["method.backprop", "'dpdmd'"]),
+    ("[student]\nema_decay = 1.0", ["student.ema_decay"]),
 ])
 def test_bad_values_name_the_field(text, words):
     with pytest.raises(ConfigError) as err:
