@@ -206,11 +206,20 @@ def test_dpdmd_ui_subcommand_and_lazy_import():
 
 
 def test_a_run_that_dies_at_startup_shows_why(settings):
-    # Passes the config checks but the trainer refuses it when it builds (one-step backprop needs the detach).
-    form = tiny_form("doomed", method__name="no_detach")
-    form.extra_toml += '\n[method]\nbackprop = "one_step"\n'
+    # Passes the config checks (the folder exists) but the trainer cannot load it as an SD3 teacher.
+    not_a_teacher = settings.roots.runs / "not-a-teacher"
+    not_a_teacher.mkdir()
+    form = tiny_form("doomed")
+    form.family, form.teacher_path, form.prompts = "sd3", str(not_a_teacher), "a photo of a cat"
     assert app.start(settings, *values(form))[0].startswith("Started")
     run = RunFolder(settings.roots.runs / "doomed")
     wait_for(lambda: runs.run_state(run) == "died", 120, "the state 'died'", run.root / "train.log")
     status, resume_btn = app.refresh(settings, "doomed", None)[2], app.refresh(settings, "doomed", None)[11]
-    assert "state-died" in status and "one_step" in status and resume_btn["interactive"]
+    assert "state-died" in status and "model_index.json" in status and resume_btn["interactive"]
+
+
+def test_wizard_refuses_one_step_backprop_without_the_detach(settings):
+    form = tiny_form("refused", method__name="no_detach")
+    form.extra_toml += '\n[method]\nbackprop = "one_step"\n'
+    message = app.start(settings, *values(form))[0]
+    assert "method.backprop" in message and not (settings.roots.runs / "refused" / "config.toml").exists()
