@@ -69,6 +69,8 @@ class Bench:
         self.extractor = DigitsExtractor()
         self.eval_cfg = resolve(base_config(args, self.work, "eval", "dpdmd", 0))
         self.eval_cfg.eval.fd_samples_per_prompt = args.samples
+        from distill_core.teachers import load_teacher
+        self.teacher_shift = load_teacher(self.eval_cfg).schedule.shift
         self.results: dict = {"runs": {}, "ablations": {}, "cost": {}}
         self.measured: dict[str, dict] = {}
         self.teacher_images = None
@@ -120,24 +122,12 @@ class Bench:
               f"{m['mode_coverage']:.2f}  agreement {m['mode_agreement_with_teacher']:.2f}  ({time.time() - t0:.0f} s)",
               flush=True)
 
-    def table(self) -> None:
-        for method in METHODS:
-            for seed in range(self.args.seeds):
-                name = f"{method}_s{seed}"
-                self.run_one(name, base_config(self.args, self.work, name, method, seed), self.results["runs"])
-
-    def ablations(self) -> None:
-        default = base_config(self.args, self.work, "x", "dpdmd", 0).method
-        for k in KS:
-            name = "dpdmd_s0" if k == default.anchor_step else f"k{k}"
-            cfg = base_config(self.args, self.work, name, "dpdmd", 0)
-            cfg.method.anchor_step = k
-            self.run_one(f"k={k}", cfg, self.results["ablations"])
-        for lam in LAMBDAS:
-            name = "dpdmd_s0" if lam == default.diversity_weight else f"lambda{lam}"
-            cfg = base_config(self.args, self.work, name, "dpdmd", 0)
-            cfg.method.diversity_weight = lam
-            self.run_one(f"lambda={lam}", cfg, self.results["ablations"])
+    def run_all(self, plan: list[tuple[str, str, Config]]) -> None:
+        """Train every planned run (in parallel with --jobs), then measure them one by one."""
+        if self.args.jobs > 1:
+            pretrain([cfg for _, _, cfg in plan], self.work, self.args.jobs)
+        for key, bucket, cfg in plan:
+            self.run_one(key, cfg, self.results[bucket])
 
     def cost(self) -> None:
         """Seconds per training step and autograd memory, DP-DMD vs DMD, alternated to cancel host noise."""
@@ -173,6 +163,62 @@ class Bench:
         print(f"  teacher (30 steps, CFG) / student (4 steps) sampling time: {r['sampling_speedup']:.1f}x")
 
 
+def plan_table(args, work: Path) -> list[tuple[str, str, Config]]:
+    return [(f"{m}_s{seed}", "runs", base_config(args, work, f"{m}_s{seed}", m, seed))
+            for m in METHODS for seed in range(args.seeds)]
+
+
+def plan_ablations(args, work: Path) -> list[tuple[str, str, Config]]:
+    """k and lambda sweeps of DP-DMD at training seed 0; the default point is the main table's run."""
+    default = base_config(args, work, "x", "dpdmd", 0).method
+    out = []
+    for k in KS:
+        cfg = base_config(args, work, "dpdmd_s0" if k == default.anchor_step else f"k{k}", "dpdmd", 0)
+        cfg.method.anchor_step = k
+        out.append((f"k={k}", "ablations", cfg))
+    for lam in LAMBDAS:
+        cfg = base_config(args, work, "dpdmd_s0" if lam == default.diversity_weight else f"lambda{lam}", "dpdmd", 0)
+        cfg.method.diversity_weight = lam
+        out.append((f"lambda={lam}", "ablations", cfg))
+    return out
+
+
+def pretrain(configs: list[Config], work: Path, jobs: int) -> None:
+    """Train runs in parallel processes (one thread each when the cores are shared); finished runs are skipped."""
+    import os
+    import subprocess
+
+    todo, seen = [], set()
+    for cfg in configs:
+        if cfg.run.output_dir not in seen:
+            seen.add(cfg.run.output_dir)
+            todo.append(cfg)
+    (work / "configs").mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    running: list[tuple[subprocess.Popen, Path]] = []
+    started = 0
+    while todo or running:
+        while todo and len(running) < jobs:
+            cfg = todo.pop(0)
+            name = Path(cfg.run.output_dir).name
+            path = work / "configs" / f"{name}.toml"
+            path.write_text(cfg.to_toml())
+            log = work / "configs" / f"{name}.log"
+            with open(log, "w") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "distill_core.train", str(path), "--no-finish"],
+                                        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            running.append((proc, log))
+            started += 1
+            print(f"  training {name} ({started}/{len(seen)})", flush=True)
+        time.sleep(2)
+        for proc, log in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, log))
+                if proc.returncode:
+                    raise SystemExit(f"{log.stem} failed:\n" + log.read_text()[-3000:])
+
+
 def saved_tensor_bytes(trainer: Trainer) -> int:
     """Bytes kept for backward during one student update (the activation memory the method adds)."""
     seen: dict[int, int] = {}
@@ -196,6 +242,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--samples", type=int, default=50, help="samples per prompt for FD and mode statistics")
     p.add_argument("--cost-rounds", type=int, default=10)
+    p.add_argument("--jobs", type=int, default=1, help="train this many runs at once (separate processes)")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline, not the claim")
@@ -205,16 +252,23 @@ def main() -> None:
         args.work = str(Path(args.work).parent / "bench_quick")
     bench = Bench(args)
     started = time.time()
+    plan = []
     if args.only in ("table", "all"):
-        print("main table (same budget, data, CFG and seeds):", flush=True)
-        bench.table()
+        plan += plan_table(args, bench.work)
     if args.only in ("ablations", "all"):
-        print("ablations (DP-DMD, seed 0):", flush=True)
-        bench.ablations()
+        plan += plan_ablations(args, bench.work)
+    if plan:
+        print(f"{len(plan)} measurements (same budget, data, CFG and seeds; ablations at training seed 0):", flush=True)
+        bench.run_all(plan)
     if args.only in ("cost", "all"):
         print("cost ratios:", flush=True)
         bench.cost()
+    c = bench.eval_cfg
+    setting = {"shift": bench.teacher_shift, "student_steps": c.student.num_steps, "fake_updates": c.method.fake_updates,
+               "k": c.method.anchor_step, "lambda": c.method.diversity_weight, "prompts": len(c.eval.prompts),
+               "seeds": c.eval.seeds}
     bench.results["meta"] = {
+        "setting": setting,
         "command": "python bench/paper_table.py " + " ".join(sys.argv[1:]), "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "wall_seconds": round(time.time() - started), "args": vars(args),
