@@ -52,7 +52,22 @@ def base_config(args, work: Path, name: str, method: str, seed: int) -> Config:
     cfg.optim.student_lr = cfg.optim.fake_lr = args.lr
     cfg.eval.every = max(1, args.steps // 8)  # diversity over training (the paper's Fig. 5)
     cfg.eval.grid_every = 0
+    for assignment in args.set:
+        apply_override(cfg, assignment)
     return cfg
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """--set section.field=value, the value read as TOML (so numbers, strings and booleans work)."""
+    from distill_core.config import loads_config
+
+    key, _, value = assignment.partition("=")
+    section, _, name = key.partition(".")
+    try:
+        parsed = loads_config(f"[{section}]\n{name} = {value}")
+    except Exception:
+        parsed = loads_config(f"[{section}]\n{name} = {json.dumps(value)}")
+    setattr(getattr(cfg, section), name, getattr(getattr(parsed, section), name))
 
 
 def train_student(cfg: Config) -> Trainer:
@@ -165,7 +180,7 @@ class Bench:
 
 def plan_table(args, work: Path) -> list[tuple[str, str, Config]]:
     return [(f"{m}_s{seed}", "runs", base_config(args, work, f"{m}_s{seed}", m, seed))
-            for m in METHODS for seed in range(args.seeds)]
+            for m in args.methods.split(",") for seed in range(args.seeds)]
 
 
 def plan_ablations(args, work: Path) -> list[tuple[str, str, Config]]:
@@ -243,6 +258,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=50, help="samples per prompt for FD and mode statistics")
     p.add_argument("--cost-rounds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="train this many runs at once (separate processes)")
+    p.add_argument("--methods", default=",".join(METHODS), help="methods of the main table, comma-separated")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field of every run, e.g. --set teacher.shift=3 (repeatable)")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline, not the claim")

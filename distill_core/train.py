@@ -205,7 +205,7 @@ class Trainer:
         if not torch.isfinite(loss):
             last = ckpt.latest(self.run.checkpoints)
             where = f"the last good checkpoint is {last.name}" if last else "no checkpoint was written yet"
-            msg = (f"the {which} loss became {float(loss)} at step {self.step + 1}; {where} and is kept. "
+            msg = (f"the {which} loss became {loss.item()} at step {self.step + 1}; {where} and is kept. "
                    "Lower optim.student_lr / optim.fake_lr or use run.mixed_precision = 'no'.")
             raise TrainingDiverged(msg)
 
@@ -413,7 +413,11 @@ class Trainer:
 
 def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
     """Run (or resume) a distillation; then export, evaluate and report. Returns the run folder."""
-    trainer = Trainer(cfg, progress=progress)
+    return run_trainer(Trainer(cfg, progress=progress), finish=finish)
+
+
+def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
+    """Fit a built trainer, recording a failure in the run folder; then finish the run."""
     try:
         state = trainer.fit()
     except TrainingDiverged as e:

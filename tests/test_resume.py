@@ -60,3 +60,22 @@ def test_interrupted_write_leaves_previous_checkpoint(tiny):
     staged = ckpt.staging_dir(checkpoints, 99)  # a crash mid-write leaves only a staging folder
     (staged / "student.safetensors").write_bytes(b"partial")
     assert ckpt.latest(checkpoints).name == "step_00000002"
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny):
+    from distill_core.errors import TrainingDiverged
+    from distill_core.runfolder import RunFolder
+    from distill_core.train import run_trainer
+
+    cfg = tiny(run__max_steps=2)
+    train(cfg, progress=False, finish=False)
+    cfg.run.max_steps = 4
+    trainer = Trainer(cfg, progress=False)
+    with torch.no_grad():  # a poisoned teacher weight: its predictions, and so the losses, become NaN
+        next(trainer.teacher.network.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 3; the last good checkpoint is step_00000002"):
+        run_trainer(trainer, finish=False)
+    run = RunFolder(run_dir(cfg))
+    assert run.read_status()["state"] == "failed" and "step_00000002" in run.read_status()["message"]
+    assert ckpt.latest(run.checkpoints).name == "step_00000002"
+    assert not any(p.name.startswith(".") for p in run.checkpoints.iterdir())  # no half-written checkpoint
