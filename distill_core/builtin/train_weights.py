@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import platform
+import tempfile
 from pathlib import Path
 
 import torch
@@ -93,12 +94,15 @@ def sha256(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
+    parser.add_argument("--out", type=Path, help="output folder (default: the shipped weights/; with --check a "
+                        "temporary folder, so the shipped files are never overwritten)")
     parser.add_argument("--iterations", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true",
                         help="compare the rebuilt files' sha256 with the shipped SHA256SUMS")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="dpdmd-weights-")) if args.check else Path(__file__).parent / "weights"
     args.out.mkdir(parents=True, exist_ok=True)
     provenance = {"torch": torch.__version__, "threads": str(torch.get_num_threads()),
                   "machine": platform.machine(), "seed": str(args.seed)}
