@@ -106,8 +106,9 @@ def plots(results: dict, out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (method, ms) in enumerate(groups.items()):
-        steps = [s for s, _ in ms[0]["diversity_over_steps"]]
-        mean = [statistics.mean(m["diversity_over_steps"][j][1] for m in ms) for j in range(len(steps))]
+        curves = [dict(m["diversity_over_steps"]) for m in ms]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))  # the steps every seed evaluated
+        mean = [statistics.mean(c[s] for c in curves) for s in steps]
         ax.plot(steps, mean, marker="o", color=f"C{i}", label=LABEL.get(method, method))
     ax.axhline(t["diversity"], color="k", ls="--", label="teacher")
     ax.set_xlabel("training step")

@@ -104,7 +104,11 @@ class RunFolder:
             f.flush()
 
     def read_events(self) -> list[dict]:
-        """Events in order, with the steps a resume rolled back removed; a torn last line is ignored."""
+        """Events in order, without what a restart superseded; a torn last line is ignored.
+
+        A resume from step S drops the later steps of the attempt that died; a fresh start (the attempt
+        before it died without a checkpoint) drops that attempt entirely, so curves never run backwards.
+        """
         if not self.events_path.exists():
             return []
         out: list[dict] = []
@@ -113,7 +117,9 @@ class RunFolder:
                 ev = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if ev.get("event") == "resume":
+            if ev.get("event") == "start":
+                out = []
+            elif ev.get("event") == "resume":
                 step = ev.get("step", 0)
                 out = [e for e in out if e.get("step") is None or e["step"] <= step]
             out.append(ev)

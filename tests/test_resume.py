@@ -79,3 +79,22 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny)
     assert run.read_status()["state"] == "failed" and "step_00000002" in run.read_status()["message"]
     assert ckpt.latest(run.checkpoints).name == "step_00000002"
     assert not any(p.name.startswith(".") for p in run.checkpoints.iterdir())  # no half-written checkpoint
+
+
+def test_events_after_a_restart_read_as_one_timeline(tmp_path):
+    """Curves in the report, the UI and the benchmark must not run backwards after a crash and restart."""
+    from distill_core.runfolder import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.append_event("start", step=0)
+    for s in (1, 2, 3):  # died before its first checkpoint: the next attempt starts over
+        run.append_event("step", step=s)
+    run.append_event("start", step=0)
+    for s in (1, 2, 3, 4):  # checkpoint at 2, died at 4
+        run.append_event("step", step=s)
+    run.append_event("resume", step=2)
+    run.append_event("step", step=3)
+    with open(run.events_path, "a") as f:
+        f.write('{"event": "step", "st')  # torn last line of a kill
+    assert [(e["event"], e["step"]) for e in run.read_events()] == [
+        ("start", 0), ("step", 1), ("step", 2), ("resume", 2), ("step", 3)]
