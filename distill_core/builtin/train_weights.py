@@ -4,7 +4,8 @@
 
 Deterministic on CPU for a given torch version and thread count (both are
 recorded in the files' metadata); the shipped files' sha256 are in
-weights/SHA256SUMS, so ``--check`` tells whether a rebuild reproduced them.
+weights/SHA256SUMS; ``--check`` rebuilds into a temporary folder and compares tensors and metadata
+with the shipped files (and the shipped files with SHA256SUMS).
 The teacher is an SD3-style flow model: x_t = (1 - t) x0 + t eps, velocity
 target eps - x0, logit-normal t, labels dropped to the null class for CFG.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -92,6 +94,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def same_content(a: Path, b: Path) -> bool:
+    """Equal tensors (bit for bit) and metadata: the file bytes may still differ, since safetensors writes the
+    metadata keys in hash-map order, so a rebuild is compared by content, the shipped file by its sha256."""
+    with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+        if fa.metadata() != fb.metadata() or sorted(fa.keys()) != sorted(fb.keys()):
+            return False
+        return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (default: the shipped weights/; with --check a "
@@ -119,14 +130,16 @@ def main(argv: list[str] | None = None) -> None:
         **provenance, "dpdmd.builtin": "classifier", "test_accuracy": f"{acc:.4f}"})
     print(f"teacher: final loss {tail:.4f}; classifier: held-out accuracy {acc:.4f}")
 
-    sums = {name: sha256(args.out / name) for name in (TEACHER_FILE, CLASSIFIER_FILE)}
-    shipped = Path(__file__).parent / "weights" / SUMS_FILE
+    names = (TEACHER_FILE, CLASSIFIER_FILE)
+    shipped = Path(__file__).parent / "weights"
     if args.check:
-        expected = dict(line.split()[::-1] for line in shipped.read_text().splitlines() if line.strip())
-        for name, digest in sums.items():
-            print(f"{name}: {'reproduced' if expected.get(name) == digest else 'DIFFERS'}")
+        expected = dict(line.split()[::-1] for line in (shipped / SUMS_FILE).read_text().splitlines() if line.strip())
+        for name in names:
+            intact = expected.get(name) == sha256(shipped / name)
+            print(f"{name}: shipped file {'matches' if intact else 'DOES NOT MATCH'} {SUMS_FILE}; rebuild "
+                  f"{'reproduced it' if same_content(shipped / name, args.out / name) else 'DIFFERS'}")
     else:
-        (args.out / SUMS_FILE).write_text("".join(f"{d}  {n}\n" for n, d in sums.items()))
+        (args.out / SUMS_FILE).write_text("".join(f"{sha256(args.out / n)}  {n}\n" for n in names))
 
 
 if __name__ == "__main__":
