@@ -1,8 +1,6 @@
 """Export a trained student to a safetensors file that carries its schedule, and load it back."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -11,7 +9,7 @@ from torch import nn
 
 from .config import Config
 from .errors import CheckpointError
-from .runfolder import FILE_MODE
+from .runfolder import atomic_target
 from .student_file import StudentInfo, read_student_info
 from .teachers.base import Teacher
 
@@ -33,18 +31,10 @@ def save_student(state_dict: dict[str, torch.Tensor], info: StudentInfo, path: s
                  dtype: torch.dtype | None = None) -> Path:
     """Write the student atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
                for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=info.to_metadata())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        save_file(tensors, str(tmp), metadata=info.to_metadata())
     return path
 
 

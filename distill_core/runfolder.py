@@ -16,9 +16,10 @@ import json
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 STATES = ("starting", "running", "finished", "stopped", "failed")
 
@@ -32,23 +33,30 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path in the same folder to write; renamed over ``path`` only if the block succeeds.
 
     The file gets the usual umask permissions (mkstemp alone would leave it private).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write, fsync, then rename over ``path``: a reader sees the old file or the whole new one."""
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
