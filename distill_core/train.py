@@ -11,7 +11,6 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import threading
@@ -26,6 +25,8 @@ from .config import Config, load_config, resolve
 from .errors import ConfigError, TrainingDiverged
 from .lora import merged_state_dict
 from .method import dmd_term, diversity_loss, fake_score_loss, student_rollout, teacher_anchor, velocity_target
+from .ema import StudentEMA
+from .recorder import Recorder, RunRecorder
 from .runfolder import RunFolder
 from .teachers import load_teacher
 from .teachers.base import cond_to
@@ -61,9 +62,9 @@ class Trainer:
     def __init__(self, cfg: Config, *, progress: bool = True) -> None:
         self.cfg = resolve(cfg)
         self.acc = make_accelerator(self.cfg)
-        self.main = self.acc.is_main_process
+        self.is_main = self.acc.is_main_process
         self.run = RunFolder(Path(self.cfg.run.output_dir))
-        self.progress = progress and self.main
+        self.progress = progress and self.is_main
         self._stop = threading.Event()
 
         c = self.cfg
@@ -81,16 +82,7 @@ class Trainer:
 
         # prompts first: the text encoders come and go before the trainable copies take their memory
         self.bank = self.teacher.prompt_bank(c.data.prompts)
-        student = self.teacher.make_trainable_copy()
-        fake = self.teacher.make_trainable_copy()
-        if c.student.lora_rank:
-            from .lora import add_lora, base_dtype
-            student, fake = (add_lora(net, c.student.lora_rank, self.teacher.family, base_dtype(c), c.run.seed)
-                             for net in (student, fake))
-        if c.student.gradient_checkpointing:
-            for net in (student, fake):
-                if hasattr(net, "enable_gradient_checkpointing"):
-                    net.enable_gradient_checkpointing()
+        student, fake = self._trainable_networks()
         o = c.optim
 
         def adamw(net, lr):
@@ -99,18 +91,30 @@ class Trainer:
 
         self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(
             student, fake, adamw(student, o.student_lr), adamw(fake, o.fake_lr))
+        self.lr_schedules = [warmup_schedule(opt, o.warmup_steps) for opt in (self.opt_s, self.opt_f)]
         self.sharded = is_sharded(self.acc)
         self.ema = None
         if c.student.ema_decay:
             if self.sharded:
                 raise ConfigError("student.ema_decay is not available under FSDP (each process holds a shard); "
                                   "set it to 0 or train with DDP")
-            import copy
-            self.ema = copy.deepcopy(self.acc.unwrap_model(self.student)).requires_grad_(False).eval()
-        rank = self.acc.process_index
+            self.ema = StudentEMA(self.acc.unwrap_model(self.student), c.student.ema_decay)
         self.generators = {"data": torch.Generator(), "noise": torch.Generator()}
-        self._seed_generators(rank, 0)
+        self._seed_generators(self.acc.process_index, 0)
         self.step = 0
+
+    def _trainable_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The student and the fake score: copies of the teacher (LoRA-wrapped when student.lora_rank)."""
+        c = self.cfg
+        nets = [self.teacher.make_trainable_copy() for _ in range(2)]
+        if c.student.lora_rank:
+            from .lora import add_lora, base_dtype
+            nets = [add_lora(net, c.student.lora_rank, self.teacher.family, base_dtype(c), c.run.seed) for net in nets]
+        if c.student.gradient_checkpointing:
+            for net in nets:
+                if hasattr(net, "enable_gradient_checkpointing"):
+                    net.enable_gradient_checkpointing()
+        return nets[0], nets[1]
 
     # ---- randomness ------------------------------------------------------------------------
     def _seed_generators(self, rank: int, step: int) -> None:
@@ -133,10 +137,6 @@ class Trainer:
     def _real(self, cond, null):
         w = self.cfg.teacher.guidance_scale
         return lambda x, lv: self.teacher.predict_cfg(self.teacher.network, x, lv, cond, null, w)
-
-    def _lr_scale(self) -> float:
-        w = self.cfg.optim.warmup_steps
-        return min(1.0, (self.step + 1) / w) if w else 1.0
 
     # ---- the two updates -------------------------------------------------------------------------
     def fake_update(self) -> float:
@@ -187,19 +187,23 @@ class Trainer:
         self.opt_s.step()
         self.opt_s.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self._update_ema()
+            self.ema.update(self.acc.unwrap_model(self.student))
         return {"loss": loss.item(), "loss_dmd": dmd.loss.item(), "loss_div": div.item(), "dmd_grad": dmd.grad_norm}
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        keep = self.cfg.student.ema_decay
-        for avg, p in zip(self.ema.parameters(), self.acc.unwrap_model(self.student).parameters()):
-            if p.requires_grad:
-                avg.lerp_(p.detach().to(avg.dtype), 1.0 - keep)
+    def train_step(self) -> dict[str, float]:
+        """One step: method.fake_updates fake-score updates, then one student update."""
+        t0 = time.perf_counter()
+        fake_losses = [self.fake_update() for _ in range(self.cfg.method.fake_updates)]
+        logs = self.student_update()
+        for schedule in self.lr_schedules:
+            schedule.step()
+        self.step += 1
+        logs.update(loss_fake=sum(fake_losses) / len(fake_losses), sec_per_step=round(time.perf_counter() - t0, 4))
+        return logs
 
     def sampling_student(self) -> torch.nn.Module:
         """The network that is sampled, evaluated and exported: the EMA when there is one."""
-        return self.ema if self.ema is not None else self.acc.unwrap_model(self.student)
+        return self.ema.model if self.ema is not None else self.acc.unwrap_model(self.student)
 
     def _check(self, loss: torch.Tensor, which: str) -> None:
         if not torch.isfinite(loss):
@@ -210,7 +214,7 @@ class Trainer:
             raise TrainingDiverged(msg)
 
     # ---- checkpoints -----------------------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, recorder: Recorder) -> None:
         acc = self.acc
         tmp = ckpt.staging_dir(self.run.checkpoints, self.step)
         acc.wait_for_everyone()
@@ -218,17 +222,18 @@ class Trainer:
                   "optim_student": optimizer_state(self.student, self.opt_s),
                   "optim_fake": optimizer_state(self.fake, self.opt_f)}  # collectives: every rank takes part
         if self.ema is not None:
-            states["ema"] = network_state(acc, self.ema)
-        if self.main:
+            states["ema"] = network_state(acc, self.ema.model)
+        if self.is_main:
             for name, sd in states.items():
                 tensors, meta = ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
                 ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
         ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
         acc.wait_for_everyone()
-        if self.main:
-            state = {"step": self.step, "world_size": acc.num_processes, "config": self.cfg.to_dict()}
+        if self.is_main:
+            state = {"step": self.step, "world_size": acc.num_processes, "config": self.cfg.to_dict(),
+                     "lr_schedules": [s.state_dict() for s in self.lr_schedules]}
             final = ckpt.finalize(self.run.checkpoints, self.step, state, self.cfg.run.keep_checkpoints)
-            self.run.append_event("checkpoint", step=self.step, path=str(final.relative_to(self.run.root)))
+            recorder.checkpoint(self.step, str(final.relative_to(self.run.root)))
         acc.wait_for_everyone()
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -243,14 +248,16 @@ class Trainer:
             if not ema.exists():
                 raise ConfigError(f"{folder.name} has no EMA weights: the run was started with student.ema_decay = 0; "
                                   "keep it at 0 to resume this run")
-            load_network_state(acc, self.ema, load_file(str(ema)))
+            load_network_state(acc, self.ema.model, load_file(str(ema)))
         self.step = int(state["step"])
+        for schedule, saved in zip(self.lr_schedules, state.get("lr_schedules") or [None] * 2):
+            restore_schedule(schedule, saved, self.step)
         rng = folder / f"rng_rank{acc.process_index}.safetensors"
         if rng.exists() and state.get("world_size") == acc.num_processes:
             ckpt.restore_rng(rng, self.generators)
         else:  # a different number of processes: continue, deterministically but not bit-exactly
             self._seed_generators(acc.process_index, self.step)
-            if self.main:
+            if self.is_main:
                 print(f"note: {folder.name} was written by {state.get('world_size')} processes, resuming on "
                       f"{acc.num_processes}; training continues but is not bit-identical to an unbroken run")
 
@@ -282,7 +289,7 @@ class Trainer:
             if self._stop.is_set():  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             self._stop.set()
-            if self.main:
+            if self.is_main:
                 print("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort",
                       file=sys.stderr)
 
@@ -297,7 +304,7 @@ class Trainer:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _broadcast_flag(self, flag: bool) -> bool:
+    def _agree(self, flag: bool) -> bool:
         """Agree on a control decision across processes (any rank asking wins)."""
         if self.acc.num_processes == 1:
             return flag
@@ -308,81 +315,60 @@ class Trainer:
         """Train to run.max_steps (resuming if possible); returns 'finished' or 'stopped'."""
         from tqdm import tqdm
 
-        from .evaluate import load_extractor
-        from .snapshots import Snapshots
-
-        c, run = self.cfg, self.run
-        if self.main:
-            run.create()
-        self.acc.wait_for_everyone()
-        resumed = self.try_resume()
-        if self.main:
-            from .runfolder import atomic_write_text
-            atomic_write_text(run.config_path, c.to_toml())
-            import os
-            run.write_status("running", pid=os.getpid(), host=os.uname().nodename, step=self.step,
-                             max_steps=c.run.max_steps, message="", processes=self.acc.num_processes)
-            if resumed:
-                run.append_event("resume", step=self.step)
-            else:
-                run.append_event("start", step=0, teacher=self.teacher.describe(), method=c.method.name,
-                                 student_levels=self.student_levels, anchor_level=self.teacher_levels[c.method.anchor_step])
-        snaps = None
-        if self.main:
-            extractor = load_extractor(c.eval.features) if c.eval.features else None
-            snaps = Snapshots(c, self.teacher, extractor, self.acc.device)
-            if not (run.samples / "teacher.png").exists():
-                snaps.teacher_grid(run.samples / "teacher.png")
-                run.append_event("grid", step=0, who="teacher", path="samples/teacher.png")
-            if not resumed:
-                self._snapshot(snaps, grid=True, metrics=bool(c.eval.every))
+        c = self.cfg
+        recorder = self._open()
         state = "finished"
         bar = tqdm(total=c.run.max_steps, initial=self.step, desc="distilling", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         with self._signals():
             while self.step < c.run.max_steps:
-                if self._broadcast_flag(self._stop.is_set() or (self.main and run.take_request("stop"))):
+                if self._agree(self._stop.is_set() or recorder.requested("stop")):
                     state = "stopped"
                     break
-                t0 = time.perf_counter()
-                for group in (self.opt_s, self.opt_f):
-                    for g in group.param_groups:
-                        g["lr"] = g.setdefault("initial_lr", g["lr"]) * self._lr_scale()
-                fake_losses = [self.fake_update() for _ in range(c.method.fake_updates)]
-                logs = self.student_update()
-                self.step += 1
-                dt = time.perf_counter() - t0
-                logs.update(loss_fake=sum(fake_losses) / len(fake_losses), sec_per_step=round(dt, 4))
+                logs = self.train_step()
                 bar.update(1)
                 bar.set_postfix(dmd=f"{logs['loss_dmd']:.4f}", div=f"{logs['loss_div']:.4f}",
                                 fake=f"{logs['loss_fake']:.4f}")
-                if self.main:
-                    if self.step % c.run.log_every == 0 or self.step == c.run.max_steps:
-                        run.append_event("step", step=self.step, **{k: round(v, 6) for k, v in logs.items()})
-                    grid = bool(c.eval.grid_every) and self.step % c.eval.grid_every == 0
-                    metrics = bool(c.eval.every) and self.step % c.eval.every == 0
-                    if grid or metrics:
-                        self._snapshot(snaps, grid, metrics)
-                    run.write_status("running", step=self.step)
-                save_now = self._broadcast_flag(self.main and run.take_request("save"))
-                if save_now or (c.run.checkpoint_every and self.step % c.run.checkpoint_every == 0):
-                    self.save_checkpoint()
+                recorder.after_step(self.step, logs)
+                every = c.run.checkpoint_every
+                if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
+                    self.save_checkpoint(recorder)
         bar.close()
+        self._close(recorder, state)
+        return state
+
+    def _open(self) -> Recorder:
+        """Create or resume the run folder; the recorder that writes it (silent off the main process)."""
+        if self.is_main:
+            self.run.create()
+        self.acc.wait_for_everyone()
+        resumed = self.try_resume()
+        if not self.is_main:
+            return Recorder()
+        from .evaluate import load_extractor
+        from .snapshots import Snapshots
+
+        c = self.cfg
+        extractor = load_extractor(c.eval.features) if c.eval.features else None
+        recorder = RunRecorder(c, self.run, Snapshots(c, self.teacher, extractor, self.acc.device),
+                               self.sampling_student, can_sample=not self.sharded, processes=self.acc.num_processes)
+        recorder.open(self.step, resumed, {
+            "teacher": self.teacher.describe(), "method": c.method.name, "student_levels": self.student_levels,
+            "anchor_level": self.teacher_levels[c.method.anchor_step]})
+        return recorder
+
+    def _close(self, recorder: Recorder, state: str) -> None:
+        """Check replicas agree, make sure the last step is checkpointed, record the final state."""
         if self.acc.num_processes > 1 and not self.sharded:  # FSDP ranks hold different shards by design
             diff = self._replica_difference()
-            if self.main:
-                run.append_event("replicas", step=self.step, processes=self.acc.num_processes, max_difference=diff)
-        last = ckpt.latest(run.checkpoints)
+            if self.is_main:
+                self.run.append_event("replicas", step=self.step, processes=self.acc.num_processes,
+                                      max_difference=diff)
+        last = ckpt.latest(self.run.checkpoints)
         if last is None or ckpt.read_state(last)["step"] != self.step:
-            self.save_checkpoint()
-        if self.main:
-            if self.step == c.run.max_steps and not (c.eval.grid_every and self.step % c.eval.grid_every == 0):
-                self._snapshot(snaps, grid=True, metrics=False)
-            run.write_status(state, step=self.step,
-                             message="" if state == "finished" else f"stopped at step {self.step}; run the same "
-                             "command again to resume")
+            self.save_checkpoint(recorder)
+        recorder.close(state, self.step)
         self.acc.wait_for_everyone()
-        return state
 
     def _replica_difference(self) -> float:
         """Largest difference between processes of per-tensor fingerprints of both networks (0 = in sync)."""
@@ -391,24 +377,27 @@ class Trainer:
         gathered = self.acc.gather(prints.to(self.acc.device).unsqueeze(0)).cpu()
         return float((gathered - gathered[0]).abs().max())
 
-    def _snapshot(self, snaps, grid: bool, metrics: bool) -> None:
-        if self.sharded:  # an FSDP student only runs with every process; sample after training instead
-            return
-        net = self.sampling_student()
-        if grid:
-            path = self.run.samples / f"step_{self.step:08d}.png"
-            snaps.student_grid(net, path, self.step)
-            self.run.append_event("grid", step=self.step, who="student", path=str(path.relative_to(self.run.root)))
-        if metrics:
-            m = snaps.student_metrics(net)
-            if m:
-                self.run.append_event("eval", step=self.step, **m)
-
     def student_state_dict(self) -> dict:
         """The student's weights in the teacher's layout (LoRA adapters merged)."""
         if self.ema is not None:
-            return merged_state_dict(self.ema.state_dict())
+            return merged_state_dict(self.ema.model.state_dict())
         return merged_state_dict(self.acc.get_state_dict(self.student))
+
+
+def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear learning-rate warm-up over ``warmup_steps`` student steps (0 = constant), stepped once per step."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper would step it once per process
+    return torch.optim.lr_scheduler.LambdaLR(inner, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+
+
+def restore_schedule(schedule: torch.optim.lr_scheduler.LambdaLR, saved: dict | None, step: int) -> None:
+    """Load a schedule's saved state; checkpoints from before it was saved get it from their step."""
+    if saved is not None:
+        schedule.load_state_dict(saved)
+        return
+    schedule.last_epoch = step
+    for group, base, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+        group["lr"] = base * factor(step)
 
 
 def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
@@ -421,18 +410,18 @@ def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
     try:
         state = trainer.fit()
     except TrainingDiverged as e:
-        if trainer.main:
+        if trainer.is_main:
             trainer.run.write_status("failed", message=str(e))
             trainer.run.append_event("failed", step=trainer.step, message=str(e))
         raise
     except BaseException as e:
-        if trainer.main and trainer.run.root.exists():
+        if trainer.is_main and trainer.run.root.exists():
             trainer.run.write_status("failed", message=f"{type(e).__name__}: {e}")
         raise
-    if finish and state == "finished" and trainer.main and trainer.sharded:
+    if finish and state == "finished" and trainer.is_main and trainer.sharded:
         print(f"FSDP run: export and evaluate after training with `dpdmd export {trainer.run.root}` and "
               "`dpdmd evaluate` (an FSDP student samples only with every process)", file=sys.stderr)
-    elif finish and state == "finished" and trainer.main:
+    elif finish and state == "finished" and trainer.is_main:
         from .finish import finish_run
         finish_run(trainer)
     trainer.acc.wait_for_everyone()

@@ -63,9 +63,4 @@ def optimizer_state(net: nn.Module, optimizer) -> dict:
 def load_optimizer_state(net: nn.Module, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    optimizer = getattr(optimizer, "optimizer", optimizer)
-    for group, saved in zip(optimizer.param_groups, state["param_groups"]):  # e.g. initial_lr set by the loop
-        for key, value in saved.items():
-            if key != "params":
-                group.setdefault(key, value)
-    set_optimizer_state_dict(net, optimizer, state, options=_options())
+    set_optimizer_state_dict(net, getattr(optimizer, "optimizer", optimizer), state, options=_options())

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill_core import checkpoint as ckpt
-from distill_core.train import Trainer, train
+from distill_core.train import Trainer, restore_schedule, train, warmup_schedule
 
 
 def _weights(run_dir):
@@ -16,12 +16,13 @@ def _weights(run_dir):
     return {n: load_file(str(last / f"{n}.safetensors")) for n in names if (last / f"{n}.safetensors").exists()}
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_equals_uninterrupted_run(tiny, ema):
-    straight = tiny("straight", run__max_steps=4, student__ema_decay=ema)
+@pytest.mark.parametrize("ema, warmup", [(0.0, 0), (0.9, 3)])
+def test_resume_equals_uninterrupted_run(tiny, ema, warmup):
+    """The resume lands mid warm-up in the second case: the LR schedule's state travels with the checkpoint."""
+    straight = tiny("straight", run__max_steps=4, student__ema_decay=ema, optim__warmup_steps=warmup)
     train(straight, progress=False, finish=False)
 
-    broken = tiny("broken", run__max_steps=2, student__ema_decay=ema)
+    broken = tiny("broken", run__max_steps=2, student__ema_decay=ema, optim__warmup_steps=warmup)
     train(broken, progress=False, finish=False)  # stops after 2 steps with a checkpoint
     broken.run.max_steps = 4
     train(broken, progress=False, finish=False)  # resumes from step 2
@@ -34,6 +35,21 @@ def test_resume_equals_uninterrupted_run(tiny, ema):
             assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs after resume"
     events = [json.loads(line) for line in (run_dir(broken) / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("resume") == 1
+
+
+def test_schedule_restored_from_its_step_alone_matches_a_stepped_one():
+    """Checkpoints written before the LR schedule was saved resume with the same learning rates."""
+    def schedule():
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return warmup_schedule(opt, 5)
+
+    stepped, restored = schedule(), schedule()
+    for _ in range(3):
+        stepped.optimizer.step()
+        stepped.step()
+    restore_schedule(restored, None, 3)
+    assert restored.optimizer.param_groups[0]["lr"] == stepped.optimizer.param_groups[0]["lr"] == 1e-3 * 4 / 5
+    assert restored.last_epoch == stepped.last_epoch
 
 
 def run_dir(cfg) -> Path:

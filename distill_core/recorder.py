@@ -1,0 +1,87 @@
+"""The run-folder side of the training loop: events, status, seed grids and the evaluation cadence.
+
+Only the main process writes a run folder, so the loop holds a ``RunRecorder``
+there and a silent ``Recorder`` on every other process; the loop itself never
+asks which process it is on for bookkeeping.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from torch import nn
+
+from .config import Config
+from .runfolder import RunFolder, atomic_write_text
+
+
+class Recorder:
+    """What the loop tells the run folder; this base records nothing (non-main processes)."""
+
+    def open(self, step: int, resumed: bool, start_info: dict) -> None: ...
+    def after_step(self, step: int, logs: dict[str, float]) -> None: ...
+    def checkpoint(self, step: int, path: str) -> None: ...
+    def close(self, state: str, step: int) -> None: ...
+
+    def requested(self, what: str) -> bool:
+        """A 'stop' or 'save' request from a UI (control files)."""
+        return False
+
+
+class RunRecorder(Recorder):
+    """Writes the run folder of the main process; samples grids and diversity at the configured steps."""
+
+    def __init__(self, cfg: Config, run: RunFolder, snapshots, network: Callable[[], nn.Module],
+                 can_sample: bool, processes: int) -> None:
+        self.cfg, self.run, self.snaps = cfg, run, snapshots
+        self.network, self.can_sample, self.processes = network, can_sample, processes
+
+    def open(self, step: int, resumed: bool, start_info: dict) -> None:
+        c, run = self.cfg, self.run
+        atomic_write_text(run.config_path, c.to_toml())
+        run.write_status("running", pid=os.getpid(), host=os.uname().nodename, step=step,
+                         max_steps=c.run.max_steps, message="", processes=self.processes)
+        if resumed:
+            run.append_event("resume", step=step)
+        else:
+            run.append_event("start", step=0, **start_info)
+        if not (run.samples / "teacher.png").exists():
+            self.snaps.teacher_grid(run.samples / "teacher.png")
+            run.append_event("grid", step=0, who="teacher", path="samples/teacher.png")
+        if not resumed:
+            self.snapshot(step, grid=True, metrics=bool(c.eval.every))
+
+    def after_step(self, step: int, logs: dict[str, float]) -> None:
+        e, last = self.cfg.eval, step == self.cfg.run.max_steps
+        if step % self.cfg.run.log_every == 0 or last:
+            self.run.append_event("step", step=step, **{k: round(v, 6) for k, v in logs.items()})
+        self.snapshot(step, grid=_due(step, e.grid_every), metrics=_due(step, e.every))
+        self.run.write_status("running", step=step)
+
+    def checkpoint(self, step: int, path: str) -> None:
+        self.run.append_event("checkpoint", step=step, path=path)
+
+    def close(self, state: str, step: int) -> None:
+        if step == self.cfg.run.max_steps and not _due(step, self.cfg.eval.grid_every):
+            self.snapshot(step, grid=True, metrics=False)  # the final grid is always drawn
+        message = "" if state == "finished" else f"stopped at step {step}; run the same command again to resume"
+        self.run.write_status(state, step=step, message=message)
+
+    def requested(self, what: str) -> bool:
+        return self.run.take_request(what)
+
+    def snapshot(self, step: int, grid: bool, metrics: bool) -> None:
+        if not self.can_sample or not (grid or metrics):  # an FSDP student only runs with every process
+            return
+        net = self.network()
+        if grid:
+            path = self.run.samples / f"step_{step:08d}.png"
+            self.snaps.student_grid(net, path, step)
+            self.run.append_event("grid", step=step, who="student", path=str(path.relative_to(self.run.root)))
+        if metrics and (m := self.snaps.student_metrics(net)):
+            self.run.append_event("eval", step=step, **m)
+
+
+def _due(step: int, every: int) -> bool:
+    """True at multiples of ``every``; 0 means never (only at the end)."""
+    return bool(every) and step % every == 0
