@@ -32,6 +32,11 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or inf (a checkpoint must never keep them)."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Flatten an optimiser state dict (keyed by index or by parameter name) into tensors plus JSON metadata."""
     sd = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer

@@ -46,6 +46,7 @@ class RunSection:
     log_every: int = 1
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "no"  # no | bf16
+    branch_from: str = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
 
 
 @dataclass

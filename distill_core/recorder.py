@@ -64,8 +64,9 @@ class RunRecorder(Recorder):
     def close(self, state: str, step: int) -> None:
         if step == self.cfg.run.max_steps and not _due(step, self.cfg.eval.grid_every):
             self.snapshot(step, grid=True, metrics=False)  # the final grid is always drawn
-        message = "" if state == "finished" else f"stopped at step {step}; run the same command again to resume"
-        self.run.write_status(state, step=step, message=message)
+        messages = {"stopped": f"stopped at step {step}; run the same command again (or Resume) to continue",
+                    "finishing": "exporting the student, evaluating it and the teacher, writing the report"}
+        self.run.write_status(state, step=step, message=messages.get(state, ""))
 
     def requested(self, what: str) -> bool:
         return self.run.take_request(what)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-STATES = ("starting", "running", "finished", "stopped", "failed")
+STATES = ("starting", "running", "finishing", "finished", "stopped", "failed")
+TRAINING_STATES = ("starting", "running")  # a trainer takes stop / save requests
+ACTIVE_STATES = (*TRAINING_STATES, "finishing")  # a process is working on the run (or died doing so)
 
 
 def _read_umask() -> int:
@@ -149,7 +151,7 @@ class RunFolder:
         """The recorded state, or 'died' when a running trainer's process is gone."""
         status = self.read_status()
         state = status.get("state", "unknown")
-        if state in ("starting", "running") and status.get("pid") and status.get("host") == os.uname().nodename:
+        if state in ACTIVE_STATES and status.get("pid") and status.get("host") == os.uname().nodename:
             if not pid_alive(int(status["pid"])):
                 return "died"
         return state

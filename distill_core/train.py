@@ -11,6 +11,8 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -33,7 +35,8 @@ from .teachers.base import cond_to
 from .train_state import is_sharded, load_network_state, load_optimizer_state, network_state, optimizer_state
 
 # Fields that may change when a run is resumed; any other difference means another run.
-RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device"}
+RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
+                     "run.branch_from", "optim.student_lr", "optim.fake_lr"}
 
 
 def make_accelerator(cfg: Config):
@@ -207,14 +210,19 @@ class Trainer:
 
     def _check(self, loss: torch.Tensor, which: str) -> None:
         if not torch.isfinite(loss):
-            last = ckpt.latest(self.run.checkpoints)
-            where = f"the last good checkpoint is {last.name}" if last else "no checkpoint was written yet"
-            msg = (f"the {which} loss became {loss.item()} at step {self.step + 1}; {where} and is kept. "
-                   "Lower optim.student_lr / optim.fake_lr or use run.mixed_precision = 'no'.")
-            raise TrainingDiverged(msg)
+            raise TrainingDiverged(self._diverged(f"the {which} loss became {loss.item()} at step {self.step + 1}"))
+
+    def _diverged(self, what: str) -> str:
+        """What went wrong, the checkpoint a resume continues from (only finite ones are written), the fix."""
+        last = ckpt.latest(self.run.checkpoints)
+        where = (f"{last.name} is the newest checkpoint and is kept" if last else "no checkpoint was written yet")
+        return (f"{what}; {where}. Lower optim.student_lr / optim.fake_lr in the config (or use "
+                "run.mixed_precision = 'no') and run the same command again: it "
+                + ("resumes from that checkpoint with the new rates." if last else "starts over."))
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def save_checkpoint(self, recorder: Recorder) -> None:
+        """Write every state to the staging folder, then mark it complete; refuses non-finite states."""
         acc = self.acc
         tmp = ckpt.staging_dir(self.run.checkpoints, self.step)
         acc.wait_for_everyone()
@@ -223,9 +231,14 @@ class Trainer:
                   "optim_fake": optimizer_state(self.fake, self.opt_f)}  # collectives: every rank takes part
         if self.ema is not None:
             states["ema"] = network_state(acc, self.ema.model)
+        files = {name: ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
+                 for name, sd in states.items()}
+        broken = [name for name, (tensors, _) in files.items() if ckpt.non_finite(tensors)] if self.is_main else []
+        if self._agree(bool(broken)):
+            raise TrainingDiverged(self._diverged(f"the {' and '.join(broken) or 'replicated'} weights became "
+                                                  f"non-finite by step {self.step}"))
         if self.is_main:
-            for name, sd in states.items():
-                tensors, meta = ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
+            for name, (tensors, meta) in files.items():
                 ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
         ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
         acc.wait_for_everyone()
@@ -250,8 +263,9 @@ class Trainer:
                                   "keep it at 0 to resume this run")
             load_network_state(acc, self.ema.model, load_file(str(ema)))
         self.step = int(state["step"])
-        for schedule, saved in zip(self.lr_schedules, state.get("lr_schedules") or [None] * 2):
-            restore_schedule(schedule, saved, self.step)
+        rates = (self.cfg.optim.student_lr, self.cfg.optim.fake_lr)  # a resume may change them
+        for schedule, saved, lr in zip(self.lr_schedules, state.get("lr_schedules") or [None] * 2, rates):
+            restore_schedule(schedule, saved, self.step, lr)
         rng = folder / f"rng_rank{acc.process_index}.safetensors"
         if rng.exists() and state.get("world_size") == acc.num_processes:
             ckpt.restore_rng(rng, self.generators)
@@ -262,19 +276,37 @@ class Trainer:
                       f"{acc.num_processes}; training continues but is not bit-identical to an unbroken run")
 
     def try_resume(self) -> bool:
-        """Resume from the newest complete checkpoint of this run folder, if there is one."""
+        """Resume from the newest complete checkpoint of this run folder (or run.branch_from's), if there is one."""
         if self.run.config_path.exists():
             old = resolve(load_config(self.run.config_path))
             diff = config_differences(old, self.cfg)
             if diff:
                 raise ConfigError(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
-                                  f"(differs in {', '.join(diff)}); choose a new run.output_dir, or delete that "
-                                  "folder to start over")
+                                  f"(differs in {', '.join(diff)}); choose a new run.output_dir (set run.branch_from "
+                                  "to one of this run's checkpoints to continue from it), or delete that folder to "
+                                  "start over")
         last = ckpt.latest(self.run.checkpoints)
+        if last is None and self.cfg.run.branch_from:
+            last = self._branch(Path(self.cfg.run.branch_from).expanduser())
         if last is None:
             return False
         self.load_checkpoint(last)
         return True
+
+    def _branch(self, source: Path) -> Path:
+        """Copy another run's checkpoint into this run: it continues from that step under this config."""
+        if not ckpt.is_complete(source):
+            raise ConfigError(f"run.branch_from {str(source)!r} is not a complete checkpoint folder; give one of "
+                              "another run's checkpoints/step_XXXXXXXX folders")
+        target = self.run.checkpoints / source.name
+        if self.is_main:
+            staging = self.run.checkpoints / f".{source.name}.branch"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            os.replace(staging, target)
+            print(f"branching from {source} (step {ckpt.read_state(source)['step']})", file=sys.stderr)
+        self.acc.wait_for_everyone()
+        return target
 
     # ---- the loop --------------------------------------------------------------------------------------
     @contextmanager
@@ -311,8 +343,11 @@ class Trainer:
         t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
         return bool(self.acc.reduce(t, reduction="sum").item() > 0)
 
-    def fit(self) -> str:
-        """Train to run.max_steps (resuming if possible); returns 'finished' or 'stopped'."""
+    def fit(self, *, finish_after: bool = False) -> str:
+        """Train to run.max_steps (resuming if possible); returns 'finished' or 'stopped'.
+
+        ``finish_after``: export, evaluation and report follow, so a completed run is recorded as 'finishing'.
+        """
         from tqdm import tqdm
 
         c = self.cfg
@@ -334,7 +369,7 @@ class Trainer:
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
                     self.save_checkpoint(recorder)
         bar.close()
-        self._close(recorder, state)
+        self._close(recorder, "finishing" if finish_after and state == "finished" else state)
         return state
 
     def _open(self) -> Recorder:
@@ -390,14 +425,15 @@ def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.La
     return torch.optim.lr_scheduler.LambdaLR(inner, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
-def restore_schedule(schedule: torch.optim.lr_scheduler.LambdaLR, saved: dict | None, step: int) -> None:
-    """Load a schedule's saved state; checkpoints from before it was saved get it from their step."""
+def restore_schedule(schedule: torch.optim.lr_scheduler.LambdaLR, saved: dict | None, step: int,
+                     base_lr: float) -> None:
+    """Continue a schedule at ``step`` with the configured base rate (checkpoints before it was saved: from the step)."""
     if saved is not None:
         schedule.load_state_dict(saved)
-        return
     schedule.last_epoch = step
-    for group, base, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
-        group["lr"] = base * factor(step)
+    schedule.base_lrs = [base_lr] * len(schedule.base_lrs)
+    for group, factor in zip(schedule.optimizer.param_groups, schedule.lr_lambdas):
+        group["initial_lr"], group["lr"] = base_lr, base_lr * factor(step)
 
 
 def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
@@ -407,8 +443,13 @@ def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
 
 def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
     """Fit a built trainer, recording a failure in the run folder; then finish the run."""
+    finish = finish and not trainer.sharded  # an FSDP student samples only with every process
     try:
-        state = trainer.fit()
+        state = trainer.fit(finish_after=finish)
+        if finish and state == "finished" and trainer.is_main:
+            from .finish import finish_run
+            finish_run(trainer)  # the recorder left the run 'finishing': a kill here reads as died
+            trainer.run.write_status("finished", message="")
     except TrainingDiverged as e:
         if trainer.is_main:
             trainer.run.write_status("failed", message=str(e))
@@ -418,12 +459,9 @@ def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
         if trainer.is_main and trainer.run.root.exists():
             trainer.run.write_status("failed", message=f"{type(e).__name__}: {e}")
         raise
-    if finish and state == "finished" and trainer.is_main and trainer.sharded:
+    if trainer.sharded and trainer.is_main and state == "finished":
         print(f"FSDP run: export and evaluate after training with `dpdmd export {trainer.run.root}` and "
               "`dpdmd evaluate` (an FSDP student samples only with every process)", file=sys.stderr)
-    elif finish and state == "finished" and trainer.is_main:
-        from .finish import finish_run
-        finish_run(trainer)
     trainer.acc.wait_for_everyone()
     return trainer.run.root
 

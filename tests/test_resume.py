@@ -47,7 +47,7 @@ def test_schedule_restored_from_its_step_alone_matches_a_stepped_one():
     for _ in range(3):
         stepped.optimizer.step()
         stepped.step()
-    restore_schedule(restored, None, 3)
+    restore_schedule(restored, None, 3, 1e-3)
     assert restored.optimizer.param_groups[0]["lr"] == stepped.optimizer.param_groups[0]["lr"] == 1e-3 * 4 / 5
     assert restored.last_epoch == stepped.last_epoch
 
@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny)
     trainer = Trainer(cfg, progress=False)
     with torch.no_grad():  # a poisoned teacher weight: its predictions, and so the losses, become NaN
         next(trainer.teacher.network.parameters()).fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="loss became nan at step 3; the last good checkpoint is step_00000002"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 3; step_00000002 is the newest checkpoint and is kept"):
         run_trainer(trainer, finish=False)
     run = RunFolder(run_dir(cfg))
     assert run.read_status()["state"] == "failed" and "step_00000002" in run.read_status()["message"]

@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from distill_core.errors import DPDMDError
+from distill_core.runfolder import TRAINING_STATES
 
 from . import compare as cmp
 from . import launcher, runs
@@ -30,7 +31,7 @@ CSS = """
 .run-status { font-size: 1.05em; line-height: 1.6; }
 .run-status progress { width: 100%; height: 14px; }
 .state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
-.state-running, .state-starting { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
+.state-running, .state-starting, .state-finishing { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
 .state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
 """
 RESUMABLE = ("stopped", "failed", "died")
@@ -186,7 +187,7 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None):
                 None, None, _report_html(None), "",
                 gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), sig)
     v = runs.view(run_dir)
-    active = v.state in launcher.ACTIVE
+    active = v.state in TRAINING_STATES
     return (choice, table, _status_html(v), _losses(v.losses), _diversity(v.diversity),
             str(v.teacher_grid) if v.teacher_grid else None, str(v.student_grid) if v.student_grid else None,
             _report_html(v.report), v.log, gr.update(interactive=active), gr.update(interactive=active),

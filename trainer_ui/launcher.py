@@ -20,13 +20,12 @@ from pathlib import Path
 import distill_core
 from distill_core.config import Config, load_config, resolve
 from distill_core.errors import ConfigError, DPDMDError
-from distill_core.runfolder import RunFolder, atomic_write_text
+from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
 
 CODE_ROOT = Path(distill_core.__file__).resolve().parent.parent  # the code the UI runs is the code it launches
 LOCK = ".launch.lock"
 LOCK_STALE_SECONDS = 120.0  # a lock this old was left by a UI that died while starting a run
 LOG = "train.log"
-ACTIVE = ("starting", "running")
 
 
 class RunBusy(DPDMDError):
@@ -86,7 +85,7 @@ def existing_run_note(cfg: Config) -> str:
 
     run = RunFolder(Path(cfg.run.output_dir))
     name, state = run.root.name, run_state(run)
-    if state in ACTIVE:
+    if state in ACTIVE_STATES:
         pid = run.read_status().get("pid")
         raise RunBusy(f"run {name!r} is already {state} (pid {pid}); watch it in the Monitor, or stop it first")
     if not run.config_path.exists():
@@ -149,7 +148,7 @@ def request(run_dir: Path, what: str) -> str:
     """Ask a running trainer to 'stop' (checkpoint, then exit) or 'save' (checkpoint now)."""
     run = RunFolder(run_dir)
     state = run_state(run)
-    if state not in ACTIVE:
+    if state not in TRAINING_STATES:
         raise RunBusy(f"run {run.root.name!r} is {state}; only a running run can be asked to {what}")
     run.request(what)
     if what == "stop":

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_core.runfolder import RunFolder
+from distill_core.runfolder import ACTIVE_STATES, RunFolder
 
-from .launcher import ACTIVE, LOG, run_state
+from .launcher import LOG, run_state
 from .paths import Roots
 
 LOSSES = {"loss_dmd": "DMD loss (student)", "loss_div": "diversity loss (first step)", "loss_fake": "fake-score loss"}
@@ -74,7 +74,7 @@ def list_runs(roots: Roots) -> list[RunSummary]:
 
 def default_run(runs: list[RunSummary]) -> str | None:
     """The run a fresh page shows: the newest active one, else the newest."""
-    pick = [r for r in runs if r.state in ACTIVE] or runs
+    pick = [r for r in runs if r.state in ACTIVE_STATES] or runs
     return pick[0].name if pick else None
 
 
@@ -109,7 +109,7 @@ class RunView:
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.sec_per_step is None or self.state not in ACTIVE:
+        if self.sec_per_step is None or self.state not in ACTIVE_STATES:
             return None
         return max(0, self.max_steps - self.step) * self.sec_per_step
 
