@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import ConfigError
+
 STATES = ("starting", "running", "finishing", "finished", "stopped", "failed")
 TRAINING_STATES = ("starting", "running")  # a trainer takes stop / save requests
 ACTIVE_STATES = (*TRAINING_STATES, "finishing")  # a process is working on the run (or died doing so)
@@ -103,8 +105,14 @@ class RunFolder:
     def report_path(self) -> Path: return self.root / "report.html"
 
     def create(self) -> None:
-        for d in (self.root, self.checkpoints, self.samples, self.control):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.root, self.checkpoints, self.samples, self.control):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"run.output_dir {str(self.root)!r} cannot be a run folder ({e.strerror}: {e.filename}); "
+                              "give a folder you can write to") from None
+        if not os.access(self.root, os.W_OK):
+            raise ConfigError(f"run.output_dir {str(self.root)!r} is not writable; give a folder you can write to")
 
     # events
     def append_event(self, kind: str, **fields: Any) -> None:

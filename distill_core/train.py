@@ -105,6 +105,7 @@ class Trainer:
         self.generators = {"data": torch.Generator(), "noise": torch.Generator()}
         self._seed_generators(self.acc.process_index, 0)
         self.step = 0
+        self.opened = False  # the run folder records this process's attempt (a refused start leaves it alone)
 
     def _trainable_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The student and the fake score: copies of the teacher (LoRA-wrapped when student.lora_rank)."""
@@ -387,6 +388,7 @@ class Trainer:
         extractor = load_extractor(c.eval.features) if c.eval.features else None
         recorder = RunRecorder(c, self.run, Snapshots(c, self.teacher, extractor, self.acc.device),
                                self.sampling_student, can_sample=not self.sharded, processes=self.acc.num_processes)
+        self.opened = True
         recorder.open(self.step, resumed, {
             "teacher": self.teacher.describe(), "method": c.method.name, "student_levels": self.student_levels,
             "anchor_level": self.teacher_levels[c.method.anchor_step]})
@@ -456,7 +458,7 @@ def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
             trainer.run.append_event("failed", step=trainer.step, message=str(e))
         raise
     except BaseException as e:
-        if trainer.is_main and trainer.run.root.exists():
+        if trainer.is_main and trainer.opened:
             trainer.run.write_status("failed", message=f"{type(e).__name__}: {e}")
         raise
     if trainer.sharded and trainer.is_main and state == "finished":

@@ -88,3 +88,26 @@ def test_a_run_killed_while_finishing_shows_died_and_train_again_completes_it(tm
     train(tiny_config(out, run__max_steps=2), progress=False)
     assert run.read_status()["state"] == "finished"
     assert run.student_path.exists() and run.metrics_path.exists() and run.report_path.exists()
+
+
+def test_a_refused_start_leaves_the_finished_runs_status_alone(tiny):
+    from distill_core.errors import ConfigError
+
+    cfg = tiny(run__max_steps=2)
+    train(cfg, progress=False, finish=False)
+    run = RunFolder(Path(cfg.run.output_dir))
+    before = run.status_path.read_text()
+    cfg.method.diversity_weight = 0.5  # another run in the same folder
+    with pytest.raises(ConfigError, match="differs in method.diversity_weight"):
+        train(cfg, progress=False, finish=False)
+    assert run.status_path.read_text() == before
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_output_dir_that_cannot_be_a_folder_names_the_field(tiny, tmp_path, where):
+    from distill_core.errors import ConfigError
+
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "a file" else tmp_path / "f" / "run"
+    with pytest.raises(ConfigError, match="run.output_dir .* cannot be a run folder"):
+        train(tiny(run__output_dir=str(out)), progress=False, finish=False)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -37,9 +37,13 @@ def load_builtin_weights(path: Path) -> tuple[dict, dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"built-in teacher weights {str(path)!r} are missing; rebuild them with `{REBUILD}`")
     verify_shipped(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return load_file(str(path)), meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"teacher.path {str(path)!r} is not a safetensors file of the built-in teacher ({e}); "
+                              "leave teacher.path empty for the shipped weights") from None
 
 
 class BuiltinTeacher(Teacher):
@@ -54,7 +58,11 @@ class BuiltinTeacher(Teacher):
         state, meta = load_builtin_weights(self.path)
         self._config = json.loads(meta["config"]) if "config" in meta else None
         net = build_teacher_network(self._config)
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"teacher.path {str(self.path)!r} holds other weights than the built-in teacher's "
+                                  f"({str(e).splitlines()[0]}); leave teacher.path empty for the shipped ones") from None
         if dtype != torch.float32:
             net = net.to(dtype)
         super().__init__(net, FlowSchedule(shift=1.0 if shift is None else shift))
