@@ -33,7 +33,7 @@ from distill_core.demo import demo_config  # noqa: E402
 from distill_core.evaluate import DigitsExtractor  # noqa: E402
 from distill_core.finish import measure, seconds_per_image  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
-from distill_core.snapshots import grid_image  # noqa: E402
+from distill_core.grids import seed_grid  # noqa: E402
 from distill_core.train import Trainer  # noqa: E402
 
 METHODS = ("dmd", "dpdmd", "no_detach")
@@ -97,7 +97,7 @@ class Bench:
         lat = sample_grid(trainer.teacher, net, prompts, seeds, levels, guidance)
         title = f"{LABEL.get(name.split('_s')[0], name)}: {len(levels) - 1} steps" + (
             f", CFG {guidance:g}" if guidance != 1 else "")
-        grid_image(trainer.teacher, lat, prompts, seeds, title).save(self.work / "grids" / f"{name}.png")
+        seed_grid(trainer.teacher.decode(lat), prompts, seeds, title).save(self.work / "grids" / f"{name}.png")
 
     def measure_teacher(self, teacher) -> dict:
         c = self.eval_cfg

@@ -92,17 +92,15 @@ def _teacher_for(student: Path, teacher_path: str):
 
 def _cmd_sample(args) -> None:
     from .export import load_student
-    from .grids import tile
+    from .grids import seed_grid
     from .sampling import sample_grid
 
     teacher, _ = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     lat = sample_grid(teacher, net, args.prompt, seeds, info.levels, device=_device())
-    images = teacher.decode(lat)
-    cell = 48 if images.shape[-1] <= 32 else None
-    tile(images, len(seeds), cell=cell, row_labels=args.prompt, col_labels=[f"seed {s}" for s in seeds],
-         title=f"{info.title}: {info.num_steps} steps").save(args.out)
+    seed_grid(teacher.decode(lat), args.prompt, seeds, f"{info.title}: {info.num_steps} steps",
+              max_cell=None).save(args.out)
     print(f"wrote {args.out} ({len(args.prompt)} prompts x {len(seeds)} seeds, {info.num_steps} steps)")
 
 

@@ -13,6 +13,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
+def seed_grid(images: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int], title: str, *,
+              max_cell: int | None = 256) -> Image.Image:
+    """Prompts down, seeds across: (len(prompts) * len(seeds), 3, H, W) images.
+
+    Tiny images are enlarged to be seen; large ones shrink to ``max_cell`` (None: full size).
+    """
+    w = images.shape[-1]
+    cell = 48 if w <= 32 else (min(max_cell, w) if max_cell else None)
+    return tile(images, len(seeds), cell=cell, row_labels=prompts, col_labels=[f"seed {s}" for s in seeds],
+                title=title)
+
+
 def tile(images: torch.Tensor, cols: int, *, cell: int | None = None, pad: int = 2,
          row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
          title: str | None = None) -> Image.Image:

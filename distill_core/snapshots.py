@@ -8,16 +8,9 @@ from torch import nn
 
 from .config import Config
 from .evaluate import FeatureExtractor, evaluate_images
-from .grids import tile
+from .grids import seed_grid
 from .sampling import sample_grid
 from .teachers.base import Teacher
-
-
-def grid_image(teacher: Teacher, latents: torch.Tensor, prompts: list[str], seeds: list[int], title: str):
-    images = teacher.decode(latents)
-    cell = 48 if images.shape[-1] <= 32 else min(256, images.shape[-1])
-    return tile(images, len(seeds), cell=cell, row_labels=prompts, col_labels=[f"seed {s}" for s in seeds],
-                title=title)
 
 
 class Snapshots:
@@ -41,12 +34,12 @@ class Snapshots:
         lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
                           self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device)
         title = f"teacher: {self.cfg.teacher.num_steps} steps, CFG {self.cfg.teacher.guidance_scale:g}"
-        grid_image(self.teacher, lat, self.grid_prompts, self.grid_seeds, title).save(path)
+        seed_grid(self.teacher.decode(lat), self.grid_prompts, self.grid_seeds, title).save(path)
 
     def student_grid(self, net: nn.Module, path: Path, step: int) -> None:
         lat = self._student(net, self.grid_prompts, self.grid_seeds)
         title = f"student: {self.cfg.student.num_steps} steps, step {step}"
-        grid_image(self.teacher, lat, self.grid_prompts, self.grid_seeds, title).save(path)
+        seed_grid(self.teacher.decode(lat), self.grid_prompts, self.grid_seeds, title).save(path)
 
     def student_metrics(self, net: nn.Module) -> dict:
         """Diversity (Eq. 9) of the student on the eval prompts x R seeds."""

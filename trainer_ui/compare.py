@@ -76,10 +76,10 @@ def _run_eval(metrics: dict, who: str) -> dict:
 def _panel(label: str, title: str, teacher, net, prompts, seeds, levels, guidance, extractor, device,
            numbers: dict) -> Panel:
     from distill_core.sampling import sample_grid
-    from distill_core.snapshots import grid_image
+    from distill_core.grids import seed_grid
 
     latents = sample_grid(teacher, net, prompts, seeds, levels, guidance, device=device)
-    image = grid_image(teacher, latents, prompts, seeds, title)
+    image = seed_grid(teacher.decode(latents), prompts, seeds, title)
     numbers = {"model": label, **numbers, **_measure(teacher, teacher.decode(latents), prompts, seeds, extractor)}
     return Panel(label, image, numbers)
 
