@@ -233,14 +233,13 @@ class Trainer:
         if self.ema is not None:
             states["ema"] = network_state(acc, self.ema.model)
         files = {name: ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
-                 for name, sd in states.items()}
-        broken = [name for name, (tensors, _) in files.items() if ckpt.non_finite(tensors)] if self.is_main else []
+                 for name, sd in states.items()} if self.is_main else {}  # full states live on the main process
+        broken = [name for name, (tensors, _) in files.items() if ckpt.non_finite(tensors)]
         if self._agree(bool(broken)):
             raise TrainingDiverged(self._diverged(f"the {' and '.join(broken) or 'replicated'} weights became "
                                                   f"non-finite by step {self.step}"))
-        if self.is_main:
-            for name, (tensors, meta) in files.items():
-                ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
+        for name, (tensors, meta) in files.items():
+            ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
         ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
         acc.wait_for_everyone()
         if self.is_main:
