@@ -107,7 +107,8 @@ def test_an_sd3_teacher_must_be_an_existing_folder_inside_the_roots(settings, tm
     models = tmp_path / "models"
     (models / "sd3").mkdir(parents=True)
     sd3 = replace(tiny_form("w1"), family="sd3", prompts="a photo of a cat")
-    assert build_config(replace(sd3, teacher_path=str(models / "sd3")), settings.roots).teacher.path == str(models / "sd3")
+    cfg = build_config(replace(sd3, teacher_path=str(models / "sd3")), settings.roots)
+    assert cfg.teacher.path == str(models / "sd3")
     for folder, expected in ((models / "missing", "does not exist"), (tmp_path, "outside the folders")):
         message = app.check(settings, *values(replace(sd3, teacher_path=str(folder)))).message
         assert message.startswith("**Refused:**") and expected in message, message
@@ -161,7 +162,8 @@ def test_start_monitor_save_stop(settings):
     assert ckpt.read_state(ckpt.latest(run.checkpoints))["step"] == status["step"] < 500  # graceful: checkpointed
     view = app.refresh(settings, "live", None)
     assert view.resume["interactive"] and not view.stop["interactive"]
-    assert all(out == gr.skip() for out in app.refresh(settings, "live", view.signature))  # nothing changed: nothing sent
+    unchanged = app.refresh(settings, "live", view.signature)
+    assert all(out == gr.skip() for out in unchanged)  # nothing changed: nothing sent
     assert app.control(settings, "stop", "live").startswith("**Refused:**")  # not running any more
 
 

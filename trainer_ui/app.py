@@ -440,8 +440,8 @@ def build_app(settings: Settings) -> gr.Blocks:
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 compare_names = _compare_page(settings, cache)
-        start_btn.click(partial(start, settings), inputs,
-                        _wired(StartView._fields, message=message, config_toml=preview, tabs=tabs, run_choice=run_select),
+        started = _wired(StartView._fields, message=message, config_toml=preview, tabs=tabs, run_choice=run_select)
+        start_btn.click(partial(start, settings), inputs, started,
                         trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
         demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
