@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from distill_core.student_file import read_student_info
 from distill_core.teachers import load_teacher
 from distill_core.teachers.diffusers_teachers import DiffusersTeacher
 from distill_core.train import Trainer
+from ports import free_port
 from tiny_diffusers import build_tiny_dino, tiny_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,12 +304,6 @@ def test_appendix_c_x0_target_by_hand(folders, tmp_path):
 
 
 # ---- several processes ----------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_training_on_cpu(folders, tmp_path):
     """accelerate launch --multi_gpu --num_processes 2 on a CPU machine runs MULTI_CPU over gloo."""
     cfg = tiny_run_config("sd3", folders["sd3"], tmp_path / "run", data__batch_size=1)

@@ -11,6 +11,7 @@ import sys
 import tomllib
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -18,11 +19,11 @@ import pytest
 from ui_support import REPO, copy_run, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core import checkpoint as ckpt
-from distill_core.config import loads_config, resolve
+from distill_core.config import Config, loads_config, resolve
 from distill_core.runfolder import RunFolder
 from trainer_ui import app, launcher, runs
 from trainer_ui.paths import PathRefused, Roots
-from trainer_ui.wizard import PRESETS, WizardForm, build_config
+from trainer_ui.wizard import PRESETS, build_config
 
 
 @pytest.fixture
@@ -42,6 +43,11 @@ def test_typed_paths_outside_the_roots_are_refused(tmp_path):
     for bad in ("/etc/passwd", str(tmp_path / "runs" / ".." / "secret"), "~"):
         with pytest.raises(PathRefused, match="outside the folders this UI may read"):
             roots.inside(bad, "prompts file")
+
+
+def test_run_names_are_plain_folder_names_in_the_runs_folder(tmp_path):
+    roots = Roots(tmp_path / "runs", [tmp_path / "models"])
+    (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "escape").symlink_to(tmp_path)  # a symlink out of the runs folder
     for bad in ("../x", "a/b", "", ".", "..", "/abs", "escape", "x" * 101):
         with pytest.raises(PathRefused):
@@ -50,48 +56,76 @@ def test_typed_paths_outside_the_roots_are_refused(tmp_path):
 
 
 # ---- wizard --------------------------------------------------------------------------------------------
-def test_wizard_shows_the_exact_config_and_the_cores_messages(settings, tmp_path):
-    form = tiny_form("w1", method__diversity_weight=0.08)
-    toml_text, msg = app.check(settings, *values(form))
-    assert msg.startswith("Ready"), msg
-    cfg = loads_config(toml_text)
-    assert resolve(cfg).to_toml() == toml_text  # resolved already: what the trainer will record
-    assert cfg.method.anchor_step == 3 and cfg.method.diversity_weight == 0.08 and cfg.teacher.num_steps == 8
-    assert cfg.run.output_dir == str(settings.roots.runs / "w1") and cfg.eval.seeds == 3
-    assert len(cfg.data.prompts) == 10  # built-in teacher, no prompts typed: all ten digits
+def test_check_shows_the_resolved_config_that_will_run(settings):
+    view = app.check(settings, *values(tiny_form("w1", method__diversity_weight=0.08)))
+    assert view.message.startswith("Ready"), view.message
+    cfg = loads_config(view.config_toml)
+    assert resolve(cfg).to_toml() == view.config_toml  # resolved already: what the trainer will record
+    assert (cfg.method.anchor_step, cfg.method.diversity_weight, cfg.teacher.num_steps) == (3, 0.08, 8)
+    assert cfg.run.output_dir == str(settings.roots.runs / "w1")
 
-    def refused(**changes) -> str:
-        toml_out, message = app.check(settings, *values(WizardForm(**{**vars(form), **changes})))
-        assert toml_out == "" and message.startswith("**Refused:**"), message
-        return message
 
-    assert "method.anchor_step (k) = 8" in refused(anchor_step=8)  # k must stay below the teacher's steps
-    assert "did you mean &#x27;seeds&#x27;" in refused(extra_toml="[eval]\nsedes = 3")
-    assert "names no digit" in refused(prompts="a photo of a cat")
-    assert "outside the folders" in refused(prompts_file="/etc/hostname")
-    assert "outside the folders" in refused(extra_toml='[teacher]\npath = "/etc"')
-    assert "run.output_dir cannot be set" in refused(extra_toml='[run]\noutput_dir = "/tmp/x"')
-    assert "not a plain folder name" in refused(run_name="../elsewhere")
-    assert "iterations is empty" in refused(max_steps=None)
+def test_the_advanced_box_sets_fields_the_form_does_not_show(settings):
+    cfg = loads_config(app.check(settings, *values(tiny_form("w1", eval__seeds=5))).config_toml)
+    assert cfg.eval.seeds == 5 != Config().eval.seeds
 
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "prompts.txt").write_text("# digits\nseven\na handwritten 3\n")
-    cfg = build_config(WizardForm(**{**vars(form), "prompts_file": str(models / "prompts.txt")}), settings.roots)
+
+def test_no_typed_prompts_means_all_ten_digits_for_the_builtin_teacher(settings):
+    form = tiny_form("w1")
+    assert form.prompts == "" and len(build_config(form, settings.roots).data.prompts) == 10
+
+
+REFUSALS = {  # a change to a valid form -> what the core's refusal says
+    "k not below the teacher's steps": ({"anchor_step": 8}, "method.anchor_step (k) = 8"),
+    "a misspelt advanced field": ({"extra_toml": "[eval]\nsedes = 3"}, "did you mean &#x27;seeds&#x27;"),
+    "a prompt naming no digit": ({"prompts": "a photo of a cat"}, "names no digit"),
+    "a prompts file outside the roots": ({"prompts_file": "/etc/hostname"}, "outside the folders"),
+    "a teacher path outside the roots": ({"extra_toml": '[teacher]\npath = "/etc"'}, "outside the folders"),
+    "an output folder in the advanced box": ({"extra_toml": '[run]\noutput_dir = "/tmp/x"'},
+                                             "run.output_dir cannot be set"),
+    "a run name that is a path": ({"run_name": "../elsewhere"}, "not a plain folder name"),
+    "an emptied number": ({"max_steps": None}, "iterations is empty"),
+}
+
+
+@pytest.mark.parametrize("changes, expected", REFUSALS.values(), ids=REFUSALS.keys())
+def test_check_refuses_bad_input_with_the_cores_message(settings, changes, expected):
+    view = app.check(settings, *values(replace(tiny_form("w1"), **changes)))
+    assert view.config_toml == "" and view.message.startswith("**Refused:**"), view.message
+    assert expected in view.message
+
+
+def test_a_prompts_file_is_read_without_its_comments(settings, tmp_path):
+    prompts = tmp_path / "models" / "prompts.txt"
+    prompts.parent.mkdir()
+    prompts.write_text("# digits\nseven\na handwritten 3\n")
+    cfg = build_config(replace(tiny_form("w1"), prompts_file=str(prompts)), settings.roots)
     assert cfg.data.prompts == ["seven", "a handwritten 3"] and cfg.data.prompts_file == ""
 
-    sd3_folder = models / "sd3"
-    sd3_folder.mkdir()
-    sd3 = WizardForm(**{**vars(form), "family": "sd3", "teacher_path": str(sd3_folder), "prompts": "a photo of a cat"})
-    assert build_config(sd3, settings.roots).teacher.path == str(sd3_folder)
-    assert "does not exist" in refused(family="sd3", teacher_path=str(models / "missing"), prompts="a cat")
-    assert "outside the folders" in refused(family="sd3", teacher_path=str(tmp_path), prompts="a cat")
 
-    big = build_config(WizardForm(**{**vars(form), "memory": "24 GB"}), settings.roots)
-    assert (big.run.mixed_precision, big.student.gradient_checkpointing, big.method.backprop) == ("bf16", True,
+def test_an_sd3_teacher_must_be_an_existing_folder_inside_the_roots(settings, tmp_path):
+    models = tmp_path / "models"
+    (models / "sd3").mkdir(parents=True)
+    sd3 = replace(tiny_form("w1"), family="sd3", prompts="a photo of a cat")
+    cfg = build_config(replace(sd3, teacher_path=str(models / "sd3")), settings.roots)
+    assert cfg.teacher.path == str(models / "sd3")
+    for folder, expected in ((models / "missing", "does not exist"), (tmp_path, "outside the folders")):
+        message = app.check(settings, *values(replace(sd3, teacher_path=str(folder)))).message
+        assert message.startswith("**Refused:**") and expected in message, message
+
+
+def test_the_24gb_preset_sets_bf16_checkpointing_and_one_step_backprop(settings):
+    cfg = build_config(replace(tiny_form("w1"), memory="24 GB"), settings.roots)
+    assert (cfg.run.mixed_precision, cfg.student.gradient_checkpointing, cfg.method.backprop) == ("bf16", True,
                                                                                                    "one_step")
-    dmd = build_config(WizardForm(**{**vars(form), "memory": "24 GB", "method": "dmd"}), settings.roots)
-    assert dmd.method.backprop == "all" and dmd.lam == 0.0  # one-step needs the detach (Trainer refuses it)
+
+
+def test_a_preset_leaves_backprop_alone_without_the_detach(settings):
+    cfg = build_config(replace(tiny_form("w1"), memory="24 GB", method="dmd"), settings.roots)
+    assert cfg.method.backprop == "all" and cfg.lam == 0.0  # one-step needs the detach (Trainer refuses it)
+
+
+def test_the_wizard_offers_the_four_memory_tiers():
     assert set(PRESETS) == {"CPU / tiny", "24 GB", "48 GB", "80 GB"}
 
 
@@ -99,26 +133,26 @@ def test_wizard_shows_the_exact_config_and_the_cores_messages(settings, tmp_path
 def test_start_monitor_save_stop(settings):
     form = tiny_form("live", run__max_steps=500, run__checkpoint_every=100, eval__grid_every=2, eval__every=2)
     run = RunFolder(settings.roots.runs / "live")
-    msg, toml_text, _, choice = app.start(settings, *values(form))
-    assert msg.startswith("Started **live**"), msg
-    assert choice["value"] == "live" and (run.root / "config.toml").read_text() == toml_text
-    again = app.start(settings, *values(form))[0]  # a second click while the first run is starting
+    started = app.start(settings, *values(form))
+    assert started.message.startswith("Started **live**"), started.message
+    assert started.run_choice["value"] == "live" and (run.root / "config.toml").read_text() == started.config_toml
+    again = app.start(settings, *values(form)).message  # a second click while the first run is starting
     assert again.startswith("**Refused:**") and "already starting" in again, again
     assert runs.list_runs(settings.roots)[0].state in ("starting", "running")
 
     log = run.root / "train.log"
     wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
              "two diversity evaluations", log)
-    (choice, table, status, losses, diversity, teacher_img, student_img, report, log_text, stop_btn, save_btn,
-     resume_btn, sig) = app.refresh(settings, None, None)  # a fresh page: picks the running run itself
-    assert choice["value"] == "live" and table[0][:2] == ["live", "running"]
-    assert "state-running" in status and "s/step" in status
-    losses, diversity = losses.dropna(), diversity.dropna()  # (a series without data has a NaN placeholder)
+    view = app.refresh(settings, None, None)  # a fresh page: picks the running run itself
+    row = dict(zip(runs.SUMMARY_HEADERS, view.runs_table[0]))
+    assert view.run_choice["value"] == "live" and (row["run"], row["state"]) == ("live", "running")
+    assert "state-running" in view.status and "s/step" in view.status
+    losses, diversity = view.losses.dropna(), view.diversity.dropna()  # (a series without data: a NaN placeholder)
     assert set(losses["series"]) == set(runs.LOSSES.values()) and losses["step"].max() >= 2
     assert list(diversity["who"]).count("student") >= 2
-    assert Path(teacher_img).name == "teacher.png" and Path(student_img).name.startswith("step_")
-    assert stop_btn["interactive"] and save_btn["interactive"] and not resume_btn["interactive"]
-    assert "trainer UI:" in log_text or "distilling" in log_text
+    assert Path(view.teacher_grid).name == "teacher.png" and Path(view.student_grid).name.startswith("step_")
+    assert view.stop["interactive"] and view.save["interactive"] and not view.resume["interactive"]
+    assert "trainer UI:" in view.log or "distilling" in view.log
 
     assert "checkpoint" in app.control(settings, "save", "live")
     wait_for(lambda: any(e.get("event") == "checkpoint" for e in run.read_events()), 120, "the saved checkpoint", log)
@@ -126,9 +160,10 @@ def test_start_monitor_save_stop(settings):
     wait_for(lambda: run.effective_state() == "stopped", 120, "the run to stop", log)
     status = run.read_status()
     assert ckpt.read_state(ckpt.latest(run.checkpoints))["step"] == status["step"] < 500  # graceful: checkpointed
-    *_, stop_btn, save_btn, resume_btn, sig = app.refresh(settings, "live", None)
-    assert resume_btn["interactive"] and not stop_btn["interactive"]
-    assert all(out == gr.skip() for out in app.refresh(settings, "live", sig))  # nothing changed: nothing sent
+    view = app.refresh(settings, "live", None)
+    assert view.resume["interactive"] and not view.stop["interactive"]
+    unchanged = app.refresh(settings, "live", view.signature)
+    assert all(out == gr.skip() for out in unchanged)  # nothing changed: nothing sent
     assert app.control(settings, "stop", "live").startswith("**Refused:**")  # not running any more
 
 
@@ -137,30 +172,46 @@ def test_start_refuses_an_existing_run_with_another_config(settings):
     run.mkdir()
     cfg = build_config(tiny_form("taken"), settings.roots)
     (run / "config.toml").write_text(cfg.to_toml().replace("anchor_step = 3", "anchor_step = 4"))
-    msg = app.start(settings, *values(tiny_form("taken")))[0]
+    msg = app.start(settings, *values(tiny_form("taken"))).message
     assert msg.startswith("**Refused:**") and "method.anchor_step" in msg and not (run / "status.json").exists()
     with launcher.launch_lock(run):  # another start in progress
-        assert "being started right now" in app.start(settings, *values(tiny_form("taken")))[0]
+        assert "being started right now" in app.start(settings, *values(tiny_form("taken"))).message
 
 
-# ---- compare -------------------------------------------------------------------------------------------
+# ---- a finished run, compare ---------------------------------------------------------------------------
+def test_monitor_shows_a_finished_runs_evaluation_and_report(settings, tmp_path_factory):
+    copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
+    view = app.refresh(settings, "done-dpdmd", None)
+    assert "state-finished" in view.status and "final evaluation: diversity" in view.status
+    assert "gradio_api/file=" in view.report and "report.html" in view.report
+
+
+def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
+    done = [copy_run(p, settings.roots.runs) for p in finished_runs(tmp_path_factory).values()]
+    (settings.roots.runs / "unfinished").mkdir()
+    (settings.roots.runs / "unfinished" / "config.toml").write_text((done[0] / "config.toml").read_text())
+    assert {r.name for r in runs.list_runs(settings.roots)} == {d.name for d in done} | {"unfinished"}
+    assert set(app.compare_choices(settings)["choices"]) == {d.name for d in done}
+
+
 def test_compare_samples_each_student_and_the_teacher(settings, tmp_path_factory):
-    done = {m: copy_run(p, settings.roots.runs) for m, p in finished_runs(tmp_path_factory).items()}
-    assert set(app.compare_choices(settings)["choices"]) == {d.name for d in done.values()}
-    monitor = app.refresh(settings, "done-dpdmd", None)  # a finished run: final numbers and the report
-    assert "state-finished" in monitor[2] and "final evaluation: diversity" in monitor[2]
-    assert "gradio_api/file=" in monitor[7] and "report.html" in monitor[7]
-    gallery, table, msg = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd", "done-dmd"], True, "", 4, 0,
-                                          progress=lambda *a, **k: None)
-    assert [label for _, label in gallery] == ["teacher", "done-dpdmd", "done-dmd"], msg
-    assert list(table["method"]) == ["teacher", "dpdmd", "dmd"]
-    assert table["diversity (these samples)"].between(0, 1).all()
-    assert table.loc[1, "diversity (run eval)"] != ""  # the run's metrics.json is shown next to it
-    width = {img.size for img, _ in gallery}
-    assert len(width) == 1  # same prompts x seeds for every model
-    refused = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd"], False, "a cat", 4, 0,
-                              progress=lambda *a, **k: None)[2]
-    assert refused.startswith("**Refused:**") and "names no digit" in refused
+    for src in finished_runs(tmp_path_factory).values():
+        copy_run(src, settings.roots.runs)
+    view = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd", "done-dmd"], True, "", 4, 0,
+                           progress=lambda *a, **k: None)
+    assert [label for _, label in view.gallery] == ["teacher", "done-dpdmd", "done-dmd"], view.message
+    assert list(view.table["method"]) == ["teacher", "dpdmd", "dmd"]
+    assert view.table["diversity (these samples)"].between(0, 1).all()
+    assert view.table.loc[1, "diversity (run eval)"] != ""  # the run's metrics.json is shown next to it
+    assert len({img.size for img, _ in view.gallery}) == 1  # same prompts x seeds for every model
+
+
+def test_compare_refuses_prompts_the_teacher_cannot_draw(settings, tmp_path_factory):
+    copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
+    view = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd"], False, "a cat", 4, 0,
+                           progress=lambda *a, **k: None)
+    assert view.message.startswith("**Refused:**") and "names no digit" in view.message
+    assert view.gallery == gr.skip() and view.table == gr.skip()  # the last grids stay on the page
 
 
 # ---- serving and the command line ----------------------------------------------------------------------
@@ -187,20 +238,31 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
         demo.close()
 
 
-def test_dpdmd_ui_subcommand_and_lazy_import():
-    from trainer_ui.cli import build_parser, parse_auth
+def test_the_ui_serves_this_machine_only_without_a_login_by_default():
+    from trainer_ui.cli import build_parser
 
     args = build_parser().parse_args([])
     assert (args.host, args.share, args.auth, args.runs_dir) == ("127.0.0.1", False, None, "runs")
+
+
+def test_a_login_is_split_at_its_first_colon():
+    from trainer_ui.cli import parse_auth
+
     assert parse_auth("me:secret:with:colons") == ("me", "secret:with:colons")
     with pytest.raises(SystemExit):
         parse_auth("no-colon")
+
+
+def test_dpdmd_ui_help_does_not_import_gradio():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     code = ("import sys, distill_core.cli as c; assert 'gradio' not in sys.modules; "
             "sys.exit(c.main(['ui', '--help']))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--runs-dir" in out.stdout and "--allowed-root" in out.stdout and "--share" in out.stdout
+
+
+def test_the_trainer_ui_is_packaged():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "trainer_ui*" in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
 
@@ -211,15 +273,15 @@ def test_a_run_that_dies_at_startup_shows_why(settings):
     not_a_teacher.mkdir()
     form = tiny_form("doomed")
     form.family, form.teacher_path, form.prompts = "sd3", str(not_a_teacher), "a photo of a cat"
-    assert app.start(settings, *values(form))[0].startswith("Started")
+    assert app.start(settings, *values(form)).message.startswith("Started")
     run = RunFolder(settings.roots.runs / "doomed")
     wait_for(lambda: runs.run_state(run) == "died", 120, "the state 'died'", run.root / "train.log")
-    status, resume_btn = app.refresh(settings, "doomed", None)[2], app.refresh(settings, "doomed", None)[11]
-    assert "state-died" in status and "model_index.json" in status and resume_btn["interactive"]
+    view = app.refresh(settings, "doomed", None)
+    assert "state-died" in view.status and "model_index.json" in view.status and view.resume["interactive"]
 
 
 def test_wizard_refuses_one_step_backprop_without_the_detach(settings):
     form = tiny_form("refused", method__name="no_detach")
     form.extra_toml += '\n[method]\nbackprop = "one_step"\n'
-    message = app.start(settings, *values(form))[0]
+    message = app.start(settings, *values(form)).message
     assert "method.backprop" in message and not (settings.roots.runs / "refused" / "config.toml").exists()

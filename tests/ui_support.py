@@ -5,7 +5,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import tiny_config
+from ports import free_port
 
 from distill_core.config import dumps_toml
 from distill_core.runfolder import RunFolder, pid_alive
@@ -92,12 +92,6 @@ def stop_trainers(runs_dir: Path, timeout: float = 30.0) -> None:
             time.sleep(0.2)
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class UIProcess:

@@ -1,16 +1,21 @@
 """The Gradio app: Wizard, Monitor and Compare pages wired to the UI's plain-Python modules.
 
 Handlers are module-level functions taking the app's Settings first, so tests
-call exactly what the page calls. Training never runs in this process: Start
-launches it, and the Monitor re-reads run folders on a timer.
+call exactly what the page calls. A handler with several outputs returns a
+NamedTuple whose field names are also the names its output components are wired
+by (``_wired``), so neither a test nor the page depends on positions. Training
+never runs in this process: Start launches it, and the Monitor re-reads run
+folders on a timer.
 """
 from __future__ import annotations
 
 import html
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import gradio as gr
 import pandas as pd
@@ -48,42 +53,74 @@ def _refused(e: Exception) -> str:
     return f"**Refused:** {html.escape(str(e))}"
 
 
+def _wired(names: Sequence[str], **components: Any) -> list:
+    """The components in the order of ``names`` (a handler result's or the form's fields), matched by name."""
+    if set(components) != set(names):
+        raise TypeError(f"components {sorted(components)} do not match the fields {sorted(names)}")
+    return [components[name] for name in names]
+
+
 # ---- Wizard -------------------------------------------------------------------------------------------
-def check(settings: Settings, *values) -> tuple[str, str]:
-    """(the TOML that will run, a message): the core's resolve() and error messages, unchanged."""
+class CheckView(NamedTuple):
+    """What Check shows: the TOML that will run ('' when refused) and the core's message."""
+    config_toml: str
+    message: str
+
+
+class StartView(NamedTuple):
+    """What Start shows; the last three are gr.skip() when the start is refused."""
+    message: str
+    config_toml: Any
+    tabs: Any  # the Monitor tab, selected
+    run_choice: Any  # the Monitor's run dropdown, on the new run
+
+
+class FamilyDefaults(NamedTuple):
+    """The form fields a teacher family sets when it is chosen."""
+    teacher_path: Any  # shown for the diffusers families only
+    guidance_scale: float
+    teacher_steps: int
+    batch_size: int
+    memory: str
+
+
+def check(settings: Settings, *values) -> CheckView:
+    """The TOML that will run and a message: the core's resolve() and error messages, unchanged."""
     form = WizardForm(*values)
     try:
         cfg = build_config(form, settings.roots)
         note = launcher.existing_run_note(cfg)
     except DPDMDError as e:
-        return "", _refused(e)
+        return CheckView("", _refused(e))
     lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
-    return cfg.to_toml(), msg + (f"  \n{note}" if note else "")
+    return CheckView(cfg.to_toml(), msg + (f"  \n{note}" if note else ""))
 
 
-def start(settings: Settings, *values):
-    """Start the run the form describes; outputs (message, TOML, tabs, monitor's run choice)."""
+def start(settings: Settings, *values) -> StartView:
+    """Start the run the form describes, and switch to the Monitor on it."""
     form = WizardForm(*values)
     try:
         cfg = build_config(form, settings.roots)
         started = launcher.start(cfg)
     except DPDMDError as e:
-        return _refused(e), gr.skip(), gr.skip(), gr.skip()
+        return StartView(_refused(e), gr.skip(), gr.skip(), gr.skip())
     config = started.run_dir / "config.toml"
     msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
            f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
     if started.note:
         msg += f"  \n{started.note}"
     names = [r.name for r in runs.list_runs(settings.roots)]
-    return msg, cfg.to_toml(), gr.Tabs(selected="monitor"), gr.update(choices=names, value=started.run_dir.name)
+    return StartView(msg, cfg.to_toml(), gr.Tabs(selected="monitor"),
+                     gr.update(choices=names, value=started.run_dir.name))
 
 
-def on_family(family: str):
+def on_family(family: str) -> FamilyDefaults:
     f = default_form(family)
-    return (gr.update(visible=family != "builtin"), f.guidance_scale, f.teacher_steps, f.batch_size, f.memory)
+    return FamilyDefaults(gr.update(visible=family != "builtin"), f.guidance_scale, f.teacher_steps, f.batch_size,
+                          f.memory)
 
 
 def on_method(method: str):
@@ -109,7 +146,25 @@ def preset_note(memory: str, method: str) -> str:
 
 
 # ---- Monitor -------------------------------------------------------------------------------------------
-MONITOR_OUTPUTS = 13  # the number of values refresh() returns
+class MonitorView(NamedTuple):
+    """Everything the Monitor shows (gr.skip() in a field leaves that component as it is)."""
+    run_choice: Any  # the run dropdown: every run, the shown one selected
+    runs_table: Any  # list of RunSummary.row()
+    status: Any  # HTML
+    losses: Any  # pd.DataFrame for the loss plot
+    diversity: Any  # pd.DataFrame for the diversity plot
+    teacher_grid: Any  # image path or None
+    student_grid: Any
+    report: Any  # HTML
+    log: Any  # train.log's last lines
+    stop: Any  # the buttons' interactive updates
+    save: Any
+    resume: Any
+    signature: Any  # what refresh() compares to skip an unchanged page
+
+    @classmethod
+    def unchanged(cls) -> MonitorView:
+        return cls(*(gr.skip(),) * len(cls._fields))
 
 
 def _status_html(v: runs.RunView) -> str:
@@ -171,27 +226,31 @@ def _diversity(rows: list[tuple]) -> pd.DataFrame:
     return _frame(rows, ["step", "diversity", "who"], DIVERSITY_COLORS)
 
 
-def refresh(settings: Settings, selected: str | None, last: tuple | None):
-    """Everything the Monitor shows; gr.skip() for all when nothing changed since ``last``."""
+def refresh(settings: Settings, selected: str | None, last: tuple | None) -> MonitorView:
+    """Everything the Monitor shows; all unchanged when nothing changed since ``last``."""
     summaries = runs.list_runs(settings.roots)
     names = [r.name for r in summaries]
     name = selected if selected in names else runs.default_run(summaries)
     run_dir = settings.roots.runs / name if name else None
     sig = (tuple(tuple(r.row()) for r in summaries), runs.signature(run_dir) if run_dir else None)
     if sig == last:
-        return (gr.skip(),) * MONITOR_OUTPUTS
+        return MonitorView.unchanged()
     table = [r.row() for r in summaries]
     choice = gr.update(choices=names, value=name)
     if run_dir is None:
-        return (choice, table, "<p>No runs yet: start one in the Wizard.</p>", _losses([]), _diversity([]),
-                None, None, _report_html(None), "",
-                gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), sig)
+        off = gr.update(interactive=False)
+        return MonitorView(run_choice=choice, runs_table=table, status="<p>No runs yet: start one in the Wizard.</p>",
+                           losses=_losses([]), diversity=_diversity([]), teacher_grid=None, student_grid=None,
+                           report=_report_html(None), log="", stop=off, save=off, resume=off, signature=sig)
     v = runs.view(run_dir)
     active = v.state in TRAINING_STATES
-    return (choice, table, _status_html(v), _losses(v.losses), _diversity(v.diversity),
-            str(v.teacher_grid) if v.teacher_grid else None, str(v.student_grid) if v.student_grid else None,
-            _report_html(v.report), v.log, gr.update(interactive=active), gr.update(interactive=active),
-            gr.update(interactive=v.state in RESUMABLE), sig)
+    return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v), losses=_losses(v.losses),
+                       diversity=_diversity(v.diversity),
+                       teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
+                       student_grid=str(v.student_grid) if v.student_grid else None,
+                       report=_report_html(v.report), log=v.log, stop=gr.update(interactive=active),
+                       save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE),
+                       signature=sig)
 
 
 def control(settings: Settings, what: str, selected: str | None) -> str:
@@ -209,13 +268,20 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
 
 
 # ---- Compare -------------------------------------------------------------------------------------------
+class CompareView(NamedTuple):
+    """What Compare shows; gallery and table are gr.skip() when refused."""
+    gallery: Any  # [(PIL image, label)], one seed grid per model
+    table: Any  # pd.DataFrame, one row of numbers per model
+    message: str
+
+
 def compare_choices(settings: Settings):
     return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
 
 
 def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], teacher: bool, prompt_text: str,
-                seeds: float, first_seed: float, progress=gr.Progress()):
-    """(gallery, numbers table, message) for the chosen runs and teacher on the same prompts and seeds."""
+                seeds: float, first_seed: float, progress=gr.Progress()) -> CompareView:
+    """The chosen runs and the teacher on the same prompts and seeds, with their numbers."""
     try:
         run_dirs = [settings.roots.run_dir(n) for n in names or []]
         prompts = [p.strip() for p in (prompt_text or "").splitlines() if p.strip()] or cmp.default_prompts(run_dirs)
@@ -223,12 +289,12 @@ def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], tea
         panels = cmp.compare(run_dirs, teacher, prompts, seed_list, cache, settings.device,
                              progress=lambda f, what: progress(f, desc=what))
     except DPDMDError as e:
-        return gr.skip(), gr.skip(), _refused(e)
+        return CompareView(gr.skip(), gr.skip(), _refused(e))
     table = pd.DataFrame([p.numbers for p in panels]).fillna("")
     gallery = [(p.image, p.label) for p in panels]
     msg = (f"{len(prompts)} prompts x {len(seed_list)} seeds (seeds {seed_list[0]}-{seed_list[-1]}), the same noise "
            "for every model; each student in its own schedule, the teacher with its steps and CFG.")
-    return gallery, table, msg
+    return CompareView(gallery, table, msg)
 
 
 # ---- layout ----------------------------------------------------------------------------------------------
@@ -276,9 +342,11 @@ def _wizard_page(settings: Settings):
                                    elem_id="eval-every")
         extra = gr.Code(value="", language=None, label="Any other config field as TOML (overrides the form), "
                         "e.g. [eval] seeds = 9", elem_id="extra-toml", lines=4)
-    inputs = [family, teacher_path, prompts, prompts_file, method, k, lam, student_steps, guidance, teacher_steps,
-              max_steps, batch, memory, run_name, fake_updates, seed, checkpoint_every, grid_every, eval_every, extra]
-    assert len(inputs) == len(FIELDS)
+    inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, prompts=prompts, prompts_file=prompts_file,
+                    method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
+                    guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
+                    memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
+                    checkpoint_every=checkpoint_every, grid_every=grid_every, eval_every=eval_every, extra_toml=extra)
     with gr.Row():
         check_btn = gr.Button("Check config", elem_id="check-btn")
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
@@ -287,11 +355,13 @@ def _wizard_page(settings: Settings):
                       language=None, interactive=False, elem_id="config-preview")
 
     private = {"api_visibility": "private", "show_progress": "hidden"}
-    family.change(on_family, family, [teacher_path, guidance, teacher_steps, batch, memory], **private)
+    family.change(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
+                                            teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
     method.change(on_method, method, lam, **private)
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
     gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
-    gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs, [preview, message],
+    gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
+          _wired(CheckView._fields, config_toml=preview, message=message),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
     return inputs, start_btn, message, preview
 
@@ -322,9 +392,9 @@ def _monitor_page(settings: Settings):
         report = gr.HTML(elem_id="report")
     last = gr.State(None)
     timer = gr.Timer(settings.refresh_seconds)
-    outputs = [run_select, runs_table, status, loss_plot, div_plot, teacher_img, student_img, report, log,
-               stop_btn, save_btn, resume_btn, last]
-    assert len(outputs) == MONITOR_OUTPUTS
+    outputs = _wired(MonitorView._fields, run_choice=run_select, runs_table=runs_table, status=status,
+                     losses=loss_plot, diversity=div_plot, teacher_grid=teacher_img, student_grid=student_img,
+                     report=report, log=log, stop=stop_btn, save=save_btn, resume=resume_btn, signature=last)
     timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
     run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
                       api_visibility="private")
@@ -353,7 +423,7 @@ def _compare_page(settings: Settings, cache: cmp.ModelCache):
                          object_fit="contain", height="auto", elem_id="compare-gallery")
     table = gr.Dataframe(label="Numbers", interactive=False, elem_id="compare-table")
     go.click(partial(run_compare, settings, cache), [names, teacher, prompts, seeds, first_seed],
-             [gallery, table, message], api_name="compare")
+             _wired(CompareView._fields, gallery=gallery, table=table, message=message), api_name="compare")
     return names
 
 
@@ -370,7 +440,8 @@ def build_app(settings: Settings) -> gr.Blocks:
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 compare_names = _compare_page(settings, cache)
-        start_btn.click(partial(start, settings), inputs, [message, preview, tabs, run_select],
+        started = _wired(StartView._fields, message=message, config_toml=preview, tabs=tabs, run_choice=run_select)
+        start_btn.click(partial(start, settings), inputs, started,
                         trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
         demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from PIL import Image
 
 from comfy_env import COMFY, ROOT
 from comfy_pack import builtin_student, plain_safetensors, sd3_student, truncated_copy
+from ports import free_port
 
 PACK_DIR = "dp-dmd-studio"
 PACK_FILES = ["__init__.py", "pyproject.toml", "requirements.txt", "nodes", "web", "distill_core", "examples"]
@@ -29,12 +29,6 @@ RUN_S = 300
 
 class ServerError(AssertionError):
     """The server did not start or a prompt did not finish; carries the log tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Comfy:
