@@ -65,7 +65,7 @@ def test_wizard_shows_the_exact_config_and_the_cores_messages(settings, tmp_path
         assert toml_out == "" and message.startswith("**Refused:**"), message
         return message
 
-    assert "method.anchor_step (k) = 8" in refused(anchor_step=8)  # k must stay below the teacher's steps
+    assert "method.anchor_step (k) = 9" in refused(anchor_step=9)  # k must not exceed the teacher's steps
     assert "did you mean &#x27;seeds&#x27;" in refused(extra_toml="[eval]\nsedes = 3")
     assert "names no digit" in refused(prompts="a photo of a cat")
     assert "outside the folders" in refused(prompts_file="/etc/hostname")
