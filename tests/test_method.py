@@ -1,10 +1,13 @@
 """The method's math against hand computation (FastGen-style tiny CPU tests)."""
+import dataclasses
+
 import pytest
 import torch
 
+from distill_core.errors import ConfigError
 from distill_core.method import (
     DPDMD, Rollout, anchor_x0, ddim_sample, dmd_gradient, dmd_loss, dmd_term, diversity_loss, dpdmd_student_loss,
-    fake_score_loss, first_step_loss, sampler_step, student_rollout, teacher_anchor, velocity_target,
+    fake_score_loss, first_step_loss, first_step_target, sampler_step, student_rollout, teacher_anchor, velocity_target,
 )
 from distill_core.schedules import CLEAN, FlowSchedule, VPSchedule
 
@@ -275,6 +278,14 @@ def test_fake_score_levels_are_uniform_shifted_or_not(shifted):
     _assert_uniform(unshift(levels, 3.0) if shifted else levels, 0.0, 1.0, tol=1e-6)
 
 
+def method_settings(schedule, anchor_target="velocity", **changes) -> DPDMD:
+    """The paper's settings for a 4-step student of an 8-step teacher (k = 3)."""
+    m = DPDMD(schedule, schedule.sampling_levels(4), schedule.sampling_levels(8), diversity_weight=0.05,
+              anchor_step=3, anchor_target=anchor_target, detach_first=True, backprop="all", renoise_low=0.02,
+              renoise_high=0.98, renoise_per_sample=True, renoise_shifted=True, normalizer="x0", fake_t_shifted=True)
+    return dataclasses.replace(m, **changes)
+
+
 def test_first_step_loss_by_hand():
     """Eq. 7: ||v_G - (z - x_tk) / (1 - t_k)||^2; Eq. 39-41: ||x0_G - (x_tk - sqrt(1 - abar) eps_T) / sqrt(abar)||^2."""
     z, x_tk = torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2)
@@ -291,12 +302,11 @@ def test_first_step_loss_by_hand():
     assert loss.item() == pytest.approx(float(((roll.first_x0 - x0_star) ** 2).mean()), rel=1e-5)
 
 
-def method_settings(schedule, anchor_target="velocity", **kw) -> DPDMD:
-    fields = dict(schedule=schedule, student_levels=schedule.sampling_levels(4), teacher_levels=schedule.sampling_levels(8),
-                  diversity_weight=0.05, anchor_step=3, anchor_target=anchor_target, detach_first=True, backprop="all",
-                  renoise_low=0.02, renoise_high=0.98, renoise_per_sample=True, renoise_shifted=True, normalizer="x0",
-                  fake_t_shifted=True)
-    return DPDMD(**{**fields, **kw})
+def test_first_step_target_follows_the_schedule():
+    assert first_step_target(FlowSchedule(shift=3.0)) == "velocity" and first_step_target(VPSchedule()) == "x0"
+    assert first_step_target(FlowSchedule(), "x0") == "x0"
+    with pytest.raises(ConfigError, match="method.anchor_target"):
+        first_step_target(VPSchedule(), "velocity")
 
 
 @pytest.mark.parametrize("lam", [0.3, 0.0])
