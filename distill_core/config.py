@@ -58,6 +58,7 @@ class TeacherSection:
     shift: float | None = None  # flow-time shift; None = the teacher scheduler's
     dtype: str = "float32"  # float32 | bfloat16: the frozen teacher's weights
     resolution: int | None = None  # image size in pixels (sd3 / sdxl)
+    timestep_spacing: str = "trailing"  # sdxl teacher's levels: trailing (from pure noise) | leading (its folder's)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class StudentSection:
 @dataclass
 class MethodSection:
     name: str = "dpdmd"  # dpdmd | dmd (lambda = 0, no detach) | no_detach (ablation)
-    anchor_step: int = 5  # k: teacher steps of the anchor rollout
+    anchor_step: int = 5  # k: teacher steps of the anchor rollout (k = teacher.num_steps: its full sample)
     diversity_weight: float = 0.05  # lambda
     anchor_target: str = "auto"  # auto | velocity (Eq. 6, flow) | x0 (Eq. 39, epsilon)
     backprop: str = "all"  # all: DMD through every step after the detach | one_step: DMD2-style
@@ -80,6 +81,8 @@ class MethodSection:
     renoise_per: str = "sample"  # sample (DMD2) | batch (authors' script)
     renoise_min: float = 0.02
     renoise_max: float = 0.98
+    renoise_shift: str = "shifted"  # shifted (through the teacher's flow shift) | unshifted (DMD2: t ~ U[min, max])
+    fake_t_shift: str = "shifted"  # the fake score's t ~ U[0, 1]: shifted (authors' script) | unshifted (DMD2)
 
 
 @dataclass
@@ -284,9 +287,9 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
 
     _one_of("method.name", m.name, METHODS)
-    if not 1 <= m.anchor_step < t.num_steps:
-        raise ConfigError(f"method.anchor_step (k) = {m.anchor_step} must be between 1 and teacher.num_steps - 1 "
-                          f"= {t.num_steps - 1}: the anchor is the teacher's state after k of its {t.num_steps} steps")
+    if not 1 <= m.anchor_step <= t.num_steps:
+        raise ConfigError(f"method.anchor_step (k) = {m.anchor_step} must be between 1 and teacher.num_steps "
+                          f"= {t.num_steps}: the anchor is the teacher's state after k of its {t.num_steps} steps")
     if m.diversity_weight < 0:
         raise ConfigError(f"method.diversity_weight (lambda) = {m.diversity_weight} must be >= 0 (paper: 0.05)")
     if m.name == "dmd":
@@ -306,6 +309,12 @@ def resolve(cfg: Config) -> Config:
     if not 0.0 <= m.renoise_min < m.renoise_max <= 1.0:
         raise ConfigError(f"method.renoise_min / renoise_max = {m.renoise_min} / {m.renoise_max} must satisfy "
                           "0 <= min < max <= 1 (DMD2: 0.02 / 0.98)")
+    _one_of("method.renoise_shift", m.renoise_shift, ("shifted", "unshifted"))
+    _one_of("method.fake_t_shift", m.fake_t_shift, ("shifted", "unshifted"))
+    _one_of("teacher.timestep_spacing", t.timestep_spacing, ("trailing", "leading"))
+    if t.timestep_spacing != "trailing" and t.family != "sdxl":
+        raise ConfigError(f"teacher.timestep_spacing = {t.timestep_spacing!r} applies to sdxl teachers (discrete "
+                          f"timesteps); a {t.family} teacher samples on its flow sigmas, remove the field")
 
     if s.num_steps < 2:
         raise ConfigError(f"student.num_steps = {s.num_steps} must be at least 2: DP-DMD trains the first step "

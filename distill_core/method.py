@@ -3,7 +3,9 @@
 A "predictor" is a callable ``(x, levels) -> raw network prediction`` with the
 prompt conditioning (and CFG, for the teacher) already bound, so nothing here
 knows which family of teacher it is working with. Levels and the raw prediction
-are interpreted by a ``NoiseSchedule``.
+are interpreted by a ``NoiseSchedule``. ``DPDMD`` holds one run's settings;
+``dpdmd_student_loss`` (Eq. 8) and ``fake_update_loss`` are the two losses the
+training loop descends.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .schedules import NoiseSchedule
 
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -20,6 +23,23 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _levels(level: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(level), dtype=torch.float32)
+
+
+@dataclass
+class Step:
+    """One sampler step: the raw prediction, the x0 it implies (float32) and the state it leads to."""
+    pred: torch.Tensor
+    x0: torch.Tensor
+    x_next: torch.Tensor
+
+
+def sampler_step(predict: Predictor, schedule: NoiseSchedule, x: torch.Tensor, level: float,
+                 next_level: float) -> Step:
+    """The deterministic step every rollout is made of: DDIM from ``level`` to ``next_level`` (Euler for flow)."""
+    lv = _levels(level, x)
+    pred = predict(x, lv)
+    x0, eps = schedule.split(x, lv, pred)
+    return Step(pred, x0, schedule.ddim_step(x0, eps, _levels(next_level, x)).to(x.dtype))
 
 
 @torch.no_grad()
@@ -32,11 +52,10 @@ def ddim_sample(predict: Predictor, schedule: NoiseSchedule, x: torch.Tensor, le
     ``on_step(i, x0_hat)`` is called after step i (progress bars and previews).
     """
     for i, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
-        lv = _levels(t, x)
-        x0, eps = schedule.split(x, lv, predict(x, lv))
-        x = schedule.ddim_step(x0, eps, _levels(t_next, x)).to(x.dtype)
+        step = sampler_step(predict, schedule, x, t, t_next)
+        x = step.x_next
         if on_step is not None:
-            on_step(i, x0)
+            on_step(i, step.x0)
     return x
 
 
@@ -45,17 +64,38 @@ def teacher_anchor(predict_cfg: Predictor, schedule: NoiseSchedule, z: torch.Ten
                    teacher_levels: list[float], k: int) -> tuple[torch.Tensor, float]:
     """x_{t_k}: k deterministic CFG steps of the teacher's own schedule from the student's noise z.
 
-    t_k is that schedule's (shifted) level after k steps, not k/N (Sec. 3.2).
+    t_k is that schedule's (shifted) level after k steps, not k/N (Sec. 3.2); k = N
+    (t_k clean) makes the anchor the teacher's full sample (the paper's k = 30 ablation).
     Must be an ODE: a stochastic rollout gives no per-noise target (authors, dpdmd#2).
     """
-    if not 1 <= k < len(teacher_levels) - 1:
-        raise ValueError(f"anchor step k={k} must lie in 1..{len(teacher_levels) - 2}")
+    if not 1 <= k <= len(teacher_levels) - 1:
+        raise ValueError(f"anchor step k={k} must lie in 1..{len(teacher_levels) - 1}")
     return ddim_sample(predict_cfg, schedule, z, teacher_levels[: k + 1]), teacher_levels[k]
 
 
 def velocity_target(z: torch.Tensor, x_tk: torch.Tensor, t_k: float, t_0: float = 1.0) -> torch.Tensor:
     """Eq. 6: the velocity carrying z (at t_0 = 1) straight to x_{t_k}: (z - x_{t_k}) / (1 - t_k)."""
     return (z.float() - x_tk.float()) / (t_0 - t_k)
+
+
+@torch.no_grad()
+def anchor_x0(predict_cfg: Predictor, schedule: NoiseSchedule, x_tk: torch.Tensor, t_k: float) -> torch.Tensor:
+    """Eq. 39: the teacher's (CFG) x0 prediction at the anchor; a clean anchor (k = N) is its own x0."""
+    if t_k == schedule.clean_level:
+        return x_tk.float()
+    lv = _levels(t_k, x_tk)
+    return schedule.to_x0(x_tk, lv, predict_cfg(x_tk, lv))
+
+
+def first_step_target(schedule: NoiseSchedule, requested: str = "auto") -> str:
+    """method.anchor_target resolved for a schedule: 'auto' is 'velocity' (Eq. 6-7) for flow, else 'x0' (Eq. 39-41)."""
+    flow = schedule.prediction_type == "flow"
+    if requested == "auto":
+        return "velocity" if flow else "x0"
+    if requested == "velocity" and not flow:
+        raise ConfigError("method.anchor_target = 'velocity' needs a flow teacher; use 'x0' (Appendix C) "
+                          f"for the {schedule.prediction_type} teacher")
+    return requested
 
 
 def diversity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -83,33 +123,22 @@ def student_rollout(predict: Predictor, schedule: NoiseSchedule, z: torch.Tensor
       (1..N-1, DMD2-style backward simulation), whose x0 prediction is returned.
     """
     n = len(levels) - 1
-    lv0 = _levels(levels[0], z)
-    first_pred = predict(z, lv0)
-    x0, eps = schedule.split(z, lv0, first_pred)
-    first_x0 = x0
     if backprop == "one_step":
         pick = pick if pick is not None else n - 1
         if not 1 <= pick <= n - 1:
             raise ValueError(f"one_step backprop trains a step in 1..{n - 1}, got {pick}")
-        with torch.no_grad():
-            x = schedule.ddim_step(x0.detach(), eps.detach(), _levels(levels[1], z)).to(z.dtype)
-            for i in range(1, pick):
-                lv = _levels(levels[i], x)
-                x0_i, eps_i = schedule.split(x, lv, predict(x, lv))
-                x = schedule.ddim_step(x0_i, eps_i, _levels(levels[i + 1], x)).to(z.dtype)
-        lv = _levels(levels[pick], x)
-        x0_pick, _ = schedule.split(x, lv, predict(x, lv))
         if not detach_first:
             raise ValueError("one_step backprop implies the detach; use method 'dpdmd'")
-        return Rollout(x0_pick, first_pred, first_x0)
-    x = schedule.ddim_step(x0, eps, _levels(levels[1], z)).to(z.dtype)
-    if detach_first:
-        x = x.detach()  # the method, not an optimisation (paper Fig. 5)
+    first = sampler_step(predict, schedule, z, levels[0], levels[1])
+    x = first.x_next.detach() if detach_first else first.x_next  # the method, not an optimisation (Fig. 5)
+    if backprop == "one_step":
+        with torch.no_grad():  # DMD2's backward simulation: only step ``pick`` keeps its graph
+            for i in range(1, pick):
+                x = sampler_step(predict, schedule, x, levels[i], levels[i + 1]).x_next
+        return Rollout(sampler_step(predict, schedule, x, levels[pick], levels[pick + 1]).x0, first.pred, first.x0)
     for i in range(1, n):
-        lv = _levels(levels[i], x)
-        x0_i, eps_i = schedule.split(x, lv, predict(x, lv))
-        x = schedule.ddim_step(x0_i, eps_i, _levels(levels[i + 1], x)).to(z.dtype)
-    return Rollout(x, first_pred, first_x0)
+        x = sampler_step(predict, schedule, x, levels[i], levels[i + 1]).x_next
+    return Rollout(x, first.pred, first.x0)
 
 
 def dmd_gradient(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor,
@@ -139,11 +168,15 @@ class DMDTerms:
 
 def dmd_term(x0: torch.Tensor, schedule: NoiseSchedule, predict_real_cfg: Predictor, predict_fake: Predictor,
              generator: torch.Generator, *, low: float, high: float, per_sample: bool,
-             normalizer: str) -> DMDTerms:
-    """Re-noise the student's sample, compare teacher (CFG) and fake-score x0 predictions (no grad)."""
+             normalizer: str, shifted: bool = True) -> DMDTerms:
+    """Re-noise the student's sample, compare teacher (CFG) and fake-score x0 predictions (no grad).
+
+    The re-noise level's noise fraction is U[low, high], per sample or one per batch, through the
+    schedule's shift or not (``NoiseSchedule.sample_levels``).
+    """
     b = x0.shape[0]
     with torch.no_grad():
-        levels = schedule.sample_levels(b if per_sample else 1, low, high, generator).expand(b).contiguous()
+        levels = schedule.sample_levels(b if per_sample else 1, low, high, generator, shifted).expand(b).contiguous()
         eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         xt = schedule.add_noise(x0.detach(), eps, levels).to(x0.dtype)
         x0_real = schedule.to_x0(xt, levels, predict_real_cfg(xt, levels))
@@ -153,11 +186,82 @@ def dmd_term(x0: torch.Tensor, schedule: NoiseSchedule, predict_real_cfg: Predic
 
 
 def fake_score_loss(predict_fake: Predictor, schedule: NoiseSchedule, x0: torch.Tensor,
-                    generator: torch.Generator) -> torch.Tensor:
-    """The fake score's denoising loss on detached student samples (its own parameterisation, uniform t)."""
+                    generator: torch.Generator, shifted: bool = True) -> torch.Tensor:
+    """The fake score's denoising loss on detached student samples (its own parameterisation).
+
+    Its noise fraction is U[0, 1], through the schedule's shift (the authors' script) or not (DMD2).
+    """
     x0 = x0.detach()
     b = x0.shape[0]
-    levels = schedule.sample_levels(b, 0.0, 1.0, generator)
+    levels = schedule.sample_levels(b, 0.0, 1.0, generator, shifted)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     xt = schedule.add_noise(x0, eps, levels).to(x0.dtype)
     return F.mse_loss(predict_fake(xt, levels).float(), schedule.training_target(x0.float(), eps.float()))
+
+
+# ---- the two losses of a training step ------------------------------------------------------------
+@dataclass(frozen=True)
+class DPDMD:
+    """One run's method: its schedule and levels, and the settings of the config's [method] section."""
+    schedule: NoiseSchedule
+    student_levels: list[float]
+    teacher_levels: list[float]
+    diversity_weight: float  # lambda of Eq. 8 (0: plain DMD, no anchor rollout)
+    anchor_step: int  # k
+    anchor_target: str  # velocity (Eq. 6-7) | x0 (Eq. 39-41), see first_step_target
+    detach_first: bool
+    backprop: str  # all | one_step
+    renoise_low: float
+    renoise_high: float
+    renoise_per_sample: bool
+    renoise_shifted: bool
+    normalizer: str  # x0 | xt
+    fake_t_shifted: bool
+
+
+@dataclass
+class StudentLoss:
+    loss: torch.Tensor  # Eq. 8, what the student descends
+    dmd: torch.Tensor
+    div: torch.Tensor
+    dmd_grad: float  # mean |g|
+
+
+def first_step_loss(m: DPDMD, roll: Rollout, z: torch.Tensor, x_tk: torch.Tensor, t_k: float,
+                    predict_real_cfg: Predictor) -> torch.Tensor:
+    """L_div: Eq. 7 (the first velocity against Eq. 6's) or Eq. 41 (the first x0 against Eq. 39's)."""
+    if m.anchor_target == "velocity":
+        return diversity_loss(roll.first_pred, velocity_target(z, x_tk, t_k, m.student_levels[0]))
+    return diversity_loss(roll.first_x0, anchor_x0(predict_real_cfg, m.schedule, x_tk, t_k))
+
+
+def one_step_pick(m: DPDMD, generator: torch.Generator) -> int | None:
+    """The step that carries the DMD gradient under one_step backprop (uniform in 1..N-1); None otherwise."""
+    if m.backprop != "one_step":
+        return None
+    return int(torch.randint(1, len(m.student_levels) - 1, (1,), generator=generator))
+
+
+def dpdmd_student_loss(m: DPDMD, predict: Predictor, predict_real_cfg: Predictor, predict_fake: Predictor,
+                       z: torch.Tensor, generator: torch.Generator, pick: int | None = None) -> StudentLoss:
+    """Eq. 8: L = L_DMD (steps after the detach) + lambda * L_div (first step), from the student's noise z.
+
+    ``generator`` draws the DMD re-noising; ``pick`` is one_step_pick's draw.
+    """
+    lam = m.diversity_weight
+    if lam > 0:
+        x_tk, t_k = teacher_anchor(predict_real_cfg, m.schedule, z, m.teacher_levels, m.anchor_step)
+    roll = student_rollout(predict, m.schedule, z, m.student_levels, detach_first=m.detach_first,
+                           backprop=m.backprop, pick=pick)
+    dmd = dmd_term(roll.x0, m.schedule, predict_real_cfg, predict_fake, generator, low=m.renoise_low,
+                   high=m.renoise_high, per_sample=m.renoise_per_sample, normalizer=m.normalizer,
+                   shifted=m.renoise_shifted)
+    div = first_step_loss(m, roll, z, x_tk, t_k, predict_real_cfg) if lam > 0 else torch.zeros((), device=z.device)
+    return StudentLoss(dmd.loss + lam * div, dmd.loss, div, dmd.grad_norm)
+
+
+def fake_update_loss(m: DPDMD, predict: Predictor, predict_fake: Predictor, z: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """The fake score's loss on a fresh student sample from z (made as at inference, no gradient to the student)."""
+    x0 = ddim_sample(predict, m.schedule, z, m.student_levels)
+    return fake_score_loss(predict_fake, m.schedule, x0, generator, m.fake_t_shifted)

@@ -37,6 +37,7 @@ class NoiseSchedule(ABC):
     """The interface the method code is written against."""
 
     prediction_type: str  # "flow" (velocity) or "epsilon"
+    clean_level: float  # the level of clean data, where every sampler ends (alpha 1, sigma 0)
 
     @abstractmethod
     def alpha_sigma(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +60,13 @@ class NoiseSchedule(ABC):
         """The levels of a ``num_steps`` sampler, ending with the clean level."""
 
     @abstractmethod
-    def sample_levels(self, n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-        """``n`` random levels whose noise fraction lies in [low, high] (for re-noising)."""
+    def sample_levels(self, n: int, low: float, high: float, generator: torch.Generator,
+                      shifted: bool = True) -> torch.Tensor:
+        """``n`` random levels whose noise fraction u ~ U[low, high] (for re-noising).
+
+        shifted: map u through the schedule's shift, as its sampler does (flow teachers with a
+        shift); False takes u itself (DMD2). A schedule without a shift ignores it.
+        """
 
     @abstractmethod
     def comfy_sigmas(self, levels: list[float]) -> list[float]:
@@ -91,6 +97,7 @@ class FlowSchedule(NoiseSchedule):
     """Rectified flow with a static shift, as diffusers' FlowMatchEulerDiscreteScheduler."""
 
     prediction_type = "flow"
+    clean_level = 0.0
 
     def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000) -> None:
         self.shift = float(shift)
@@ -119,9 +126,9 @@ class FlowSchedule(NoiseSchedule):
         ts = torch.linspace(t_max, t_min, num_steps, dtype=torch.float64) / n
         return [float(s) for s in flow_shift(ts, self.shift)] + [0.0]
 
-    def sample_levels(self, n, low, high, generator):
+    def sample_levels(self, n, low, high, generator, shifted=True):
         u = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
-        return flow_shift(u, self.shift).float()
+        return (flow_shift(u, self.shift) if shifted else u).float()
 
     def comfy_sigmas(self, levels):
         return [float(v) for v in levels]
@@ -134,6 +141,7 @@ class VPSchedule(NoiseSchedule):
     """A discrete variance-preserving DDPM schedule with epsilon prediction (SDXL)."""
 
     prediction_type = "epsilon"
+    clean_level = CLEAN
 
     def __init__(self, beta_start: float = 0.00085, beta_end: float = 0.012,
                  beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000) -> None:
@@ -171,13 +179,20 @@ class VPSchedule(NoiseSchedule):
     def training_target(self, x0, eps):
         return eps
 
-    def sampling_levels(self, num_steps: int) -> list[float]:
-        """'trailing' spacing, so the first step sees pure noise (999, 749, 499, 249 for 4)."""
+    def sampling_levels(self, num_steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[float]:
+        """diffusers' timestep spacings: 'trailing' (default) starts at pure noise (999, 749, 499, 249
+        for 4); 'leading' is what SDXL's own scheduler config asks for (steps_offset 1: 751, 501, 251, 1).
+        """
         n = self.num_train_timesteps
-        steps = [round(n - i * n / num_steps) - 1 for i in range(num_steps)]
+        if spacing == "trailing":
+            steps = [round(n - i * n / num_steps) - 1 for i in range(num_steps)]
+        elif spacing == "leading":
+            steps = [(num_steps - 1 - i) * (n // num_steps) + steps_offset for i in range(num_steps)]
+        else:
+            raise ValueError(f"timestep spacing {spacing!r} is not supported; use 'trailing' or 'leading'")
         return [float(s) for s in steps] + [CLEAN]
 
-    def sample_levels(self, n, low, high, generator):
+    def sample_levels(self, n, low, high, generator, shifted=True):
         u = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
         return (u * (self.num_train_timesteps - 1)).round().float()
 

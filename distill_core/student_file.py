@@ -47,6 +47,9 @@ class StudentInfo:
     method: str = "dpdmd"
     anchor_step: int = 5
     diversity_weight: float = 0.05
+    renoise_shift: str = "shifted"  # the training options of config.py (files without them used these)
+    fake_t_shift: str = "shifted"
+    teacher_timestep_spacing: str = "trailing"
     teacher_guidance: float = 1.0
     teacher: str = ""
     steps_trained: int = 0

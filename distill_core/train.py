@@ -26,8 +26,8 @@ from . import checkpoint as ckpt
 from .config import Config, load_config, resolve
 from .errors import ConfigError, TrainingDiverged
 from .lora import merged_state_dict
-from .method import dmd_term, diversity_loss, fake_score_loss, student_rollout, teacher_anchor, velocity_target
 from .ema import StudentEMA
+from .method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from .recorder import Recorder, RunRecorder
 from .runfolder import RunFolder
 from .teachers import load_teacher
@@ -72,16 +72,16 @@ class Trainer:
 
         c = self.cfg
         self.teacher = load_teacher(c, self.acc.device)
-        sched = self.teacher.schedule
-        target = c.method.anchor_target
-        if target == "auto":
-            target = "velocity" if sched.prediction_type == "flow" else "x0"
-        if target == "velocity" and sched.prediction_type != "flow":  # resolve() catches the known families
-            raise ConfigError("method.anchor_target = 'velocity' needs a flow teacher; use 'x0' (Appendix C) "
-                              f"for the {sched.prediction_type} teacher")
-        self.anchor_target = target
+        sched, m = self.teacher.schedule, c.method
+        self.anchor_target = first_step_target(sched, m.anchor_target)
         self.student_levels = self.teacher.student_levels(c.student.num_steps)
         self.teacher_levels = self.teacher.teacher_levels(c.teacher.num_steps)
+        self.method = DPDMD(
+            sched, self.student_levels, self.teacher_levels, diversity_weight=c.lam, anchor_step=m.anchor_step,
+            anchor_target=self.anchor_target, detach_first=c.detach_first, backprop=m.backprop,
+            renoise_low=m.renoise_min, renoise_high=m.renoise_max, renoise_per_sample=m.renoise_per == "sample",
+            renoise_shifted=m.renoise_shift == "shifted", normalizer=m.dmd_normalizer,
+            fake_t_shifted=m.fake_t_shift == "shifted")
 
         # prompts first: the text encoders come and go before the trainable copies take their memory
         self.bank = self.teacher.prompt_bank(c.data.prompts)
@@ -144,13 +144,11 @@ class Trainer:
 
     # ---- the two updates -------------------------------------------------------------------------
     def fake_update(self) -> float:
-        """Flow-matching (or epsilon) loss of the fake score on fresh detached student samples."""
+        """One fake-score step on its loss (method.fake_update_loss) for a fresh batch."""
         cond, _, z = self._batch()
         with self.acc.autocast():
-            with torch.no_grad():
-                from .method import ddim_sample
-                x0 = ddim_sample(self._pred(self.student, cond), self.teacher.schedule, z, self.student_levels)
-            loss = fake_score_loss(self._pred(self.fake, cond), self.teacher.schedule, x0, self.generators["noise"])
+            loss = fake_update_loss(self.method, self._pred(self.student, cond), self._pred(self.fake, cond), z,
+                                    self.generators["noise"])
         self._check(loss, "fake-score")
         self.acc.backward(loss)
         self.acc.clip_grad_norm_(self.fake.parameters(), self.cfg.optim.grad_clip)
@@ -159,40 +157,21 @@ class Trainer:
         return loss.item()
 
     def student_update(self) -> dict:
-        """Eq. 8: L_DMD on the steps after the detach + lambda * L_div on the first step."""
-        c, sched = self.cfg, self.teacher.schedule
+        """One student step on Eq. 8 (method.dpdmd_student_loss) for a fresh batch, then the EMA."""
         cond, null, z = self._batch()
-        real = self._real(cond, null)
-        lam = c.lam
-        pick = None
-        if c.method.backprop == "one_step":
-            pick = int(torch.randint(1, c.student.num_steps, (1,), generator=self.generators["data"]))
+        pick = one_step_pick(self.method, self.generators["data"])
         with self.acc.autocast():
-            if lam > 0:
-                x_tk, t_k = teacher_anchor(real, sched, z, self.teacher_levels, c.method.anchor_step)
-            roll = student_rollout(self._pred(self.student, cond), sched, z, self.student_levels,
-                                   detach_first=c.detach_first, backprop=c.method.backprop, pick=pick)
-            dmd = dmd_term(roll.x0, sched, real, self._pred(self.fake, cond), self.generators["noise"],
-                           low=c.method.renoise_min, high=c.method.renoise_max,
-                           per_sample=c.method.renoise_per == "sample", normalizer=c.method.dmd_normalizer)
-            div = torch.zeros((), device=z.device)
-            if lam > 0:
-                if self.anchor_target == "velocity":
-                    div = diversity_loss(roll.first_pred, velocity_target(z, x_tk, t_k, self.student_levels[0]))
-                else:
-                    with torch.no_grad():
-                        lv = torch.full((z.shape[0],), t_k)
-                        x0_star = sched.to_x0(x_tk, lv, real(x_tk, lv))
-                    div = diversity_loss(roll.first_x0, x0_star)
-            loss = dmd.loss + lam * div
-        self._check(loss, "student")
-        self.acc.backward(loss)
-        self.acc.clip_grad_norm_(self.student.parameters(), c.optim.grad_clip)
+            out = dpdmd_student_loss(self.method, self._pred(self.student, cond), self._real(cond, null),
+                                     self._pred(self.fake, cond), z, self.generators["noise"], pick)
+        self._check(out.loss, "student")
+        self.acc.backward(out.loss)
+        self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.opt_s.step()
         self.opt_s.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.acc.unwrap_model(self.student))
-        return {"loss": loss.item(), "loss_dmd": dmd.loss.item(), "loss_div": div.item(), "dmd_grad": dmd.grad_norm}
+        return {"loss": out.loss.item(), "loss_dmd": out.dmd.item(), "loss_div": out.div.item(),
+                "dmd_grad": out.dmd_grad}
 
     def train_step(self) -> dict[str, float]:
         """One step: method.fake_updates fake-score updates, then one student update."""

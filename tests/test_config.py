@@ -10,6 +10,12 @@ def test_defaults_follow_the_paper():
     assert (cfg.method.anchor_step, cfg.method.diversity_weight, cfg.student.num_steps) == (5, 0.05, 4)
     assert cfg.method.fake_updates == 5 and cfg.optim.grad_clip == 1.0
     assert cfg.data.prompts and cfg.eval.prompts  # the built-in teacher's ten digits
+    assert (cfg.method.renoise_shift, cfg.method.fake_t_shift, cfg.teacher.timestep_spacing) == (
+        "shifted", "shifted", "trailing")  # the options added later default to what runs did before
+
+
+def test_anchor_may_be_the_teachers_full_sample():
+    assert resolve(loads_config("[method]\nanchor_step = 30")).method.anchor_step == 30  # k = N: t_k = 0
 
 
 def test_toml_round_trip():
@@ -23,7 +29,11 @@ def test_toml_round_trip():
     ("[methods]\nname = 'dmd'", ["methods"]),
     ("[method]\nanchor_step = 'five'", ["method.anchor_step", "whole number"]),
     ("[method\nx=1", ["not valid TOML"]),
-    ("[method]\nanchor_step = 30", ["method.anchor_step", "teacher.num_steps"]),
+    ("[method]\nanchor_step = 31", ["method.anchor_step", "teacher.num_steps"]),
+    ("[method]\nrenoise_shift = 'none'", ["method.renoise_shift", "'unshifted'"]),
+    ("[method]\nfake_t_shift = 'dmd2'", ["method.fake_t_shift", "'shifted'"]),
+    ("[teacher]\ntimestep_spacing = 'linspace'", ["teacher.timestep_spacing", "'leading'"]),
+    ("[teacher]\ntimestep_spacing = 'leading'", ["teacher.timestep_spacing", "sdxl"]),
     ("[method]\ndiversity_weight = -0.1", ["method.diversity_weight", ">= 0"]),
     ("[student]\nnum_steps = 1", ["student.num_steps", "at least 2"]),
     ("[method]\nname = 'dmd2'", ["method.name", "'dpdmd'"]),

@@ -1,12 +1,26 @@
 """The method's math against hand computation (FastGen-style tiny CPU tests)."""
+import dataclasses
+
 import pytest
 import torch
 
+from distill_core.errors import ConfigError
 from distill_core.method import (
-    ddim_sample, dmd_gradient, dmd_loss, dmd_term, diversity_loss, fake_score_loss, student_rollout,
-    teacher_anchor, velocity_target,
+    DPDMD, Rollout, anchor_x0, ddim_sample, dmd_gradient, dmd_loss, dmd_term, diversity_loss, dpdmd_student_loss,
+    fake_score_loss, first_step_loss, first_step_target, sampler_step, student_rollout, teacher_anchor, velocity_target,
 )
-from distill_core.schedules import FlowSchedule, VPSchedule
+from distill_core.schedules import CLEAN, FlowSchedule, VPSchedule
+
+
+def sdxl_abar() -> torch.Tensor:
+    """SDXL's cumulative alphas by hand: scaled-linear betas from 0.00085 to 0.012 over 1000 steps."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def unshift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Inverse of SD3's shift t = s u / (1 + (s - 1) u), by hand."""
+    return t / (shift - (shift - 1) * t)
 
 
 def gaussian_flow_predictor(mu: float):
@@ -37,7 +51,60 @@ def test_anchor_level_and_velocity_target_by_hand():
 def test_anchor_refuses_k_outside_schedule():
     sched = FlowSchedule()
     with pytest.raises(ValueError, match="anchor step"):
-        teacher_anchor(lambda x, lv: x, sched, torch.zeros(1, 1, 2, 2), sched.sampling_levels(4), 4)
+        teacher_anchor(lambda x, lv: x, sched, torch.zeros(1, 1, 2, 2), sched.sampling_levels(4), 5)
+
+
+def test_anchor_at_k_equal_n_is_the_teachers_full_sample():
+    """k = N (t_k = 0, the paper's k = 30 ablation): a constant-velocity teacher lands at z - v; Eq. 6 gives v."""
+    sched = FlowSchedule(shift=3.0)
+    levels = sched.sampling_levels(6)
+    v, z = torch.full((2, 1, 2, 2), 0.5), torch.randn(2, 1, 2, 2)
+    x_tk, t_k = teacher_anchor(lambda x, lv: v, sched, z, levels, 6)
+    assert t_k == 0.0
+    torch.testing.assert_close(x_tk, z - v)
+    torch.testing.assert_close(velocity_target(z, x_tk, t_k), v)
+
+    # epsilon teachers: a clean anchor is its own x0 (Eq. 39 with abar = 1), the teacher is not asked again
+    calls = []
+    x_tk = torch.randn(2, 1, 2, 2)
+    target = anchor_x0(lambda x, lv: calls.append(lv) or torch.randn_like(x), VPSchedule(), x_tk, CLEAN)
+    assert calls == [] and torch.equal(target, x_tk)
+
+
+@pytest.mark.parametrize("kind", ["flow", "vp"])
+def test_sampler_step_by_hand(kind):
+    """The one step every rollout is made of: x0 = x - t v, x' = x + (t' - t) v (flow); DDIM on abar (VP)."""
+    x, pred = torch.randn(3, 2, 2, 2), torch.randn(3, 2, 2, 2)
+    if kind == "flow":
+        step = sampler_step(lambda x_, lv: pred, FlowSchedule(shift=3.0), x, 0.8, 0.3)
+        x0, x_next = x - 0.8 * pred, x + (0.3 - 0.8) * pred
+    else:
+        abar = sdxl_abar()
+        step = sampler_step(lambda x_, lv: pred, VPSchedule(), x, 749.0, 249.0)
+        x0 = (x.double() - (1 - abar[749]).sqrt() * pred) / abar[749].sqrt()
+        x_next = abar[249].sqrt() * x0 + (1 - abar[249]).sqrt() * pred
+    assert step.pred is pred
+    torch.testing.assert_close(step.x0, x0.float())
+    torch.testing.assert_close(step.x_next, x_next.float())
+
+
+@pytest.mark.parametrize("backprop, pick", [("all", None), ("one_step", 2)])
+def test_rollouts_are_euler_by_hand(backprop, pick):
+    """Student rollout and sampler with a linear velocity w x: x_{i+1} = x_i + (s_{i+1} - s_i) w x_i."""
+    sched = FlowSchedule(shift=3.0)
+    levels = sched.sampling_levels(4)
+    w = 0.7
+    z = torch.randn(2, 1, 2, 2)
+    xs = [z.double()]
+    for s, s_next in zip(levels[:-1], levels[1:]):
+        xs.append(xs[-1] + (s_next - s) * w * xs[-1])
+    predict = lambda x, lv: w * x  # noqa: E731
+    roll = student_rollout(predict, sched, z, levels, detach_first=True, backprop=backprop, pick=pick)
+    torch.testing.assert_close(roll.first_pred, w * z)
+    torch.testing.assert_close(roll.first_x0, z - levels[0] * w * z)
+    expected = xs[-1] if pick is None else xs[pick] - levels[pick] * w * xs[pick]  # one_step: that step's x0
+    torch.testing.assert_close(roll.x0, expected.float())
+    torch.testing.assert_close(ddim_sample(predict, sched, z, levels), xs[-1].float())
 
 
 def test_euler_equals_ddim_for_flow_models():
@@ -130,21 +197,151 @@ def test_dmd_moves_samples_toward_teacher_and_away_from_fake():
     assert x0.detach().mean().item() > start + 1.0
 
 
-def test_fake_score_target_is_the_models_own_parameterisation():
-    """Flow: a predictor that returns eps - x0 exactly has zero loss; epsilon models: eps."""
-    x0 = torch.randn(8, 1, 2, 2)
-    for sched in (FlowSchedule(), VPSchedule()):
-        gen = torch.Generator().manual_seed(1)
+@pytest.mark.parametrize("kind", ["flow", "vp"])
+def test_fake_score_target_by_hand(kind):
+    """The fake score regresses the velocity eps - x0 (flow) or the noise eps (VP) of the x_t it is shown.
 
-        def oracle(x, lv, sched=sched):
-            # invert x_t = alpha x0 + sigma eps for eps, given the true x0
-            alpha, sigma = sched.alpha_sigma(lv)
-            e = (x - alpha.view(-1, 1, 1, 1) * x0) / sigma.view(-1, 1, 1, 1)
-            return sched.training_target(x0, e)
+    eps is read back from the x_t and level the predictor sees, with the path written out by hand.
+    """
+    x0 = torch.randn(16, 1, 2, 2)
+    pred = torch.randn(16, 1, 2, 2)
+    seen = {}
 
-        loss = fake_score_loss(oracle, sched, x0, gen)
-        assert loss.item() < 1e-8
-        assert fake_score_loss(lambda x, lv: torch.zeros_like(x), sched, x0, torch.Generator()).item() > 0.1
+    def predictor(xt, lv):
+        seen.update(xt=xt.double(), lv=lv.double().view(-1, 1, 1, 1))
+        return pred
+
+    sched = FlowSchedule(shift=3.0) if kind == "flow" else VPSchedule()
+    loss = fake_score_loss(predictor, sched, x0, torch.Generator().manual_seed(1))
+    xt, t = seen["xt"], seen["lv"]
+    if kind == "flow":  # x_t = (1 - t) x0 + t eps
+        eps = (xt - (1 - t) * x0) / t
+        target = eps - x0
+    else:  # x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+        abar = sdxl_abar()[t.long()]
+        target = (xt - abar.sqrt() * x0) / (1 - abar).sqrt()
+    assert loss.item() == pytest.approx(float(((pred - target) ** 2).mean()), rel=1e-4)
+
+
+def _recorded_levels(calls: int, batch: int, fn) -> torch.Tensor:
+    """The levels a recording fake predictor saw over ``calls`` calls of ``fn(predict_fake, generator)``."""
+    seen = []
+    gen = torch.Generator().manual_seed(3)
+
+    def fake(x, lv):
+        seen.append(lv.double())
+        return torch.zeros_like(x)
+
+    for _ in range(calls):
+        fn(fake, gen)
+    return torch.stack(seen).view(calls, batch)
+
+
+def _assert_uniform(u: torch.Tensor, low: float, high: float, tol: float = 0.0) -> None:
+    """u ~ U[low, high]: its range, mean, spread and CDF (to within sampling error)."""
+    n = u.numel()
+    assert float(u.min()) >= low - tol and float(u.max()) <= high + tol
+    assert float(u.mean()) == pytest.approx((low + high) / 2, abs=4 * (high - low) / 12 ** 0.5 / n ** 0.5 + tol)
+    assert float(u.std()) == pytest.approx((high - low) / 12 ** 0.5, rel=0.05)
+    cdf = torch.arange(1, n + 1, dtype=torch.float64) / n
+    assert float((cdf - (u.flatten().sort().values - low) / (high - low)).abs().max()) < 2 / n ** 0.5 + tol
+
+
+@pytest.mark.parametrize("kind, shifted", [("flow", True), ("flow", False), ("vp", True)])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_dmd_renoise_levels_follow_the_configured_distribution(kind, shifted, per_sample):
+    """Noise fraction U[low, high] (shifted through SD3's shift 3, or not), one per sample or one per batch."""
+    sched = FlowSchedule(shift=3.0) if kind == "flow" else VPSchedule()
+    low, high = 0.2, 0.7
+    calls, batch = (1, 2000) if per_sample else (600, 4)
+    x0 = torch.randn(batch, 1, 1, 1)
+
+    def term(fake, gen):
+        dmd_term(x0, sched, lambda x, lv: torch.zeros_like(x), fake, gen, low=low, high=high,
+                 per_sample=per_sample, normalizer="x0", shifted=shifted)
+
+    levels = _recorded_levels(calls, batch, term)
+    if not per_sample:
+        assert bool((levels == levels[:, :1]).all())  # one level per batch
+        levels = levels[:, 0]
+    if kind == "vp":  # timesteps round(u * 999)
+        _assert_uniform(levels / 999, low, high, tol=1 / 999)
+    else:
+        _assert_uniform(unshift(levels, 3.0) if shifted else levels, low, high, tol=1e-6)
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+def test_fake_score_levels_are_uniform_shifted_or_not(shifted):
+    sched = FlowSchedule(shift=3.0)
+    x0 = torch.randn(2000, 1, 1, 1)
+    levels = _recorded_levels(1, 2000, lambda fake, gen: fake_score_loss(fake, sched, x0, gen, shifted))
+    _assert_uniform(unshift(levels, 3.0) if shifted else levels, 0.0, 1.0, tol=1e-6)
+
+
+def method_settings(schedule, anchor_target="velocity", **changes) -> DPDMD:
+    """The paper's settings for a 4-step student of an 8-step teacher (k = 3)."""
+    m = DPDMD(schedule, schedule.sampling_levels(4), schedule.sampling_levels(8), diversity_weight=0.05,
+              anchor_step=3, anchor_target=anchor_target, detach_first=True, backprop="all", renoise_low=0.02,
+              renoise_high=0.98, renoise_per_sample=True, renoise_shifted=True, normalizer="x0", fake_t_shifted=True)
+    return dataclasses.replace(m, **changes)
+
+
+def test_first_step_loss_by_hand():
+    """Eq. 7: ||v_G - (z - x_tk) / (1 - t_k)||^2; Eq. 39-41: ||x0_G - (x_tk - sqrt(1 - abar) eps_T) / sqrt(abar)||^2."""
+    z, x_tk = torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2)
+    roll = Rollout(x0=torch.zeros(2, 1, 2, 2), first_pred=torch.randn(2, 1, 2, 2), first_x0=torch.randn(2, 1, 2, 2))
+    flow = method_settings(FlowSchedule(), "velocity")
+    loss = first_step_loss(flow, roll, z, x_tk, 0.75, predict_real_cfg=None)
+    assert loss.item() == pytest.approx(float(((roll.first_pred - (z - x_tk) / 0.25) ** 2).mean()), rel=1e-5)
+
+    eps_t = torch.randn(2, 1, 2, 2)
+    vp = method_settings(VPSchedule(), "x0")
+    abar = sdxl_abar()[874]
+    x0_star = (x_tk.double() - (1 - abar).sqrt() * eps_t) / abar.sqrt()
+    loss = first_step_loss(vp, roll, z, x_tk, 874.0, lambda x, lv: eps_t)
+    assert loss.item() == pytest.approx(float(((roll.first_x0 - x0_star) ** 2).mean()), rel=1e-5)
+
+
+def test_first_step_target_follows_the_schedule():
+    assert first_step_target(FlowSchedule(shift=3.0)) == "velocity" and first_step_target(VPSchedule()) == "x0"
+    assert first_step_target(FlowSchedule(), "x0") == "x0"
+    with pytest.raises(ConfigError, match="method.anchor_target"):
+        first_step_target(VPSchedule(), "velocity")
+
+
+@pytest.mark.parametrize("lam", [0.3, 0.0])
+def test_dpdmd_student_loss_is_eq_8_by_hand(lam):
+    """L = L_DMD + lambda L_div with constant-velocity teacher (v_r) and fake score (v_f), a linear student w x.
+
+    Anchor: x_tk = z + (t_k - 1) v_r, so v* = v_r and L_div = mean((w z - v_r)^2). DMD: at the recorded
+    (x_t, t), x0_real = x_t - t v_r, x0_fake = x_t - t v_f, g = (x0_fake - x0_real) / mean|x0 - x0_real|,
+    L_DMD = 0.5 mean(g^2). lambda = 0 (plain DMD) runs no anchor rollout.
+    """
+    sched = FlowSchedule(shift=3.0)
+    m = method_settings(sched, diversity_weight=lam)
+    w, z = 0.6, torch.randn(4, 1, 2, 2)
+    v_r, v_f = torch.full_like(z, 0.4), torch.full_like(z, -0.2)
+    teacher_calls, seen = [], {}
+
+    def real(x, lv):
+        teacher_calls.append(float(lv[0]))
+        return v_r
+
+    def fake(x, lv):
+        seen.update(xt=x.double(), t=lv.double().view(-1, 1, 1, 1))
+        return v_f
+
+    out = dpdmd_student_loss(m, lambda x, lv: w * x, real, fake, z, torch.Generator().manual_seed(0))
+    x0 = ddim_sample(lambda x, lv: w * x, sched, z, m.student_levels).double()
+    xt, t = seen["xt"], seen["t"]
+    x0_real, x0_fake = xt - t * v_r, xt - t * v_f
+    g = (x0_fake - x0_real) / (x0 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+    dmd = 0.5 * float((g ** 2).mean())
+    div = float(((w * z - v_r) ** 2).mean()) if lam else 0.0
+    assert out.dmd.item() == pytest.approx(dmd, rel=1e-4)
+    assert out.div.item() == pytest.approx(div, rel=1e-4)
+    assert out.loss.item() == pytest.approx(dmd + lam * div, rel=1e-4)
+    assert len(teacher_calls) == (1 + m.anchor_step if lam else 1)  # the anchor's k steps, then DMD's one call
 
 
 def test_ddim_sample_reaches_gaussian_mean_region():

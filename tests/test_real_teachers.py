@@ -22,9 +22,10 @@ from distill_core import checkpoint as ckpt
 from distill_core.cli import main as cli
 from distill_core.config import resolve
 from distill_core.errors import ConfigError
-from distill_core.export import load_student
+from distill_core.export import load_student, student_info
 from distill_core.method import teacher_anchor
 from distill_core.sampling import sample_grid, seed_noise
+from distill_core.schedules import VPSchedule
 from distill_core.student_file import read_student_info
 from distill_core.teachers import load_teacher
 from distill_core.teachers.diffusers_teachers import DiffusersTeacher
@@ -108,6 +109,24 @@ def test_sdxl_teacher_with_cfg_matches_the_pipeline(folders, tmp_path):
         latents=seed_noise([3], teacher.latent_shape()), output_type="latent").images
     close(ours, theirs)
     assert all(float(v.abs().max()) == 0 for v in teacher.null_condition().values())  # force_zeros_for_empty_prompt
+
+
+def test_sdxl_leading_spacing_is_the_folders_own_sampler(folders, tmp_path):
+    """teacher.timestep_spacing = 'leading': the teacher samples (and runs the anchor) as its pipeline does."""
+    from diffusers import EulerDiscreteScheduler
+
+    cfg = resolve(tiny_run_config("sdxl", folders["sdxl"], tmp_path / "run", teacher__timestep_spacing="leading"))
+    teacher = load_teacher(cfg)
+    theirs = EulerDiscreteScheduler.from_pretrained(str(folders["sdxl"]), subfolder="scheduler")
+    theirs.set_timesteps(50)
+    assert teacher.teacher_levels(50)[:-1] == [float(t) for t in theirs.timesteps]
+    assert teacher.student_levels(4) == VPSchedule().sampling_levels(4)  # the student keeps trailing
+    assert student_info(teacher, cfg, 0).teacher_timestep_spacing == "leading"
+    levels = teacher.teacher_levels(8)
+    ours = sample_grid(teacher, teacher.network, [PROMPT], [3], levels, guidance=8.0)
+    default = pipeline("sdxl", folders["sdxl"])(PROMPT, height=32, width=32, num_inference_steps=8, guidance_scale=8.0,
+                                                latents=seed_noise([3], teacher.latent_shape()), output_type="latent")
+    close(ours, default.images)
 
 
 def test_broken_teacher_folders_give_config_errors(folders, tmp_path):

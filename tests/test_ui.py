@@ -76,7 +76,7 @@ def test_no_typed_prompts_means_all_ten_digits_for_the_builtin_teacher(settings)
 
 
 REFUSALS = {  # a change to a valid form -> what the core's refusal says
-    "k not below the teacher's steps": ({"anchor_step": 8}, "method.anchor_step (k) = 8"),
+    "k beyond the teacher's steps": ({"anchor_step": 9}, "method.anchor_step (k) = 9"),
     "a misspelt advanced field": ({"extra_toml": "[eval]\nsedes = 3"}, "did you mean &#x27;seeds&#x27;"),
     "a prompt naming no digit": ({"prompts": "a photo of a cat"}, "names no digit"),
     "a prompts file outside the roots": ({"prompts_file": "/etc/hostname"}, "outside the folders"),

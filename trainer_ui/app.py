@@ -128,10 +128,10 @@ def on_method(method: str):
 
 
 def on_teacher_steps(steps, k):
-    """k must stay below the teacher's steps; k's value is only touched when it is out of range (a stale
+    """k must not exceed the teacher's steps; k's value is only touched when it is out of range (a stale
     value sent back would undo a slider move made while this ran)."""
     try:
-        top = max(1, int(steps) - 1)
+        top = max(1, int(steps))
     except (TypeError, ValueError):
         return gr.skip()
     return gr.update(maximum=top, value=top) if int(k) > top else gr.update(maximum=top)
@@ -312,14 +312,14 @@ def _wizard_page(settings: Settings):
                                   placeholder=f"inside {settings.roots.describe()}")
     method = gr.Radio(METHODS, value=f.method, label="Method", elem_id="method")
     with gr.Row():
-        k = gr.Slider(1, f.teacher_steps - 1, value=f.anchor_step, step=1, label="k: anchor step", info=K_HELP,
+        k = gr.Slider(1, f.teacher_steps, value=f.anchor_step, step=1, label="k: anchor step", info=K_HELP,
                       elem_id="k-slider")
         lam = gr.Slider(0.0, 0.5, value=f.diversity_weight, step=0.005, label="lambda: diversity weight",
                         info=LAMBDA_HELP, elem_id="lambda-slider")
     with gr.Row():
         student_steps = gr.Slider(2, 8, value=f.student_steps, step=1, label="Student steps", elem_id="student-steps")
         guidance = gr.Number(value=f.guidance_scale, label="Teacher CFG (baked into the student)", elem_id="cfg")
-        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, label="Teacher steps (k must stay below)",
+        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, label="Teacher steps (k at most this)",
                                   elem_id="teacher-steps")
     with gr.Row():
         max_steps = gr.Number(value=f.max_steps, precision=0, label="Iterations (student updates)",

@@ -61,7 +61,8 @@ class DiffusersTeacher(Teacher):
         self.vae_config = _read_json(self.path / "vae" / "config.json")
         network = self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True)
-        super().__init__(network, self._schedule(_read_json(self.path / "scheduler" / "scheduler_config.json")))
+        self.scheduler_config = _read_json(self.path / "scheduler" / "scheduler_config.json")
+        super().__init__(network, self._schedule(self.scheduler_config))
         self._check_resolution()
         self.store = EmbeddingStore(self._fingerprint())
         self._text_pipe = None
@@ -256,6 +257,12 @@ class SDXLTeacher(DiffusersTeacher):
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=self.device, do_classifier_free_guidance=False)
         return {"encoder_hidden_states": embeds, "text_embeds": pooled}
+
+    def teacher_levels(self, num_steps: int) -> list[float]:
+        """Trailing (from pure noise, as the student), or the folder's own 'leading' spacing with its steps_offset."""
+        if self.cfg.teacher.timestep_spacing == "leading":
+            return self.schedule.sampling_levels(num_steps, "leading", int(self.scheduler_config.get("steps_offset", 0)))
+        return super().teacher_levels(num_steps)
 
     def null_condition(self) -> Cond:
         """SDXL pipelines use zeros for an empty negative prompt when force_zeros_for_empty_prompt (the default)."""
