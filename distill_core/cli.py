@@ -14,11 +14,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
 
-from .errors import DPDMDError
+from .config import MethodSection, TeacherSection, choices
+from .errors import exit_code
+from .formats import DTYPES, FORMATS
+
+# Commands whose module owns their options: main() hands them the rest of the command line. Other
+# packages add commands to the entry-point group (the trainer UI registers `dpdmd ui` in pyproject.toml).
+COMMAND_GROUP = "dpdmd.commands"
+TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAND_GROUP)
 
 
 def _cmd_demo(args) -> None:
@@ -39,29 +47,16 @@ def _cmd_demo(args) -> None:
     print(f"report: {run / 'report.html'}\nstudent: {run / 'student.safetensors'}")
 
 
-def _cmd_train(args) -> None:
-    from .config import load_config
-    from .train import train
-
-    cfg = load_config(args.config)
-    if args.output_dir:
-        cfg.run.output_dir = args.output_dir
-    if args.max_steps:
-        cfg.run.max_steps = args.max_steps
-    run = train(cfg, finish=not args.no_finish)
-    print(f"run folder: {run}")
-
-
 def _cmd_config(args) -> None:
     from .config import Config, resolve
+    from .presets import apply as apply_preset
 
     cfg = Config()
     cfg.teacher.family = args.family
-    if args.family != "builtin":  # the memory settings of docs/performance.md; see `dpdmd plan`
+    if args.family != "builtin":  # a memory preset of `dpdmd plan` (docs/performance.md)
         cfg.teacher.path = "/path/to/local/diffusers/folder"
         cfg.data.prompts_file = "/path/to/prompts.txt"
-        cfg.run.mixed_precision, cfg.teacher.dtype = "bf16", "bfloat16"
-        cfg.student.gradient_checkpointing = True
+        apply_preset(cfg, "full-ckpt")
         cfg.eval.features = ""
         print(Config.to_toml(cfg))
         return
@@ -157,25 +152,26 @@ def _cmd_report(args) -> None:
     print(f"wrote {write_report(args.run_dir)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def registered_commands() -> dict[str, importlib.metadata.EntryPoint]:
+    """The commands installed packages register (read from their metadata; nothing is imported)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=COMMAND_GROUP) if ep.name != TRAIN.name}
+
+
+def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpdmd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="distil the built-in teacher and write a report (about 10 min on 2 cores)")
     d.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    d.add_argument("--method", default="dpdmd", choices=["dpdmd", "dmd", "no_detach"])
+    d.add_argument("--method", default="dpdmd", choices=choices(MethodSection, "name"))
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="run or resume a distillation from a TOML config")
-    t.add_argument("config")
-    t.add_argument("--output-dir", help="override run.output_dir")
-    t.add_argument("--max-steps", type=int, help="override run.max_steps")
-    t.add_argument("--no-finish", action="store_true", help="skip export, evaluation and report at the end")
-    t.set_defaults(func=_cmd_train)
+    # Listed for --help only (as the registered commands below): main() hands `train` to distill_core.train.
+    sub.add_parser("train", add_help=False, help="run or resume a distillation from a TOML config")
 
     c = sub.add_parser("config", help="print a starting config (resolved defaults)")
-    c.add_argument("--family", default="builtin", choices=["builtin", "sd3", "sdxl"])
+    c.add_argument("--family", default="builtin", choices=choices(TeacherSection, "family"))
     c.set_defaults(func=_cmd_config)
 
     s = sub.add_parser("sample", help="draw a seed grid from an exported student")
@@ -196,15 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: the built-in classifier for digits, none for sd3 / sdxl)")
     e.set_defaults(func=_cmd_evaluate)
 
-    x = sub.add_parser("export", help="export the student of a run's checkpoint (file, comfy, diffusers, lora)")
+    x = sub.add_parser("export", help=f"export the student of a run's checkpoint ({', '.join(FORMATS)})")
     x.add_argument("run_dir")
-    x.add_argument("--format", default="file", choices=["file", "comfy", "diffusers", "lora"],
-                   help="file: float32 .safetensors with metadata (default); comfy: the same in bf16 for "
-                        "ComfyUI; diffusers: a transformer/ or unet/ + scheduler/ folder; lora: the change "
-                        "from the teacher as a LoRA")
+    x.add_argument("--format", default="file", choices=list(FORMATS),
+                   help="; ".join(f"{name}: {f.help}" for name, f in FORMATS.items()))
     x.add_argument("--step", type=int, help="checkpoint step (default: newest)")
     x.add_argument("--out", help="output path (default: inside the run folder)")
-    x.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default per format)")
+    x.add_argument("--dtype", choices=DTYPES, help="weights dtype (default per format)")
     x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
 
@@ -219,33 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.set_defaults(func=_cmd_report)
 
-    # Listed for --help only: main() hands `dpdmd ui ...` to trainer_ui, which owns its options.
-    sub.add_parser("ui", add_help=False, help="the Gradio trainer UI (needs the [ui] extra); dpdmd ui --help")
+    for name, ep in (registered_commands() if registered is None else registered).items():
+        sub.add_parser(name, add_help=False, help=f"`dpdmd {name} --help` for its options ({ep.value})")
     return p
-
-
-def _run_ui(argv: list[str]) -> int:
-    """Imported here, not at the top: the core never imports Gradio unless the UI is asked for."""
-    try:
-        from trainer_ui.cli import main as ui_main
-    except ImportError as e:
-        print(f"error: the trainer UI is not available ({e}); install it with `pip install 'dp-dmd-studio[ui]'`",
-              file=sys.stderr)
-        return 2
-    return ui_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ui"]:
-        return _run_ui(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except DPDMDError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    registered = registered_commands()
+    handed_off = {TRAIN.name: TRAIN, **registered}
+    if argv[:1] and argv[0] in handed_off:
+        return handed_off[argv[0]].load()(argv[1:])  # imported only now: only `dpdmd ui` imports the UI
+    args = build_parser(registered).parse_args(argv)
+    return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

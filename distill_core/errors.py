@@ -5,6 +5,9 @@ that names the field or file and the fix; the CLI prints it without a traceback.
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class DPDMDError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
@@ -24,3 +27,13 @@ class CheckpointError(DPDMDError):
 
 class TrainingDiverged(DPDMDError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command line's work: 0, or 2 after one ``error:`` line for a DPDMDError (bad input, no traceback)."""
+    try:
+        command()
+    except DPDMDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

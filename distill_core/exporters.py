@@ -25,14 +25,15 @@ from . import checkpoint as ckpt
 from .config import Config, load_config, resolve
 from .errors import CheckpointError, ConfigError
 from .export import save_student, student_info
+from .formats import DTYPES as DTYPE_NAMES
+from .formats import FORMATS
 from .lora import adapter_factors, base_dtype, is_lora_state, merged_state_dict
 from .runfolder import RunFolder
 from .student_file import StudentInfo
 from .teachers import load_teacher
 from .teachers.base import Teacher
 
-FORMATS = ("file", "comfy", "diffusers", "lora")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass
@@ -222,9 +223,7 @@ def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: 
 
 # ---- entry --------------------------------------------------------------------------------------------
 def default_out(run_dir: Path, fmt: str, step: int) -> Path:
-    names = {"file": f"student_step{step:08d}.safetensors", "comfy": f"student_step{step:08d}_comfy.safetensors",
-             "diffusers": f"student_step{step:08d}_diffusers", "lora": f"student_step{step:08d}_lora.safetensors"}
-    return run_dir / names[fmt]
+    return run_dir / f"student_step{step:08d}{FORMATS[fmt].suffix}"
 
 
 def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = None, step: int | None = None,
@@ -236,8 +235,7 @@ def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = N
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     student = load_run_student(run_dir, step)
     path = Path(out) if out else default_out(Path(run_dir), fmt, student.step)
-    default = {"file": "float32", "comfy": "bfloat16", "diffusers": "float32", "lora": "bfloat16"}[fmt]
-    torch_dtype = DTYPES[dtype or default]
+    torch_dtype = DTYPES[dtype or FORMATS[fmt].dtype]
     if fmt == "diffusers":
         return export_diffusers(student, path, torch_dtype), student
     if fmt == "lora":

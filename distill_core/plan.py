@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, resolve
+from . import presets
+from .config import Config, field_value, resolve
 from .errors import ConfigError
 
 GB = 1e9
@@ -248,6 +249,13 @@ def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, ch
 
 
 # ---- the estimate -----------------------------------------------------------------------------------------------
+# The config fields memory depends on, and their names in Options.
+OPTION_FIELDS = {"teacher.resolution": "resolution", "data.batch_size": "batch_size",
+                 "student.num_steps": "student_steps", "method.backprop": "backprop",
+                 "student.lora_rank": "lora_rank", "student.gradient_checkpointing": "gradient_checkpointing",
+                 "run.mixed_precision": "mixed_precision", "teacher.dtype": "teacher_dtype"}
+
+
 @dataclass
 class Options:
     """The memory-relevant choices of a run."""
@@ -263,18 +271,15 @@ class Options:
 
     @classmethod
     def from_config(cls, cfg: Config, fsdp: int = 1) -> Options:
-        return cls(cfg.teacher.resolution, cfg.data.batch_size, cfg.student.num_steps, cfg.method.backprop,
-                   cfg.student.lora_rank, cfg.student.gradient_checkpointing, cfg.run.mixed_precision,
-                   cfg.teacher.dtype, fsdp)
+        return cls(fsdp=fsdp, **{name: field_value(cfg, key) for key, name in OPTION_FIELDS.items()})
+
+    def with_settings(self, values: dict) -> Options:
+        """These options with config fields ({"section.field": value}, e.g. a preset's) applied."""
+        return replace(self, **{OPTION_FIELDS[key]: value for key, value in values.items()})
 
     def describe(self) -> str:
-        parts = [f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune",
-                 "bf16 autocast" if self.mixed_precision == "bf16" else "fp32",
-                 f"{self.teacher_dtype} teacher"]
-        if self.gradient_checkpointing:
-            parts.append("gradient checkpointing")
-        if self.backprop == "one_step":
-            parts.append("one-step backprop")
+        memory = {key: getattr(self, name) for key, name in OPTION_FIELDS.items() if key in presets.BASE}
+        parts = presets.describe(memory)
         if self.fsdp > 1:
             parts.append(f"FSDP over {self.fsdp} GPUs")
         return f"{', '.join(parts)}, batch {self.batch_size}"
@@ -345,29 +350,15 @@ class Planner:
         return Estimate(parts, (p + buffers) * teacher_bytes + self.text_params * teacher_bytes, notes)
 
 
-PRESETS: dict[str, dict] = {
-    "full": {},
-    "full-ckpt": {"gradient_checkpointing": True},
-    "full-ckpt-onestep": {"gradient_checkpointing": True, "backprop": "one_step"},
-    "lora64-ckpt": {"lora_rank": 64, "gradient_checkpointing": True},
-    "lora64-ckpt-onestep": {"lora_rank": 64, "gradient_checkpointing": True, "backprop": "one_step"},
-    "lora64-ckpt-onestep-b1": {"lora_rank": 64, "gradient_checkpointing": True, "backprop": "one_step",
-                               "batch_size": 1},
-}
-PRESET_FIELDS = {"gradient_checkpointing": "student.gradient_checkpointing", "backprop": "method.backprop",
-                 "lora_rank": "student.lora_rank", "batch_size": "data.batch_size"}
-
-
 def preset_options(base: Options, name: str) -> Options:
     """A preset on top of the run's resolution and steps; presets always use bf16 autocast and a bf16 teacher."""
-    defaults = {"gradient_checkpointing": False, "backprop": "all", "lora_rank": 0}
-    return replace(base, mixed_precision="bf16", teacher_dtype="bfloat16", **{**defaults, **PRESETS[name]})
+    return base.with_settings(presets.settings(name))
 
 
 def preset_toml(name: str) -> str:
     """The config lines of a preset (besides run.mixed_precision = 'bf16' and teacher.dtype = 'bfloat16')."""
-    settings = {"gradient_checkpointing": False, "backprop": "all", "lora_rank": 0, **PRESETS[name]}
-    return ", ".join(f"{PRESET_FIELDS[k]} = {json.dumps(v)}" for k, v in settings.items())
+    return ", ".join(f"{k} = {json.dumps(v)}" for k, v in presets.settings(name).items()
+                     if k not in ("run.mixed_precision", "teacher.dtype"))
 
 
 @dataclass
@@ -396,7 +387,7 @@ class Report:
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",
                   f"  {'preset':<24}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
-        for name in PRESETS:
+        for name in presets.PRESETS:
             e = self.rows[name] = pl.estimate(preset_options(o, name))
             lines.append(f"  {name:<24}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
                                                                      for b in BUDGETS))

@@ -11,6 +11,7 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -23,8 +24,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config, load_config, resolve
-from .errors import ConfigError, TrainingDiverged
+from .config import Config, config_differences, load_config, resolve
+from .errors import ConfigError, TrainingDiverged, exit_code
 from .lora import merged_state_dict
 from .ema import StudentEMA
 from .method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
@@ -33,11 +34,6 @@ from .runfolder import RunFolder
 from .teachers import load_teacher
 from .teachers.base import cond_to
 from .train_state import is_sharded, load_network_state, load_optimizer_state, network_state, optimizer_state
-
-# Fields that may change when a run is resumed; any other difference means another run.
-RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
-                     "run.branch_from", "optim.student_lr", "optim.fake_lr"}
-
 
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
@@ -51,12 +47,6 @@ def make_accelerator(cfg: Config):
     except ValueError:  # an earlier Accelerator in this process had other settings
         AcceleratorState._reset_state(True)
         return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
-
-
-def config_differences(a: Config, b: Config) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k] and not s == "eval"
-            and f"{s}.{k}" not in RESUMABLE_CHANGES]
 
 
 class Trainer:
@@ -447,10 +437,23 @@ def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry for ``accelerate launch -m distill_core.train CONFIG``: the same as ``dpdmd train``."""
-    from .cli import main as cli_main
+    """``dpdmd train`` (the CLI hands it its arguments) and ``accelerate launch -m distill_core.train CONFIG``."""
+    p = argparse.ArgumentParser(prog="dpdmd train", description="Run or resume a distillation from a TOML config.")
+    p.add_argument("config")
+    p.add_argument("--output-dir", help="override run.output_dir")
+    p.add_argument("--max-steps", type=int, help="override run.max_steps")
+    p.add_argument("--no-finish", action="store_true", help="skip export, evaluation and report at the end")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    def command() -> None:
+        cfg = load_config(args.config)
+        if args.output_dir:
+            cfg.run.output_dir = args.output_dir
+        if args.max_steps:
+            cfg.run.max_steps = args.max_steps
+        print(f"run folder: {train(cfg, finish=not args.no_finish)}")
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

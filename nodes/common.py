@@ -13,24 +13,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill_core import families
 from distill_core.errors import CheckpointError, ConfigError
 from distill_core.evaluate import diversity
 from distill_core.grids import tile
 from distill_core.schedules import FlowSchedule, NoiseSchedule, VPSchedule, schedule_from_description
 from distill_core.student_file import StudentInfo
 
-FAMILIES = ("sd3", "sdxl", "builtin")
-NATIVE_FAMILIES = ("sd3", "sdxl")  # students ComfyUI can load as its own MODEL
-DEFAULT_SHIFT = {"sd3": 3.0, "builtin": 1.0}
 
-
-def family_schedule(family: str, shift: float | None = None) -> NoiseSchedule:
-    """The noise schedule a family's students are trained on (SD3: flow with shift 3, SDXL: VP eps)."""
-    if family == "sdxl":
+def family_schedule(name: str, shift: float | None = None) -> NoiseSchedule:
+    """The noise schedule a family's students are trained on (SD3: flow with shift 3, SDXL: VP eps);
+    ``shift`` replaces a flow family's default and is ignored for VP ones."""
+    fam = families.family(name)
+    if fam.prediction_type == "epsilon":
         return VPSchedule()
-    if family in DEFAULT_SHIFT:
-        return FlowSchedule(shift=DEFAULT_SHIFT[family] if shift is None else shift)
-    raise ConfigError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
+    return FlowSchedule(shift=fam.shift if shift is None else shift)
 
 
 def family_sigmas(family: str, steps: int, shift: float | None = None) -> list[float]:

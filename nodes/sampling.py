@@ -5,8 +5,9 @@ import torch
 from comfy_api.latest import io
 
 from distill_core.errors import ConfigError
+from distill_core.families import FAMILIES
 
-from .common import FAMILIES, family_sigmas, prompt_lines, seed_list, student_sigmas
+from .common import family_sigmas, prompt_lines, seed_list, student_sigmas
 from .draw import draw, student_sampler
 from .loader import CATEGORY, STUDENT
 
@@ -37,8 +38,9 @@ class StudentSigmas(io.ComfyNode):
                 io.Combo.Input("source", options=["from student", *FAMILIES], default="from student"),
                 io.Int.Input("steps", default=4, min=1, max=50, tooltip="ignored when reading the student"),
                 io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="flow shift; 0 = the family's default (sd3 3.0, builtin 1.0); ignored for "
-                                       "sdxl and when reading the student"),
+                               tooltip="flow shift; 0 = the family's default ("
+                                       + ", ".join(f"{n} {f.shift:g}" for n, f in FAMILIES.items() if f.shift)
+                                       + "); ignored for VP (epsilon) families and when reading the student"),
                 STUDENT.Input("student", optional=True),
             ],
             outputs=[io.Sigmas.Output()],
@@ -52,7 +54,7 @@ class StudentSigmas(io.ComfyNode):
                                   "Student Loader, or pick a family")
             sigmas = student_sigmas(student.info)
         else:
-            sigmas = family_sigmas(source, steps, shift if shift > 0 and source != "sdxl" else None)
+            sigmas = family_sigmas(source, steps, shift if shift > 0 else None)
         return io.NodeOutput(torch.tensor(sigmas, dtype=torch.float32))
 
 

@@ -17,14 +17,13 @@ import comfy.model_sampling
 import comfy.sd
 
 from distill_core.errors import CheckpointError, DPDMDError
+from distill_core.families import COMFY_NATIVE, FAMILIES
 from distill_core.student_file import StudentInfo
-
-from .common import NATIVE_FAMILIES
 
 WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
                  "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
                  "fp8_e5m2": {"dtype": torch.float8_e5m2}}
-PARAMETRIZATION = {"sd3": comfy.model_sampling.CONST, "sdxl": comfy.model_sampling.EPS}
+PARAMETRIZATION = {"flow": comfy.model_sampling.CONST, "epsilon": comfy.model_sampling.EPS}  # by prediction type
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Student:
 
     @property
     def native(self) -> bool:
-        return self.info.family in NATIVE_FAMILIES
+        return self.info.family in COMFY_NATIVE
 
 
 class NotAComfyModelError(DPDMDError, AttributeError):
@@ -80,15 +79,15 @@ def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default"
         teacher = BuiltinTeacher(shift=info.schedule.get("shift"))
         net, _ = load_student(path, teacher)
         return Student(name, info, teacher=teacher, net=net)
-    if info.family not in NATIVE_FAMILIES:
-        raise CheckpointError(f"{name} is a {info.family!r} student; this pack samples sd3, sdxl and builtin students")
+    if info.family not in COMFY_NATIVE:
+        raise CheckpointError(f"{name} is a {info.family!r} student; this pack samples {', '.join(FAMILIES)} students")
     try:
         model = comfy.sd.load_diffusion_model(str(path), model_options=dict(WEIGHT_DTYPES[weight_dtype]))
     except Exception as e:  # ComfyUI raises RuntimeError / safetensors errors with long hints
         raise CheckpointError(f"ComfyUI could not load {name} as a {info.family} diffusion model: "
                               f"{str(e).splitlines()[0][:300]}") from None
     sampling = model.get_model_object("model_sampling")
-    expected = PARAMETRIZATION[info.family]
+    expected = PARAMETRIZATION[FAMILIES[info.family].prediction_type]
     if not isinstance(sampling, expected):
         raise CheckpointError(f"{name}'s metadata says {info.family} ({info.prediction_type}) but ComfyUI detected "
                               f"a {type(model.model).__name__} model with {type(sampling).__name__} sampling; "

@@ -44,6 +44,9 @@ def test_toml_round_trip():
     ("[eval]\nseeds = 1", ["eval.seeds", "pairwise"]),
     ("[method]\nname = 'dmd'\nbackprop = 'one_step'", ["method.backprop", "'dpdmd'"]),
     ("[student]\nema_decay = 1.0", ["student.ema_decay"]),
+    ("[run]\nkeep_checkpoints = 0", ["run.keep_checkpoints = 0 must be at least 1"]),
+    ("[run]\noutput_dir = ''", ["run.output_dir is empty"]),
+    ("[optim]\ngrad_clip = 0", ["optim.grad_clip = 0.0 must be positive"]),
 ])
 def test_bad_values_name_the_field(text, words):
     with pytest.raises(ConfigError) as err:
@@ -67,3 +70,35 @@ def test_prompts_file_is_read(tmp_path):
     f.write_text("seven\n\n# a comment\na handwritten 3\n")
     cfg = resolve(loads_config(f"[data]\nprompts_file = '{f}'"))
     assert cfg.data.prompts == ["seven", "a handwritten 3"]
+
+
+def _enumerated_fields():
+    import dataclasses
+
+    from distill_core.config import choices
+
+    for section in dataclasses.fields(Config):
+        cls = type(getattr(Config(), section.name))
+        for f in dataclasses.fields(cls):
+            if choices(cls, f.name):
+                yield section.name, f.name, choices(cls, f.name)
+
+
+def test_enumerated_fields_are_checked_from_their_annotation():
+    fields = list(_enumerated_fields())
+    assert ("teacher", "family") in [(s, f) for s, f, _ in fields] and len(fields) >= 9
+    for section, name, allowed in fields:
+        with pytest.raises(ConfigError) as err:
+            resolve(loads_config(f"[{section}]\n{name} = 'bogus'"))
+        assert f"{section}.{name} = 'bogus' is not one of " + ", ".join(map(repr, allowed)) in str(err.value)
+        with pytest.raises(ConfigError, match=f"{section}.{name} must be a string"):
+            loads_config(f"[{section}]\n{name} = 3")
+
+
+def test_sd3_and_sdxl_defaults_follow_the_paper(tmp_path):
+    got = {}
+    for family in ("sd3", "sdxl"):
+        t = resolve(loads_config(f"[teacher]\nfamily = '{family}'\npath = '{tmp_path}'\n[data]\nprompts = ['a cat']"))
+        got[family] = (t.teacher.guidance_scale, t.teacher.num_steps, t.optim.student_lr, t.optim.fake_lr,
+                       t.data.batch_size, t.teacher.resolution, t.eval.features)
+    assert got == {"sd3": (3.5, 30, 1e-5, 1e-5, 4, 1024, ""), "sdxl": (8.0, 50, 1e-5, 1e-5, 4, 1024, "")}

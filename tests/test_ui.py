@@ -114,19 +114,19 @@ def test_an_sd3_teacher_must_be_an_existing_folder_inside_the_roots(settings, tm
         assert message.startswith("**Refused:**") and expected in message, message
 
 
-def test_the_24gb_preset_sets_bf16_checkpointing_and_one_step_backprop(settings):
-    cfg = build_config(replace(tiny_form("w1"), memory="24 GB"), settings.roots)
+def test_the_one_step_preset_sets_bf16_checkpointing_and_one_step_backprop(settings):
+    cfg = build_config(replace(tiny_form("w1"), memory="lora64-ckpt-onestep"), settings.roots)
     assert (cfg.run.mixed_precision, cfg.student.gradient_checkpointing, cfg.method.backprop) == ("bf16", True,
                                                                                                    "one_step")
 
 
 def test_a_preset_leaves_backprop_alone_without_the_detach(settings):
-    cfg = build_config(replace(tiny_form("w1"), memory="24 GB", method="dmd"), settings.roots)
+    cfg = build_config(replace(tiny_form("w1"), memory="lora64-ckpt-onestep", method="dmd"), settings.roots)
     assert cfg.method.backprop == "all" and cfg.lam == 0.0  # one-step needs the detach (Trainer refuses it)
 
 
-def test_the_wizard_offers_the_four_memory_tiers():
-    assert set(PRESETS) == {"CPU / tiny", "24 GB", "48 GB", "80 GB"}
+def test_the_wizard_offers_the_planners_presets():
+    assert "lora64-ckpt" in PRESETS  # the planner's presets (tests/test_tables.py)
 
 
 # ---- start, double start, monitor, save now, stop ------------------------------------------------------

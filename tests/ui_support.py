@@ -17,7 +17,7 @@ from ports import free_port
 
 from distill_core.config import dumps_toml
 from distill_core.runfolder import RunFolder, pid_alive
-from trainer_ui.wizard import WizardForm
+from trainer_ui.wizard import NO_PRESET, WizardForm
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def tiny_form(name: str, **overrides) -> WizardForm:
     return WizardForm(family="builtin", teacher_path="", prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
                       diversity_weight=cfg.method.diversity_weight, student_steps=cfg.student.num_steps,
                       guidance_scale=2.0, teacher_steps=cfg.teacher.num_steps, max_steps=cfg.run.max_steps,
-                      batch_size=cfg.data.batch_size, memory="CPU / tiny", run_name=name,
+                      batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name,
                       fake_updates=cfg.method.fake_updates, seed=cfg.run.seed,
                       checkpoint_every=cfg.run.checkpoint_every, grid_every=cfg.eval.grid_every,
                       eval_every=cfg.eval.every, extra_toml=extra)

@@ -1,4 +1,8 @@
-"""``dpdmd ui`` / ``python -m trainer_ui``: launch the trainer UI, local-only unless asked otherwise."""
+"""``dpdmd ui`` / ``python -m trainer_ui``: launch the trainer UI, local-only unless asked otherwise.
+
+``dpdmd ui`` reaches ``main`` through the ``dpdmd.commands`` entry point (pyproject.toml): the core's
+CLI never imports the UI itself.
+"""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .app import CSS, Settings, build_app
+    try:
+        from .app import CSS, Settings, build_app
+    except ImportError as e:  # gradio (or pandas) missing: the [ui] extra is not installed
+        print(f"error: the trainer UI is not available ({e}); install it with `pip install 'dp-dmd-studio[ui]'`",
+              file=sys.stderr)
+        return 2
     from .paths import Roots
 
     runs_dir = Path(args.runs_dir).expanduser()

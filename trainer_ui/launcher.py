@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import distill_core
-from distill_core.config import Config, load_config, resolve
+from distill_core.config import Config, config_differences, load_config, resolve
 from distill_core.errors import ConfigError, DPDMDError
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
 
@@ -81,8 +81,6 @@ def launch_lock(root: Path) -> Iterator[None]:
 
 def existing_run_note(cfg: Config) -> str:
     """'' for a new run; a note when the folder holds this run (starting continues it); refuses otherwise."""
-    from distill_core.train import config_differences
-
     run = RunFolder(Path(cfg.run.output_dir))
     name, state = run.root.name, run_state(run)
     if state in ACTIVE_STATES:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill_core.config import effective_diversity_weight, parse_toml
+from distill_core.errors import ConfigError
 from distill_core.runfolder import ACTIVE_STATES, RunFolder
 
 from .launcher import LOG, run_state
@@ -21,11 +23,9 @@ LOSSES = {"loss_dmd": "DMD loss (student)", "loss_div": "diversity loss (first s
 
 
 def _config(run: RunFolder) -> dict:
-    import tomllib
-
     try:
-        return tomllib.loads(run.config_path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+        return parse_toml(run.config_path.read_text(encoding="utf-8"), str(run.config_path))
+    except (OSError, ConfigError):
         return {}
 
 
@@ -59,7 +59,7 @@ def summarize(run_dir: Path) -> RunSummary:
     return RunSummary(name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
                       method=name, k=method.get("anchor_step"),
-                      lam=0.0 if name == "dmd" else method.get("diversity_weight"), updated=float(updated),
+                      lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
                       has_student=run.student_path.exists())
 
 

@@ -11,23 +11,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from distill_core.config import FAMILY_DEFAULTS, Config, from_dict, resolve
+from distill_core import presets
+from distill_core.config import METHODS as CORE_METHODS
+from distill_core.config import (Config, MethodSection, TeacherSection, choices, field_value, from_dict, parse_toml,
+                                 resolve)
 from distill_core.errors import ConfigError
+from distill_core.families import FAMILIES as CORE_FAMILIES
 
 from .paths import Roots
 
-METHODS = [
-    ("DP-DMD (paper): diversity loss on step 1, detach, DMD on the rest", "dpdmd"),
-    ("DMD (baseline): DMD on every step, no diversity loss", "dmd"),
-    ("No-detach ablation: diversity loss, DMD through every step", "no_detach"),
-]
-FAMILIES = [("Built-in digits teacher (runs on a CPU)", "builtin"),
-            ("SD3 / SD3.5 (local diffusers folder)", "sd3"),
-            ("SDXL (local diffusers folder)", "sdxl")]
+# (label, value) choices, in the config annotations' order.
+METHODS = [(CORE_METHODS[name].label, name) for name in choices(MethodSection, "name")]
+FAMILIES = [(CORE_FAMILIES[name].label, name) for name in choices(TeacherSection, "family")]
 
 K_HELP = ("k, the diversity anchor: the teacher runs k of its own steps from the student's noise, and the "
           "student's first step learns to land there, which keeps each seed's layout (paper: 5 of 30).")
@@ -37,27 +35,23 @@ LAMBDA_HELP = ("lambda, the diversity weight: how much the first-step diversity 
 
 @dataclass(frozen=True)
 class Preset:
-    """A memory tier: settings that exist in the config, written into it as they are."""
+    """A memory preset as the page offers it: the config fields it sets, in words."""
     settings: dict[str, Any]
     note: str
 
 
+def _in_words(settings: dict[str, Any]) -> str:
+    return ", ".join(presets.describe(settings))
+
+
+# The planner's presets (`dpdmd plan` says which fits a GPU), after the config's own defaults for CPUs.
+NO_PRESET = "fp32 (no preset)"
+_DEFAULTS = {key: field_value(Config(), key) for key in presets.BASE}
 PRESETS: dict[str, Preset] = {
-    "CPU / tiny": Preset({"run.mixed_precision": "no", "teacher.dtype": "float32",
-                          "student.gradient_checkpointing": False, "student.lora_rank": 0,
-                          "method.backprop": "all"},
-                         "fp32, full fine-tune: the built-in teacher on a CPU or any GPU"),
-    "24 GB": Preset({"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
-                     "student.gradient_checkpointing": True, "student.lora_rank": 32, "method.backprop": "one_step"},
-                    "bf16, bf16 teacher, gradient checkpointing, LoRA rank 32, DMD2-style one-step backprop"),
-    "48 GB": Preset({"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
-                     "student.gradient_checkpointing": True, "student.lora_rank": 128, "method.backprop": "one_step"},
-                    "bf16, bf16 teacher, gradient checkpointing, LoRA rank 128, one-step backprop"),
-    "80 GB": Preset({"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
-                     "student.gradient_checkpointing": True, "student.lora_rank": 0, "method.backprop": "all"},
-                    "bf16, bf16 teacher, gradient checkpointing, full fine-tune, backprop through every step "
-                    "(the paper: 8 x 80 GB with FSDP)"),
+    NO_PRESET: Preset({}, f"the config's defaults: {_in_words(_DEFAULTS)}; the built-in teacher on a CPU or any GPU"),
+    **{name: Preset(presets.settings(name), _in_words(presets.settings(name))) for name in presets.PRESETS},
 }
+REAL_TEACHER_PRESET = "lora64-ckpt-onestep"  # the default for sd3 / sdxl
 ONE_STEP_NOTE = "one-step backprop needs the detach, so it applies to DP-DMD only"
 
 
@@ -96,13 +90,13 @@ FIELDS = [f.name for f in dataclasses.fields(WizardForm)]
 
 def default_form(family: str = "builtin") -> WizardForm:
     """The paper's defaults (Config()) with the family's teacher settings."""
-    c, fam = Config(), FAMILY_DEFAULTS[family]
+    c, fam = Config(), CORE_FAMILIES[family]
     return WizardForm(family=family, teacher_path="", prompts="", prompts_file="", extra_toml="",
                       method=c.method.name, anchor_step=c.method.anchor_step,
                       diversity_weight=c.method.diversity_weight, student_steps=c.student.num_steps,
-                      guidance_scale=fam["guidance_scale"], teacher_steps=fam["num_steps"],
-                      max_steps=c.run.max_steps, batch_size=fam["batch_size"],
-                      memory="CPU / tiny" if family == "builtin" else "24 GB", run_name=default_run_name(c.method.name),
+                      guidance_scale=fam.guidance_scale, teacher_steps=fam.num_steps,
+                      max_steps=c.run.max_steps, batch_size=fam.batch_size, run_name=default_run_name(c.method.name),
+                      memory=NO_PRESET if family == "builtin" else REAL_TEACHER_PRESET,
                       fake_updates=c.method.fake_updates, seed=c.run.seed, checkpoint_every=c.run.checkpoint_every,
                       grid_every=c.eval.grid_every, eval_every=c.eval.every)
 
@@ -162,16 +156,14 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
                  "prompts_file": form.prompts_file.strip()},
         "eval": {"grid_every": _whole(form.grid_every, "grid every"), "every": _whole(form.eval_every, "eval every")},
     }
+    detach = form.method in CORE_METHODS and CORE_METHODS[form.method].detach
     for key, value in PRESETS[form.memory].settings.items():
-        if key == "method.backprop" and form.method != "dpdmd":
+        if key == "method.backprop" and not detach:
             continue  # ONE_STEP_NOTE
         section, name = key.split(".")
         data[section][name] = value
     if form.extra_toml.strip():
-        try:
-            extra = tomllib.loads(form.extra_toml)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"the advanced TOML box is not valid TOML: {e}") from None
+        extra = parse_toml(form.extra_toml, "the advanced TOML box")
         if isinstance(extra.get("run"), dict) and "output_dir" in extra["run"]:
             raise ConfigError("run.output_dir cannot be set in the advanced TOML box; use the run name field "
                               "(runs are written under the runs folder)")

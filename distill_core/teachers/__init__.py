@@ -5,6 +5,6 @@
 from __future__ import annotations
 
 from .base import Cond, PromptBank, Teacher, cat_cond, index_cond, repeat_cond
-from .registry import FAMILIES, load_teacher
+from .registry import load_teacher
 
-__all__ = ["Cond", "PromptBank", "Teacher", "cat_cond", "index_cond", "repeat_cond", "FAMILIES", "load_teacher"]
+__all__ = ["Cond", "PromptBank", "Teacher", "cat_cond", "index_cond", "repeat_cond", "load_teacher"]

@@ -63,9 +63,7 @@ class PromptBank:
 class Teacher(ABC):
     """A frozen multi-step text-to-image model the student is distilled from."""
 
-    family: str  # "builtin", "sd3" or "sdxl"
-    default_guidance: float
-    default_steps: int
+    family: str  # a name in distill_core.families.FAMILIES
     max_sample_batch: int | None = None  # largest batch for sampling grids / evaluation (None: no limit)
 
     def __init__(self, network: nn.Module, schedule: NoiseSchedule) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from ..builtin.digits import IMAGE_SIZE, NULL_LABEL, parse_prompt
 from ..builtin.networks import build_teacher_network
 from ..errors import CheckpointError
+from ..families import FAMILIES
 from ..schedules import FlowSchedule
 from .base import Cond, Teacher
 
@@ -50,8 +51,6 @@ class BuiltinTeacher(Teacher):
     """Class-conditional flow-matching DiT on 8x8 digits; prompts name a digit."""
 
     family = "builtin"
-    default_guidance = 2.0
-    default_steps = 30
 
     def __init__(self, path: str | Path = "", shift: float | None = None, dtype: torch.dtype = torch.float32):
         self.path = Path(path) if path else TEACHER_WEIGHTS
@@ -65,7 +64,7 @@ class BuiltinTeacher(Teacher):
                                   f"({str(e).splitlines()[0]}); leave teacher.path empty for the shipped ones") from None
         if dtype != torch.float32:
             net = net.to(dtype)
-        super().__init__(net, FlowSchedule(shift=1.0 if shift is None else shift))
+        super().__init__(net, FlowSchedule(shift=FAMILIES[self.family].shift if shift is None else shift))
 
     def call_network(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
         dtype = next(net.parameters()).dtype

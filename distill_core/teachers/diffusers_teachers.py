@@ -198,8 +198,6 @@ class SD3Teacher(DiffusersTeacher):
     """StableDiffusion3Pipeline folders (SD3-Medium, SD3.5-Medium / Large): rectified flow, velocity prediction."""
 
     family = "sd3"
-    default_guidance = 3.5
-    default_steps = 30
     pipeline_class = "StableDiffusion3Pipeline"
     net_folder = "transformer"
     net_class = "SD3Transformer2DModel"
@@ -232,8 +230,6 @@ class SDXLTeacher(DiffusersTeacher):
     """StableDiffusionXLPipeline folders: discrete VP schedule, epsilon prediction, added time ids."""
 
     family = "sdxl"
-    default_guidance = 8.0
-    default_steps = 50
     pipeline_class = "StableDiffusionXLPipeline"
     net_folder = "unet"
     net_class = "UNet2DConditionModel"

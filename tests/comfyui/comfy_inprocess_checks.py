@@ -74,8 +74,6 @@ class FixedCondTeacher(Teacher):
     """
 
     family = "sd3"
-    default_guidance = 1.0
-    default_steps = 4
 
     def __init__(self, network, schedule, cond: Cond):
         super().__init__(network, schedule)
