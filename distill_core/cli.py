@@ -2,6 +2,7 @@
 
   dpdmd demo [--quick]            distil the built-in teacher (minutes on a CPU) and write a report
   dpdmd train CONFIG              run or resume a distillation described by a TOML config
+                                  (a run folder's own config.toml continues that run, wherever it now is)
   dpdmd config                    print a commented starting config
   dpdmd sample STUDENT ...        draw a seed grid from an exported student
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
@@ -39,16 +40,29 @@ def _cmd_demo(args) -> None:
     print(f"report: {run / 'report.html'}\nstudent: {run / 'student.safetensors'}")
 
 
+def _own_run_folder(config_path: Path) -> Path | None:
+    """The run folder a config.toml belongs to (the one a run wrote into its folder), else None."""
+    folder = config_path.parent
+    if config_path.name == "config.toml" and ((folder / "status.json").exists() or (folder / "checkpoints").is_dir()):
+        return folder
+    return None
+
+
 def _cmd_train(args) -> None:
     from .config import load_config
     from .train import train
 
     cfg = load_config(args.config)
+    folder = _own_run_folder(Path(args.config))
     if args.output_dir:
         cfg.run.output_dir = args.output_dir
+    elif folder is not None and Path(cfg.run.output_dir).resolve() != folder.resolve():
+        print(f"note: {args.config} is the config of the run folder {folder} (moved or copied from "
+              f"{cfg.run.output_dir}); continuing the run there", file=sys.stderr)
+        cfg.run.output_dir = str(folder)
     if args.max_steps:
         cfg.run.max_steps = args.max_steps
-    run = train(cfg, finish=not args.no_finish)
+    run = train(cfg, finish=not args.no_finish, restart=args.restart)
     print(f"run folder: {run}")
 
 
@@ -174,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", help="override run.output_dir")
     t.add_argument("--max-steps", type=int, help="override run.max_steps")
     t.add_argument("--no-finish", action="store_true", help="skip export, evaluation and report at the end")
+    t.add_argument("--restart", action="store_true", help="start over from step 0, deleting the run's checkpoints "
+                   "(for a run whose checkpoints are all damaged)")
     t.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("config", help="print a starting config (resolved defaults)")

@@ -24,3 +24,7 @@ class CheckpointError(DPDMDError):
 
 class TrainingDiverged(DPDMDError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunRefused(ConfigError):
+    """A start refused before it changed the run folder: another process trains in it, or it holds another run."""

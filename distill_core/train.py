@@ -16,14 +16,15 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
 from .config import Config, load_config, resolve
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, RunRefused, TrainingDiverged
 from .lora import merged_state_dict
 from .method import dmd_term, diversity_loss, fake_score_loss, student_rollout, teacher_anchor, velocity_target
 from .runfolder import RunFolder
@@ -32,7 +33,8 @@ from .teachers.base import cond_to
 from .train_state import is_sharded, load_network_state, load_optimizer_state, network_state, optimizer_state
 
 # Fields that may change when a run is resumed; any other difference means another run.
-RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device"}
+RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
+                     "run.output_dir"}  # a moved or copied run folder resumes where it now is
 
 
 def make_accelerator(cfg: Config):
@@ -58,8 +60,9 @@ def config_differences(a: Config, b: Config) -> list[str]:
 class Trainer:
     """Owns the networks, optimisers, generators and run folder of one run."""
 
-    def __init__(self, cfg: Config, *, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, *, progress: bool = True, restart: bool = False) -> None:
         self.cfg = resolve(cfg)
+        self.restart = restart  # start over from step 0, deleting the folder's checkpoints
         self.acc = make_accelerator(self.cfg)
         self.main = self.acc.is_main_process
         self.run = RunFolder(Path(self.cfg.run.output_dir))
@@ -260,10 +263,14 @@ class Trainer:
             old = resolve(load_config(self.run.config_path))
             diff = config_differences(old, self.cfg)
             if diff:
-                raise ConfigError(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
-                                  f"(differs in {', '.join(diff)}); choose a new run.output_dir, or delete that "
-                                  "folder to start over")
-        last = ckpt.latest(self.run.checkpoints)
+                raise RunRefused(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
+                                 f"(differs in {', '.join(diff)}); choose a new run.output_dir, or delete that "
+                                 "folder to start over")
+        if self.restart:
+            if self.main:
+                ckpt.discard(self.run.checkpoints)
+            return False
+        last = ckpt.resume_point(self.run.checkpoints, report=partial(print, file=sys.stderr) if self.main else None)
         if last is None:
             return False
         self.load_checkpoint(last)
@@ -306,6 +313,10 @@ class Trainer:
 
     def fit(self) -> str:
         """Train to run.max_steps (resuming if possible); returns 'finished' or 'stopped'."""
+        with self.run.locked() if self.main else nullcontext():  # RunRefused if another process trains here
+            return self._fit()
+
+    def _fit(self) -> str:
         from tqdm import tqdm
 
         from .evaluate import load_extractor
@@ -411,9 +422,9 @@ class Trainer:
         return merged_state_dict(self.acc.get_state_dict(self.student))
 
 
-def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
+def train(cfg: Config, *, progress: bool = True, finish: bool = True, restart: bool = False) -> Path:
     """Run (or resume) a distillation; then export, evaluate and report. Returns the run folder."""
-    return run_trainer(Trainer(cfg, progress=progress), finish=finish)
+    return run_trainer(Trainer(cfg, progress=progress, restart=restart), finish=finish)
 
 
 def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
@@ -424,6 +435,8 @@ def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
         if trainer.main:
             trainer.run.write_status("failed", message=str(e))
             trainer.run.append_event("failed", step=trainer.step, message=str(e))
+        raise
+    except RunRefused:  # refused before it started: the folder's status belongs to another process or run
         raise
     except BaseException as e:
         if trainer.main and trainer.run.root.exists():
