@@ -3,15 +3,16 @@
 A checkpoint is a folder ``checkpoints/step_XXXXXXXX`` holding safetensors files
 only (networks, optimiser states, RNG states) and ``state.json``. It is written
 under a temporary name and renamed into place once complete; ``COMPLETE``, written
-last, lists every file's size, so a truncated or partial folder is recognised and
-skipped for the previous one. Nothing is ever unpickled.
+last, lists every file's size and sha256, so a truncated, partial or damaged folder
+is recognised and skipped (and reported) for the previous one; NaN weights or
+optimiser states make a checkpoint unusable too. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+from .integrity import file_tensors, first_nonfinite, nonfinite_message, sha256_file
 
 MARKER = "COMPLETE"
 PREFIX = "step_"
@@ -30,11 +32,6 @@ def step_dir_name(step: int) -> str:
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
-def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of floating-point tensors holding NaN or inf (a checkpoint must never keep them)."""
-    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -94,14 +91,31 @@ def staging_dir(checkpoints: Path, step: int) -> Path:
     return d
 
 
+def _layout_file(path: Path) -> bool:
+    """A file a checkpoint is made of; anything else in staging (safetensors' own ``.tmpXXXXXX`` from an
+    interrupted write, a stray copy) is not part of it."""
+    return path.is_file() and not path.name.startswith(".") and (path.suffix == ".safetensors"
+                                                                 or path.name == "state.json")
+
+
 def finalize(checkpoints: Path, step: int, state: dict, keep: int) -> Path:
-    """Mark the staged checkpoint complete, move it into place, and prune old ones (main rank only)."""
+    """Mark the staged checkpoint complete, move it into place, and prune old ones (main rank only).
+
+    The marker lists each file's size and sha256, so damage of any kind is found on load.
+    """
     tmp = checkpoints / f".{step_dir_name(step)}.tmp"
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {}
+    for path in sorted(tmp.iterdir()):
+        if _layout_file(path):
+            files[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     marker = tmp / MARKER
     with open(marker, "w") as f:
-        f.write(json.dumps({"step": step, "files": sizes}))
+        f.write(json.dumps({"step": step, "files": files}))
         f.flush()
         os.fsync(f.fileno())
     final = checkpoints / step_dir_name(step)
@@ -113,14 +127,21 @@ def finalize(checkpoints: Path, step: int, state: dict, keep: int) -> Path:
     return final
 
 
+def _listed(folder: Path) -> dict[str, dict]:
+    """The marker's files as {name: {"size": ..., "sha256": ...}} (checkpoints written before checksums: size only)."""
+    info = json.loads((folder / MARKER).read_text())
+    return {name: v if isinstance(v, dict) else {"size": v} for name, v in info["files"].items()}
+
+
 def is_complete(folder: Path) -> bool:
-    """True when the marker exists and every file it lists has its recorded size and readable header."""
-    marker = folder / MARKER
+    """True when the marker exists and every file it lists has its recorded size and readable header.
+
+    Cheap (no data is read): for listing and pruning. ``check`` is what a resume trusts.
+    """
     try:
-        info = json.loads(marker.read_text())
-        for name, size in info["files"].items():
+        for name, entry in _listed(folder).items():
             path = folder / name
-            if path.stat().st_size != size:
+            if path.stat().st_size != entry["size"]:
                 return False
             if name.endswith(".safetensors"):
                 with safe_open(str(path), framework="pt"):
@@ -130,21 +151,89 @@ def is_complete(folder: Path) -> bool:
         return False
 
 
+def check(folder: Path) -> str | None:
+    """Refuse (CheckpointError naming the file and why) a checkpoint that cannot be resumed from.
+
+    Every listed file must have its recorded checksum, the state must be readable and the tensors finite
+    (a NaN network or optimiser state is not a usable checkpoint). Returns a note for a checkpoint
+    written before checksums were recorded (it is checked for sizes and finite values only).
+    """
+    if not is_complete(folder):
+        raise CheckpointError("incomplete (no completion marker, a file missing or cut short)")
+    listed = _listed(folder)
+    for name, entry in listed.items():
+        if "sha256" in entry and sha256_file(folder / name) != entry["sha256"]:
+            raise CheckpointError(f"{name} does not match its checksum (damaged after it was written)")
+    read_state(folder)
+    for name in listed:
+        if name.endswith(".safetensors"):
+            bad = first_nonfinite(file_tensors(folder / name))
+            if bad is not None:
+                raise CheckpointError(nonfinite_message(name, bad))
+    if not all("sha256" in entry for entry in listed.values()):
+        return f"note: checkpoint {folder.name} was written before checksums were recorded; checked for sizes " \
+               "and finite values only"
+    return None
+
+
 def list_complete(checkpoints: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
+    return [d for d in _step_dirs(checkpoints) if is_complete(d)]
+
+
+def _step_dirs(checkpoints: Path) -> list[Path]:
     if not checkpoints.is_dir():
         return []
-    dirs = sorted(d for d in checkpoints.iterdir() if d.is_dir() and d.name.startswith(PREFIX))
-    return [d for d in dirs if is_complete(d)]
+    return sorted(d for d in checkpoints.iterdir() if d.is_dir() and d.name.startswith(PREFIX))
 
 
-def latest(checkpoints: Path) -> Path | None:
-    found = list_complete(checkpoints)
-    return found[-1] if found else None
+def latest(checkpoints: Path, report: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint that passes ``check``; each newer one skipped is reported with why."""
+    for folder in reversed(_step_dirs(checkpoints)):
+        try:
+            note = check(folder)
+        except CheckpointError as e:
+            if report:
+                report(f"skipping checkpoint {folder.name}: {e}")
+            continue
+        if note and report:
+            report(note)
+        return folder
+    return None
+
+
+def resume_point(checkpoints: Path, report: Callable[[str], None] | None = None) -> Path | None:
+    """``latest``, but a folder with checkpoints none of which is usable stops the run instead of restarting it."""
+    skipped: list[str] = []
+
+    def note(message: str) -> None:
+        skipped.append(message)
+        if report:
+            report(message)
+
+    found = latest(checkpoints, note)
+    if found is None and _step_dirs(checkpoints):
+        reasons = "; ".join(m.removeprefix("skipping checkpoint ") for m in skipped)
+        raise CheckpointError(f"none of the checkpoints in {checkpoints} can be resumed from ({reasons}); run the "
+                              "same `dpdmd train` command with --restart to start over from step 0 (this deletes "
+                              "them), or restore the folder from a copy")
+    return found
+
+
+def discard(checkpoints: Path) -> None:
+    """Delete every checkpoint and staging folder (a run started over with --restart)."""
+    if checkpoints.is_dir():
+        for d in checkpoints.iterdir():
+            if d.is_dir() and (d.name.startswith(PREFIX) or d.name.startswith(f".{PREFIX}")):
+                shutil.rmtree(d)
 
 
 def read_state(folder: Path) -> dict:
+    """state.json, with its step; CheckpointError for anything unreadable (never a traceback)."""
     try:
-        return json.loads((folder / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"checkpoint {folder} has no readable state.json ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {folder} has a state.json without its step")
+    return state

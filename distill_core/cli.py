@@ -2,6 +2,7 @@
 
   dpdmd demo [--quick]            distil the built-in teacher (minutes on a CPU) and write a report
   dpdmd train CONFIG              run or resume a distillation described by a TOML config
+                                  (a run folder's own config.toml continues that run, wherever it now is)
   dpdmd config                    print a commented starting config
   dpdmd sample STUDENT ...        draw a seed grid from an exported student
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)

@@ -188,6 +188,7 @@ def dumps_toml(data: dict) -> str:
 
 # Fields that may change when a run is resumed; any other difference (outside [eval]) means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
+                     "run.output_dir",  # a moved or copied run folder resumes where it now is
                      "run.branch_from", "optim.student_lr", "optim.fake_lr"}
 
 

@@ -29,6 +29,10 @@ class TrainingDiverged(DPDMDError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunRefused(ConfigError):
+    """A start refused before it changed the run folder: another process trains in it, or it holds another run."""
+
+
 def exit_code(command: Callable[[], object]) -> int:
     """Run a command line's work: 0, or 2 after one ``error:`` line for a DPDMDError (bad input, no traceback)."""
     try:

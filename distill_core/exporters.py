@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -72,10 +74,19 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
     if not run.config_path.exists():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.toml)")
     cfg = resolve(load_config(run.config_path))
-    folder = run.checkpoints / ckpt.step_dir_name(step) if step else ckpt.latest(run.checkpoints)
-    if folder is None or not ckpt.is_complete(folder):
-        raise CheckpointError(f"no complete checkpoint {'at step ' + str(step) + ' ' if step else ''}in "
-                              f"{run.checkpoints}")
+    say = partial(print, file=sys.stderr)
+    if step:
+        folder = run.checkpoints / ckpt.step_dir_name(step)
+        try:
+            note = ckpt.check(folder)
+        except CheckpointError as e:
+            raise CheckpointError(f"the checkpoint at step {step} in {run.checkpoints} cannot be used: {e}") from None
+        if note:
+            say(note)
+    else:
+        folder = ckpt.latest(run.checkpoints, report=say)
+        if folder is None:
+            raise CheckpointError(f"no usable checkpoint in {run.checkpoints}")
     return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]),
                       load_file(str(folder / "student.safetensors")))
 

@@ -1,14 +1,13 @@
 """report.html: a self-contained page (images inlined) that tells how a run went.
 
-Built from the run folder alone, so it can be regenerated at any time:
-``dpdmd report RUN_DIR``.
+Built from the run folder alone (its files that resolve inside it), so it can be
+regenerated at any time: ``dpdmd report RUN_DIR``.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 from .runfolder import RunFolder, atomic_write_text
@@ -99,13 +98,14 @@ def _metrics_table(metrics: dict) -> str:
 def write_report(run_dir: str | Path) -> Path:
     run = RunFolder(Path(run_dir))
     events = run.read_events()
-    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.exists() else {}
+    metrics = run.read_json(run.metrics_path)
     status = run.read_status()
-    config_text = run.config_path.read_text() if run.config_path.exists() else ""
+    config = run.file(run.config_path)
+    config_text = config.read_text(encoding="utf-8", errors="replace") if config else ""
     info = metrics.get("run", {})
     teacher_div = metrics.get("teacher", {}).get("diversity")
     loss_png, div_png = curves(events, teacher_div)
-    grids = sorted(run.samples.glob("step_*.png")) if run.samples.exists() else []
+    grids = run.student_grids()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>DP-DMD run report</title><style>",
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
@@ -120,8 +120,8 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     if metrics:
         parts += ["<h2>Teacher vs student (same prompts, same seeds)</h2>", _metrics_table(metrics)]
-    teacher_grid = run.samples / "teacher.png"
-    if teacher_grid.exists() and grids:
+    teacher_grid = run.file(run.samples / "teacher.png")
+    if teacher_grid and grids:
         parts += ["<h2>Seed grids</h2><p>Rows are prompts, columns seeds; the same noise in both grids.</p>",
                   "<div class='row'>", _png(teacher_grid.read_bytes()), _png(grids[-1].read_bytes()), "</div>"]
     if loss_png or div_png:

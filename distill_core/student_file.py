@@ -18,6 +18,7 @@ from .errors import CheckpointError
 
 FORMAT_VERSION = "1"
 PREFIX = "dpdmd."
+CHECKSUM = f"{PREFIX}tensors_sha256"  # integrity.tensors_sha256 of the file's tensors, checked on load
 MODELSPEC_ARCH = {
     "builtin": "dpdmd-builtin-digits",
     "sd3": "stable-diffusion-v3-medium",

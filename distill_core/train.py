@@ -18,14 +18,16 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
 from .config import Config, config_differences, load_config, resolve
-from .errors import ConfigError, TrainingDiverged, exit_code
+from .errors import ConfigError, RunRefused, TrainingDiverged, exit_code
+from .integrity import first_nonfinite
 from .lora import merged_state_dict
 from .ema import StudentEMA
 from .method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
@@ -52,8 +54,9 @@ def make_accelerator(cfg: Config):
 class Trainer:
     """Owns the networks, optimisers, generators and run folder of one run."""
 
-    def __init__(self, cfg: Config, *, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, *, progress: bool = True, restart: bool = False) -> None:
         self.cfg = resolve(cfg)
+        self.restart = restart  # start over from step 0, deleting the folder's checkpoints
         self.acc = make_accelerator(self.cfg)
         self.is_main = self.acc.is_main_process
         self.run = RunFolder(Path(self.cfg.run.output_dir))
@@ -203,7 +206,7 @@ class Trainer:
             states["ema"] = network_state(acc, self.ema.model)
         files = {name: ckpt.optimizer_tensors(sd) if name.startswith("optim") else (sd, None)
                  for name, sd in states.items()} if self.is_main else {}  # full states live on the main process
-        broken = [name for name, (tensors, _) in files.items() if ckpt.non_finite(tensors)]
+        broken = [name for name, (tensors, _) in files.items() if first_nonfinite(tensors.items())]
         if self._agree(bool(broken)):
             raise TrainingDiverged(self._diverged(f"the {' and '.join(broken) or 'replicated'} weights became "
                                                   f"non-finite by step {self.step}"))
@@ -250,11 +253,15 @@ class Trainer:
             old = resolve(load_config(self.run.config_path))
             diff = config_differences(old, self.cfg)
             if diff:
-                raise ConfigError(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
-                                  f"(differs in {', '.join(diff)}); choose a new run.output_dir (set run.branch_from "
-                                  "to one of this run's checkpoints to continue from it), or delete that folder to "
-                                  "start over")
-        last = ckpt.latest(self.run.checkpoints)
+                raise RunRefused(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
+                                 f"(differs in {', '.join(diff)}); choose a new run.output_dir (set run.branch_from "
+                                 "to one of this run's checkpoints to continue from it), or delete that folder to "
+                                 "start over")
+        if self.restart:
+            if self.is_main:
+                ckpt.discard(self.run.checkpoints)
+            return False
+        last = ckpt.resume_point(self.run.checkpoints, report=partial(print, file=sys.stderr) if self.is_main else None)
         if last is None and self.cfg.run.branch_from:
             last = self._branch(Path(self.cfg.run.branch_from).expanduser())
         if last is None:
@@ -312,11 +319,22 @@ class Trainer:
         t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
         return bool(self.acc.reduce(t, reduction="sum").item() > 0)
 
-    def fit(self, *, finish_after: bool = False) -> str:
+    def fit(self, *, finish: bool = False) -> str:
         """Train to run.max_steps (resuming if possible); returns 'finished' or 'stopped'.
 
-        ``finish_after``: export, evaluation and report follow, so a completed run is recorded as 'finishing'.
+        ``finish``: then export, evaluate and report (the run reads 'finishing' meanwhile). The run folder is
+        locked throughout: another process training in it is refused (RunRefused).
         """
+        with self.run.locked() if self.is_main else nullcontext():
+            state = self._fit(finish)
+            if finish and state == "finished" and self.is_main:
+                from .finish import finish_run
+                finish_run(self)  # a kill here leaves 'finishing', which reads as died
+                self.run.write_status("finished", message="")
+        return state
+
+    def _fit(self, finish_after: bool) -> str:
+        """The loop: a train step, what the run folder keeps of it, the checkpoint cadence."""
         from tqdm import tqdm
 
         c = self.cfg
@@ -369,8 +387,7 @@ class Trainer:
             if self.is_main:
                 self.run.append_event("replicas", step=self.step, processes=self.acc.num_processes,
                                       max_difference=diff)
-        last = ckpt.latest(self.run.checkpoints)
-        if last is None or ckpt.read_state(last)["step"] != self.step:
+        if ckpt.step_dir_name(self.step) not in {d.name for d in ckpt.list_complete(self.run.checkpoints)}:
             self.save_checkpoint(recorder)
         recorder.close(state, self.step)
         self.acc.wait_for_everyone()
@@ -406,27 +423,23 @@ def restore_schedule(schedule: torch.optim.lr_scheduler.LambdaLR, saved: dict | 
         group["initial_lr"], group["lr"] = base_lr, base_lr * factor(step)
 
 
-def train(cfg: Config, *, progress: bool = True, finish: bool = True) -> Path:
+def train(cfg: Config, *, progress: bool = True, finish: bool = True, restart: bool = False) -> Path:
     """Run (or resume) a distillation; then export, evaluate and report. Returns the run folder."""
-    return run_trainer(Trainer(cfg, progress=progress), finish=finish)
+    return run_trainer(Trainer(cfg, progress=progress, restart=restart), finish=finish)
 
 
 def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
     """Fit a built trainer, recording a failure in the run folder; then finish the run."""
     finish = finish and not trainer.sharded  # an FSDP student samples only with every process
     try:
-        state = trainer.fit(finish_after=finish)
-        if finish and state == "finished" and trainer.is_main:
-            from .finish import finish_run
-            finish_run(trainer)  # the recorder left the run 'finishing': a kill here reads as died
-            trainer.run.write_status("finished", message="")
+        state = trainer.fit(finish=finish)
     except TrainingDiverged as e:
         if trainer.is_main:
             trainer.run.write_status("failed", message=str(e))
             trainer.run.append_event("failed", step=trainer.step, message=str(e))
         raise
     except BaseException as e:
-        if trainer.is_main and trainer.opened:
+        if trainer.is_main and trainer.opened:  # a refused start leaves the folder's status alone
             trainer.run.write_status("failed", message=f"{type(e).__name__}: {e}")
         raise
     if trainer.sharded and trainer.is_main and state == "finished":
@@ -436,6 +449,14 @@ def run_trainer(trainer: Trainer, *, finish: bool = True) -> Path:
     return trainer.run.root
 
 
+def _own_run_folder(config_path: Path) -> Path | None:
+    """The run folder a config.toml belongs to (the one a run wrote into its folder), else None."""
+    folder = config_path.parent
+    if config_path.name == "config.toml" and ((folder / "status.json").exists() or (folder / "checkpoints").is_dir()):
+        return folder
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``dpdmd train`` (the CLI hands it its arguments) and ``accelerate launch -m distill_core.train CONFIG``."""
     p = argparse.ArgumentParser(prog="dpdmd train", description="Run or resume a distillation from a TOML config.")
@@ -443,15 +464,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", help="override run.output_dir")
     p.add_argument("--max-steps", type=int, help="override run.max_steps")
     p.add_argument("--no-finish", action="store_true", help="skip export, evaluation and report at the end")
+    p.add_argument("--restart", action="store_true", help="start over from step 0, deleting the run's checkpoints "
+                   "(for a run whose checkpoints are all damaged)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def command() -> None:
         cfg = load_config(args.config)
+        folder = _own_run_folder(Path(args.config))
         if args.output_dir:
             cfg.run.output_dir = args.output_dir
+        elif folder is not None and Path(cfg.run.output_dir).resolve() != folder.resolve():
+            print(f"note: {args.config} is the config of the run folder {folder} (moved or copied from "
+                  f"{cfg.run.output_dir}); continuing the run there", file=sys.stderr)
+            cfg.run.output_dir = str(folder)
         if args.max_steps:
             cfg.run.max_steps = args.max_steps
-        print(f"run folder: {train(cfg, finish=not args.no_finish)}")
+        print(f"run folder: {train(cfg, finish=not args.no_finish, restart=args.restart)}")
 
     return exit_code(command)
 

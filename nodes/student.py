@@ -81,6 +81,9 @@ def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default"
         return Student(name, info, teacher=teacher, net=net)
     if info.family not in COMFY_NATIVE:
         raise CheckpointError(f"{name} is a {info.family!r} student; this pack samples {', '.join(FAMILIES)} students")
+    from distill_core.export import check_student_file
+
+    check_student_file(path)  # checksum and finite weights, which ComfyUI's loader does not look at
     try:
         model = comfy.sd.load_diffusion_model(str(path), model_options=dict(WEIGHT_DTYPES[weight_dtype]))
     except Exception as e:  # ComfyUI raises RuntimeError / safetensors errors with long hints

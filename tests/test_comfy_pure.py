@@ -191,3 +191,26 @@ def test_requirements_cover_what_the_nodes_import():
     dist = {"PIL": "pillow", "sklearn": "scikit-learn"}
     missing = {dist.get(m, m).lower() for m in needed} - set(_requirements())
     assert not missing, f"imported by the pack but not in requirements.txt: {sorted(missing)}"
+
+
+def test_the_loaders_check_refuses_damaged_and_non_finite_native_students(tmp_path):
+    """What the Student Loader runs before ComfyUI's own loader (which checks neither)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from distill_core.export import check_student_file, save_student
+
+    student = sd3_student(tmp_path / "s.safetensors")
+    check_student_file(student)
+    with safe_open(str(student), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(student))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")  # one NaN: same size, only the checksum or the values tell
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        check_student_file(tmp_path / "nan.safetensors")
+    save_student(tensors, read_student_info(student), tmp_path / "nan_exported.safetensors")  # exported from a NaN state
+    with pytest.raises(CheckpointError, match=f"holds NaN or infinite values \\(first in '{name}'\\)"):
+        check_student_file(tmp_path / "nan_exported.safetensors")

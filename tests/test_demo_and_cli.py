@@ -60,3 +60,19 @@ def test_resuming_with_another_config_is_refused(tiny, capsys):
     config.write_text(cfg.to_toml())
     assert main(["train", str(config)]) == 2
     assert "differs in method.anchor_step" in capsys.readouterr().err
+
+
+def test_sample_refuses_a_student_with_non_finite_weights(tmp_path, capsys):
+    import torch
+
+    from distill_core.config import Config, resolve
+    from distill_core.export import save_student, student_info
+    from distill_core.teachers import load_teacher
+
+    teacher = load_teacher(resolve(Config()))
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in teacher.network.state_dict().items()}
+    student = save_student(weights, student_info(teacher, resolve(Config()), 0), tmp_path / "nan.safetensors")
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(student), "--prompt", "1", "--out", str(out)]) == 2
+    assert "nan.safetensors holds NaN or infinite values" in capsys.readouterr().err and not out.exists()

@@ -72,3 +72,41 @@ def test_unknown_prompt_lists_what_is_accepted(teacher):
     with pytest.raises(PromptError, match="several digits"):
         teacher.encode_prompts(["3 or 4"])
     assert teacher.encode_prompts(["seven", "a handwritten 7", "7"])["class_labels"].tolist() == [7, 7, 7]
+
+
+def _flip_tensor_bytes(path):
+    """Same-size damage inside the tensor data (header, metadata and size intact)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start + 64: start + 96] = bytes(255 - b for b in data[start + 64: start + 96])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_or_non_finite_students_are_refused(tmp_path, teacher, tiny, capsys):
+    from safetensors.torch import load_file
+
+    from distill_core.student_file import CHECKSUM, read_metadata
+
+    info = student_info(teacher, resolve(tiny()), 0)
+    good = save_student(teacher.network.state_dict(), info, tmp_path / "good.safetensors")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(good.read_bytes())
+    _flip_tensor_bytes(damaged)
+    with pytest.raises(CheckpointError, match="damaged.safetensors does not match the checksum in its metadata"):
+        load_student(damaged, teacher)
+
+    weights = teacher.network.state_dict()
+    name = sorted(weights)[3]
+    weights[name] = torch.full_like(weights[name], float("inf"))  # exported from a diverged run: checksum fine
+    diverged = save_student(weights, info, tmp_path / "diverged.safetensors")
+    with pytest.raises(CheckpointError, match=f"diverged.safetensors holds NaN or infinite values \\(first in "
+                                              f"'{name}'\\).*--step"):
+        load_student(diverged, teacher)
+
+    old = tmp_path / "old.safetensors"  # exported before students carried a checksum: loads, with a note
+    meta = {k: v for k, v in read_metadata(good).items() if k != CHECKSUM}
+    save_file(load_file(str(good)), str(old), metadata=meta)
+    load_student(old, teacher)
+    assert "old.safetensors was exported before students carried a checksum" in capsys.readouterr().err
+    load_student(good, teacher)
+    assert capsys.readouterr().err == ""

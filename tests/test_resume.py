@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill_core import checkpoint as ckpt
+from distill_core.errors import CheckpointError
 from distill_core.train import Trainer, restore_schedule, train, warmup_schedule
 
 
@@ -114,3 +115,89 @@ def test_events_after_a_restart_read_as_one_timeline(tmp_path):
         f.write('{"event": "step", "st')  # torn last line of a kill
     assert [(e["event"], e["step"]) for e in run.read_events()] == [
         ("start", 0), ("step", 1), ("step", 2), ("resume", 2), ("step", 3)]
+
+
+# ---- integrity: checksums, finite states, reported fallbacks -------------------------------------------
+def _flip_tensor_bytes(path: Path) -> None:
+    """Same-size damage inside the tensor data (the header, and so the size check, stay intact)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start + 16: start + 48] = bytes(255 - b for b in data[start + 16: start + 48])
+    path.write_bytes(bytes(data))
+
+
+def _poison(folder: Path, name: str) -> str:
+    """Rewrite one tensor file with a NaN, as a diverged state would be saved, keeping its marker consistent."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from distill_core.integrity import sha256_file
+
+    path = folder / name
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    key = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(path), metadata=meta)
+    marker = json.loads((folder / ckpt.MARKER).read_text())
+    marker["files"][name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    (folder / ckpt.MARKER).write_text(json.dumps(marker))
+    return key
+
+
+def test_same_size_damage_and_nan_states_are_skipped_and_said(tiny, capsys):
+    cfg = tiny(run__max_steps=6)
+    train(cfg, progress=False, finish=False)
+    checkpoints = run_dir(cfg) / "checkpoints"
+    assert [d.name for d in ckpt.list_complete(checkpoints)] == ["step_00000002", "step_00000004", "step_00000006"]
+    _flip_tensor_bytes(checkpoints / "step_00000006" / "student.safetensors")
+    poisoned = _poison(checkpoints / "step_00000004", "optim_fake.safetensors")
+    said: list[str] = []
+    assert ckpt.latest(checkpoints, said.append).name == "step_00000002"
+    assert said == ["skipping checkpoint step_00000006: student.safetensors does not match its checksum (damaged "
+                    "after it was written)",
+                    "skipping checkpoint step_00000004: optim_fake.safetensors holds NaN or infinite values (first "
+                    f"in {poisoned!r})"]
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.try_resume() and trainer.step == 2
+    err = capsys.readouterr().err
+    assert "skipping checkpoint step_00000006: student.safetensors" in err and "skipping checkpoint step_00000004" in err
+
+
+def test_checkpoints_without_checksums_still_resume_and_a_bad_state_json_is_skipped(tiny, capsys):
+    cfg = tiny(run__max_steps=4)
+    train(cfg, progress=False, finish=False)
+    checkpoints = run_dir(cfg) / "checkpoints"
+    for folder in ckpt.list_complete(checkpoints):  # the marker as written before checksums
+        marker = json.loads((folder / ckpt.MARKER).read_text())
+        marker["files"] = {name: entry["size"] for name, entry in marker["files"].items()}
+        (folder / ckpt.MARKER).write_text(json.dumps(marker))
+    newest = checkpoints / "step_00000004"
+    state = newest / "state.json"
+    state.write_bytes(b"\xff\xfe" * (state.stat().st_size // 2) + b"\xff" * (state.stat().st_size % 2))
+    with pytest.raises(CheckpointError, match="no readable state.json"):
+        ckpt.read_state(newest)
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.try_resume() and trainer.step == 2
+    err = capsys.readouterr().err
+    assert "skipping checkpoint step_00000004: checkpoint" in err and "state.json" in err
+    assert "note: checkpoint step_00000002 was written before checksums were recorded" in err
+
+
+def test_a_folder_whose_checkpoints_are_all_damaged_stops_and_restart_starts_over(tiny, capsys):
+    from distill_core.cli import main
+
+    cfg = tiny(run__max_steps=4)
+    train(cfg, progress=False, finish=False)
+    run = run_dir(cfg)
+    for folder in ckpt.list_complete(run / "checkpoints"):
+        _flip_tensor_bytes(folder / "fake.safetensors")
+    with pytest.raises(CheckpointError, match="none of the checkpoints .* can be resumed from .*--restart"):
+        train(cfg, progress=False, finish=False)  # not a silent restart from step 0
+    assert "skipping checkpoint step_00000002: fake.safetensors" in capsys.readouterr().err
+    assert main(["train", str(run / "config.toml"), "--restart", "--no-finish"]) == 0
+    events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events.count("start") == 2 and "resume" not in events  # started over, from step 0
+    assert ckpt.latest(run / "checkpoints").name == "step_00000004"
+    assert ckpt.check(run / "checkpoints" / "step_00000002") is None  # rewritten, checksums and all

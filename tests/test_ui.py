@@ -5,6 +5,7 @@ monitor handlers only read its run folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,43 @@ def test_run_names_are_plain_folder_names_in_the_runs_folder(tmp_path):
         with pytest.raises(PathRefused):
             roots.run_dir(bad)
     assert roots.run_dir("ok-run_1.2") == tmp_path / "runs" / "ok-run_1.2"
+
+
+def test_the_monitor_never_follows_links_out_of_the_runs_folder(settings, tmp_path):
+    from PIL import Image
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "passwd").write_text("root:x:0:0:SECRET:/root:/bin/bash\n")
+    Image.new("RGB", (8, 8)).save(secret / "image.png")
+    files = {"status.json": json.dumps({"state": "finished", "step": 3, "message": "SECRET"}),
+             "events.jsonl": json.dumps({"event": "step", "step": 1, "loss_dmd": 0.25}) + "\n",
+             "metrics.json": json.dumps({"teacher": {"diversity": 0.5}, "student": {"diversity": 0.4}}),
+             "config.toml": '[method]\nname = "SECRET"\n', "report.html": "<p>SECRET</p>"}
+    for name, text in files.items():
+        (secret / name).write_text(text)
+    run = settings.roots.runs / "planted"
+    (run / "samples").mkdir(parents=True)
+    links = {"train.log": "passwd", "samples/teacher.png": "image.png", "samples/step_00000002.png": "image.png",
+             "student.safetensors": "image.png", **{name: name for name in files}}
+    for name, target in links.items():
+        (run / name).symlink_to(secret / target)
+    (settings.roots.runs / "linked").symlink_to(secret)  # a whole run folder that is a link out
+
+    assert [r.name for r in runs.list_runs(settings.roots)] == ["planted"]
+    v = runs.view(run)
+    assert (v.state, v.message, v.log, v.losses, v.metrics) == ("unknown", "", "", [], {})
+    assert v.teacher_grid is v.student_grid is v.report is v.student is None
+    shown = repr(app.refresh(settings, "planted", None))
+    assert "SECRET" not in shown and str(secret) not in shown and "root:x" not in shown
+    assert not app.compare_choices(settings)["choices"]  # its student is a link out: not offered ...
+    refused = app.run_compare(settings, app.cmp.ModelCache(), ["planted"], False, "1", 2, 0, progress=lambda *a: 0)
+    assert "has no exported student" in refused[2]  # ... nor loaded when asked for by name
+
+    (run / "samples" / "step_00000004.png").write_bytes((secret / "image.png").read_bytes())  # its own file
+    assert runs.view(run).student_grid == (run / "samples" / "step_00000004.png").resolve()
+    with pytest.raises(PathRefused, match="train.log is a link that leads outside the run folder"):
+        launcher.start(build_config(tiny_form("planted"), settings.roots))  # appending would write through it
 
 
 # ---- wizard --------------------------------------------------------------------------------------------

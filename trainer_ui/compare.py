@@ -7,7 +7,6 @@ samples; the runs' full evaluations (metrics.json) are shown next to it.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +84,10 @@ def _panel(label: str, title: str, teacher, net, prompts, seeds, levels, guidanc
 
 
 def _run_config(run: RunFolder) -> Config:
-    if not run.config_path.exists():
+    path = run.file(run.config_path)
+    if path is None:
         raise DPDMDError(f"{run.root.name!r} is not a run folder (no config.toml)")
-    return resolve(load_config(run.config_path))
+    return resolve(load_config(path))
 
 
 def default_prompts(run_dirs: list[Path]) -> list[str]:
@@ -108,12 +108,13 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
     if not 2 <= len(seeds) <= MAX_SEEDS:
         raise DPDMDError(f"use 2 to {MAX_SEEDS} seeds: diversity compares samples of one prompt pairwise")
     runs = [RunFolder(d) for d in run_dirs]
-    for run in runs:
-        if not run.student_path.exists():
+    students = [run.file(run.student_path) for run in runs]
+    for run, student in zip(runs, students):
+        if student is None:
             raise DPDMDError(f"run {run.root.name!r} has no exported student yet; Compare uses the "
                              "student.safetensors a run writes when it finishes")
     configs = [_run_config(run) for run in runs] or [resolve(Config())]
-    metrics = [json.loads(r.metrics_path.read_text()) if r.metrics_path.exists() else {} for r in runs] or [{}]
+    metrics = [r.read_json(r.metrics_path) for r in runs] or [{}]
     panels: list[Panel] = []
     total = len(runs) + (1 if include_teacher else 0)
     step = 0
@@ -138,10 +139,10 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
                 "teacher", f"teacher: {t.num_steps} steps, CFG {t.guidance_scale:g}", teacher, teacher.network,
                 prompts, seeds, teacher.teacher_levels(t.num_steps), t.guidance_scale, cache.extractor(cfg.eval.features),
                 device, {"method": "teacher", "k": "", "lambda": "", "steps": t.num_steps, **_run_eval(m, "teacher")}))
-    for run, cfg, m in zip(runs, configs, metrics):
+    for run, student, cfg, m in zip(runs, students, configs, metrics):
         tick(f"sampling {run.root.name}")
         teacher = cache.teacher(cfg, device)
-        net, info = load_student(run.student_path, teacher, device)
+        net, info = load_student(student, teacher, device)
         panels.append(_panel(
             run.root.name, f"{run.root.name}: {info.num_steps} steps", teacher, net, prompts, seeds, info.levels, 1.0,
             cache.extractor(cfg.eval.features), device,

@@ -22,6 +22,8 @@ from distill_core.config import Config, config_differences, load_config, resolve
 from distill_core.errors import ConfigError, DPDMDError
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
 
+from .paths import PathRefused
+
 CODE_ROOT = Path(distill_core.__file__).resolve().parent.parent  # the code the UI runs is the code it launches
 LOCK = ".launch.lock"
 LOCK_STALE_SECONDS = 120.0  # a lock this old was left by a UI that died while starting a run
@@ -86,9 +88,10 @@ def existing_run_note(cfg: Config) -> str:
     if state in ACTIVE_STATES:
         pid = run.read_status().get("pid")
         raise RunBusy(f"run {name!r} is already {state} (pid {pid}); watch it in the Monitor, or stop it first")
-    if not run.config_path.exists():
+    config = run.file(run.config_path)
+    if config is None:
         return ""
-    diff = config_differences(resolve(load_config(run.config_path)), cfg)
+    diff = config_differences(resolve(load_config(config)), cfg)
     if diff:
         raise ConfigError(f"run {name!r} already exists with another config (differs in {', '.join(diff)}); "
                           "choose a new run name, or delete that folder to start over")
@@ -110,13 +113,16 @@ def start(cfg: Config) -> Started:
     run.create()
     with launch_lock(run.root):
         note = existing_run_note(cfg)
+        log_path = run.root / LOG
+        if log_path.is_symlink() and run.file(log_path) is None:  # appending would write outside the run
+            raise PathRefused(f"{log_path} is a link that leads outside the run folder; remove it and start again")
         for stale in ("stop", "save"):  # requests left from an earlier process must not stop this one
             (run.control / stale).unlink(missing_ok=True)
         atomic_write_text(run.config_path, cfg.to_toml())
         run.write_status("starting", pid=None, max_steps=cfg.run.max_steps, message="starting the training process")
         command = train_command(run.config_path)
         try:
-            with open(run.root / LOG, "ab") as log:
+            with open(log_path, "ab") as log:
                 log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} trainer UI: {' '.join(command)}\n".encode())
                 log.flush()
                 proc = subprocess.Popen(command, cwd=CODE_ROOT, env=child_env(), stdin=subprocess.DEVNULL,
@@ -133,12 +139,11 @@ def start(cfg: Config) -> Started:
 def resume(run_dir: Path) -> Started:
     """Start a stopped, failed or died run again with its own config.toml (continues from its checkpoint)."""
     run = RunFolder(run_dir)
-    if not run.config_path.exists():
+    config = run.file(run.config_path)
+    if config is None:
         raise ConfigError(f"{run.root.name!r} has no config.toml, so it cannot be resumed")
-    cfg = resolve(load_config(run.config_path))
-    if Path(cfg.run.output_dir).resolve() != run.root.resolve():
-        raise ConfigError(f"{run.config_path} names another run folder ({cfg.run.output_dir}); "
-                          "start it from the wizard instead")
+    cfg = resolve(load_config(config))
+    cfg.run.output_dir = str(run.root)  # the folder's own run, wherever the folder now is
     return start(cfg)
 
 

@@ -1,11 +1,12 @@
 """What the monitor shows, read from run folders only (never from a training process).
 
 Everything here is recomputed from files on each refresh, so a reloaded page or
-a restarted UI shows exactly what a running one would.
+a restarted UI shows exactly what a running one would. Files are read only through
+``RunFolder.file``: one that resolves outside its run folder (a planted symlink) is
+shown as missing.
 """
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import time
@@ -23,8 +24,9 @@ LOSSES = {"loss_dmd": "DMD loss (student)", "loss_div": "diversity loss (first s
 
 
 def _config(run: RunFolder) -> dict:
+    path = run.file(run.config_path)
     try:
-        return parse_toml(run.config_path.read_text(encoding="utf-8"), str(run.config_path))
+        return parse_toml(path.read_text(encoding="utf-8"), str(path)) if path else {}
     except (OSError, ConfigError):
         return {}
 
@@ -55,20 +57,19 @@ def summarize(run_dir: Path) -> RunSummary:
     status, cfg = run.read_status(), _config(run)
     method = cfg.get("method", {})
     name = method.get("name", "?")
-    updated = status.get("updated") or (run.config_path.stat().st_mtime if run.config_path.exists() else 0.0)
+    config = run.file(run.config_path)
+    updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
     return RunSummary(name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
                       method=name, k=method.get("anchor_step"),
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
-                      has_student=run.student_path.exists())
+                      has_student=run.file(run.student_path) is not None)
 
 
 def list_runs(roots: Roots) -> list[RunSummary]:
     """Every run folder directly under the runs folder, newest first."""
-    if not roots.runs.is_dir():
-        return []
-    runs = [summarize(d) for d in roots.runs.iterdir()
-            if d.is_dir() and ((d / "config.toml").exists() or (d / "status.json").exists())]
+    runs = [summarize(d) for d in roots.run_folders()
+            if (d / "config.toml").exists() or (d / "status.json").exists()]
     return sorted(runs, key=lambda r: r.updated, reverse=True)
 
 
@@ -78,9 +79,9 @@ def default_run(runs: list[RunSummary]) -> str | None:
     return pick[0].name if pick else None
 
 
-def log_tail(path: Path, lines: int = 25, max_bytes: int = 32_768) -> str:
+def log_tail(path: Path | None, lines: int = 25, max_bytes: int = 32_768) -> str:
     """The last lines of a training log; progress-bar redraws (carriage returns) count as lines."""
-    if not path.exists():
+    if path is None:
         return ""
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - max_bytes))
@@ -134,23 +135,21 @@ def view(run_dir: Path) -> RunView:
     status, events = run.read_status(), run.read_events()
     steps = [e for e in events if e.get("event") == "step"]
     recent = [e["sec_per_step"] for e in steps[-20:] if "sec_per_step" in e]
-    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.exists() else {}
+    metrics = run.read_json(run.metrics_path)
     diversity = [(e["step"], e["diversity"], "student") for e in events
                  if e.get("event") == "eval" and "diversity" in e]
     teacher_div = metrics.get("teacher", {}).get("diversity")
     if teacher_div is not None and diversity:
         diversity += [(s, teacher_div, "teacher") for s in (diversity[0][0], diversity[-1][0])]
-    grids = sorted(run.samples.glob("step_*.png")) if run.samples.is_dir() else []
-    last = ckpt.latest(run.checkpoints) if run.checkpoints.is_dir() else None
+    grids = run.student_grids()
+    done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     return RunView(
         name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
         max_steps=int(status.get("max_steps") or 0), message=str(status.get("message") or ""),
         sec_per_step=statistics.median(recent) if recent else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,
-        teacher_grid=run.samples / "teacher.png" if (run.samples / "teacher.png").exists() else None,
-        student_grid=grids[-1] if grids else None,
-        checkpoint_step=ckpt.read_state(last)["step"] if last else None,
-        report=run.report_path if run.report_path.exists() else None,
-        student=run.student_path if run.student_path.exists() else None,
-        metrics=metrics, log=log_tail(run.root / LOG))
+        teacher_grid=run.file(run.samples / "teacher.png"), student_grid=grids[-1] if grids else None,
+        checkpoint_step=int(done[-1].name.removeprefix(ckpt.PREFIX)) if done else None,
+        report=run.file(run.report_path), student=run.file(run.student_path), metrics=metrics,
+        log=log_tail(run.file(LOG)))
