@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 from distill_core.builtin.modes import mode_metrics  # noqa: E402
 from distill_core.config import Config, resolve  # noqa: E402
 from distill_core.demo import demo_config  # noqa: E402
-from distill_core.evaluate import DigitsExtractor  # noqa: E402
-from distill_core.finish import measure, seconds_per_image  # noqa: E402
-from distill_core.sampling import sample_grid  # noqa: E402
+from distill_core.evaluation.evaluate import DigitsExtractor  # noqa: E402
 from distill_core.grids import seed_grid  # noqa: E402
-from distill_core.train import Trainer  # noqa: E402
+from distill_core.sampling import sample_grid  # noqa: E402
+from distill_core.training.trainer import Trainer  # noqa: E402
+from distill_core.evaluation.compare import measure, seconds_per_image  # noqa: E402
 
 METHODS = ("dmd", "dpdmd", "no_detach")
 LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD without detach", "teacher": "teacher"}

@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill_core.config import Config, resolve  # noqa: E402
-from distill_core.evaluate import DigitsExtractor, diversity, frechet_distance  # noqa: E402
+from distill_core.evaluation.evaluate import DigitsExtractor, diversity, frechet_distance  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
 from distill_core.schedules import FlowSchedule  # noqa: E402
 from distill_core.teachers import load_teacher  # noqa: E402

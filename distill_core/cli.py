@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import MethodSection, TeacherSection, choices
 from .errors import exit_code
-from .formats import DTYPES, FORMATS
+from .export.formats import DTYPES, FORMATS
 
 # Commands whose module owns their options: main() hands them the rest of the command line. Other
 # packages add commands to the entry-point group (the trainer UI registers `dpdmd ui` in pyproject.toml).
@@ -32,7 +32,7 @@ TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAN
 
 def _cmd_demo(args) -> None:
     from .demo import demo_config
-    from .train import train
+    from .training.trainer import train
 
     run = train(demo_config(args.out, quick=args.quick, method=args.method))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -72,7 +72,7 @@ def _device() -> str:
 
 def _teacher_for(student: Path, teacher_path: str):
     from .config import Config, resolve
-    from .student_file import read_student_info
+    from .export.student_file import read_student_info
     from .teachers import load_teacher
 
     info = read_student_info(student)
@@ -87,7 +87,7 @@ def _teacher_for(student: Path, teacher_path: str):
 
 
 def _cmd_sample(args) -> None:
-    from .export import load_student
+    from .export.exporters import load_student
     from .grids import seed_grid
     from .sampling import sample_grid
 
@@ -103,8 +103,8 @@ def _cmd_sample(args) -> None:
 def _cmd_evaluate(args) -> None:
     from .config import Config, resolve
     from .errors import ConfigError
-    from .export import load_student
-    from .finish import compare
+    from .evaluation.compare import compare
+    from .export.exporters import load_student
 
     teacher, info = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())
@@ -127,7 +127,7 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from .exporters import export
+    from .export.exporters import export
 
     path, student = export(args.run_dir, args.format, out=args.out, step=args.step, dtype=args.dtype, rank=args.rank)
     print(f"wrote {path} (step {student.step}, format {args.format})")
@@ -148,7 +148,7 @@ def _cmd_plan(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from .report import write_report
+    from .evaluation.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
 

@@ -162,7 +162,7 @@ def vae_params(arch: Architecture) -> int:
 
 
 def lora_params(net: nn.Module, family: str, rank: int) -> int:
-    from .lora import target_modules
+    from .training.lora import target_modules
 
     modules = dict(net.named_modules())
     return sum(rank * (modules[name].in_features + modules[name].out_features)

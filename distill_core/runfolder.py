@@ -3,7 +3,7 @@
     config.toml      the resolved config the run uses
     status.json      state, step, pid, message (rewritten atomically)
     events.jsonl     append-only: one JSON object per line (steps, evals, grids, checkpoints)
-    checkpoints/     step_XXXXXXXX/ folders (see checkpoint.py)
+    checkpoints/     step_XXXXXXXX/ folders (see training/checkpoint.py)
     samples/         fixed-seed grids: teacher.png, step_XXXXXXXX.png
     control/         files a UI touches to ask the trainer to stop or save now
     .trainer.lock    held (flock) by the one process training in the folder; names its pid and host

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from distill_core import families
 from distill_core.errors import CheckpointError, ConfigError
-from distill_core.evaluate import diversity
+from distill_core.evaluation.evaluate import diversity
+from distill_core.export.student_file import StudentInfo
 from distill_core.grids import tile
 from distill_core.schedules import FlowSchedule, NoiseSchedule, VPSchedule, schedule_from_description
-from distill_core.student_file import StudentInfo
 
 
 def family_schedule(name: str, shift: float | None = None) -> NoiseSchedule:

@@ -83,7 +83,7 @@ class Diversity(io.ComfyNode):
         if clip_vision is not None:
             features, name = clip_vision.encode_image(images).image_embeds.float().cpu(), "CLIP vision"
         else:
-            from distill_core.evaluate import DigitsExtractor
+            from distill_core.evaluation.evaluate import DigitsExtractor
 
             features = DigitsExtractor().features(to_digit_space(from_comfy_images(images)))
             name = "digits classifier"

@@ -13,7 +13,7 @@ from pathlib import Path
 import folder_paths
 
 from distill_core.errors import CheckpointError, DPDMDError
-from distill_core.student_file import StudentInfo, check_complete, read_student_info
+from distill_core.export.student_file import StudentInfo, check_complete, read_student_info
 
 FOLDER = "dpdmd"
 EXTENSIONS = {".safetensors", ".sft"}

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import comfy.model_sampling
 import comfy.sd
+import torch
 
 from distill_core.errors import CheckpointError, DPDMDError
+from distill_core.export.student_file import StudentInfo
 from distill_core.families import COMFY_NATIVE, FAMILIES
-from distill_core.student_file import StudentInfo
 
 WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
                  "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
@@ -73,7 +72,7 @@ def builtin_teacher(steps: int, cfg: float) -> Student:
 def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default") -> Student:
     """Load the network of a student whose metadata has been read and checked."""
     if info.family == "builtin":
-        from distill_core.export import load_student
+        from distill_core.export.exporters import load_student
         from distill_core.teachers.builtin import BuiltinTeacher
 
         teacher = BuiltinTeacher(shift=info.schedule.get("shift"))
@@ -81,7 +80,7 @@ def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default"
         return Student(name, info, teacher=teacher, net=net)
     if info.family not in COMFY_NATIVE:
         raise CheckpointError(f"{name} is a {info.family!r} student; this pack samples {', '.join(FAMILIES)} students")
-    from distill_core.export import check_student_file
+    from distill_core.export.exporters import check_student_file
 
     check_student_file(path)  # checksum and finite weights, which ComfyUI's loader does not look at
     try:

@@ -48,7 +48,7 @@ def builtin_student(path: Path) -> Path:
     Untrained as a student, but a valid one: what the loader, samplers and grids need.
     """
     from distill_core.config import Config, resolve
-    from distill_core.export import save_student, student_info
+    from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers.builtin import BuiltinTeacher
 
     teacher = BuiltinTeacher()
@@ -65,9 +65,9 @@ def tiny_sd3_transformer(seed: int = 0):
 
 def sd3_student(path: Path, seed: int = 0, steps: int = 4) -> Path:
     """A tiny SD3 student in diffusers format with DP-DMD metadata (FlowSchedule(shift=3) levels)."""
-    from distill_core.export import save_student
+    from distill_core.export.exporters import save_student
+    from distill_core.export.student_file import StudentInfo
     from distill_core.schedules import FlowSchedule
-    from distill_core.student_file import StudentInfo
 
     net = tiny_sd3_transformer(seed)
     schedule = FlowSchedule(shift=3.0)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from comfy_pack import ROOT, builtin_student, pack_module, plain_safetensors, sd3_student, truncated_copy
+
 from distill_core.errors import CheckpointError, ConfigError
-from distill_core.student_file import StudentInfo, check_complete, read_student_info
+from distill_core.export.student_file import StudentInfo, check_complete, read_student_info
 
 common = pack_module("nodes.common")
 
@@ -181,7 +181,8 @@ def test_requirements_cover_what_the_nodes_import():
     """Every third-party module imported by the nodes and the distill_core modules they load is required."""
     code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
             "from comfy_pack import pack_module; pack_module('nodes.common')\n"
-            "import distill_core.export, distill_core.sampling, distill_core.teachers.builtin, distill_core.evaluate\n"
+            "import distill_core.export.exporters, distill_core.sampling, distill_core.teachers.builtin, "
+            "distill_core.evaluation.evaluate\n"
             "print('\\n'.join(m.__file__ for k, m in sys.modules.items() if k.startswith('distill_core')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -198,7 +199,7 @@ def test_the_loaders_check_refuses_damaged_and_non_finite_native_students(tmp_pa
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from distill_core.export import check_student_file, save_student
+    from distill_core.export.exporters import check_student_file, save_student
 
     student = sd3_student(tmp_path / "s.safetensors")
     check_student_file(student)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from distill_core.cli import main
 from distill_core.demo import demo_config
-from distill_core.train import train
+from distill_core.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_sample_refuses_a_student_with_non_finite_weights(tmp_path, capsys):
     import torch
 
     from distill_core.config import Config, resolve
-    from distill_core.export import save_student, student_info
+    from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers import load_teacher
 
     teacher = load_teacher(resolve(Config()))

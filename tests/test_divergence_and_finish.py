@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill_core import checkpoint as ckpt
 from distill_core.errors import TrainingDiverged
 from distill_core.integrity import first_nonfinite
 from distill_core.runfolder import RunFolder
-from distill_core.train import train
+from distill_core.training.trainer import train
+from distill_core.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,10 +60,10 @@ def test_branch_from_a_folder_that_is_not_a_checkpoint_is_refused(tiny, tmp_path
 KILLED_WHILE_FINISHING = """
 import os, sys
 sys.path[:0] = [{root!r}, {tests!r}]
-import distill_core.finish as finish
+import distill_core.training.finish as finish
 from conftest import tiny_config
 from distill_core.runfolder import RunFolder
-from distill_core.train import train
+from distill_core.training.trainer import train
 
 def killed(trainer):
     print("STATE", RunFolder(trainer.run.root).read_status()["state"], flush=True)

@@ -5,9 +5,9 @@ from safetensors.torch import save_file
 
 from distill_core.config import resolve
 from distill_core.errors import CheckpointError, PromptError
-from distill_core.export import load_student, save_student, student_info
+from distill_core.export.exporters import load_student, save_student, student_info
+from distill_core.export.student_file import read_student_info
 from distill_core.sampling import sample_grid
-from distill_core.student_file import read_student_info
 from distill_core.teachers import load_teacher
 
 
@@ -38,7 +38,7 @@ def test_round_trip_keeps_weights_and_schedule(tiny, tmp_path, teacher):
 
 def test_metadata_has_modelspec_keys(tiny, tmp_path, teacher):
     path = save_student(teacher.network.state_dict(), student_info(teacher, resolve(tiny()), 0), tmp_path / "s.safetensors")
-    from distill_core.student_file import read_metadata
+    from distill_core.export.student_file import read_metadata
     meta = read_metadata(path)
     for key in ("modelspec.sai_model_spec", "modelspec.architecture", "modelspec.title", "dpdmd.levels",
                 "dpdmd.sigmas", "dpdmd.anchor_step", "dpdmd.diversity_weight", "dpdmd.method"):
@@ -85,7 +85,7 @@ def _flip_tensor_bytes(path):
 def test_damaged_or_non_finite_students_are_refused(tmp_path, teacher, tiny, capsys):
     from safetensors.torch import load_file
 
-    from distill_core.student_file import CHECKSUM, read_metadata
+    from distill_core.export.student_file import CHECKSUM, read_metadata
 
     info = student_info(teacher, resolve(tiny()), 0)
     good = save_student(teacher.network.state_dict(), info, tmp_path / "good.safetensors")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_diffusers import build_tiny_clip_vision, build_tiny_dino
 
 from distill_core.errors import ConfigError
-from distill_core.evaluate import diversity, load_extractor
-from distill_core.features import TransformersExtractor
-from tiny_diffusers import build_tiny_clip_vision, build_tiny_dino
+from distill_core.evaluation.evaluate import diversity, load_extractor
+from distill_core.evaluation.features import TransformersExtractor
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-from distill_core import checkpoint as ckpt
-from distill_core.train import train
+from distill_core.training.trainer import train
+from distill_core.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 

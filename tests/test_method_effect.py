@@ -11,7 +11,7 @@ import torch
 from distill_core.method import teacher_anchor, velocity_target
 from distill_core.sampling import seed_noise
 from distill_core.teachers.base import repeat_cond
-from distill_core.train import Trainer
+from distill_core.training.trainer import Trainer
 
 
 def first_step_error(trainer: Trainer, n: int = 64) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ports import free_port
 
-from distill_core import checkpoint as ckpt
+from distill_core.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 

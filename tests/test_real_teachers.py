@@ -15,23 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tiny_diffusers import build_tiny_dino, tiny_run_config
 
-from distill_core import checkpoint as ckpt
 from distill_core.cli import main as cli
 from distill_core.config import resolve
 from distill_core.errors import ConfigError
-from distill_core.export import load_student, student_info
+from distill_core.export.exporters import load_student, student_info
+from distill_core.export.student_file import read_student_info
 from distill_core.method import teacher_anchor
 from distill_core.sampling import sample_grid, seed_noise
 from distill_core.schedules import VPSchedule
-from distill_core.student_file import read_student_info
 from distill_core.teachers import load_teacher
 from distill_core.teachers.diffusers_teachers import DiffusersTeacher
-from distill_core.train import Trainer
-from ports import free_port
-from tiny_diffusers import build_tiny_dino, tiny_run_config
+from distill_core.training.trainer import Trainer
+from distill_core.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photo of a cat"

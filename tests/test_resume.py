@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill_core import checkpoint as ckpt
 from distill_core.errors import CheckpointError
-from distill_core.train import Trainer, restore_schedule, train, warmup_schedule
+from distill_core.training.trainer import Trainer, restore_schedule, train, warmup_schedule
+from distill_core.training import checkpoint as ckpt
 
 
 def _weights(run_dir):
@@ -82,7 +82,7 @@ def test_interrupted_write_leaves_previous_checkpoint(tiny):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny):
     from distill_core.errors import TrainingDiverged
     from distill_core.runfolder import RunFolder
-    from distill_core.train import run_trainer
+    from distill_core.training.trainer import run_trainer
 
     cfg = tiny(run__max_steps=2)
     train(cfg, progress=False, finish=False)

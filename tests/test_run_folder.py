@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from distill_core import checkpoint as ckpt
 from distill_core.errors import RunRefused
 from distill_core.runfolder import LOCK, RunFolder
-from distill_core.train import train
+from distill_core.training.trainer import train
+from distill_core.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLD = ("import sys\nfrom distill_core.runfolder import RunFolder\n"
@@ -106,7 +106,7 @@ def test_a_moved_or_copied_run_folder_resumes_where_it_is(tiny, tmp_path, capsys
 
 
 def test_run_files_are_read_only_inside_the_run_folder(tmp_path):
-    from distill_core.report import write_report
+    from distill_core.evaluation.report import write_report
 
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -6,7 +6,7 @@ import pytest
 from distill_core import presets
 from distill_core.cli import build_parser
 from distill_core.config import Config, MethodSection, TeacherSection, choices, field_value, resolve
-from distill_core.formats import DTYPES, FORMATS
+from distill_core.export.formats import DTYPES, FORMATS
 from trainer_ui import wizard
 from trainer_ui.paths import Roots
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from distill_core.config import load_config
-from distill_core.exporters import export
-from distill_core.student_file import read_student_info
-from distill_core.train import Trainer, train
+from distill_core.export.exporters import export
+from distill_core.export.student_file import read_student_info
+from distill_core.training.trainer import Trainer, train
 
 
 def optimizer_steps(opt) -> set[int]:

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -17,11 +16,12 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+import tomllib
 from ui_support import REPO, copy_run, finished_runs, stop_trainers, tiny_form, values, wait_for
 
-from distill_core import checkpoint as ckpt
 from distill_core.config import Config, loads_config, resolve
 from distill_core.runfolder import RunFolder
+from distill_core.training import checkpoint as ckpt
 from trainer_ui import app, launcher, runs
 from trainer_ui.paths import PathRefused, Roots
 from trainer_ui.wizard import PRESETS, build_config

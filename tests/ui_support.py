@@ -48,7 +48,7 @@ _FINISHED: dict[str, Path] = {}
 def finished_runs(tmp_path_factory) -> dict[str, Path]:
     """Two finished tiny runs, DP-DMD and DMD, trained once per test session (in-process)."""
     if not _FINISHED:
-        from distill_core.train import train
+        from distill_core.training.trainer import train
 
         root = tmp_path_factory.mktemp("finished")
         for method in ("dpdmd", "dmd"):

@@ -44,7 +44,7 @@ class ModelCache:
         return self._teachers[key]
 
     def extractor(self, spec: str):
-        from distill_core.evaluate import load_extractor
+        from distill_core.evaluation.evaluate import load_extractor
 
         if spec and spec not in self._extractors:
             self._extractors[spec] = load_extractor(spec)
@@ -52,8 +52,8 @@ class ModelCache:
 
 
 def _measure(teacher, images, prompts: list[str], seeds: list[int], extractor) -> dict:
-    from distill_core.evaluate import evaluate_images
-    from distill_core.finish import prompt_labels
+    from distill_core.evaluation.evaluate import evaluate_images
+    from distill_core.evaluation.compare import prompt_labels
 
     if extractor is None:
         return {}
@@ -74,8 +74,8 @@ def _run_eval(metrics: dict, who: str) -> dict:
 
 def _panel(label: str, title: str, teacher, net, prompts, seeds, levels, guidance, extractor, device,
            numbers: dict) -> Panel:
-    from distill_core.sampling import sample_grid
     from distill_core.grids import seed_grid
+    from distill_core.sampling import sample_grid
 
     latents = sample_grid(teacher, net, prompts, seeds, levels, guidance, device=device)
     image = seed_grid(teacher.decode(latents), prompts, seeds, title)
@@ -99,7 +99,7 @@ def default_prompts(run_dirs: list[Path]) -> list[str]:
 def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], seeds: list[int], cache: ModelCache,
             device: str = "cpu", progress: Callable[[float, str], None] | None = None) -> list[Panel]:
     """One seed grid per teacher (if asked) and per run's student, same prompts and seeds, with numbers."""
-    from distill_core.export import load_student
+    from distill_core.export.exporters import load_student
 
     if not run_dirs and not include_teacher:
         raise DPDMDError("pick at least one run, or the teacher")

@@ -129,7 +129,7 @@ def signature(run_dir: Path) -> tuple:
 
 
 def view(run_dir: Path) -> RunView:
-    from distill_core import checkpoint as ckpt
+    from distill_core.training import checkpoint as ckpt
 
     run = RunFolder(run_dir)
     status, events = run.read_status(), run.read_events()

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..checkpoint import save_tensors
 from ..runfolder import atomic_write_text
+from ..training.checkpoint import save_tensors
 from .base import Cond, PromptBank
 
 INDEX = "index.json"

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-
 from comfy_env import require_comfy, setup_comfy
 
 require_comfy()
@@ -22,8 +21,8 @@ import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
 from comfy.k_diffusion import sampling as k_sampling  # noqa: E402
 from comfy_extras.nodes_custom_sampler import SamplerCustom  # noqa: E402
-
 from comfy_pack import builtin_student, load_pack, pack_module, plain_safetensors, sd3_student, truncated_copy  # noqa: E402
+
 from distill_core.errors import DPDMDError  # noqa: E402
 from distill_core.method import ddim_sample  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
@@ -135,9 +134,8 @@ def fixed_condition() -> tuple[Cond, list]:
 
 def distill_core_samples(path, levels, state_dict_change=None) -> torch.Tensor:
     """distill_core's own 4-step samples of the student file (model space), one per seed in SEEDS."""
-    from safetensors.torch import load_file
-
     from comfy_pack import tiny_sd3_transformer
+    from safetensors.torch import load_file
 
     net = tiny_sd3_transformer()
     sd = load_file(str(path))
@@ -258,7 +256,7 @@ def test_builtin_student_grid_and_diversity(pack, models):
     assert torch.allclose(images, expected, atol=1e-6)
 
     out = run(ids["DPDMDDiversity"], images=images, per_prompt=3)
-    from distill_core.evaluate import DigitsExtractor, diversity
+    from distill_core.evaluation.evaluate import DigitsExtractor, diversity
 
     feats = DigitsExtractor().features(student.teacher.decode(lat))
     assert out.result[0] == pytest.approx(diversity(feats, 3), abs=1e-6)
@@ -294,7 +292,6 @@ def test_loader_refuses_bad_input_with_a_clear_message(pack, models, name, messa
 def test_comfy_registry_config_parses():
     """ComfyUI's own parser (the Comfy Registry schema) reads the [tool.comfy] block of pyproject.toml."""
     from comfy_config import config_parser
-
     from comfy_pack import ROOT
 
     config = config_parser.extract_node_configuration(str(ROOT))

@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import Config
+from ..config import Config
+from ..grids import seed_grid
+from ..sampling import sample_grid
+from ..teachers.base import Teacher
 from .evaluate import FeatureExtractor, evaluate_images
-from .grids import seed_grid
-from .sampling import sample_grid
-from .teachers.base import Teacher
 
 
 class Snapshots:

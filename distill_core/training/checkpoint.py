@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
-from .integrity import file_tensors, first_nonfinite, nonfinite_message, sha256_file
+from ..errors import CheckpointError
+from ..integrity import file_tensors, first_nonfinite, nonfinite_message, sha256_file
 
 MARKER = "COMPLETE"
 PREFIX = "step_"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DINO_TYPES = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 CLIP_TYPES = ("clip", "clip_vision_model")

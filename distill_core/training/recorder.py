@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .config import Config
-from .runfolder import RunFolder, atomic_write_text
+from ..config import Config
+from ..runfolder import RunFolder, atomic_write_text
 
 
 class Recorder:

@@ -14,7 +14,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 FORMAT_VERSION = "1"
 PREFIX = "dpdmd."

@@ -1,4 +1,4 @@
-"""LoRA for the student and the fake score (peft), and the state dicts around it.
+"""LoRA for the student and the fake score (peft); the state dicts around it are in ``adapters``.
 
 With ``student.lora_rank > 0`` both trainable networks keep the teacher's
 weights frozen (in bf16 when the run uses bf16 autocast with a bf16 teacher)
@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import Config
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .adapters import ADAPTER
 
-ADAPTER = "default"
 # attention and feed-forward projections (matched as module-name suffixes, Linear layers only)
 TARGETS: dict[str, tuple[str, ...]] = {
     "sd3": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -24,12 +23,6 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
     "builtin": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
-
-
-def base_dtype(cfg: Config) -> torch.dtype:
-    """The frozen base's dtype: bf16 only where autocast makes bf16 weights and fp32 adapters meet safely."""
-    bf16 = cfg.teacher.dtype == "bfloat16" and cfg.run.mixed_precision == "bf16"
-    return torch.bfloat16 if bf16 else torch.float32
 
 
 def target_modules(net: nn.Module, family: str) -> list[str]:
@@ -59,39 +52,3 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
             p.data = p.data.float()
             p.requires_grad_(True)
     return net
-
-
-def is_lora_state(state: dict) -> bool:
-    return any(".lora_A." in k for k in state)
-
-
-def is_lora(net: nn.Module) -> bool:
-    return any(".lora_A." in name for name, _ in net.named_parameters())
-
-
-def trainable_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What a checkpoint keeps of a network: everything, or only the adapters of a LoRA network."""
-    if not is_lora_state(state):
-        return state
-    return {k: v for k, v in state.items() if ".lora_" in k}
-
-
-def merged_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The teacher-layout float32 state dict of a LoRA network's state: W + B A (alpha = rank, scale 1)."""
-    if not is_lora_state(state):
-        return state
-    out = {k.replace(".base_layer.", "."): v.float() for k, v in state.items() if ".lora_" not in k}
-    suffix = f".lora_A.{ADAPTER}.weight"
-    for key in state:
-        if key.endswith(suffix):
-            module = key[: -len(suffix)]
-            a, b = state[key].float(), state[f"{module}.lora_B.{ADAPTER}.weight"].float()
-            out[f"{module}.weight"] = out[f"{module}.weight"] + b @ a
-    return out
-
-
-def adapter_factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """module name -> (A, B) of a LoRA network's state (scale folded in: alpha = rank)."""
-    suffix = f".lora_A.{ADAPTER}.weight"
-    return {k[: -len(suffix)]: (state[k].float(), state[k[: -len(suffix)] + f".lora_B.{ADAPTER}.weight"].float())
-            for k in state if k.endswith(suffix)}

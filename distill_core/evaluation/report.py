@@ -10,7 +10,7 @@ import html
 import io
 from pathlib import Path
 
-from .runfolder import RunFolder, atomic_write_text
+from ..runfolder import RunFolder, atomic_write_text
 
 
 def _png(data: bytes) -> str:

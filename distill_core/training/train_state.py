@@ -14,8 +14,8 @@ import re
 import torch
 from torch import nn
 
-from .lora import is_lora, trainable_state
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .adapters import is_lora, trainable_state
 
 _WRAPPERS = re.compile(r"(_fsdp_wrapped_module\.|_checkpoint_wrapped_module\.|_orig_mod\.|^module\.)")
 

@@ -1,19 +1,16 @@
-"""The end of a run: export the student, measure teacher and student the same way, write the report."""
+"""Teacher and student measured the same way: diversity (Eq. 9), quality, modes and seconds per image."""
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 from torch import nn
 
-from .config import Config
-from .builtin.modes import mode_metrics
+from ..builtin.modes import mode_metrics
+from ..config import Config
+from ..sampling import sample_grid
+from ..teachers.base import Teacher
 from .evaluate import DigitsExtractor, FeatureExtractor, evaluate_images, load_extractor
-from .export import save_student, student_info
-from .runfolder import atomic_write_text
-from .sampling import sample_grid
-from .teachers.base import Teacher
 
 
 def prompt_labels(teacher: Teacher, prompts: list[str], per_prompt: int) -> torch.Tensor | None:
@@ -75,25 +72,3 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device) -> dict:
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}
-
-
-def finish_run(trainer) -> dict:
-    """Export, evaluate and report a finished run (main process)."""
-    cfg, teacher, run = trainer.cfg, trainer.teacher, trainer.run
-    info = student_info(teacher, cfg, trainer.step)
-    save_student(trainer.student_state_dict(), info, run.student_path)
-    run.append_event("export", step=trainer.step, path=run.student_path.name)
-    student = trainer.sampling_student()
-    metrics = compare(cfg, teacher, student, trainer.acc.device)
-    events = run.read_events()
-    train_seconds = sum(e.get("sec_per_step", 0.0) for e in events if e.get("event") == "step")
-    metrics["run"] = {"method": cfg.method.name, "anchor_step": cfg.method.anchor_step,
-                      "diversity_weight": cfg.lam, "steps": trainer.step, "train_seconds": round(train_seconds, 1),
-                      "batch_size": cfg.data.batch_size, "fake_updates": cfg.method.fake_updates,
-                      "teacher_guidance": cfg.teacher.guidance_scale, "student_levels": info.levels}
-    atomic_write_text(run.metrics_path, json.dumps(metrics, indent=1))
-    run.append_event("metrics", step=trainer.step, **{k: v for k, v in metrics.items() if k != "run"})
-    from .report import write_report
-    write_report(run.root)
-    run.append_event("report", step=trainer.step, path=run.report_path.name)
-    return metrics

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def pairwise_diversity(features: torch.Tensor) -> float:
@@ -67,8 +67,8 @@ class DigitsExtractor:
     def __init__(self, path: str | Path | None = None) -> None:
         from safetensors.torch import load_file
 
-        from .builtin.networks import DigitsClassifier
-        from .teachers.builtin import WEIGHTS_DIR, verify_shipped
+        from ..builtin.networks import DigitsClassifier
+        from ..teachers.builtin import WEIGHTS_DIR, verify_shipped
 
         path = Path(path) if path else WEIGHTS_DIR / "digits_classifier.safetensors"
         verify_shipped(path)
@@ -81,7 +81,7 @@ class DigitsExtractor:
 
     @cached_property
     def center(self) -> torch.Tensor:
-        from .builtin.digits import load_split
+        from ..builtin.digits import load_split
 
         with torch.no_grad():
             return self.net.features(load_split().train_images).mean(0)
@@ -97,14 +97,14 @@ class DigitsExtractor:
     @cached_property
     def modes(self):
         """The real digits' per-class style clusters (see builtin/modes.py)."""
-        from .builtin.modes import StyleModes
+        from ..builtin.modes import StyleModes
 
         return StyleModes.fit(self)
 
     @cached_property
     def real_features(self) -> np.ndarray:
         """Features of the held-out real digits (the reference for the Frechet distance)."""
-        from .builtin.digits import load_split
+        from ..builtin.digits import load_split
 
         with torch.no_grad():
             return (self.net.features(load_split().test_images) - self.center).numpy()

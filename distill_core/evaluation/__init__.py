@@ -1,0 +1,1 @@
+"""Evaluation: diversity, quality and seed grids of teacher and student (see README.md)."""

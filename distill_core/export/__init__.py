@@ -1,0 +1,1 @@
+"""Export: the student in the formats people load (see README.md)."""
