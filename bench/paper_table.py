@@ -50,7 +50,7 @@ def base_config(args, work: Path, name: str, method: str, seed: int) -> Config:
     cfg.run.keep_checkpoints = 1
     cfg.data.batch_size = args.batch
     cfg.optim.student_lr = cfg.optim.fake_lr = args.lr
-    cfg.eval.every = max(1, args.steps // 8)  # diversity over training (the paper's Fig. 5)
+    cfg.eval.diversity_every = max(1, args.steps // 8)  # diversity over training (the paper's Fig. 5)
     cfg.eval.grid_every = 0
     for assignment in args.set:
         apply_override(cfg, assignment)

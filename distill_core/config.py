@@ -122,7 +122,7 @@ class EvalSection:
     prompts: list[str] = field(default_factory=list)  # fixed evaluation prompts; [] = first training prompts
     max_prompts: int = 10
     seeds: int = 9  # R samples per prompt (paper: 9)
-    every: int = 100  # diversity during training every N steps (0 = only at the end)
+    diversity_every: int = 100  # diversity (Eq. 9) during training every N steps (0 = only at the end)
     grid_every: int = 50  # fixed-seed sample grid every N steps (0 = only at the end)
     grid_prompts: int = 4
     grid_seeds: int = 6
@@ -247,6 +247,9 @@ def _unknown(name: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown field '{name}'{hint}")
 
 
+RENAMED = {("eval", "every"): "diversity_every"}  # old names still read, so older configs and run folders load
+
+
 def from_dict(data: dict) -> Config:
     """Build a Config from nested dicts, refusing unknown sections and fields."""
     cfg = Config()
@@ -260,6 +263,7 @@ def from_dict(data: dict) -> Config:
         hints = typing.get_type_hints(type(section))
         known = [f.name for f in dataclasses.fields(section)]
         for key, value in values.items():
+            key = RENAMED.get((sec_name, key), key)
             if key not in known:
                 raise _unknown(f"{sec_name}.{key}", known)
             setattr(section, key, _check_type(f"{sec_name}.{key}", value, hints[key]))
@@ -303,7 +307,7 @@ AT_LEAST: dict[str, tuple[int, str]] = {
     "optim.warmup_steps": (0, ""),
     "data.batch_size": (1, ""),
     "eval.seeds": (2, ": diversity compares samples pairwise (paper: 9)"),
-    **{f"eval.{name}": (0, "") for name in ("every", "grid_every", "max_prompts", "grid_prompts", "grid_seeds",
+    **{f"eval.{name}": (0, "") for name in ("diversity_every", "grid_every", "max_prompts", "grid_prompts", "grid_seeds",
                                             "fd_samples_per_prompt")},
     "run.max_steps": (1, ""), "run.checkpoint_every": (0, ""), "run.keep_checkpoints": (1, ""), "run.log_every": (1, ""),
 }

@@ -17,7 +17,7 @@ def demo_config(output_dir: str | Path = "runs/demo", quick: bool = False, metho
     if quick:
         cfg.run.max_steps = 12
         cfg.run.checkpoint_every = 6
-        cfg.eval.every = 6
+        cfg.eval.diversity_every = 6
         cfg.eval.grid_every = 6
         cfg.eval.fd_samples_per_prompt = 20
         cfg.data.batch_size = 32

@@ -22,7 +22,7 @@ def tiny_config(out, **overrides) -> Config:
     cfg.method.fake_updates = 2
     cfg.teacher.num_steps = 8
     cfg.method.anchor_step = 3
-    cfg.eval.every = 0
+    cfg.eval.diversity_every = 0
     cfg.eval.grid_every = 0
     cfg.eval.prompts = ["0", "1", "2"]
     cfg.eval.seeds = 3
@@ -31,6 +31,7 @@ def tiny_config(out, **overrides) -> Config:
     cfg.eval.fd_samples_per_prompt = 4
     for key, value in overrides.items():
         section, name = key.split("__")
+        assert hasattr(getattr(cfg, section), name), f"no config field {section}.{name}"
         setattr(getattr(cfg, section), name, value)
     return cfg
 

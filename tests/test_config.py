@@ -102,3 +102,10 @@ def test_sd3_and_sdxl_defaults_follow_the_paper(tmp_path):
         got[family] = (t.teacher.guidance_scale, t.teacher.num_steps, t.optim.student_lr, t.optim.fake_lr,
                        t.data.batch_size, t.teacher.resolution, t.eval.features)
     assert got == {"sd3": (3.5, 30, 1e-5, 1e-5, 4, 1024, ""), "sdxl": (8.0, 50, 1e-5, 1e-5, 4, 1024, "")}
+
+
+def test_the_old_name_eval_every_still_reads_as_diversity_every():
+    """Configs and run folders written before the rename keep loading (and resolve to the same run)."""
+    from distill_core.config import loads_config
+
+    assert loads_config("[eval]\nevery = 7\n").eval.diversity_every == 7

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_demo_writes_student_metrics_and_report(tmp_path):
     cfg = demo_config(tmp_path / "demo", quick=True)
     cfg.run.max_steps = 4
-    cfg.eval.every = cfg.eval.grid_every = cfg.run.checkpoint_every = 2
+    cfg.eval.diversity_every = cfg.eval.grid_every = cfg.run.checkpoint_every = 2
     run = train(cfg, progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     for who in ("teacher", "student"):

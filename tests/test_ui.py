@@ -169,7 +169,7 @@ def test_the_wizard_offers_the_planners_presets():
 
 # ---- start, double start, monitor, save now, stop ------------------------------------------------------
 def test_start_monitor_save_stop(settings):
-    form = tiny_form("live", run__max_steps=500, run__checkpoint_every=100, eval__grid_every=2, eval__every=2)
+    form = tiny_form("live", run__max_steps=500, run__checkpoint_every=100, eval__grid_every=2, eval__diversity_every=2)
     run = RunFolder(settings.roots.runs / "live")
     started = app.start(settings, *values(form))
     assert started.message.startswith("Started **live**"), started.message

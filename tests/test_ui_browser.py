@@ -92,7 +92,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     page.get_by_text("Advanced").click()
     _set_number(page, "fake-updates", 2)
     _set_number(page, "grid-every", 2)
-    _set_number(page, "eval-every", 2)
+    _set_number(page, "diversity-every", 2)
     editor = page.locator("#extra-toml .cm-content")
     editor.click()
     page.keyboard.type('[eval]\nprompts = ["0", "1", "2"]\nseeds = 3\ngrid_prompts = 2\ngrid_seeds = 2\n'

@@ -146,7 +146,7 @@ def tiny_run_config(family: str, folder: str | Path, out: str | Path, **override
     cfg.teacher.num_steps, cfg.method.anchor_step, cfg.method.fake_updates = 6, 2, 1
     cfg.run.output_dir, cfg.run.max_steps, cfg.run.checkpoint_every = str(out), 2, 1
     cfg.data.prompts, cfg.data.batch_size = ["a photo of a cat", "the dog", "a painting of the sea"], 2
-    cfg.eval.every, cfg.eval.grid_every, cfg.eval.features = 0, 0, ""
+    cfg.eval.diversity_every, cfg.eval.grid_every, cfg.eval.features = 0, 0, ""
     cfg.eval.seeds, cfg.eval.max_prompts, cfg.eval.grid_prompts, cfg.eval.grid_seeds = 2, 1, 1, 2
     for key, value in overrides.items():
         section, name = key.split("__")

@@ -34,7 +34,7 @@ def tiny_form(name: str, **overrides) -> WizardForm:
                       batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name,
                       fake_updates=cfg.method.fake_updates, seed=cfg.run.seed,
                       checkpoint_every=cfg.run.checkpoint_every, grid_every=cfg.eval.grid_every,
-                      eval_every=cfg.eval.every, extra_toml=extra)
+                      diversity_every=cfg.eval.diversity_every, extra_toml=extra)
 
 
 def values(form: WizardForm) -> list:

@@ -338,15 +338,15 @@ def _wizard_page(settings: Settings):
                                          elem_id="checkpoint-every")
             grid_every = gr.Number(value=f.grid_every, precision=0, label="Seed grid every N steps",
                                    elem_id="grid-every")
-            eval_every = gr.Number(value=f.eval_every, precision=0, label="Diversity every N steps",
-                                   elem_id="eval-every")
+            diversity_every = gr.Number(value=f.diversity_every, precision=0, label="Diversity every N steps",
+                                   elem_id="diversity-every")
         extra = gr.Code(value="", language=None, label="Any other config field as TOML (overrides the form), "
                         "e.g. [eval] seeds = 9", elem_id="extra-toml", lines=4)
     inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, prompts=prompts, prompts_file=prompts_file,
                     method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
                     guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
                     memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
-                    checkpoint_every=checkpoint_every, grid_every=grid_every, eval_every=eval_every, extra_toml=extra)
+                    checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every, extra_toml=extra)
     with gr.Row():
         check_btn = gr.Button("Check config", elem_id="check-btn")
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")

@@ -76,7 +76,7 @@ class WizardForm:
     seed: float | None
     checkpoint_every: float | None
     grid_every: float | None
-    eval_every: float | None
+    diversity_every: float | None
     extra_toml: str
 
     def __post_init__(self) -> None:
@@ -98,7 +98,7 @@ def default_form(family: str = "builtin") -> WizardForm:
                       max_steps=c.run.max_steps, batch_size=fam.batch_size, run_name=default_run_name(c.method.name),
                       memory=NO_PRESET if family == "builtin" else REAL_TEACHER_PRESET,
                       fake_updates=c.method.fake_updates, seed=c.run.seed, checkpoint_every=c.run.checkpoint_every,
-                      grid_every=c.eval.grid_every, eval_every=c.eval.every)
+                      grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every)
 
 
 def default_run_name(method: str = "dpdmd") -> str:
@@ -154,7 +154,7 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
                    "fake_updates": _whole(form.fake_updates, "fake updates")},
         "data": {"prompts": prompts, "batch_size": _whole(form.batch_size, "batch size"),
                  "prompts_file": form.prompts_file.strip()},
-        "eval": {"grid_every": _whole(form.grid_every, "grid every"), "every": _whole(form.eval_every, "eval every")},
+        "eval": {"grid_every": _whole(form.grid_every, "grid every"), "diversity_every": _whole(form.diversity_every, "diversity every")},
     }
     detach = form.method in CORE_METHODS and CORE_METHODS[form.method].detach
     for key, value in PRESETS[form.memory].settings.items():

@@ -49,13 +49,13 @@ class RunRecorder(Recorder):
             self.snaps.teacher_grid(run.samples / "teacher.png")
             run.append_event("grid", step=0, who="teacher", path="samples/teacher.png")
         if not resumed:
-            self.snapshot(step, grid=True, metrics=bool(c.eval.every))
+            self.snapshot(step, grid=True, metrics=bool(c.eval.diversity_every))
 
     def after_step(self, step: int, logs: dict[str, float]) -> None:
         e, last = self.cfg.eval, step == self.cfg.run.max_steps
         if step % self.cfg.run.log_every == 0 or last:
             self.run.append_event("step", step=step, **{k: round(v, 6) for k, v in logs.items()})
-        self.snapshot(step, grid=_due(step, e.grid_every), metrics=_due(step, e.every))
+        self.snapshot(step, grid=_due(step, e.grid_every), metrics=_due(step, e.diversity_every))
         self.run.write_status("running", step=step)
 
     def checkpoint(self, step: int, path: str) -> None:
