@@ -9,6 +9,12 @@ import sys
 from collections.abc import Callable
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 5 MB prompt or path never fills an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
 class DPDMDError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..errors import ConfigError, PromptError
+from ..errors import ConfigError, PromptError, shown
 from ..schedules import FlowSchedule, NoiseSchedule, VPSchedule
 from .base import Cond, PromptBank, Teacher
 from .prompt_store import EmbeddingStore, StoredPromptBank
@@ -130,7 +130,7 @@ class DiffusersTeacher(Teacher):
     def _encode(self, prompts: list[str]) -> Cond:
         bad = [p for p in prompts if not isinstance(p, str)]
         if bad:
-            raise PromptError(f"prompts must be strings, got {bad[0]!r}")
+            raise PromptError(f"prompts must be strings, got {shown(bad[0])}")
         pipe = self._text_pipeline()
         parts = [self._encode_with(pipe, prompts[i:i + ENCODE_BATCH]) for i in range(0, len(prompts), ENCODE_BATCH)]
         return {k: torch.cat([p[k] for p in parts]).to(self.dtype).cpu() for k in parts[0]}
