@@ -75,4 +75,83 @@ def test_a_config_that_is_not_utf8(capsys, tmp_path):
 def test_a_huge_value_is_not_echoed_whole(capsys, tmp_path):
     line = refused(capsys, ["train", write_config(tmp_path, data__prompts=["x" * 5_000_000])],
                    r"prompt 'x+\.\.\. \(5,000,002 characters\) names no digit")
-    assert len(line) < 400
+    assert len(line) < 500
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A student file of the built-in teacher (its own weights: enough for argument checks)."""
+    from distill_core.config import Config, resolve
+    from distill_core.export.exporters import save_student, student_info
+    from distill_core.teachers import load_teacher
+
+    cfg = resolve(tiny_config(tmp_path_factory.mktemp("student") / "run"))
+    teacher = load_teacher(cfg)
+    path = tmp_path_factory.mktemp("student") / "student.safetensors"
+    return save_student(teacher.network.state_dict(), student_info(teacher, cfg, 0), path)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seeds", "0"], r"--seeds 0 must be at least 1"),
+    (["--seeds", "-2"], r"--seeds -2 must be at least 1"),
+    (["--out", "{tmp}/missing/grid.png"], r"--out .*missing/grid.png': .*missing' does not exist; create it"),
+    (["--out", "{tmp}/grid.xyz"], r"--out .*: '.xyz' is not an image format Pillow writes; end the name in .png"),
+    (["--out", "{tmp}/grid"], r"--out .*: no extension is not an image format"),
+    (["--out", "{tmp}"], r"--out .* is a folder; give an image file name"),
+    (["--out", "{tmp}/afile/grid.png"], r"--out .*afile/grid.png': .*afile' is a file, not a folder"),
+    (["--out", "/sys/grid.png"], r"--out '/sys/grid.png' cannot be written \(Permission denied\); give a path"),
+    (["--teacher", "{tmp}/afile"], r"teacher.path .*afile' is not a safetensors file of the built-in teacher"),
+])
+def test_sample_arguments(capsys, tmp_path, student, args, match):
+    (tmp_path / "afile").write_text("not a model")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    refused(capsys, ["sample", str(student), "--prompt", "3", "--seeds", "2", *args], match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+@pytest.mark.parametrize("cut, match", [(lambda b: b[:-100], r"truncated"), (lambda b: b + b"x" * 64, r"damaged"),
+                                        (lambda b: b[:30], r"not a readable safetensors file")])
+def test_a_cut_or_appended_student(capsys, tmp_path, student, command, cut, match):
+    bad = tmp_path / "student.safetensors"
+    bad.write_bytes(cut(student.read_bytes()))
+    refused(capsys, [command, str(bad), "--prompt", "3", "--out" if command == "sample" else "--seeds",
+                     str(tmp_path / "g.png") if command == "sample" else "3"], match)
+
+
+def test_evaluate_seeds(capsys, student):
+    refused(capsys, ["evaluate", str(student), "--seeds", "1"], r"--seeds 1 must be at least 2: diversity compares")
+
+
+def test_max_steps_zero_is_refused(capsys, tmp_path):
+    refused(capsys, ["train", write_config(tmp_path), "--max-steps", "0"], r"run.max_steps = 0 must be at least 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_of_a_folder_that_is_no_run(capsys, tmp_path):
+    refused(capsys, ["report", str(tmp_path)], r"is not a run folder \(no config.toml or status.json\)")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A two-step run of the built-in teacher with checkpoints at steps 1 and 2 (no finish)."""
+    from distill_core.training.trainer import train
+
+    return train(tiny_config(tmp_path_factory.mktemp("trained") / "run", run__max_steps=2, run__checkpoint_every=1),
+                 finish=False)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--step", "0"], r"--step 0: .* has no checkpoint of that step; it has steps 1, 2"),
+    (["--step", "7"], r"--step 7: .* has no checkpoint of that step; it has steps 1, 2"),
+    (["--format", "lora", "--rank", "0"], r"--rank 0 must be at least 1"),
+    (["--out", "{tmp}/afile/s.safetensors"], r"--out .*afile/s.safetensors' cannot be written \(.*\); give a path"),
+    (["--out", "/sys/s.safetensors"], r"--out '/sys/s.safetensors' cannot be written \(Permission denied: .*\)"),
+    (["--format", "diffusers", "--out", "/sys/d"], r"--format diffusers needs an sd3 or sdxl run"),
+])
+def test_export_arguments(capsys, tmp_path, run_dir, args, match):
+    (tmp_path / "afile").write_text("")
+    before = sorted(p.name for p in run_dir.iterdir())
+    refused(capsys, ["export", str(run_dir), *[a.replace("{tmp}", str(tmp_path)) for a in args]], match)
+    assert sorted(p.name for p in run_dir.iterdir()) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
