@@ -9,9 +9,10 @@ from distill_core.cli import main
 
 
 def refused(capsys, argv: list[str], match: str) -> str:
-    """Run the CLI in-process; it must exit 2 with a single 'error:' line matching ``match``."""
+    """Run the CLI in-process; it must exit 2 with a single 'error:' line matching ``match`` (after the progress
+    bar's line, for errors that training meets)."""
     assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("distilling:")]
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert re.search(match, err[0]), err[0]
     return err[0]
@@ -155,3 +156,12 @@ def test_export_arguments(capsys, tmp_path, run_dir, args, match):
     before = sorted(p.name for p in run_dir.iterdir())
     refused(capsys, ["export", str(run_dir), *[a.replace("{tmp}", str(tmp_path)) for a in args]], match)
     assert sorted(p.name for p in run_dir.iterdir()) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_batch_that_cannot_be_allocated(capsys, tmp_path):
+    cfg = write_config(tmp_path, data__batch_size=2 ** 40, run__max_steps=1)
+    refused(capsys, ["train", cfg, "--no-finish"], r"data.batch_size = 1099511627776 does not fit in memory on cpu "
+                                                   r"\(.*\); lower it")
+    assert not any((tmp_path / "run" / "checkpoints").iterdir())
+    smaller = write_config(tmp_path, data__batch_size=2, run__max_steps=1)  # the same folder takes the fix
+    assert main(["train", smaller, "--no-finish"]) == 0
