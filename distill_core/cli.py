@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from .config import MethodSection, TeacherSection, choices
-from .errors import exit_code
+from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
 
 # Commands whose module owns their options: main() hands them the rest of the command line. Other
@@ -86,26 +86,53 @@ def _teacher_for(student: Path, teacher_path: str):
     return load_teacher(resolve(cfg), _device()), info
 
 
+def _image_out(out: str) -> Path:
+    """``--out`` of an image, checked before any model loads: a file name Pillow can write, in a folder that exists."""
+    from PIL import Image
+
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--out {shown(out)} is a folder; give an image file name such as samples.png")
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise ConfigError(f"--out {shown(out)}: {shown(path.suffix) if path.suffix else 'no extension'} is not an image "
+                          "format Pillow writes; end the name in .png or .jpg")
+    if not path.parent.is_dir():
+        why = "is a file, not a folder" if path.parent.exists() else "does not exist; create it first"
+        raise ConfigError(f"--out {shown(out)}: {shown(str(path.parent))} {why}")
+    return path
+
+
+def _at_least(flag: str, value: int, least: int, why: str = "") -> None:
+    if value < least:
+        raise ConfigError(f"{flag} {value} must be at least {least}{why}")
+
+
 def _cmd_sample(args) -> None:
     from .export.exporters import load_student
     from .grids import seed_grid
     from .sampling import sample_grid
 
+    _at_least("--seeds", args.seeds, 1, " (one column per seed)")
+    out = _image_out(args.out)
     teacher, _ = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     lat = sample_grid(teacher, net, args.prompt, seeds, info.levels, device=_device())
-    seed_grid(teacher.decode(lat), args.prompt, seeds, f"{info.title}: {info.num_steps} steps",
-              max_cell=None).save(args.out)
-    print(f"wrote {args.out} ({len(args.prompt)} prompts x {len(seeds)} seeds, {info.num_steps} steps)")
+    grid = seed_grid(teacher.decode(lat), args.prompt, seeds, f"{info.title}: {info.num_steps} steps", max_cell=None)
+    try:
+        grid.save(out)
+    except OSError as e:
+        raise DPDMDError(f"--out {shown(args.out)} cannot be written ({e.strerror or e}); give a path you can "
+                         "write to") from None
+    print(f"wrote {out} ({len(args.prompt)} prompts x {len(seeds)} seeds, {info.num_steps} steps)")
 
 
 def _cmd_evaluate(args) -> None:
     from .config import Config, resolve
-    from .errors import ConfigError
     from .evaluation.compare import compare
     from .export.exporters import load_student
 
+    _at_least("--seeds", args.seeds, 2, ": diversity compares samples pairwise (paper: 9)")
     teacher, info = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())
     cfg = Config()

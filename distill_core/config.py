@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ try:  # Python 3.11+; ComfyUI installs on 3.10 use the tomli backport
 except ImportError:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .families import FAMILIES, FamilyName
 
 
@@ -224,19 +225,21 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return list(value)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, not {value!r}")
+            raise ConfigError(f"{name} must be true or false, not {shown(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be a whole number, not {value!r}")
+            raise ConfigError(f"{name} must be a whole number, not {shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, not {value!r}")
+            raise ConfigError(f"{name} must be a number, not {shown(value)}")
+        if not math.isfinite(value):  # TOML reads nan and inf; no field means either
+            raise ConfigError(f"{name} = {value} must be a finite number; nan and inf are not values of any field")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, not {value!r}")
+            raise ConfigError(f"{name} must be a string, not {shown(value)}")
         return value
     raise TypeError(annotation)
 
@@ -258,7 +261,7 @@ def from_dict(data: dict) -> Config:
         if sec_name not in sections:
             raise _unknown(sec_name, list(sections))
         if not isinstance(values, dict):
-            raise ConfigError(f"[{sec_name}] must be a table of fields, not {values!r}")
+            raise ConfigError(f"[{sec_name}] must be a table of fields, not {shown(values)}")
         section = getattr(cfg, sec_name)
         hints = typing.get_type_hints(type(section))
         known = [f.name for f in dataclasses.fields(section)]
@@ -282,9 +285,9 @@ def load_config(path: str | Path) -> Config:
     """Read a TOML run config; errors name the file, line or field."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; write one (see examples/) "
+        raise ConfigError(f"config file {shown(str(path))} does not exist; write one (see examples/) "
                           "or run `dpdmd demo` to get a working config.toml")
-    return from_dict(parse_toml(path.read_text(encoding="utf-8"), str(path)))
+    return from_dict(parse_toml(read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)"), str(path)))
 
 
 def loads_config(text: str) -> Config:
@@ -307,18 +310,35 @@ AT_LEAST: dict[str, tuple[int, str]] = {
     "optim.warmup_steps": (0, ""),
     "data.batch_size": (1, ""),
     "eval.seeds": (2, ": diversity compares samples pairwise (paper: 9)"),
-    **{f"eval.{name}": (0, "") for name in ("diversity_every", "grid_every", "max_prompts", "grid_prompts", "grid_seeds",
-                                            "fd_samples_per_prompt")},
+    **{f"eval.{name}": (0, "") for name in ("diversity_every", "grid_every", "max_prompts", "fd_samples_per_prompt")},
+    **{f"eval.{name}": (1, ": every run draws a seed grid at the end (grid_every = 0: only then)")
+       for name in ("grid_prompts", "grid_seeds")},
     "run.max_steps": (1, ""), "run.checkpoint_every": (0, ""), "run.keep_checkpoints": (1, ""), "run.log_every": (1, ""),
 }
 
 
+def read_text(path: Path, what: str, fix: str) -> str:
+    """A UTF-8 text file's contents; a ConfigError names ``what`` (the field or file) and ``fix`` otherwise."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {shown(str(path))} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start}); {fix}") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {shown(str(path))} cannot be read ({e.strerror}); {fix}") from None
+
+
 def read_prompts_file(path: str) -> list[str]:
-    p = Path(path).expanduser()
+    p, fix = Path(path).expanduser(), "give a UTF-8 text file with one prompt per line"
+    if p.is_dir():
+        raise ConfigError(f"data.prompts_file {shown(path)} is a folder, not a file; {fix}")
     if not p.is_file():
-        raise ConfigError(f"data.prompts_file {path!r} does not exist; give a text file with one prompt per line")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+        raise ConfigError(f"data.prompts_file {shown(path)} does not exist; {fix}")
+    lines = [line.strip() for line in read_text(p, "data.prompts_file", fix).splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ConfigError(f"data.prompts_file {shown(path)} holds no prompts (only blank or # lines); {fix}")
+    return prompts
 
 
 def resolve(cfg: Config) -> Config:
@@ -344,7 +364,7 @@ def _check_choices(cfg: Config) -> None:
             allowed, value, name = choices(type(values), f.name), getattr(values, f.name), f"{section.name}.{f.name}"
             if allowed and value not in allowed:
                 raise ConfigError(REFUSED.get((name, value))
-                                  or f"{name} = {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+                                  or f"{name} = {shown(value)} is not one of {', '.join(repr(a) for a in allowed)}")
 
 
 def _check_simple_fields(cfg: Config) -> None:
@@ -384,11 +404,15 @@ def _check_teacher(t: TeacherSection) -> None:
         raise ConfigError(f"teacher.path is empty; a {t.family} teacher is loaded from a local diffusers folder "
                           "(the one with model_index.json), e.g. path = \"/models/stable-diffusion-3.5-medium\"")
     if t.path and not Path(t.path).expanduser().exists():
-        raise ConfigError(f"teacher.path {t.path!r} does not exist; give the local folder (or file) of the teacher")
+        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the teacher")
     if t.guidance_scale < 1.0:
         raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
     if t.shift is not None and t.shift <= 0:
         raise ConfigError(f"teacher.shift = {t.shift} must be positive")
+    builtin = FAMILIES["builtin"].resolution
+    if t.family == "builtin" and t.resolution != builtin:
+        raise ConfigError(f"teacher.resolution = {t.resolution} applies to sd3 / sdxl teachers; the built-in teacher "
+                          f"draws {builtin} x {builtin} digits only, remove the field")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
 

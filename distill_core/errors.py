@@ -9,6 +9,12 @@ import sys
 from collections.abc import Callable
 
 
+def shown(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 5 MB prompt or path never fills an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
 class DPDMDError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
 
@@ -34,10 +40,19 @@ class RunRefused(ConfigError):
 
 
 def exit_code(command: Callable[[], object]) -> int:
-    """Run a command line's work: 0, or 2 after one ``error:`` line for a DPDMDError (bad input, no traceback)."""
+    """Run a command line's work: 0, or 2 after one ``error:`` line for a DPDMDError (bad input, no traceback).
+
+    An OSError no check foresaw (a permission, a full disk, a vanished file) gets the same one line naming its
+    file: the last resort; the commands name the field or flag themselves where they can.
+    """
     try:
         command()
     except DPDMDError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f"{shown(e.filename)}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; check the path, its permissions and the free disk space",
+              file=sys.stderr)
         return 2
     return 0

@@ -13,7 +13,21 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .errors import ConfigError
+
 CHUNK = 8 << 20
+
+
+def require_safetensors(folder: Path, where: str) -> None:
+    """Refuse a model folder without .safetensors weights: pickled .bin / .pt weights can run code, so they are
+    never loaded (and transformers / diffusers would fail with a long message naming neither field nor fix)."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    found = f" (only {', '.join(pickled[:3])})" if pickled else ""
+    raise ConfigError(f"{where}: {folder.name}/ has no .safetensors weights{found}; pickled weights can run code and "
+                      "are never loaded. Convert them once: from_pretrained(FOLDER).save_pretrained(FOLDER, "
+                      "safe_serialization=True)")
 
 
 def sha256_file(path: Path) -> str:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {args.config} is the config of the run folder {folder} (moved or copied from "
                   f"{cfg.run.output_dir}); continuing the run there", file=sys.stderr)
             cfg.run.output_dir = str(folder)
-        if args.max_steps:
+        if args.max_steps is not None:  # 0 is refused by the config's checks, not ignored
             cfg.run.max_steps = args.max_steps
         print(f"run folder: {train(cfg, finish=not args.no_finish, restart=args.restart)}")
 

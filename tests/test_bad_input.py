@@ -9,9 +9,10 @@ from distill_core.cli import main
 
 
 def refused(capsys, argv: list[str], match: str) -> str:
-    """Run the CLI in-process; it must exit 2 with a single 'error:' line matching ``match``."""
+    """Run the CLI in-process; it must exit 2 with a single 'error:' line matching ``match`` (after the progress
+    bar's line, for errors that training meets)."""
     assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("distilling:")]
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert re.search(match, err[0]), err[0]
     return err[0]
@@ -30,3 +31,137 @@ def test_a_builtin_teacher_path_that_is_not_its_weights(capsys, tmp_path, conten
     cfg = write_config(tmp_path, teacher__path=str(tmp_path / "weights"))
     refused(capsys, ["train", cfg], r"teacher.path .* is not a safetensors file of the built-in teacher")
     assert not (tmp_path / "run" / "status.json").exists()
+
+
+@pytest.mark.parametrize("field, value", [("optim__student_lr", float("nan")), ("optim__fake_lr", float("inf")),
+                                          ("teacher__guidance_scale", float("nan")),
+                                          ("method__diversity_weight", float("nan")),
+                                          ("student__ema_decay", float("-inf"))])
+def test_a_float_field_that_is_not_finite(capsys, tmp_path, field, value):
+    cfg = write_config(tmp_path, **{field: value})
+    refused(capsys, ["train", cfg], rf"{field.replace('__', '.')} = -?(nan|inf) must be a finite number")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"eval__grid_prompts": 0, "eval__grid_seeds": 0}, r"eval.grid_prompts = 0 must be at least 1"),
+    ({"eval__grid_seeds": 0}, r"eval.grid_seeds = 0 must be at least 1"),
+    ({"run__keep_checkpoints": 0}, r"run.keep_checkpoints = 0 must be at least 1"),
+    ({"teacher__resolution": 64}, r"teacher.resolution = 64 applies to sd3 / sdxl teachers.*remove the field"),
+])
+def test_a_field_out_of_range(capsys, tmp_path, overrides, match):
+    refused(capsys, ["train", write_config(tmp_path, **overrides)], match)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\xff\xfe7\n", r"data.prompts_file .* is not UTF-8 text \(byte 0xff at offset 0\)"),
+    (b"", r"data.prompts_file .* holds no prompts"),
+    (b"\n# only a comment\n  \n", r"data.prompts_file .* holds no prompts"),
+    (None, r"data.prompts_file .* is a folder, not a file"),
+])
+def test_a_prompts_file_without_prompts(capsys, tmp_path, content, match):
+    prompts = tmp_path / "prompts.txt"
+    prompts.mkdir() if content is None else prompts.write_bytes(content)
+    refused(capsys, ["train", write_config(tmp_path, data__prompts_file=str(prompts))], match)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_that_is_not_utf8(capsys, tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes('[run]\noutput_dir = "caf\u00e9"\n'.encode("latin-1"))
+    refused(capsys, ["train", str(path)], r"config file .* is not UTF-8 text \(byte 0xe9 at offset \d+\); save it as")
+
+
+def test_a_huge_value_is_not_echoed_whole(capsys, tmp_path):
+    line = refused(capsys, ["train", write_config(tmp_path, data__prompts=["x" * 5_000_000])],
+                   r"prompt 'x+\.\.\. \(5,000,002 characters\) names no digit")
+    assert len(line) < 500
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A student file of the built-in teacher (its own weights: enough for argument checks)."""
+    from distill_core.config import Config, resolve
+    from distill_core.export.exporters import save_student, student_info
+    from distill_core.teachers import load_teacher
+
+    cfg = resolve(tiny_config(tmp_path_factory.mktemp("student") / "run"))
+    teacher = load_teacher(cfg)
+    path = tmp_path_factory.mktemp("student") / "student.safetensors"
+    return save_student(teacher.network.state_dict(), student_info(teacher, cfg, 0), path)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seeds", "0"], r"--seeds 0 must be at least 1"),
+    (["--seeds", "-2"], r"--seeds -2 must be at least 1"),
+    (["--out", "{tmp}/missing/grid.png"], r"--out .*missing/grid.png': .*missing' does not exist; create it"),
+    (["--out", "{tmp}/grid.xyz"], r"--out .*: '.xyz' is not an image format Pillow writes; end the name in .png"),
+    (["--out", "{tmp}/grid"], r"--out .*: no extension is not an image format"),
+    (["--out", "{tmp}"], r"--out .* is a folder; give an image file name"),
+    (["--out", "{tmp}/afile/grid.png"], r"--out .*afile/grid.png': .*afile' is a file, not a folder"),
+    (["--out", "/sys/grid.png"], r"--out '/sys/grid.png' cannot be written \(Permission denied\); give a path"),
+    (["--teacher", "{tmp}/afile"], r"teacher.path .*afile' is not a safetensors file of the built-in teacher"),
+])
+def test_sample_arguments(capsys, tmp_path, student, args, match):
+    (tmp_path / "afile").write_text("not a model")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    refused(capsys, ["sample", str(student), "--prompt", "3", "--seeds", "2", *args], match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+@pytest.mark.parametrize("cut, match", [(lambda b: b[:-100], r"truncated"), (lambda b: b + b"x" * 64, r"damaged"),
+                                        (lambda b: b[:30], r"not a readable safetensors file")])
+def test_a_cut_or_appended_student(capsys, tmp_path, student, command, cut, match):
+    bad = tmp_path / "student.safetensors"
+    bad.write_bytes(cut(student.read_bytes()))
+    refused(capsys, [command, str(bad), "--prompt", "3", "--out" if command == "sample" else "--seeds",
+                     str(tmp_path / "g.png") if command == "sample" else "3"], match)
+
+
+def test_evaluate_seeds(capsys, student):
+    refused(capsys, ["evaluate", str(student), "--seeds", "1"], r"--seeds 1 must be at least 2: diversity compares")
+
+
+def test_max_steps_zero_is_refused(capsys, tmp_path):
+    refused(capsys, ["train", write_config(tmp_path), "--max-steps", "0"], r"run.max_steps = 0 must be at least 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_of_a_folder_that_is_no_run(capsys, tmp_path):
+    refused(capsys, ["report", str(tmp_path)], r"is not a run folder \(no config.toml or status.json\)")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A two-step run of the built-in teacher with checkpoints at steps 1 and 2 (no finish)."""
+    from distill_core.training.trainer import train
+
+    return train(tiny_config(tmp_path_factory.mktemp("trained") / "run", run__max_steps=2, run__checkpoint_every=1),
+                 finish=False)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--step", "0"], r"--step 0: .* has no checkpoint of that step; it has steps 1, 2"),
+    (["--step", "7"], r"--step 7: .* has no checkpoint of that step; it has steps 1, 2"),
+    (["--format", "lora", "--rank", "0"], r"--rank 0 must be at least 1"),
+    (["--out", "{tmp}/afile/s.safetensors"], r"--out .*afile/s.safetensors' cannot be written \(.*\); give a path"),
+    (["--out", "/sys/s.safetensors"], r"--out '/sys/s.safetensors' cannot be written \(Permission denied: .*\)"),
+    (["--format", "diffusers", "--out", "/sys/d"], r"--format diffusers needs an sd3 or sdxl run"),
+])
+def test_export_arguments(capsys, tmp_path, run_dir, args, match):
+    (tmp_path / "afile").write_text("")
+    before = sorted(p.name for p in run_dir.iterdir())
+    refused(capsys, ["export", str(run_dir), *[a.replace("{tmp}", str(tmp_path)) for a in args]], match)
+    assert sorted(p.name for p in run_dir.iterdir()) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_batch_that_cannot_be_allocated(capsys, tmp_path):
+    cfg = write_config(tmp_path, data__batch_size=2 ** 40, run__max_steps=1)
+    refused(capsys, ["train", cfg, "--no-finish"], r"data.batch_size = 1099511627776 does not fit in memory on cpu "
+                                                   r"\(.*\); lower it")
+    assert not any((tmp_path / "run" / "checkpoints").iterdir())
+    smaller = write_config(tmp_path, data__batch_size=2, run__max_steps=1)  # the same folder takes the fix
+    assert main(["train", smaller, "--no-finish"]) == 0

@@ -50,3 +50,13 @@ def test_extractor_refuses_folders_it_cannot_use(folders, tmp_path):
     (tmp_path / "half" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ConfigError, match="holds a bert model"):
         TransformersExtractor(tmp_path / "half")
+
+
+def test_extractor_refuses_pickled_weights(folders, tmp_path):
+    import shutil
+
+    shutil.copytree(folders["dino"][0], tmp_path / "dino")
+    for weights in (tmp_path / "dino").glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ConfigError, match=r"eval.features .*: dino/ has no .safetensors weights \(only .*\.bin\)"):
+        TransformersExtractor(tmp_path / "dino")

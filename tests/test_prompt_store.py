@@ -1,6 +1,9 @@
 """The prompt-embedding store: shards on disk, rows in any order, reuse only for the same teacher."""
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from distill_core.teachers import prompt_store
@@ -35,3 +38,23 @@ def test_store_pages_rows_from_shards_and_is_reused(tmp_path, monkeypatch):
     memory = EmbeddingStore({"teacher": "x"})  # no folder: the same lookups, kept in memory
     memory.ensure(prompts, fake_encode([]))
     assert all(torch.equal(memory.get(order)[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("damage", ["cut", "appended", "garbage", "index"])
+def test_a_damaged_cache_is_encoded_again(tmp_path, monkeypatch, capsys, damage):
+    monkeypatch.setattr(prompt_store, "SHARD_ROWS", 2)
+    prompts = ["a cat", "a dog", "the sea"]
+    EmbeddingStore({"teacher": "x"}, tmp_path).ensure(prompts, fake_encode([]))
+    shard = sorted(tmp_path.glob("shard_*.safetensors"))[0]
+    data = shard.read_bytes()
+    if damage == "index":
+        (tmp_path / "index.json").write_text('{"fingerprint": {"teacher": "x"}, "shards": [1, 2')
+    else:
+        shard.write_bytes({"cut": data[:-8], "appended": data + b"\0" * 8, "garbage": b"\xff" * len(data)}[damage])
+    calls = []
+    store = EmbeddingStore({"teacher": "x"}, tmp_path)
+    assert store.ensure(prompts, fake_encode(calls)) == (3 if damage == "index" else 2)
+    assert re.search(r"note: the prompt cache (index|shard) .* is damaged", capsys.readouterr().err)
+    expected = fake_encode([])(prompts)
+    got = EmbeddingStore({"teacher": "x"}, tmp_path).get(prompts)  # the index now names whole shards only
+    assert all(torch.equal(got[k], expected[k]) for k in expected)

@@ -154,6 +154,21 @@ def test_broken_teacher_folders_give_config_errors(folders, tmp_path):
     assert "teacher.path" in msg and "no .safetensors weights" in msg
 
 
+@pytest.mark.parametrize("family, component", [("sd3", "vae"), ("sd3", "text_encoder"), ("sd3", "text_encoder_3"),
+                                               ("sdxl", "text_encoder_2"), ("sdxl", "unet")])
+def test_a_component_with_pickled_weights_only_is_refused(folders, tmp_path, family, component):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folders[family], broken)
+    if not (broken / component).is_dir():
+        pytest.skip(f"the tiny {family} folder has no {component}/")
+    for weights in (broken / component).glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ConfigError, match=rf"teacher.path .*: {component}/ has no .safetensors weights \(only .*\.bin\)"):
+        teacher_of(family, {family: broken}, tmp_path)
+
+
 # ---- training, resume, export, reload --------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["sd3", "sdxl"])
 def test_train_resume_export_and_reload_in_diffusers(family, folders, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import PromptError
+from ..errors import PromptError, shown
 
 NUM_CLASSES = 10
 NULL_LABEL = NUM_CLASSES  # the unconditional class used for classifier-free guidance
@@ -62,7 +62,7 @@ def parse_prompt(prompt: str) -> int:
         return found.pop()
     what = "no digit" if not found else f"several digits {sorted(found)}"
     raise PromptError(
-        f"prompt {prompt!r} names {what}; the built-in teacher draws one handwritten digit. "
+        f"prompt {shown(prompt)} names {what}; the built-in teacher draws one handwritten digit. "
         "Use a prompt that names exactly one digit 0-9, as a numeral or a word, "
         "e.g. '7', 'seven', 'a handwritten 7'."
     )

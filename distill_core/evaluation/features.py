@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..integrity import require_safetensors
 
 DINO_TYPES = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 CLIP_TYPES = ("clip", "clip_vision_model")
@@ -36,6 +37,7 @@ class TransformersExtractor:
         if self.kind is None:
             raise ConfigError(f"{where} holds a {model_type or 'unknown'} model; supported: "
                               f"{', '.join(DINO_TYPES + CLIP_TYPES)}")
+        require_safetensors(self.path, where)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True)

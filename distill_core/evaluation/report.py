@@ -10,6 +10,7 @@ import html
 import io
 from pathlib import Path
 
+from ..errors import CheckpointError, shown
 from ..runfolder import RunFolder, atomic_write_text
 
 
@@ -97,6 +98,9 @@ def _metrics_table(metrics: dict) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     run = RunFolder(Path(run_dir))
+    if not (run.config_path.is_file() or run.status_path.is_file()):
+        raise CheckpointError(f"{shown(str(run_dir))} is not a run folder (no config.toml or status.json); give the "
+                              "run.output_dir of a run")
     events = run.read_events()
     metrics = run.read_json(run.metrics_path)
     status = run.read_status()

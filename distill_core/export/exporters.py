@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import Config, load_config, resolve
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, shown
 from ..integrity import file_tensors, nonfinite_message, scan, tensors_sha256
 from ..runfolder import RunFolder, atomic_target
 from ..teachers import load_teacher
@@ -148,8 +148,12 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
         raise CheckpointError(f"{run_dir} is not a run folder (no config.toml)")
     cfg = resolve(load_config(run.config_path))
     say = partial(print, file=sys.stderr)
-    if step:
+    if step is not None:
         folder = run.checkpoints / ckpt.step_dir_name(step)
+        if not folder.is_dir():
+            steps = [int(ckpt.read_state(d)["step"]) for d in ckpt.list_complete(run.checkpoints)]
+            raise CheckpointError(f"--step {step}: {run.checkpoints} has no checkpoint of that step; "
+                                  + (f"it has steps {', '.join(map(str, steps))}" if steps else "it has none"))
         try:
             note = ckpt.check(folder)
         except CheckpointError as e:
@@ -317,11 +321,14 @@ def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = N
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if rank is not None and rank < 1:
+        raise ConfigError(f"--rank {rank} must be at least 1 (leave it out: the trained LoRA exactly, or 64 by SVD)")
     student = load_run_student(run_dir, step)
     path = Path(out) if out else default_out(Path(run_dir), fmt, student.step)
     torch_dtype = DTYPES[dtype or FORMATS[fmt].dtype]
-    if fmt == "diffusers":
-        return export_diffusers(student, path, torch_dtype), student
-    if fmt == "lora":
-        return export_lora(student, path, rank, torch_dtype), student
-    return export_file(student, path, torch_dtype), student
+    write = {"diffusers": export_diffusers, "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
+    try:
+        return write(student, path, dtype=torch_dtype), student
+    except OSError as e:
+        raise CheckpointError(f"--out {shown(str(path))} cannot be written ({e.strerror or e}: {e.filename}); "
+                              "give a path in a folder you can write to") from None

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..errors import ConfigError, PromptError
+from ..errors import ConfigError, PromptError, shown
+from ..integrity import require_safetensors
 from ..schedules import FlowSchedule, NoiseSchedule, VPSchedule
 from .base import Cond, PromptBank, Teacher
 from .prompt_store import EmbeddingStore, StoredPromptBank
@@ -130,7 +131,7 @@ class DiffusersTeacher(Teacher):
     def _encode(self, prompts: list[str]) -> Cond:
         bad = [p for p in prompts if not isinstance(p, str)]
         if bad:
-            raise PromptError(f"prompts must be strings, got {bad[0]!r}")
+            raise PromptError(f"prompts must be strings, got {shown(bad[0])}")
         pipe = self._text_pipeline()
         parts = [self._encode_with(pipe, prompts[i:i + ENCODE_BATCH]) for i in range(0, len(prompts), ENCODE_BATCH)]
         return {k: torch.cat([p[k] for p in parts]).to(self.dtype).cpu() for k in parts[0]}
@@ -307,10 +308,10 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
         entry = index.get(sub)
         if not (path / sub).is_dir() or not entry or entry[0] is None:
             raise ConfigError(f"{where} lacks the {sub}/ component; expected {expected}")
-    net_dir = path / kind.net_folder
-    if not any(net_dir.glob("*.safetensors")) and not any(net_dir.glob("*.safetensors.index.json")):
-        raise ConfigError(f"{where}: {kind.net_folder}/ has no .safetensors weights (only safetensors are loaded; "
-                          "pickled .bin weights are refused)")
+    require_safetensors(path / kind.net_folder, where)
+    for sub in index:  # the other models (text encoders, VAE), not tokenizers or the scheduler
+        if not sub.startswith("_") and sub != kind.net_folder and (path / sub / "config.json").is_file():
+            require_safetensors(path / sub, where)
     return index
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
+from ..errors import CheckpointError
+from ..export.student_file import check_complete
 from ..runfolder import atomic_write_text
 from ..training.checkpoint import save_tensors
 from .base import Cond, PromptBank
@@ -29,6 +32,20 @@ SHARD_ROWS = 256  # prompts per shard file
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _holds_rows(path: Path, rows: int) -> bool:
+    """Whether a shard is whole (its size is what its header says) and every tensor has ``rows`` rows."""
+    try:
+        check_complete(path)
+        with safe_open(str(path), framework="pt") as f:
+            return all(f.get_slice(k).get_shape()[:1] == [rows] for k in f.keys())
+    except (CheckpointError, SafetensorError, OSError):
+        return False
 
 
 class EmbeddingStore:
@@ -43,16 +60,26 @@ class EmbeddingStore:
             self._read_index()
 
     def _read_index(self) -> None:
+        """The stored rows; a damaged index or shard is noted and its prompts are encoded again (a cache)."""
         path = self.folder / INDEX
+        if not path.is_file():
+            return
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            fingerprint, shards = data.get("fingerprint"), dict(data["shards"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            _note(f"the prompt cache index {path} is damaged; the prompts are encoded again")
             return
-        if data.get("fingerprint") != self.fingerprint:
+        if fingerprint != self.fingerprint:
             return  # embeddings of another teacher or format: ignore them
-        for shard, prompts in data["shards"].items():
-            if (self.folder / shard).is_file():
+        for shard, prompts in shards.items():
+            if not (self.folder / shard).is_file():
+                continue
+            if _holds_rows(self.folder / shard, len(prompts)):
                 self.rows.update({p: (shard, i) for i, p in enumerate(prompts)})
+            else:
+                _note(f"the prompt cache shard {self.folder / shard} is damaged; its {len(prompts)} prompts are "
+                      "encoded again")
 
     def _write_index(self) -> None:
         shards: dict[str, list[str]] = {}

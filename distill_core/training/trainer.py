@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from ..teachers import load_teacher
 from ..teachers.base import cond_to
 from . import checkpoint as ckpt
 from .adapters import merged_state_dict
+from .memory import batch_fits
 from .ema import StudentEMA
 from .recorder import Recorder, RunRecorder
 from .train_state import is_sharded, load_network_state, load_optimizer_state, network_state, optimizer_state
@@ -250,7 +251,8 @@ class Trainer:
         if self.run.config_path.exists():
             old = resolve(load_config(self.run.config_path))
             diff = config_differences(old, self.cfg)
-            if diff:
+            untrained = self.run.read_status().get("step") == 0 and not ckpt.list_complete(self.run.checkpoints)
+            if diff and not untrained:  # a start that failed before step 1 (a batch too large) holds nothing
                 raise RunRefused(f"run.output_dir {str(self.run.root)!r} already holds a run with another config "
                                  f"(differs in {', '.join(diff)}); choose a new run.output_dir (set run.branch_from "
                                  "to one of this run's checkpoints to continue from it), or delete that folder to "
@@ -340,12 +342,15 @@ class Trainer:
         state = "finished"
         bar = tqdm(total=c.run.max_steps, initial=self.step, desc="distilling", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
-        with self._signals():
+        first = True
+        with self._signals(), closing(bar):  # closed before an error line, which then stands on its own line
             while self.step < c.run.max_steps:
                 if self._agree(self._stop.is_set() or recorder.requested("stop")):
                     state = "stopped"
                     break
-                logs = self.train_step()
+                with batch_fits(c.data.batch_size, self.acc.device) if first else nullcontext():
+                    logs = self.train_step()
+                first = False
                 bar.update(1)
                 bar.set_postfix(dmd=f"{logs['loss_dmd']:.4f}", div=f"{logs['loss_div']:.4f}",
                                 fake=f"{logs['loss_fake']:.4f}")
@@ -353,7 +358,6 @@ class Trainer:
                 every = c.run.checkpoint_every
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
                     self.save_checkpoint(recorder)
-        bar.close()
         self._close(recorder, "finishing" if finish_after and state == "finished" else state)
         return state
 
