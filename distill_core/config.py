@@ -80,6 +80,7 @@ class StudentSection:
     num_steps: int = 4
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0 = full fine-tune
+    lora_mode: Literal["auto", "shared", "copies"] = "auto"  # LoRA's frozen base: shared (one, the teacher's, with a student and a fake adapter) | copies (one per network) | auto: shared for sd3 / sdxl on one process without EMA
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
 
 
@@ -189,7 +190,8 @@ def dumps_toml(data: dict) -> str:
 # Fields that may change when a run is resumed; any other difference (outside [eval]) means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
                      "run.output_dir",  # a moved or copied run folder resumes where it now is
-                     "run.branch_from", "optim.student_lr", "optim.fake_lr"}
+                     "run.branch_from", "optim.student_lr", "optim.fake_lr",
+                     "student.lora_mode"}  # both LoRA modes write the same checkpoints
 
 
 def config_differences(a: Config, b: Config) -> list[str]:
