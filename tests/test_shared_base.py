@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_diffusers import tiny_run_config
 
+from distill_core.cli import main as cli
 from distill_core.errors import ConfigError
+from distill_core.export.exporters import load_run_student
 from distill_core.training import checkpoint as ckpt
 from distill_core.training.lora import AdapterView
+from distill_core.training.train_state import network_state
 from distill_core.training.trainer import Trainer, train
 
 STATES = ("student", "fake", "optim_student", "optim_fake")
@@ -22,8 +25,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def lora_config(family, folders, out, mode, **kw):
-    return tiny_run_config(family, folders[family], out, student__lora_rank=2, student__lora_mode=mode,
+def lora_config(family, folders, out, mode, rank=2, **kw):
+    return tiny_run_config(family, folders[family], out, student__lora_rank=rank, student__lora_mode=mode,
                            optim__student_lr=1e-2, optim__fake_lr=1e-2, **kw)
 
 
@@ -32,8 +35,8 @@ def checkpoint_states(run_dir) -> dict[str, dict[str, torch.Tensor]]:
     return {name: load_file(str(last / f"{name}.safetensors")) for name in STATES}
 
 
-def assert_same(a: dict, b: dict) -> None:
-    for name in STATES:
+def assert_same(a: dict, b: dict, names=STATES) -> None:
+    for name in names:
         assert a[name].keys() == b[name].keys(), name
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), f"{name}: {key} differs"
@@ -91,3 +94,35 @@ def test_shared_base_refuses_what_it_cannot_do(tiny_pipelines, tmp_path):
                 progress=False)
     ema = Trainer(lora_config("sd3", tiny_pipelines, tmp_path / "c", "auto", student__ema_decay=0.9), progress=False)
     assert not isinstance(ema.student, AdapterView)  # auto: copies where an EMA is kept
+
+
+# ---- student.init_lora: a warm start from an exported LoRA -------------------------------------------------------
+@pytest.mark.parametrize("family", ["sd3", "sdxl"])  # diffusers keys / kohya keys
+def test_a_run_started_from_an_exported_lora_starts_at_that_student(tiny_pipelines, tmp_path, family):
+    first = lora_config(family, tiny_pipelines, tmp_path / "first", "auto")
+    train(first, progress=False, finish=False)
+    lora = tmp_path / "student_lora.safetensors"
+    assert cli(["export", str(tmp_path / "first"), "--format", "lora", "--dtype", "float32", "--out", str(lora)]) == 0
+    trained = load_run_student(tmp_path / "first")
+
+    for mode, rank in (("shared", 2), ("copies", 2), ("shared", 4)):  # rank 4: the file's rank 2 is padded
+        cfg = lora_config(family, tiny_pipelines, tmp_path / f"{mode}{rank}", mode, rank, student__init_lora=str(lora))
+        trainer = Trainer(cfg, progress=False)
+        if rank == 2:
+            assert_same({"student": trained.state}, {"student": network_state(trainer.acc, trainer.student)},
+                        names=("student",))
+        merged, expected = trainer.student_state_dict(), trained.weights()
+        assert merged.keys() == expected.keys()
+        assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in merged), mode
+    fresh = Trainer(lora_config(family, tiny_pipelines, tmp_path / "fresh", "shared"), progress=False)
+    assert any(not torch.allclose(fresh.student_state_dict()[k], expected[k], atol=1e-6) for k in expected)
+
+
+def test_init_lora_refuses_a_file_it_cannot_start_from(tiny_pipelines, tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 8)}, str(foreign))
+    for rank, path, message in ((2, foreign, "do not cover"), (2, tmp_path / "missing.safetensors", "does not exist"),
+                                (0, foreign, "lora_rank > 0")):
+        cfg = lora_config("sd3", tiny_pipelines, tmp_path / "run", "shared", rank, student__init_lora=str(path))
+        with pytest.raises(ConfigError, match=message):
+            Trainer(cfg, progress=False)

@@ -124,6 +124,9 @@ class Trainer:
         else:
             nets = [self.teacher.make_trainable_copy() for _ in range(2)]
             views = nets[0], nets[1]
+        if c.student.init_lora:
+            from .lora import init_from_lora
+            init_from_lora(views[0], c.student.init_lora, self.teacher.family)
         if c.student.gradient_checkpointing:
             for net in nets:
                 if hasattr(net, "enable_gradient_checkpointing"):
