@@ -188,7 +188,7 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
 def init_from_lora(net: nn.Module, path: str, family: str) -> None:
     """Start ``net``'s adapter (a LoRA copy's, or a view's) from a LoRA file: B A equals the file's product.
 
-    A file of lower rank fills the first rows of A and columns of B; the other B columns stay zero (so the
+    A file of lower rank fills the first rows of A and columns of B; the other B columns keep peft's zero start (so the
     product is the file's) and their A rows keep their random start (so they still learn).
     """
     from .adapters import read_lora_file
@@ -206,4 +206,4 @@ def init_from_lora(net: nn.Module, path: str, family: str) -> None:
                 raise ConfigError(f"student.init_lora {path!r} does not fit this teacher: layer {module} has "
                                   f"factors {tuple(b.shape)} x {tuple(a.shape)}; give a LoRA of this teacher")
             layer.lora_A[name].weight[:r] = a
-            layer.lora_B[name].weight.zero_()[:, :r] = b
+            layer.lora_B[name].weight[:, :r] = b  # its other columns keep their zero start
