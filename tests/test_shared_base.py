@@ -1,8 +1,15 @@
 """Shared-base LoRA: one frozen teacher network with a student and a fake adapter trains exactly like three copies."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from ports import free_port
 from safetensors.torch import load_file, save_file
 from tiny_diffusers import tiny_run_config
 
@@ -15,6 +22,7 @@ from distill_core.training.train_state import network_state
 from distill_core.training.trainer import Trainer, train
 
 STATES = ("student", "fake", "optim_student", "optim_fake")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,6 +92,27 @@ def test_shared_base_resumes_exactly_and_continues_a_copies_checkpoint(tiny_pipe
         broken.run.max_steps, broken.student.lora_mode = 3, "shared"
         train(broken, progress=False, finish=False)
         assert_same(checkpoint_states(tmp_path / "straight"), checkpoint_states(tmp_path / first))
+
+
+def test_two_processes_train_the_shared_base_exactly_like_ddp_copies(tiny_pipelines, tmp_path):
+    """DDP on two CPU processes (gloo): the shared base averages its adapters' gradients as DDP does for copies."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    runs = {}
+    for mode in ("copies", "shared"):
+        cfg = lora_config("sd3", tiny_pipelines, tmp_path / mode, mode, data__batch_size=1)
+        config = tmp_path / f"{mode}.toml"
+        config.write_text(cfg.to_toml())
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(free_port()), "-m", "distill_core.train", str(config), "--no-finish"]
+        done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        events = [json.loads(line) for line in (tmp_path / mode / "events.jsonl").read_text().splitlines()]
+        replicas = [e for e in events if e["event"] == "replicas"]
+        assert replicas[-1]["processes"] == 2 and replicas[-1]["max_difference"] == 0.0
+        runs[mode] = checkpoint_states(tmp_path / mode)
+    assert_same(runs["copies"], runs["shared"])
 
 
 def test_shared_base_refuses_what_it_cannot_do(tiny_pipelines, tmp_path):

@@ -70,18 +70,17 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
     return net
 
 
-def lora_mode(cfg: Config, processes: int) -> str:
-    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl on one process without EMA)."""
+def lora_mode(cfg: Config, sharded: bool) -> str:
+    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl without EMA or FSDP)."""
     s = cfg.student
     if s.lora_mode == "auto":
-        shared = cfg.teacher.family != "builtin" and processes == 1 and not s.ema_decay
-        return "shared" if shared else "copies"
+        return "shared" if cfg.teacher.family != "builtin" and not s.ema_decay and not sharded else "copies"
     if s.lora_mode == "shared" and s.ema_decay:
         raise ConfigError("student.lora_mode = 'shared' keeps no EMA (its copy would be a whole base network); "
                           "set student.ema_decay = 0, or lora_mode = 'copies'")
-    if s.lora_mode == "shared" and processes > 1:
-        raise ConfigError(f"student.lora_mode = 'shared' trains on one process (this run has {processes}); "
-                          "use lora_mode = 'copies' (or 'auto') for DDP / FSDP")
+    if s.lora_mode == "shared" and sharded:
+        raise ConfigError("student.lora_mode = 'shared' is not available under FSDP (each process would hold a shard "
+                          "of the teacher); use lora_mode = 'copies' (or 'auto'), or train with DDP")
     return s.lora_mode
 
 
@@ -188,8 +187,8 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
 def init_from_lora(net: nn.Module, path: str, family: str) -> None:
     """Start ``net``'s adapter (a LoRA copy's, or a view's) from a LoRA file: B A equals the file's product.
 
-    A file of lower rank fills the first rows of A and columns of B; the other B columns keep peft's zero start (so the
-    product is the file's) and their A rows keep their random start (so they still learn).
+    A file of lower rank fills the first rows of A and columns of B; the other B columns keep peft's zero start
+    (so the product is the file's) and their A rows keep their random start (so they still learn).
     """
     from .adapters import read_lora_file
 
@@ -207,3 +206,17 @@ def init_from_lora(net: nn.Module, path: str, family: str) -> None:
                                   f"factors {tuple(b.shape)} x {tuple(a.shape)}; give a LoRA of this teacher")
             layer.lora_A[name].weight[:r] = a
             layer.lora_B[name].weight[:, :r] = b  # its other columns keep their zero start
+
+
+def average_gradients(net: nn.Module, processes: int) -> None:
+    """Average a view's adapter gradients over the processes as DDP does (divide, then sum: the same numbers);
+    a network of its own is DDP's."""
+    if not isinstance(net, AdapterView) or processes == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in net.adapter_parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads]).div_(processes)
+    dist.all_reduce(flat)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))

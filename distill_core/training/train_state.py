@@ -84,6 +84,8 @@ def load_optimizer_state(net: nn.Module, optimizer, state: dict) -> None:
 
 def _renamed(state: dict, rename) -> dict:
     """An optimiser state keyed by parameter names, with every name through ``rename`` (a shared base's view
-    stores its optimiser as its LoRA copy would)."""
+    stores its optimiser as its LoRA copy would); empty off the main process, as a gathered state is."""
+    if not state:
+        return state
     groups = [{**g, "params": [rename(n) for n in g["params"]]} for g in state["param_groups"]]
     return {"state": {rename(n): v for n, v in state["state"].items()}, "param_groups": groups}

@@ -30,7 +30,7 @@ from ..teachers.base import cond_to
 from . import checkpoint as ckpt
 from .adapters import merged_state_dict
 from .ema import StudentEMA
-from .lora import trainable_parameters, training
+from .lora import AdapterView, average_gradients, trainable_parameters, training
 from .recorder import Recorder, RunRecorder
 from .train_state import (full_state, is_sharded, load_network_state, load_optimizer_state, network_state,
                           optimizer_state)
@@ -84,8 +84,12 @@ class Trainer:
             return torch.optim.AdamW(trainable_parameters(net), lr=lr,
                                      betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
-        self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(
-            student, fake, adamw(student, o.student_lr), adamw(fake, o.fake_lr))
+        opt_s, opt_f = adamw(student, o.student_lr), adamw(fake, o.fake_lr)
+        if isinstance(student, AdapterView):  # one base under both: no DDP wrapper each (see _backward)
+            self.student, self.fake = (self.acc.prepare_model(net, evaluation_mode=True) for net in (student, fake))
+            self.opt_s, self.opt_f = self.acc.prepare(opt_s, opt_f)
+        else:
+            self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(student, fake, opt_s, opt_f)
         self.lr_schedules = [warmup_schedule(opt, o.warmup_steps) for opt in (self.opt_s, self.opt_f)]
         self.sharded = is_sharded(self.acc)
         self.ema = None
@@ -108,7 +112,7 @@ class Trainer:
             from .lora import FAKE, STUDENT, AdapterView, add_lora, lora_mode
 
             dtype = base_dtype(c)
-            if lora_mode(c, self.acc.num_processes) == "shared":
+            if lora_mode(c, is_sharded(self.acc)) == "shared":
                 base = self.teacher.network
                 if next(base.parameters()).dtype != dtype:
                     raise ConfigError(f"student.lora_mode = 'shared' trains adapters on the teacher's {c.teacher.dtype} "
@@ -163,8 +167,7 @@ class Trainer:
             loss = fake_update_loss(self.method, self._pred(self.student, cond), self._pred(self.fake, cond), z,
                                     self.generators["noise"])
         self._check(loss, "fake-score")
-        with training(self.acc.unwrap_model(self.fake)):
-            self.acc.backward(loss)
+        self._backward(loss, self.fake)
         self.acc.clip_grad_norm_(self.fake.parameters(), self.cfg.optim.grad_clip)
         self.opt_f.step()
         self.opt_f.zero_grad(set_to_none=True)
@@ -178,8 +181,7 @@ class Trainer:
             out = dpdmd_student_loss(self.method, self._pred(self.student, cond), self._real(cond, null),
                                      self._pred(self.fake, cond), z, self.generators["noise"], pick)
         self._check(out.loss, "student")
-        with training(self.acc.unwrap_model(self.student)):
-            self.acc.backward(out.loss)
+        self._backward(out.loss, self.student)
         self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.opt_s.step()
         self.opt_s.zero_grad(set_to_none=True)
@@ -187,6 +189,14 @@ class Trainer:
             self.ema.update(self.acc.unwrap_model(self.student))
         return {"loss": out.loss.item(), "loss_dmd": out.dmd.item(), "loss_div": out.div.item(),
                 "dmd_grad": out.dmd_grad}
+
+    def _backward(self, loss: torch.Tensor, net) -> None:
+        """Backward through ``net``; a shared base's view with its adapter on, its gradients then averaged over
+        the processes as DDP averages a network of its own."""
+        inner = self.acc.unwrap_model(net)
+        with training(inner):
+            self.acc.backward(loss)
+        average_gradients(inner, self.acc.num_processes)
 
     def train_step(self) -> dict[str, float]:
         """One step: method.fake_updates fake-score updates, then one student update."""
