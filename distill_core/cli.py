@@ -8,7 +8,7 @@
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
   dpdmd export RUN_DIR            write the student of a run's newest (or a chosen) checkpoint
                                   (--format file | comfy | diffusers | lora)
-  dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 24 / 48 / 80 GB
+  dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 16 / 24 / 48 / 80 GB
   dpdmd report RUN_DIR            (re)build a run's report.html
   dpdmd ui [--runs-dir DIR]       the Gradio trainer UI (wizard, monitor, compare); `dpdmd ui --help`
 """
@@ -171,7 +171,8 @@ def _cmd_plan(args) -> None:
     from .plan import plan
 
     cfg = load_config(args.config) if args.config else None
-    print(plan(cfg, architecture=args.architecture, fsdp=args.fsdp).text())
+    report = plan(cfg, architecture=args.architecture, fsdp=args.fsdp)
+    print(json.dumps(report.json(), indent=1) if args.json else report.text())
 
 
 def _cmd_report(args) -> None:
@@ -230,11 +231,13 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
 
-    pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 24 / 48 / 80 GB")
+    pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
     pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
-    pl.add_argument("--architecture", choices=["sd3.5-medium", "sdxl"],
+    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl"],
                     help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
     pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
+    pl.add_argument("--json", action="store_true", help="one JSON object: every preset's peak and parts, the best "
+                    "preset per budget")
     pl.set_defaults(func=_cmd_plan)
 
     r = sub.add_parser("report", help="rebuild report.html of a run folder")

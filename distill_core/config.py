@@ -81,7 +81,9 @@ class StudentSection:
     num_steps: int = 4
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0 = full fine-tune
+    lora_mode: Literal["auto", "shared", "copies"] = "auto"  # LoRA's frozen base: shared (one, the teacher's, with a student and a fake adapter) | copies (one per network) | auto: shared for sd3 / sdxl on one process without EMA
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
+    init_lora: str = ""  # a LoRA file (`dpdmd export --format lora`, diffusers / kohya keys) the student adapter starts from
 
 
 @dataclass
@@ -190,7 +192,8 @@ def dumps_toml(data: dict) -> str:
 # Fields that may change when a run is resumed; any other difference (outside [eval]) means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
                      "run.output_dir",  # a moved or copied run folder resumes where it now is
-                     "run.branch_from", "optim.student_lr", "optim.fake_lr"}
+                     "run.branch_from", "optim.student_lr", "optim.fake_lr",
+                     "student.lora_mode"}  # both LoRA modes write the same checkpoints
 
 
 def config_differences(a: Config, b: Config) -> list[str]:
@@ -441,6 +444,11 @@ def _check_method(m: MethodSection, t: TeacherSection) -> None:
 def _check_student(s: StudentSection) -> None:
     if not 0.0 <= s.ema_decay < 1.0:
         raise ConfigError(f"student.ema_decay = {s.ema_decay} must lie in [0, 1) (0 = no EMA; e.g. 0.99)")
+    if s.init_lora and not s.lora_rank:
+        raise ConfigError("student.init_lora starts the student's LoRA adapter from a file, so it needs "
+                          "student.lora_rank > 0 (at least the file's rank)")
+    if s.init_lora and not Path(s.init_lora).expanduser().is_file():
+        raise ConfigError(f"student.init_lora {s.init_lora!r} does not exist; give a LoRA .safetensors file")
 
 
 def _check_optim(o: OptimSection) -> None:

@@ -1,4 +1,4 @@
-"""``dpdmd plan``: GPU memory of a run before it starts, and which memory preset fits 24 / 48 / 80 GB.
+"""``dpdmd plan``: GPU memory of a run before it starts, and which memory preset fits 16 / 24 / 48 / 80 GB.
 
 Parameter counts come from the teacher folder's configs (models built on the
 meta device, nothing loaded). Activations are *measured* on the meta device:
@@ -12,7 +12,8 @@ arithmetic on the training loop:
 - each trainable network (student, fake score): float32 master weights,
   AdamW's two float32 moments, and float32 gradients for one network at a time
   (the two updates alternate); LoRA keeps a frozen base in the base dtype and
-  trains only the adapters; FSDP divides these across GPUs;
+  trains only the adapters; a shared base (student.lora_mode) is the teacher's
+  own weights, so the two frozen copies disappear; FSDP divides these across GPUs;
 - the frozen teacher in teacher.dtype; the VAE (float32) for previews;
 - activations: the student update keeps N graphs alive (the first step for the
   diversity loss and N-1 steps after the detach), one-step backprop keeps 2;
@@ -37,7 +38,7 @@ from .config import Config, field_value, resolve
 from .errors import ConfigError
 
 GB = 1e9
-BUDGETS = (24, 48, 80)
+BUDGETS = (16, 24, 48, 80)
 CONTEXT_BYTES = 1.5 * GB
 FRAGMENTATION = 1.10
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -81,7 +82,12 @@ SDXL_BASE = {
     "vae": {"block_out_channels": [128, 256, 512, 512], "latent_channels": 4, "layers_per_block": 2,
             "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4},
 }
-REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sdxl": SDXL_BASE}
+SD35_LARGE = {**SD35_MEDIUM, "network": {  # 8B: 38 blocks of width 2432, no dual-attention layers
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 38, "attention_head_dim": 64,
+    "num_attention_heads": 38, "joint_attention_dim": 4096, "caption_projection_dim": 2432,
+    "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192, "dual_attention_layers": [],
+    "qk_norm": "rms_norm"}}
+REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sd3.5-large": SD35_LARGE, "sdxl": SDXL_BASE}
 
 
 @dataclass
@@ -253,7 +259,8 @@ def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, ch
 OPTION_FIELDS = {"teacher.resolution": "resolution", "data.batch_size": "batch_size",
                  "student.num_steps": "student_steps", "method.backprop": "backprop",
                  "student.lora_rank": "lora_rank", "student.gradient_checkpointing": "gradient_checkpointing",
-                 "run.mixed_precision": "mixed_precision", "teacher.dtype": "teacher_dtype"}
+                 "run.mixed_precision": "mixed_precision", "teacher.dtype": "teacher_dtype",
+                 "student.lora_mode": "lora_mode"}
 
 
 @dataclass
@@ -267,6 +274,7 @@ class Options:
     gradient_checkpointing: bool = False
     mixed_precision: str = "bf16"  # bf16 | no
     teacher_dtype: str = "bfloat16"
+    lora_mode: str = "auto"  # auto | shared | copies (auto: shared, as for sd3 / sdxl runs on one GPU or DDP)
     fsdp: int = 1  # FSDP shards the networks' states over this many GPUs (1 = one GPU, or DDP)
 
     @classmethod
@@ -277,8 +285,14 @@ class Options:
         """These options with config fields ({"section.field": value}, e.g. a preset's) applied."""
         return replace(self, **{OPTION_FIELDS[key]: value for key, value in values.items()})
 
+    @property
+    def shared(self) -> bool:
+        """LoRA adapters on the teacher's own weights (training.lora.lora_mode: never under FSDP)."""
+        return bool(self.lora_rank) and self.lora_mode != "copies" and self.fsdp == 1
+
     def describe(self) -> str:
         memory = {key: getattr(self, name) for key, name in OPTION_FIELDS.items() if key in presets.BASE}
+        memory["student.lora_mode"] = "shared" if self.shared else "copies"
         parts = presets.describe(memory)
         if self.fsdp > 1:
             parts.append(f"FSDP over {self.fsdp} GPUs")
@@ -328,7 +342,7 @@ class Planner:
         if o.lora_rank:
             base = BYTES["bfloat16" if (o.teacher_dtype == "bfloat16" and o.mixed_precision == "bf16") else "float32"]
             trainable = lora_params(self.net, self.arch.family, o.lora_rank)
-            frozen = (p * base + buffers * 4) / shard
+            frozen = 0.0 if o.shared else (p * base + buffers * 4) / shard  # shared: the teacher's weights
         else:
             trainable, frozen = p, buffers * 4 / shard
         act_dtype = torch.bfloat16 if o.mixed_precision == "bf16" else torch.float32
@@ -336,7 +350,8 @@ class Planner:
         per_sample = self.activations(o.resolution, act_dtype, o.gradient_checkpointing)
         parts = {
             "teacher weights": (p + buffers) * teacher_bytes,
-            "student + fake weights": 2 * (trainable * 4 / shard + frozen),
+            "student + fake weights": 2 * (trainable * 4 / shard + (0.0 if o.lora_rank else frozen)),
+            "frozen LoRA copies": 2 * frozen if o.lora_rank else 0.0,
             "AdamW states (both)": 2 * trainable * 8 / shard,
             "gradients (one network)": trainable * 4 / shard,
             # autocast keeps a bf16 copy of each fp32 weight it casts, for both networks, until the update ends
@@ -347,7 +362,21 @@ class Planner:
             "VAE (previews)": self.vae_params * 4,
         }
         notes = {"activations": f"{graphs} graphs x batch {o.batch_size} x {per_sample / GB:.2f} GB"}
+        if o.shared:
+            notes["teacher weights"] = "the shared base: teacher, student and fake score"
         return Estimate(parts, (p + buffers) * teacher_bytes + self.text_params * teacher_bytes, notes)
+
+
+def summary(o: Options, e: Estimate) -> dict[str, float]:
+    """An estimate's GB by kind: weights (frozen and full), LoRA adapters, optimiser, gradients, activations, and
+    the prompt-encoding phase before training (a separate peak, not part of the sum)."""
+    weights = sum(v for k, v in e.parts.items() if k not in ("AdamW states (both)", "gradients (one network)",
+                                                              "activations", "student + fake weights"))
+    trainable = e.parts["student + fake weights"]
+    return {k: round(v / GB, 3) for k, v in {
+        "weights": weights + (0.0 if o.lora_rank else trainable), "adapters": trainable if o.lora_rank else 0.0,
+        "optimiser": e.parts["AdamW states (both)"], "gradients": e.parts["gradients (one network)"],
+        "activations": e.parts["activations"], "prompt_encoding": e.encode_peak}.items()}
 
 
 def preset_options(base: Options, name: str) -> Options:
@@ -386,20 +415,44 @@ class Report:
         lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",
-                  f"  {'preset':<24}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
+                  f"  {'preset':<30}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
         for name in presets.PRESETS:
-            e = self.rows[name] = pl.estimate(preset_options(o, name))
-            lines.append(f"  {name:<24}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
+            e = self.estimate(name)
+            lines.append(f"  {name:<30}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
                                                                      for b in BUDGETS))
         lines.append("")
         for budget in BUDGETS:
-            fitting = [n for n, e in self.rows.items() if e.fits(budget)]
-            pick = fitting[0] if fitting else None
+            pick = self.best(budget)
             lines.append(f"{budget} GB: " + (f"{pick} ({preset_toml(pick)})" if pick else
                                              "no preset fits on one GPU; shard with FSDP (--fsdp N) or lower "
                                              "teacher.resolution"))
         lines.append("\nAn estimate (see docs/performance.md); compare with the peak memory of a real run.")
         return "\n".join(lines)
+
+    def best(self, budget_gb: float) -> str | None:
+        """The first preset (most memory first) that fits ``budget_gb`` on one GPU."""
+        return next((n for n in presets.PRESETS if self.estimate(n).fits(budget_gb)), None)
+
+    def estimate(self, name: str) -> Estimate:
+        if name not in self.rows:
+            self.rows[name] = self.planner.estimate(preset_options(self.options, name))
+        return self.rows[name]
+
+    def json(self) -> dict:
+        """One object a script can read: this config's and every preset's peak and parts, the best preset per budget."""
+        def entry(o: Options, e: Estimate) -> dict:
+            return {"peak_gb": round(e.peak / GB, 3), "train_peak_gb": round(e.train_peak / GB, 3),
+                    "parts_gb": summary(o, e), "detail_gb": {k: round(v / GB, 3) for k, v in e.parts.items()}}
+
+        pl, o = self.planner, self.options
+        out = {"architecture": self.source, "network_class": self.arch.network_class,
+               "parameters": pl.net_params, "resolution": o.resolution, "student_steps": o.student_steps,
+               "config": {"options": o.describe(), **entry(o, pl.estimate(o))}, "presets": {}}
+        for name in presets.PRESETS:
+            out["presets"][name] = {"settings": presets.settings(name),
+                                    **entry(preset_options(o, name), self.estimate(name))}
+        out["best"] = {str(b): self.best(b) for b in BUDGETS}
+        return out
 
 
 def plan(cfg: Config | None = None, *, architecture: str | None = None, fsdp: int = 1) -> Report:
@@ -420,7 +473,7 @@ def plan(cfg: Config | None = None, *, architecture: str | None = None, fsdp: in
             arch, source = architecture_from_folder(path, cfg.teacher.family), str(path)
     else:
         if not architecture:
-            raise ConfigError("give a run config (dpdmd plan CONFIG) or --architecture sd3.5-medium | sdxl")
+            raise ConfigError(f"give a run config (dpdmd plan CONFIG) or --architecture {' | '.join(REFERENCES)}")
         arch, source = architecture_from_reference(architecture), architecture
         options = Options(fsdp=fsdp)
     if fsdp < 1:

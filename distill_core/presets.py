@@ -11,16 +11,22 @@ from typing import Any
 from .config import Config
 
 BASE: dict[str, Any] = {"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
-                        "student.gradient_checkpointing": False, "method.backprop": "all", "student.lora_rank": 0}
+                        "student.gradient_checkpointing": False, "method.backprop": "all", "student.lora_rank": 0,
+                        "student.lora_mode": "copies"}
 CKPT, ONE_STEP, LORA = ({"student.gradient_checkpointing": True}, {"method.backprop": "one_step"},
                         {"student.lora_rank": 64})
+SHARED = {**LORA, "student.lora_mode": "shared"}  # one frozen base (the teacher's) for teacher, student and fake
 PRESETS: dict[str, dict[str, Any]] = {  # from the most memory to the least (dpdmd plan picks the first that fits)
     "full": {},
     "full-ckpt": CKPT,
     "full-ckpt-onestep": {**CKPT, **ONE_STEP},
     "lora64-ckpt": {**LORA, **CKPT},
+    "shared-lora64-ckpt": {**SHARED, **CKPT},
     "lora64-ckpt-onestep": {**LORA, **CKPT, **ONE_STEP},
+    "shared-lora64-ckpt-onestep": {**SHARED, **CKPT, **ONE_STEP},
     "lora64-ckpt-onestep-b1": {**LORA, **CKPT, **ONE_STEP, "data.batch_size": 1},
+    "shared-lora64-ckpt-b1": {**SHARED, **CKPT, "data.batch_size": 1},
+    "shared-lora64-ckpt-onestep-b1": {**SHARED, **CKPT, **ONE_STEP, "data.batch_size": 1},
 }
 
 
@@ -37,7 +43,9 @@ def apply(cfg: Config, name: str) -> None:
 
 def describe(values: dict[str, Any]) -> list[str]:
     """Memory settings in words, e.g. ['LoRA rank 64', 'bf16 autocast', 'bfloat16 teacher', ...]."""
-    parts = [f"LoRA rank {values['student.lora_rank']}" if values["student.lora_rank"] else "full fine-tune",
+    lora = values["student.lora_rank"]
+    shared = " on a shared base" if lora and values.get("student.lora_mode") == "shared" else ""
+    parts = [f"LoRA rank {lora}{shared}" if lora else "full fine-tune",
              "bf16 autocast" if values["run.mixed_precision"] == "bf16" else "fp32",
              f"{values['teacher.dtype']} teacher"]
     if values["student.gradient_checkpointing"]:

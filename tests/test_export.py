@@ -110,3 +110,25 @@ def test_damaged_or_non_finite_students_are_refused(tmp_path, teacher, tiny, cap
     assert "old.safetensors was exported before students carried a checksum" in capsys.readouterr().err
     load_student(good, teacher)
     assert capsys.readouterr().err == ""
+
+
+def test_shared_base_lora_run_exports_the_copies_runs_student(tiny, tmp_path):
+    """The merged student a shared-base LoRA run writes at its end (and `dpdmd export` of its checkpoint) is the
+    three-copy run's."""
+    from safetensors.torch import load_file
+
+    from distill_core.cli import main as cli
+    from distill_core.training.trainer import train
+
+    students = {}
+    for mode in ("copies", "shared"):
+        cfg = tiny(mode, run__max_steps=2, student__lora_rank=2, student__lora_mode=mode, optim__student_lr=1e-2)
+        run = train(cfg, progress=False)
+        assert cli(["export", str(run), "--format", "file", "--dtype", "float32", "--out", str(tmp_path / f"{mode}.safetensors")]) == 0
+        students[mode] = load_file(str(run / "student.safetensors"))
+        exported = load_file(str(tmp_path / f"{mode}.safetensors"))
+        assert all(torch.equal(students[mode][k], exported[k]) for k in exported)
+    assert students["copies"].keys() == students["shared"].keys()
+    assert all(torch.equal(students["copies"][k], students["shared"][k]) for k in students["copies"])
+    teacher_weights = load_teacher(resolve(tiny())).network.state_dict()
+    assert any(not torch.equal(students["shared"][k], teacher_weights[k].float()) for k in teacher_weights)

@@ -34,7 +34,7 @@ from ..runfolder import RunFolder, atomic_target
 from ..teachers import load_teacher
 from ..teachers.base import Teacher
 from ..training import checkpoint as ckpt
-from ..training.adapters import adapter_factors, base_dtype, is_lora_state, merged_state_dict
+from ..training.adapters import adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict
 from .formats import DTYPES as DTYPE_NAMES
 from .formats import FORMATS
 from .student_file import CHECKSUM, StudentInfo, check_complete, read_metadata, read_student_info
@@ -266,17 +266,12 @@ def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return w.reshape(b.shape[0], *a.shape[1:]) if a.dim() == 4 else w
 
 
-# SDXL modules whose kohya name diffusers' converter cannot map back; their LDM names both loaders know
-_SDXL_LDM_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
-
-
 def lora_keys(family: str, module: str, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
     """One layer's factors in the key format diffusers and ComfyUI both load for the family (scale 1)."""
-    if family == "sdxl":  # kohya names, which ComfyUI maps from diffusers UNet modules
-        key = "lora_unet_" + _SDXL_LDM_NAMES.get(module, module).replace(".", "_")
-        return {f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b,
-                f"{key}.alpha": torch.tensor(float(a.shape[0]))}
-    return {f"transformer.{module}.lora_A.weight": a, f"transformer.{module}.lora_B.weight": b}
+    down, up = lora_file_keys(family, module)
+    if family == "sdxl":
+        return {down: a, up: b, down.replace(".lora_down.weight", ".alpha"): torch.tensor(float(a.shape[0]))}
+    return {down: a, up: b}
 
 
 def _lora_modules(net: nn.Module) -> list[str]:

@@ -5,10 +5,13 @@ export or a ComfyUI node never imports peft.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..config import Config
+from ..errors import ConfigError
 
 ADAPTER = "default"  # peft's adapter name in every key
 
@@ -52,3 +55,47 @@ def adapter_factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Ten
     suffix = f".lora_A.{ADAPTER}.weight"
     return {k[: -len(suffix)]: (state[k].float(), state[k[: -len(suffix)] + f".lora_B.{ADAPTER}.weight"].float())
             for k in state if k.endswith(suffix)}
+
+
+# ---- LoRA files (the export format: diffusers keys for SD3, kohya keys for SDXL) -------------------------------
+# SDXL modules whose kohya name diffusers' converter cannot map back; their LDM names both loaders know
+_SDXL_LDM_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
+
+def lora_file_keys(family: str, module: str) -> tuple[str, str]:
+    """The (down / A, up / B) keys of one layer in a LoRA file that diffusers and ComfyUI both load."""
+    if family == "sdxl":  # kohya names, which ComfyUI maps from diffusers UNet modules
+        key = "lora_unet_" + _SDXL_LDM_NAMES.get(module, module).replace(".", "_")
+        return f"{key}.lora_down.weight", f"{key}.lora_up.weight"
+    return f"transformer.{module}.lora_A.weight", f"transformer.{module}.lora_B.weight"
+
+
+def read_lora_file(path: str | Path, family: str, modules: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module -> float32 (A, B) of a LoRA file for the adapted ``modules``, its alpha / rank scale folded into B.
+
+    Every factor in the file must belong to one of ``modules``: a layer the adapters do not cover could not be
+    trained from it, so such a file is refused rather than partly read.
+    """
+    from safetensors.torch import load_file
+
+    field = f"student.init_lora {str(path)!r}"
+    try:
+        tensors = load_file(str(Path(path).expanduser()))
+    except Exception as e:  # a missing, foreign or damaged file: one line naming it
+        raise ConfigError(f"{field} cannot be read as a LoRA safetensors file ({e})") from None
+    out, used = {}, set()
+    for module in modules:
+        down, up = lora_file_keys(family, module)
+        if down in tensors and up in tensors:
+            a, b = tensors[down].float(), tensors[up].float()
+            alpha = tensors.get(down.replace(".lora_down.weight", ".alpha"))
+            scale = float(alpha) / a.shape[0] if alpha is not None and down.endswith(".lora_down.weight") else 1.0
+            out[module] = (a, b * scale)
+            used |= {down, up, down.replace(".lora_down.weight", ".alpha")}
+    rest = sorted(k for k in tensors if k not in used)
+    if not out or rest:
+        what = f"{len(rest)} tensors for layers the student's adapters do not cover (e.g. {rest[0]!r})" if rest \
+            else f"no {family} LoRA factors"
+        raise ConfigError(f"{field} has {what}; give a LoRA of this {family} teacher's attention / feed-forward "
+                          "layers (as `dpdmd export --format lora` writes them)")
+    return out

@@ -7,13 +7,25 @@ linear layer. B starts at zero, so both networks start exactly at the teacher,
 as in full fine-tuning. Checkpoints hold only the adapters (the frozen part is
 re-read from the teacher folder, bit-identical); exports merge them, so every
 exported student has the teacher's layout.
+
+Two ways to hold the frozen part (``student.lora_mode``): ``copies`` gives the
+student and the fake score a frozen copy each; ``shared`` puts both adapters,
+named ``student`` and ``fake``, on the teacher's own network, which predicts as
+the teacher while both are off (two frozen copies less memory). Each network is
+then an ``AdapterView`` of the base whose state reads as a copy's would, so
+checkpoints and exports of the two modes are the same files.
 """
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..config import Config
+from ..errors import CheckpointError, ConfigError
 from .adapters import ADAPTER
 
 # attention and feed-forward projections (matched as module-name suffixes, Linear layers only)
@@ -23,6 +35,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
     "builtin": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
+STUDENT, FAKE = "student", "fake"  # the adapters of a shared base
 
 
 def target_modules(net: nn.Module, family: str) -> list[str]:
@@ -31,11 +44,12 @@ def target_modules(net: nn.Module, family: str) -> list[str]:
             if isinstance(m, nn.Linear) and any(name == s or name.endswith("." + s) for s in suffixes)]
 
 
-def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
-    """Freeze ``net`` (cast to ``dtype``) and inject trainable float32 rank-``rank`` adapters in place.
+def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+             names: Sequence[str] = (ADAPTER,)) -> nn.Module:
+    """Freeze ``net`` (cast to ``dtype``) and inject trainable float32 rank-``rank`` adapters ``names`` in place.
 
-    The random A matrices are drawn from ``seed`` (not the global RNG), so a
-    run and its resumed twin start from the same adapters.
+    Each adapter's random A matrices are drawn from ``seed`` (not the global RNG), so a run and its resumed
+    twin start from the same adapters, and the adapters of a shared base start as the copies' do.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -44,11 +58,165 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
         raise CheckpointError(f"no LoRA target layers found in the {family} network")
     nn.Module.to(net.requires_grad_(False), dtype)  # nn.Module's: diffusers' .to warns on dtype casts
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=True, lora_dropout=0.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        inject_adapter_in_model(config, net, adapter_name=ADAPTER)
+    for name in names:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Already found a `peft_config`")  # a second adapter is the point
+            torch.manual_seed(seed)
+            inject_adapter_in_model(config, net, adapter_name=name)
     for name, p in net.named_parameters():
         if ".lora_" in name:
             p.data = p.data.float()
             p.requires_grad_(True)
     return net
+
+
+def lora_mode(cfg: Config, sharded: bool) -> str:
+    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl without EMA or FSDP)."""
+    s = cfg.student
+    if s.lora_mode == "auto":
+        return "shared" if cfg.teacher.family != "builtin" and not s.ema_decay and not sharded else "copies"
+    if s.lora_mode == "shared" and s.ema_decay:
+        raise ConfigError("student.lora_mode = 'shared' keeps no EMA (its copy would be a whole base network); "
+                          "set student.ema_decay = 0, or lora_mode = 'copies'")
+    if s.lora_mode == "shared" and sharded:
+        raise ConfigError("student.lora_mode = 'shared' is not available under FSDP (each process would hold a shard "
+                          "of the teacher); use lora_mode = 'copies' (or 'auto'), or train with DDP")
+    return s.lora_mode
+
+
+def _adapter_segment(key: str) -> int | None:
+    """Index of the adapter name in a dotted peft key ('...lora_A.<name>.weight'), None for other keys."""
+    parts = key.split(".")
+    return next((i + 1 for i, p in enumerate(parts[:-1]) if p.startswith("lora_")), None)
+
+
+def rename_adapter(key: str, old: str, new: str) -> str | None:
+    """``key`` with adapter ``old`` called ``new``; None for another adapter's key; other keys unchanged."""
+    i = _adapter_segment(key)
+    if i is None:
+        return key
+    parts = key.split(".")
+    if parts[i] != old:
+        return None
+    parts[i] = new
+    return ".".join(parts)
+
+
+def set_active(layers: Sequence[nn.Module], name: str | None) -> None:
+    """Switch every peft layer to adapter ``name`` (None: adapters off), leaving requires_grad alone
+    (peft's own set_adapter / enable_adapters also freeze the inactive adapters)."""
+    for layer in layers:
+        layer._active_adapter = [name] if name else layer._active_adapter
+        layer._disable_adapters = name is None
+
+
+class AdapterView(nn.Module):
+    """One adapter of a shared frozen base, used as a network of its own (the student or the fake score).
+
+    The base's adapters are off except inside this view's forward pass (and ``active``), so the base
+    predicts as the teacher everywhere else.
+    """
+
+    def __init__(self, base: nn.Module, adapter: str) -> None:
+        super().__init__()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.base, self.adapter = base, adapter
+        self._layers = [m for m in base.modules() if isinstance(m, BaseTunerLayer)]
+        set_active(self._layers, None)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        set_active(self._layers, self.adapter)
+        try:
+            yield
+        finally:
+            set_active(self._layers, None)
+
+    def forward(self, *args, **kwargs):
+        with self.active():
+            return self.base(*args, **kwargs)
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """This adapter's parameters, in the order a copy's ``parameters()`` lists them."""
+        return [p for k, p in self.base.named_parameters() if _adapter_segment(k) and rename_adapter(k, self.adapter, ADAPTER)]
+
+    def copy_name(self, name: str) -> str | None:
+        """A parameter name of this view as a LoRA copy calls it (None: the other adapter's)."""
+        return rename_adapter(name.removeprefix("base."), self.adapter, ADAPTER)
+
+    def view_name(self, name: str) -> str:
+        """Inverse of ``copy_name``."""
+        return "base." + rename_adapter(name, ADAPTER, self.adapter)
+
+    def copy_state(self) -> dict[str, torch.Tensor]:
+        """The state dict a LoRA copy holding this adapter would have (base weights + adapter as 'default')."""
+        out = {}
+        for key, value in self.base.state_dict().items():
+            key = rename_adapter(key, self.adapter, ADAPTER)
+            if key is not None:
+                out[key] = value
+        return out
+
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        """Set this adapter from a copy-layout adapter state (a checkpoint of either mode)."""
+        params = {self.copy_name(k): p for k, p in self.base.named_parameters(prefix="base")
+                  if _adapter_segment(k) and self.copy_name(k)}
+        if set(state) != set(params):
+            diff = sorted(set(state) ^ set(params))
+            raise CheckpointError(f"the checkpoint's LoRA adapters do not match student.lora_rank / the network "
+                                  f"({len(diff)} tensors differ, e.g. {diff[0]!r})")
+        with torch.no_grad():
+            for key, p in params.items():
+                p.copy_(state[key])
+
+
+def training(net: nn.Module):
+    """The context a backward pass through ``net`` runs in: its adapter on (gradient checkpointing recomputes
+    the forward pass then); nothing for a network of its own."""
+    return net.active() if isinstance(net, AdapterView) else nullcontext()
+
+
+def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """What ``net``'s optimiser steps: a view's own adapter, or every parameter that requires grad."""
+    if isinstance(net, AdapterView):
+        return net.adapter_parameters()
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def init_from_lora(net: nn.Module, path: str, family: str) -> None:
+    """Start ``net``'s adapter (a LoRA copy's, or a view's) from a LoRA file: B A equals the file's product.
+
+    A file of lower rank fills the first rows of A and columns of B; the other B columns keep peft's zero start
+    (so the product is the file's) and their A rows keep their random start (so they still learn).
+    """
+    from .adapters import read_lora_file
+
+    root, name = (net.base, net.adapter) if isinstance(net, AdapterView) else (net, ADAPTER)
+    layers = {k: m for k, m in root.named_modules() if hasattr(m, "lora_A") and name in m.lora_A}
+    rank = next(iter(layers.values())).lora_A[name].weight.shape[0]
+    with torch.no_grad():
+        for module, (a, b) in read_lora_file(path, family, list(layers)).items():
+            if a.shape[0] > rank:
+                raise ConfigError(f"student.init_lora {path!r} has rank {a.shape[0]}; set student.lora_rank to "
+                                  f"at least {a.shape[0]} (now {rank})")
+            layer, r = layers[module], a.shape[0]
+            if a.shape[1:] != layer.lora_A[name].weight.shape[1:] or b.shape[0] != layer.lora_B[name].weight.shape[0]:
+                raise ConfigError(f"student.init_lora {path!r} does not fit this teacher: layer {module} has "
+                                  f"factors {tuple(b.shape)} x {tuple(a.shape)}; give a LoRA of this teacher")
+            layer.lora_A[name].weight[:r] = a
+            layer.lora_B[name].weight[:, :r] = b  # its other columns keep their zero start
+
+
+def average_gradients(net: nn.Module, processes: int) -> None:
+    """Average a view's adapter gradients over the processes as DDP does (divide, then sum: the same numbers);
+    a network of its own is DDP's."""
+    if not isinstance(net, AdapterView) or processes == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in net.adapter_parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads]).div_(processes)
+    dist.all_reduce(flat)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .adapters import is_lora, trainable_state
+from .lora import AdapterView
 
 _WRAPPERS = re.compile(r"(_fsdp_wrapped_module\.|_checkpoint_wrapped_module\.|_orig_mod\.|^module\.)")
 
@@ -33,9 +34,16 @@ def is_sharded(acc) -> bool:
     return acc.distributed_type == DistributedType.FSDP
 
 
+def full_state(acc, net: nn.Module) -> dict[str, torch.Tensor]:
+    """A prepared network's whole state (a shared base's view: as its LoRA copy's), complete on the main process
+    (collective)."""
+    inner = acc.unwrap_model(net)
+    return inner.copy_state() if isinstance(inner, AdapterView) else acc.get_state_dict(net)
+
+
 def network_state(acc, net: nn.Module) -> dict[str, torch.Tensor]:
     """The checkpointed part of a prepared network: all weights, or only its LoRA adapters (collective)."""
-    return trainable_state(acc.get_state_dict(net))
+    return trainable_state(full_state(acc, net))
 
 
 def load_network_state(acc, net: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -43,6 +51,9 @@ def load_network_state(acc, net: nn.Module, state: dict[str, torch.Tensor]) -> N
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     inner = acc.unwrap_model(net)
+    if isinstance(inner, AdapterView):
+        inner.load_adapter(state)
+        return
     lora = is_lora(inner)
     if lora:
         expected = {_WRAPPERS.sub("", n) for n, _ in inner.named_parameters() if ".lora_" in n}
@@ -57,10 +68,24 @@ def optimizer_state(net: nn.Module, optimizer) -> dict:
     """The optimiser's full state keyed by parameter names; complete on the main process (collective)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    return get_optimizer_state_dict(net, getattr(optimizer, "optimizer", optimizer), options=_options(cpu_offload=True))
+    state = get_optimizer_state_dict(net, getattr(optimizer, "optimizer", optimizer), options=_options(cpu_offload=True))
+    inner = getattr(net, "module", net)
+    return _renamed(state, inner.copy_name) if isinstance(inner, AdapterView) else state
 
 
 def load_optimizer_state(net: nn.Module, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+    inner = getattr(net, "module", net)
+    if isinstance(inner, AdapterView):
+        state = _renamed(state, inner.view_name)
     set_optimizer_state_dict(net, getattr(optimizer, "optimizer", optimizer), state, options=_options())
+
+
+def _renamed(state: dict, rename) -> dict:
+    """An optimiser state keyed by parameter names, with every name through ``rename`` (a shared base's view
+    stores its optimiser as its LoRA copy would); empty off the main process, as a gathered state is."""
+    if not state:
+        return state
+    groups = [{**g, "params": [rename(n) for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {rename(n): v for n, v in state["state"].items()}, "param_groups": groups}

@@ -31,8 +31,10 @@ from . import checkpoint as ckpt
 from .adapters import merged_state_dict
 from .memory import batch_fits
 from .ema import StudentEMA
+from .lora import AdapterView, average_gradients, trainable_parameters, training
 from .recorder import Recorder, RunRecorder
-from .train_state import is_sharded, load_network_state, load_optimizer_state, network_state, optimizer_state
+from .train_state import (full_state, is_sharded, load_network_state, load_optimizer_state, network_state,
+                          optimizer_state)
 
 
 def make_accelerator(cfg: Config):
@@ -80,11 +82,15 @@ class Trainer:
         o = c.optim
 
         def adamw(net, lr):
-            return torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
+            return torch.optim.AdamW(trainable_parameters(net), lr=lr,
                                      betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
-        self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(
-            student, fake, adamw(student, o.student_lr), adamw(fake, o.fake_lr))
+        opt_s, opt_f = adamw(student, o.student_lr), adamw(fake, o.fake_lr)
+        if isinstance(student, AdapterView):  # one base under both: no DDP wrapper each (see _backward)
+            self.student, self.fake = (self.acc.prepare_model(net, evaluation_mode=True) for net in (student, fake))
+            self.opt_s, self.opt_f = self.acc.prepare(opt_s, opt_f)
+        else:
+            self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(student, fake, opt_s, opt_f)
         self.lr_schedules = [warmup_schedule(opt, o.warmup_steps) for opt in (self.opt_s, self.opt_f)]
         self.sharded = is_sharded(self.acc)
         self.ema = None
@@ -99,18 +105,38 @@ class Trainer:
         self.opened = False  # the run folder records this process's attempt (a refused start leaves it alone)
 
     def _trainable_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The student and the fake score: copies of the teacher (LoRA-wrapped when student.lora_rank)."""
+        """The student and the fake score: copies of the teacher (LoRA-wrapped when student.lora_rank), or two
+        adapters on the teacher's own network (student.lora_mode 'shared')."""
         c = self.cfg
-        nets = [self.teacher.make_trainable_copy() for _ in range(2)]
         if c.student.lora_rank:
             from .adapters import base_dtype
-            from .lora import add_lora
-            nets = [add_lora(net, c.student.lora_rank, self.teacher.family, base_dtype(c), c.run.seed) for net in nets]
+            from .lora import FAKE, STUDENT, AdapterView, add_lora, lora_mode
+
+            dtype = base_dtype(c)
+            if lora_mode(c, is_sharded(self.acc)) == "shared":
+                base = self.teacher.network
+                if next(base.parameters()).dtype != dtype:
+                    raise ConfigError(f"student.lora_mode = 'shared' trains adapters on the teacher's {c.teacher.dtype} "
+                                      "weights, which needs run.mixed_precision = 'bf16' for a bfloat16 teacher; set "
+                                      "it, or teacher.dtype = 'float32', or lora_mode = 'copies'")
+                add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE))
+                nets = [base]
+                views = AdapterView(base, STUDENT), AdapterView(base, FAKE)
+            else:
+                nets = [add_lora(self.teacher.make_trainable_copy(), c.student.lora_rank, self.teacher.family, dtype,
+                                 c.run.seed) for _ in range(2)]
+                views = nets[0], nets[1]
+        else:
+            nets = [self.teacher.make_trainable_copy() for _ in range(2)]
+            views = nets[0], nets[1]
+        if c.student.init_lora:
+            from .lora import init_from_lora
+            init_from_lora(views[0], c.student.init_lora, self.teacher.family)
         if c.student.gradient_checkpointing:
             for net in nets:
                 if hasattr(net, "enable_gradient_checkpointing"):
                     net.enable_gradient_checkpointing()
-        return nets[0], nets[1]
+        return views
 
     # ---- randomness ------------------------------------------------------------------------
     def _seed_generators(self, rank: int, step: int) -> None:
@@ -142,7 +168,7 @@ class Trainer:
             loss = fake_update_loss(self.method, self._pred(self.student, cond), self._pred(self.fake, cond), z,
                                     self.generators["noise"])
         self._check(loss, "fake-score")
-        self.acc.backward(loss)
+        self._backward(loss, self.fake)
         self.acc.clip_grad_norm_(self.fake.parameters(), self.cfg.optim.grad_clip)
         self.opt_f.step()
         self.opt_f.zero_grad(set_to_none=True)
@@ -156,7 +182,7 @@ class Trainer:
             out = dpdmd_student_loss(self.method, self._pred(self.student, cond), self._real(cond, null),
                                      self._pred(self.fake, cond), z, self.generators["noise"], pick)
         self._check(out.loss, "student")
-        self.acc.backward(out.loss)
+        self._backward(out.loss, self.student)
         self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.opt_s.step()
         self.opt_s.zero_grad(set_to_none=True)
@@ -164,6 +190,14 @@ class Trainer:
             self.ema.update(self.acc.unwrap_model(self.student))
         return {"loss": out.loss.item(), "loss_dmd": out.dmd.item(), "loss_div": out.div.item(),
                 "dmd_grad": out.dmd_grad}
+
+    def _backward(self, loss: torch.Tensor, net) -> None:
+        """Backward through ``net``; a shared base's view with its adapter on, its gradients then averaged over
+        the processes as DDP averages a network of its own."""
+        inner = self.acc.unwrap_model(net)
+        with training(inner):
+            self.acc.backward(loss)
+        average_gradients(inner, self.acc.num_processes)
 
     def train_step(self) -> dict[str, float]:
         """One step: method.fake_updates fake-score updates, then one student update."""
@@ -405,7 +439,7 @@ class Trainer:
         """The student's weights in the teacher's layout (LoRA adapters merged)."""
         if self.ema is not None:
             return merged_state_dict(self.ema.model.state_dict())
-        return merged_state_dict(self.acc.get_state_dict(self.student))
+        return merged_state_dict(full_state(self.acc, self.student))
 
 
 def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
