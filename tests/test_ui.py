@@ -152,6 +152,16 @@ def test_an_sd3_teacher_must_be_an_existing_folder_inside_the_roots(settings, tm
         assert message.startswith("**Refused:**") and expected in message, message
 
 
+def test_a_hidden_teacher_folder_does_not_block_the_builtin_teacher(settings):
+    # typed while SD3 was chosen, then the built-in teacher chosen again: the box is hidden, so not checked
+    form = replace(tiny_form("w1"), teacher_path="../../etc")
+    view = app.check(settings, *values(form))
+    assert view.message.startswith("Ready"), view.message
+    assert loads_config(view.config_toml).teacher.path == ""
+    refused = app.check(settings, *values(replace(form, family="sd3", prompts="a cat"))).message
+    assert refused.startswith("**Refused:**") and "outside the folders" in refused, refused  # shown: checked
+
+
 def test_the_one_step_preset_sets_bf16_checkpointing_and_one_step_backprop(settings):
     cfg = build_config(replace(tiny_form("w1"), memory="lora64-ckpt-onestep"), settings.roots)
     assert (cfg.run.mixed_precision, cfg.student.gradient_checkpointing, cfg.method.backprop) == ("bf16", True,

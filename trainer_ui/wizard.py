@@ -135,6 +135,12 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def teacher_path(form: WizardForm) -> str:
+    """The teacher folder box's value; '' for the built-in teacher, whose page hides that box (what a user
+    cannot see must not refuse a run)."""
+    return "" if form.family == "builtin" else form.teacher_path.strip()
+
+
 def form_to_dict(form: WizardForm, roots: Roots) -> dict:
     """The nested config dict the form describes (typed paths checked against the allowed roots)."""
     if form.memory not in PRESETS:
@@ -145,7 +151,7 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
                 "max_steps": _whole(form.max_steps, "iterations"),
                 "checkpoint_every": _whole(form.checkpoint_every, "checkpoint every")},
         "teacher": {"family": form.family,
-                    "path": form.teacher_path.strip(),
+                    "path": teacher_path(form),
                     "guidance_scale": _number(form.guidance_scale, "teacher CFG"),
                     "num_steps": _whole(form.teacher_steps, "teacher steps")},
         "student": {"num_steps": _whole(form.student_steps, "student steps")},
