@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import tomllib
-from ui_support import REPO, copy_run, finished_runs, stop_trainers, tiny_form, values, wait_for
+from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core.config import Config, loads_config, resolve
 from distill_core.runfolder import RunFolder
@@ -141,15 +141,20 @@ def test_a_prompts_file_is_read_without_its_comments(settings, tmp_path):
     assert cfg.data.prompts == ["seven", "a handwritten 3"] and cfg.data.prompts_file == ""
 
 
-def test_an_sd3_teacher_must_be_an_existing_folder_inside_the_roots(settings, tmp_path):
+def test_an_sd3_teacher_must_be_a_diffusers_folder_inside_the_roots(settings, tmp_path):
     models = tmp_path / "models"
-    (models / "sd3").mkdir(parents=True)
+    diffusers_skeleton(models / "sd3", "sd3")
+    diffusers_skeleton(models / "sdxl", "sdxl")
+    (models / "empty").mkdir()
     sd3 = replace(tiny_form("w1"), family="sd3", prompts="a photo of a cat")
     cfg = build_config(replace(sd3, teacher_path=str(models / "sd3")), settings.roots)
     assert cfg.teacher.path == str(models / "sd3")
-    for folder, expected in ((models / "missing", "does not exist"), (tmp_path, "outside the folders")):
+    (models / "sd3" / "vae").rmdir()
+    refusals = {models / "missing": "does not exist", models / "empty": "model_index.json", models / "sd3": "vae/",
+                models / "sdxl": "teacher.family = &#x27;sdxl&#x27;", tmp_path: "outside the folders"}
+    for folder, expected in refusals.items():
         message = app.check(settings, *values(replace(sd3, teacher_path=str(folder)))).message
-        assert message.startswith("**Refused:**") and expected in message, message
+        assert message.startswith("**Refused:**") and expected in message, (folder, message)
 
 
 def test_a_hidden_teacher_folder_does_not_block_the_builtin_teacher(settings):
@@ -315,17 +320,18 @@ def test_the_trainer_ui_is_packaged():
     assert "trainer_ui*" in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
 
 
-def test_a_run_that_dies_at_startup_shows_why(settings):
-    # Passes the config checks (the folder exists) but the trainer cannot load it as an SD3 teacher.
-    not_a_teacher = settings.roots.runs / "not-a-teacher"
-    not_a_teacher.mkdir()
-    form = tiny_form("doomed")
-    form.family, form.teacher_path, form.prompts = "sd3", str(not_a_teacher), "a photo of a cat"
+def test_a_run_that_dies_at_startup_shows_why_and_offers_start_again(settings, tmp_path):
+    # Passes every check (a diffusers folder's layout) but its weights file is empty: the trainer dies loading it.
+    teacher = diffusers_skeleton(tmp_path / "models" / "sd3", "sd3")
+    form = replace(tiny_form("doomed"), family="sd3", teacher_path=str(teacher), prompts="a photo of a cat")
     assert app.start(settings, *values(form)).message.startswith("Started")
     run = RunFolder(settings.roots.runs / "doomed")
-    wait_for(lambda: runs.run_state(run) == "died", 120, "the state 'died'", run.root / "train.log")
+    wait_for(lambda: runs.run_state(run) in ("died", "failed"), 180, "the run to die", run.root / "train.log")
     view = app.refresh(settings, "doomed", None)
-    assert "state-died" in view.status and "model_index.json" in view.status and view.resume["interactive"]
+    assert "config.json" in view.status and "class='run-error'" in view.status  # the error, wrapped (CSS)
+    assert "loading the teacher" not in view.status  # what it was doing when it died, not what it does
+    assert view.resume == {"__type__": "update", "interactive": True, "value": "Start again"}, view.resume
+    assert "from the beginning" in app.control(settings, "resume", "doomed")
 
 
 def test_wizard_refuses_one_step_backprop_without_the_detach(settings):

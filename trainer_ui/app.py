@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 
 from distill_core.errors import DPDMDError
-from distill_core.runfolder import TRAINING_STATES
+from distill_core.runfolder import TRAINING_STATES, RunFolder
 
 from . import compare as cmp
 from . import launcher, runs
@@ -37,6 +37,7 @@ CSS = """
 .run-status progress { width: 100%; height: 14px; }
 .state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
 .state-running, .state-starting, .state-finishing { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
+.run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
 .state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
 """
 RESUMABLE = ("stopped", "failed", "died")
@@ -176,8 +177,9 @@ def _status_html(v: runs.RunView) -> str:
     if v.checkpoint_step is not None:
         parts.append(f"last checkpoint: step {v.checkpoint_step}")
     out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
-    if v.message:
-        out.append(f"<div>{html.escape(v.message)}</div>")
+    message = "the training process ended without recording why (see train.log)" if v.state == "died" else v.message
+    if message:  # a died run's recorded message ("loading the teacher") is what it was doing, not what it does
+        out.append(f"<div>{html.escape(message)}</div>")
     t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
     if "diversity" in t and "diversity" in st:
         fd = (f"; Frechet distance {st['frechet_distance']:.1f} vs {t['frechet_distance']:.1f}"
@@ -186,8 +188,11 @@ def _status_html(v: runs.RunView) -> str:
                    f"vs {t['diversity']:.4f} (teacher, {t.get('steps')} steps){fd}</div>")
     if v.state in ("failed", "died"):
         last = "\n".join(v.log.splitlines()[-4:])
-        out.append(f"<div>The end of train.log (all of it below); <b>Resume</b> continues from the newest "
-                   f"checkpoint.</div><pre>{html.escape(last)}</pre>")
+        again = (f"<b>Resume</b> continues from its newest checkpoint (step {v.checkpoint_step})"
+                 if v.checkpoint_step is not None else
+                 "it wrote no checkpoint, so <b>Start again</b> starts it from the beginning")
+        out.append(f"<div>The end of train.log (all of it below); {again}.</div>"
+                   f"<pre class='run-error'>{html.escape(last)}</pre>")
     if v.student:
         out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
     return f"<div class='run-status'>{'<br>'.join(out)}</div>"
@@ -249,8 +254,14 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                        teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
                        student_grid=str(v.student_grid) if v.student_grid else None,
                        report=_report_html(v.report), log=v.log, stop=gr.update(interactive=active),
-                       save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE),
+                       save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
+                                                                            value=_resume_label(v.checkpoint_step)),
                        signature=sig)
+
+
+def _resume_label(checkpoint_step: int | None) -> str:
+    """What the resume button does: continue from a checkpoint, or start over when there is none."""
+    return "Start again" if checkpoint_step is None else "Resume"
 
 
 def control(settings: Settings, what: str, selected: str | None) -> str:
@@ -260,8 +271,12 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
     try:
         run_dir = settings.roots.run_dir(selected)
         if what == "resume":
+            from distill_core.training import checkpoint as ckpt
+
+            resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
             started = launcher.resume(run_dir)
-            return f"Resumed **{selected}** (process {started.pid}) from its newest checkpoint."
+            how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
+            return f"Started **{selected}** again (process {started.pid}) {how}."
         return launcher.request(run_dir, what)
     except DPDMDError as e:
         return _refused(e)

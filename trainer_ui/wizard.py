@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distill_core import presets
@@ -200,8 +201,18 @@ def check_prompts(cfg: Config) -> None:
             parse_prompt(prompt)
 
 
+def check_teacher_folder(cfg: Config) -> None:
+    """Refuse a folder that is not a diffusers teacher of the chosen family (model_index.json, components,
+    safetensors weights) with the trainer's own check, rather than a run that dies while loading it."""
+    if cfg.teacher.family != "builtin":
+        from distill_core.teachers.diffusers_teachers import TEACHERS, check_folder
+
+        check_folder(Path(cfg.teacher.path), TEACHERS[cfg.teacher.family])
+
+
 def build_config(form: WizardForm, roots: Roots) -> Config:
     """The resolved config the wizard will run; raises the core's errors (DPDMDError) on bad input."""
     cfg = resolve(from_dict(form_to_dict(form, roots)))
+    check_teacher_folder(cfg)
     check_prompts(cfg)
     return cfg
