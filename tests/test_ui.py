@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -239,6 +241,18 @@ def test_monitor_shows_a_finished_runs_evaluation_and_report(settings, tmp_path_
     assert "gradio_api/file=" in view.report and "report.html" in view.report
 
 
+def test_monitor_shows_a_finishing_run_as_evaluating(settings, tmp_path_factory):
+    run = RunFolder(copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs))
+    run.student_path.unlink()
+    run.report_path.unlink()
+    run.write_status("finishing", pid=os.getpid(), host=os.uname().nodename, message="evaluating")  # a live process
+    view = app.refresh(settings, "done-dpdmd", None)
+    assert "state-finishing" in view.status and "Evaluating / writing the report" in view.status
+    assert "min left" not in view.status and "being written" in view.report
+    assert not view.stop["interactive"] and not view.resume["interactive"]
+    assert "student.safetensors" not in view.status  # no download link before the file exists
+
+
 def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
     done = [copy_run(p, settings.roots.runs) for p in finished_runs(tmp_path_factory).values()]
     (settings.roots.runs / "unfinished").mkdir()
@@ -273,6 +287,10 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
     outside = tmp_path / "models" / "secret.png"
     outside.parent.mkdir()
     outside.write_bytes((settings.roots.runs / "done-dpdmd" / "samples" / "teacher.png").read_bytes())
+    (settings.roots.runs / "done-dpdmd" / "train.log").write_text("step 1\n")
+    links = re.findall(r"href='(gradio_api/file=[^']+)' download", app.refresh(settings, "done-dpdmd", None).status)
+    assert sorted(Path(urllib.parse.unquote(u)).name for u in links) == ["report.html", "student.safetensors",
+                                                                          "train.log"]
     demo = app.build_app(settings)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                         allowed_paths=[str(settings.roots.runs)], run_history=False)
@@ -285,6 +303,7 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
                 return e.code
         assert status(settings.roots.runs / "done-dpdmd" / "samples" / "teacher.png") == 200
         assert status(settings.roots.runs / "done-dpdmd" / "report.html") == 200
+        assert all(urllib.request.urlopen(demo.local_url + link).status == 200 for link in links)
         assert status(outside) == 403 and status(REPO / "README.md") == 403
         assert demo.server_name == "127.0.0.1" and demo.share is False
     finally:

@@ -193,15 +193,30 @@ def _status_html(v: runs.RunView) -> str:
                  "it wrote no checkpoint, so <b>Start again</b> starts it from the beginning")
         out.append(f"<div>The end of train.log (all of it below); {again}.</div>"
                    f"<pre class='run-error'>{html.escape(last)}</pre>")
+    if v.state == "finishing":
+        out.append("<div class='finishing'><b>Evaluating / writing the report:</b> training is done; the student, "
+                   "its final evaluation and report.html appear here when they are written.</div>")
     if v.student:
         out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
+    links = [f"<a href='{_file_url(path)}' download='{html.escape(path.name)}'>{html.escape(path.name)}</a>"
+             for path in (v.student, v.report, v.log_file) if path is not None]
+    if links:
+        out.append(f"<div class='downloads'>Download: {' · '.join(links)}</div>")
     return f"<div class='run-status'>{'<br>'.join(out)}</div>"
 
 
-def _report_html(path: Path | None) -> str:
+def _file_url(path: Path) -> str:
+    """The URL of a run's file; Gradio serves only the runs folder (launch's allowed_paths), and the paths
+    here come from RunFolder.file, so they resolve inside their run."""
+    return "gradio_api/file=" + urllib.parse.quote(str(path))
+
+
+def _report_html(path: Path | None, state: str = "") -> str:
     if path is None:
+        if state == "finishing":
+            return "<p>The report is being written (the final evaluation runs first).</p>"
         return "<p>The report appears here when the run finishes.</p>"
-    url = "gradio_api/file=" + urllib.parse.quote(str(path))
+    url = _file_url(path)
     return (f"<p><a href='{url}' target='_blank'>Open report.html in a new tab</a></p>"
             f"<iframe src='{url}' sandbox='' style='width:100%;height:720px;border:1px solid #ddd'></iframe>")
 
@@ -253,7 +268,7 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                        diversity=_diversity(v.diversity),
                        teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
                        student_grid=str(v.student_grid) if v.student_grid else None,
-                       report=_report_html(v.report), log=v.log, stop=gr.update(interactive=active),
+                       report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
                        save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
                                                                             value=_resume_label(v.checkpoint_step)),
                        signature=sig)
