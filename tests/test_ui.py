@@ -116,7 +116,7 @@ def test_no_typed_prompts_means_all_ten_digits_for_the_builtin_teacher(settings)
 
 
 REFUSALS = {  # a change to a valid form -> what the core's refusal says
-    "k beyond the teacher's steps": ({"anchor_step": 9}, "method.anchor_step (k) = 9"),
+    "k beyond the teacher's steps": ({"anchor_step": 9}, "k (anchor step) = 9"),
     "a misspelt advanced field": ({"extra_toml": "[eval]\nsedes = 3"}, "did you mean &#x27;seeds&#x27;"),
     "a prompt naming no digit": ({"prompts": "a photo of a cat"}, "names no digit"),
     "a prompts file outside the roots": ({"prompts_file": "/etc/hostname"}, "outside the folders"),
@@ -124,7 +124,7 @@ REFUSALS = {  # a change to a valid form -> what the core's refusal says
     "an output folder in the advanced box": ({"extra_toml": '[run]\noutput_dir = "/tmp/x"'},
                                              "run.output_dir cannot be set"),
     "a run name that is a path": ({"run_name": "../elsewhere"}, "not a plain folder name"),
-    "an emptied number": ({"max_steps": None}, "iterations is empty"),
+    "an emptied number": ({"max_steps": None}, "Iterations is empty"),
 }
 
 
@@ -133,6 +133,25 @@ def test_check_refuses_bad_input_with_the_cores_message(settings, changes, expec
     view = app.check(settings, *values(replace(tiny_form("w1"), **changes)))
     assert view.config_toml == "" and view.message.startswith("**Refused:**"), view.message
     assert expected in view.message
+
+
+def test_refusals_name_the_fields_label_and_mark_the_field(settings):
+    view = app.check(settings, *values(replace(tiny_form("w1"), max_steps=0)))
+    assert view.message.startswith("**Refused:** Iterations") and "run.max_steps" not in view.message, view.message
+    assert view.highlight.startswith("<style>#max-steps {") and "outline" in view.highlight
+    assert app.check(settings, *values(tiny_form("w1"))).highlight == ""  # Ready: nothing marked
+    misspelt = app.check(settings, *values(replace(tiny_form("w1"), extra_toml="[eval]\nsedes = 3")))
+    assert "#extra-toml" in misspelt.highlight, misspelt
+
+
+def test_out_of_range_slider_values_are_refused_naming_the_field(settings):
+    sliders = {b.elem_id: b for b in app.build_app(settings).blocks.values() if isinstance(b, gr.Slider)}
+    for name, value, label in (("anchor_step", 40, "k (anchor step) = 40"),
+                               ("diversity_weight", -0.2, "lambda (diversity weight) = -0.2")):
+        typed = sliders[app.field_id(name)].preprocess(value)  # what the page hands on (gr.Slider raised here)
+        view = app.check(settings, *values(replace(tiny_form("w1"), **{name: typed})))
+        assert view.message.startswith("**Refused:**") and label in view.message, view.message
+        assert "method." not in view.message and f"#{app.field_id(name)} " in view.highlight
 
 
 def test_a_prompts_file_is_read_without_its_comments(settings, tmp_path):
@@ -153,7 +172,7 @@ def test_an_sd3_teacher_must_be_a_diffusers_folder_inside_the_roots(settings, tm
     assert cfg.teacher.path == str(models / "sd3")
     (models / "sd3" / "vae").rmdir()
     refusals = {models / "missing": "does not exist", models / "empty": "model_index.json", models / "sd3": "vae/",
-                models / "sdxl": "teacher.family = &#x27;sdxl&#x27;", tmp_path: "outside the folders"}
+                models / "sdxl": "holds a StableDiffusionXLPipeline", tmp_path: "outside the folders"}
     for folder, expected in refusals.items():
         message = app.check(settings, *values(replace(sd3, teacher_path=str(folder)))).message
         assert message.startswith("**Refused:**") and expected in message, (folder, message)
@@ -228,7 +247,7 @@ def test_start_refuses_an_existing_run_with_another_config(settings):
     cfg = build_config(tiny_form("taken"), settings.roots)
     (run / "config.toml").write_text(cfg.to_toml().replace("anchor_step = 3", "anchor_step = 4"))
     msg = app.start(settings, *values(tiny_form("taken"))).message
-    assert msg.startswith("**Refused:**") and "method.anchor_step" in msg and not (run / "status.json").exists()
+    assert msg.startswith("**Refused:**") and "k (anchor step)" in msg and not (run / "status.json").exists()
     with launcher.launch_lock(run):  # another start in progress
         assert "being started right now" in app.start(settings, *values(tiny_form("taken"))).message
 

@@ -26,8 +26,8 @@ from distill_core.runfolder import TRAINING_STATES, RunFolder
 from . import compare as cmp
 from . import launcher, runs
 from .paths import Roots
-from .wizard import (FAMILIES, FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS, WizardForm,
-                     build_config, default_form, default_run_name)
+from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
+                     WizardForm, build_config, default_form, default_run_name, in_labels)
 
 CSS = """
 #teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
@@ -37,6 +37,12 @@ CSS = """
 .run-status progress { width: 100%; height: 14px; }
 .state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
 .state-running, .state-starting, .state-finishing { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
+#verdict-bar { position: fixed; bottom: 0; left: 0; right: 0; z-index: 50; background: var(--background-fill-primary);
+  border-top: 2px solid var(--border-color-primary); box-shadow: 0 -4px 12px rgba(0,0,0,.08);
+  padding: 6px max(16px, calc((100vw - 1280px) / 2)); }
+#tab-wizard { padding-bottom: 140px; }
+#wizard-message { min-height: 1.5em; }
+#field-mark { min-height: 0 !important; height: 0; overflow: hidden; padding: 0; }
 .run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
 .state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
 """
@@ -54,6 +60,30 @@ def _refused(e: Exception) -> str:
     return f"**Refused:** {html.escape(str(e))}"
 
 
+def field_id(name: str) -> str:
+    """The page element of a form field (``max_steps`` -> ``#max-steps``)."""
+    return name.replace("_", "-")
+
+
+def _refused_field(e: Exception, form: WizardForm) -> tuple[str, str]:
+    """The refusal in the page's words (field labels, not config keys) and a style marking that field; a field
+    the form does not show can only have come from the advanced box."""
+    message, name = in_labels(str(e))
+    name = name or ("extra_toml" if form.extra_toml.strip() else None)
+    mark = (f"<style>#{field_id(name)} {{ outline: 3px solid #c9372c; outline-offset: 2px; border-radius: 6px; }}"
+            "</style>" if name else "")
+    return f"**Refused:** {html.escape(message)}", mark
+
+
+class TypedSlider(gr.Slider):
+    """A slider whose typed-in value reaches the handler even when out of its range, so that the config check
+    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast)."""
+    is_template = True  # drawn by the frontend's own slider
+
+    def preprocess(self, payload: float | None) -> float | None:
+        return None if payload is None else gr.Number.round_to_precision(payload, self.precision)
+
+
 def _wired(names: Sequence[str], **components: Any) -> list:
     """The components in the order of ``names`` (a handler result's or the form's fields), matched by name."""
     if set(components) != set(names):
@@ -63,14 +93,17 @@ def _wired(names: Sequence[str], **components: Any) -> list:
 
 # ---- Wizard -------------------------------------------------------------------------------------------
 class CheckView(NamedTuple):
-    """What Check shows: the TOML that will run ('' when refused) and the core's message."""
+    """What Check shows: the TOML that will run ('' when refused), the core's message and the refused field's
+    mark (a style, '' when none)."""
     config_toml: str
     message: str
+    highlight: str
 
 
 class StartView(NamedTuple):
     """What Start shows; the last three are gr.skip() when the start is refused."""
     message: str
+    highlight: str
     config_toml: Any
     tabs: Any  # the Monitor tab, selected
     run_choice: Any  # the Monitor's run dropdown, on the new run
@@ -92,12 +125,12 @@ def check(settings: Settings, *values) -> CheckView:
         cfg = build_config(form, settings.roots)
         note = launcher.existing_run_note(cfg)
     except DPDMDError as e:
-        return CheckView("", _refused(e))
+        return CheckView("", *_refused_field(e, form))
     lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
-    return CheckView(cfg.to_toml(), msg + (f"  \n{note}" if note else ""))
+    return CheckView(cfg.to_toml(), msg + (f"  \n{note}" if note else ""), "")
 
 
 def start(settings: Settings, *values) -> StartView:
@@ -107,14 +140,14 @@ def start(settings: Settings, *values) -> StartView:
         cfg = build_config(form, settings.roots)
         started = launcher.start(cfg)
     except DPDMDError as e:
-        return StartView(_refused(e), gr.skip(), gr.skip(), gr.skip())
+        return StartView(*_refused_field(e, form), gr.skip(), gr.skip(), gr.skip())
     config = started.run_dir / "config.toml"
     msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
            f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
     if started.note:
         msg += f"  \n{started.note}"
     names = [r.name for r in runs.list_runs(settings.roots)]
-    return StartView(msg, cfg.to_toml(), gr.Tabs(selected="monitor"),
+    return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
                      gr.update(choices=names, value=started.run_dir.name))
 
 
@@ -330,57 +363,56 @@ def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], tea
 # ---- layout ----------------------------------------------------------------------------------------------
 def _wizard_page(settings: Settings):
     f = default_form()
+
+    def named(name: str, detail: str = "") -> dict:
+        """A form field's label (the name refusals use) and element id (what a refusal marks)."""
+        return {"label": FORM_FIELDS[name].label + (f" ({detail})" if detail else ""), "elem_id": field_id(name)}
+
+    inside = f"inside {settings.roots.describe()}"
     with gr.Row():
-        family = gr.Radio(FAMILIES, value=f.family, label="Teacher", elem_id="family")
-        teacher_path = gr.Textbox(label="Teacher folder (a local diffusers folder with model_index.json)",
-                                  visible=False, elem_id="teacher-path",
-                                  placeholder=f"inside {settings.roots.describe()}")
+        family = gr.Radio(FAMILIES, value=f.family, **named("family"))
+        teacher_path = gr.Textbox(visible=False, placeholder=inside,
+                                  **named("teacher_path", "a local diffusers folder with model_index.json"))
     with gr.Row():
-        prompts = gr.Textbox(lines=4, label="Prompts, one per line", elem_id="prompts",
+        prompts = gr.Textbox(lines=4, **named("prompts", "one per line"),
                              placeholder="built-in teacher: leave empty for all ten digits, or e.g. 'a handwritten 7'")
-        prompts_file = gr.Textbox(label="...or a prompts file (one prompt per line)", elem_id="prompts-file",
-                                  placeholder=f"inside {settings.roots.describe()}")
-    method = gr.Radio(METHODS, value=f.method, label="Method", elem_id="method")
+        prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
+    method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():
-        k = gr.Slider(1, f.teacher_steps, value=f.anchor_step, step=1, label="k: anchor step", info=K_HELP,
-                      elem_id="k-slider")
-        lam = gr.Slider(0.0, 0.5, value=f.diversity_weight, step=0.005, label="lambda: diversity weight",
-                        info=LAMBDA_HELP, elem_id="lambda-slider")
+        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
+        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+                          **named("diversity_weight"))
     with gr.Row():
-        student_steps = gr.Slider(2, 8, value=f.student_steps, step=1, label="Student steps", elem_id="student-steps")
-        guidance = gr.Number(value=f.guidance_scale, label="Teacher CFG (baked into the student)", elem_id="cfg")
-        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, label="Teacher steps (k at most this)",
-                                  elem_id="teacher-steps")
+        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
+        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
-        max_steps = gr.Number(value=f.max_steps, precision=0, label="Iterations (student updates)",
-                              elem_id="max-steps")
-        batch = gr.Number(value=f.batch_size, precision=0, label="Batch size (per process)", elem_id="batch")
-        memory = gr.Radio(list(PRESETS), value=f.memory, label="Memory preset", elem_id="memory")
+        max_steps = gr.Number(value=f.max_steps, precision=0, **named("max_steps", "student updates"))
+        batch = gr.Number(value=f.batch_size, precision=0, **named("batch_size", "per process"))
+        memory = gr.Radio(list(PRESETS), value=f.memory, **named("memory"))
     memory_note = gr.Markdown(preset_note(f.memory, f.method))
-    run_name = gr.Textbox(value=lambda: default_run_name(), label=f"Run name (a folder in {settings.roots.runs})",
-                          elem_id="run-name")
+    run_name = gr.Textbox(value=lambda: default_run_name(), **named("run_name", f"a folder in {settings.roots.runs}"))
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            fake_updates = gr.Number(value=f.fake_updates, precision=0, label="Fake-score updates per student update",
-                                     elem_id="fake-updates")
-            seed = gr.Number(value=f.seed, precision=0, label="Seed", elem_id="seed")
-            checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, label="Checkpoint every N steps",
-                                         elem_id="checkpoint-every")
-            grid_every = gr.Number(value=f.grid_every, precision=0, label="Seed grid every N steps",
-                                   elem_id="grid-every")
-            diversity_every = gr.Number(value=f.diversity_every, precision=0, label="Diversity every N steps",
-                                   elem_id="diversity-every")
-        extra = gr.Code(value="", language=None, label="Any other config field as TOML (overrides the form), "
-                        "e.g. [eval] seeds = 9", elem_id="extra-toml", lines=4)
+            fake_updates = gr.Number(value=f.fake_updates, precision=0, **named("fake_updates", "per student update"))
+            seed = gr.Number(value=f.seed, precision=0, **named("seed"))
+            checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, **named("checkpoint_every", "N steps"))
+            grid_every = gr.Number(value=f.grid_every, precision=0, **named("grid_every", "N steps"))
+            diversity_every = gr.Number(value=f.diversity_every, precision=0, **named("diversity_every", "N steps"))
+        extra = gr.Code(value="", language=None, lines=4,
+                        **named("extra_toml", "any other config field; overrides the form, e.g. [eval] seeds = 9"))
     inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, prompts=prompts, prompts_file=prompts_file,
                     method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
                     guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
                     memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
-                    checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every, extra_toml=extra)
-    with gr.Row():
-        check_btn = gr.Button("Check config", elem_id="check-btn")
-        start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
-    message = gr.Markdown(elem_id="wizard-message")
+                    checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every,
+                    extra_toml=extra)
+    with gr.Column(elem_id="verdict-bar"):  # fixed: the verdict and Start stay in view while the form scrolls
+        with gr.Row():
+            message = gr.Markdown(elem_id="wizard-message")
+            check_btn = gr.Button("Check config", elem_id="check-btn", scale=0, min_width=140)
+            start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn", scale=0, min_width=160)
+        highlight = gr.HTML(elem_id="field-mark", padding=False)
     preview = gr.Code(label="config.toml: exactly what will run (`dpdmd train` takes the same file)",
                       language=None, interactive=False, elem_id="config-preview")
 
@@ -391,9 +423,9 @@ def _wizard_page(settings: Settings):
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
     gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
-          _wired(CheckView._fields, config_toml=preview, message=message),
+          _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
-    return inputs, start_btn, message, preview
+    return inputs, start_btn, message, highlight, preview
 
 
 def _monitor_page(settings: Settings):
@@ -465,12 +497,13 @@ def build_app(settings: Settings) -> gr.Blocks:
                     "or restarting the UI does not stop it.")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
-                inputs, start_btn, message, preview = _wizard_page(settings)
+                inputs, start_btn, message, highlight, preview = _wizard_page(settings)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 compare_names = _compare_page(settings, cache)
-        started = _wired(StartView._fields, message=message, config_toml=preview, tabs=tabs, run_choice=run_select)
+        started = _wired(StartView._fields, message=message, highlight=highlight, config_toml=preview, tabs=tabs,
+                         run_choice=run_select)
         start_btn.click(partial(start, settings), inputs, started,
                         trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
