@@ -210,14 +210,19 @@ def test_start_monitor_save_stop(settings):
     started = app.start(settings, *values(form))
     assert started.message.startswith("Started **live**"), started.message
     assert started.run_choice["value"] == "live" and (run.root / "config.toml").read_text() == started.config_toml
-    again = app.start(settings, *values(form)).message  # a second click while the first run is starting
-    assert again.startswith("**Refused:**") and "already starting" in again, again
+    again = app.start(settings, *values(form))  # a second click while the first run is starting: follow it
+    assert "already starting" in again.message and not again.message.startswith("**Refused"), again.message
+    assert again.run_choice["value"] == "live" and again.tabs.selected == "monitor"
+    other = app.check(settings, *values(tiny_form("second"))).message  # a second run would share the device
+    assert other.startswith("Ready") and "live is running too" in other, other
     assert runs.list_runs(settings.roots)[0].state in ("starting", "running")
 
     log = run.root / "train.log"
     wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
              "two diversity evaluations", log)
     view = app.refresh(settings, None, None)  # a fresh page: picks the running run itself
+    clicked = gr.SelectData(None, {"index": [0, 3], "value": "dpdmd", "row_value": view.runs_table[0]})
+    assert app.picked_row(clicked)["value"] == "live"  # a click on its row in the Runs table selects it
     row = dict(zip(runs.SUMMARY_HEADERS, view.runs_table[0]))
     assert view.run_choice["value"] == "live" and (row["run"], row["state"]) == ("live", "running")
     assert "state-running" in view.status and "s/step" in view.status

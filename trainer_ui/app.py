@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 
 from distill_core.errors import DPDMDError
-from distill_core.runfolder import TRAINING_STATES, RunFolder
+from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 
 from . import compare as cmp
 from . import launcher, runs
@@ -127,10 +127,13 @@ def check(settings: Settings, *values) -> CheckView:
     except DPDMDError as e:
         return CheckView("", *_refused_field(e, form))
     lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    busy = _alongside_note(runs.list_runs(settings.roots), Path(cfg.run.output_dir).name)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
-    return CheckView(cfg.to_toml(), msg + (f"  \n{note}" if note else ""), "")
+    for extra in (note, busy):
+        msg += f"  \n{extra}" if extra else ""
+    return CheckView(cfg.to_toml(), msg, "")
 
 
 def start(settings: Settings, *values) -> StartView:
@@ -139,16 +142,29 @@ def start(settings: Settings, *values) -> StartView:
     try:
         cfg = build_config(form, settings.roots)
         started = launcher.start(cfg)
+    except launcher.RunBusy as e:  # this run has a process already (a double click, another tab): follow it
+        name = Path(cfg.run.output_dir).name
+        return StartView(f"{html.escape(str(e))}  \nThe Monitor follows **{name}**.", "", gr.skip(),
+                         gr.Tabs(selected="monitor"), gr.update(value=name))
     except DPDMDError as e:
         return StartView(*_refused_field(e, form), gr.skip(), gr.skip(), gr.skip())
     config = started.run_dir / "config.toml"
     msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
            f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
-    if started.note:
-        msg += f"  \n{started.note}"
-    names = [r.name for r in runs.list_runs(settings.roots)]
+    summaries = runs.list_runs(settings.roots)
+    for note in (started.note, _alongside_note(summaries, started.run_dir.name)):
+        msg += f"  \n{note}" if note else ""
     return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
-                     gr.update(choices=names, value=started.run_dir.name))
+                     gr.update(choices=[r.name for r in summaries], value=started.run_dir.name))
+
+
+def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
+    """A warning when other runs of this runs folder are working too: they share the machine and each slows."""
+    others = [r.name for r in summaries if r.state in ACTIVE_STATES and r.name != name]
+    if not others:
+        return ""
+    return (f"**Note:** {', '.join(others)} {'is' if len(others) == 1 else 'are'} running too; runs side by side "
+            "share the device and each one slows down (stop one in the Monitor to give the other the device).")
 
 
 def on_family(family: str) -> FamilyDefaults:
@@ -307,6 +323,11 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                        signature=sig)
 
 
+def picked_row(evt: gr.SelectData):
+    """A click on a Runs table row selects that run (its first cell is the run's name)."""
+    return gr.update(value=evt.row_value[0]) if evt.row_value else gr.skip()
+
+
 def _resume_label(checkpoint_step: int | None) -> str:
     """What the resume button does: continue from a checkpoint, or start over when there is none."""
     return "Start again" if checkpoint_step is None else "Resume"
@@ -460,6 +481,8 @@ def _monitor_page(settings: Settings):
     timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
     run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
                       api_visibility="private")
+    run_select.change(lambda: "", None, action, show_progress="hidden", api_visibility="private")
+    runs_table.select(picked_row, None, run_select, show_progress="hidden", api_visibility="private")
     for btn, what in ((stop_btn, "stop"), (save_btn, "save")):
         btn.click(partial(control, settings, what), run_select, action, api_name=what)
     # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
