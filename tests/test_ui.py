@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import tomllib
-from ui_support import REPO, copy_run, finished_runs, stop_trainers, tiny_form, values, wait_for
+from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core.config import Config, loads_config, resolve
 from distill_core.runfolder import RunFolder
@@ -114,7 +116,7 @@ def test_no_typed_prompts_means_all_ten_digits_for_the_builtin_teacher(settings)
 
 
 REFUSALS = {  # a change to a valid form -> what the core's refusal says
-    "k beyond the teacher's steps": ({"anchor_step": 9}, "method.anchor_step (k) = 9"),
+    "k beyond the teacher's steps": ({"anchor_step": 9}, "k (anchor step) = 9"),
     "a misspelt advanced field": ({"extra_toml": "[eval]\nsedes = 3"}, "did you mean &#x27;seeds&#x27;"),
     "a prompt naming no digit": ({"prompts": "a photo of a cat"}, "names no digit"),
     "a prompts file outside the roots": ({"prompts_file": "/etc/hostname"}, "outside the folders"),
@@ -122,7 +124,7 @@ REFUSALS = {  # a change to a valid form -> what the core's refusal says
     "an output folder in the advanced box": ({"extra_toml": '[run]\noutput_dir = "/tmp/x"'},
                                              "run.output_dir cannot be set"),
     "a run name that is a path": ({"run_name": "../elsewhere"}, "not a plain folder name"),
-    "an emptied number": ({"max_steps": None}, "iterations is empty"),
+    "an emptied number": ({"max_steps": None}, "Iterations is empty"),
 }
 
 
@@ -133,6 +135,25 @@ def test_check_refuses_bad_input_with_the_cores_message(settings, changes, expec
     assert expected in view.message
 
 
+def test_refusals_name_the_fields_label_and_mark_the_field(settings):
+    view = app.check(settings, *values(replace(tiny_form("w1"), max_steps=0)))
+    assert view.message.startswith("**Refused:** Iterations") and "run.max_steps" not in view.message, view.message
+    assert view.highlight.startswith("<style>#max-steps {") and "outline" in view.highlight
+    assert app.check(settings, *values(tiny_form("w1"))).highlight == ""  # Ready: nothing marked
+    misspelt = app.check(settings, *values(replace(tiny_form("w1"), extra_toml="[eval]\nsedes = 3")))
+    assert "#extra-toml" in misspelt.highlight, misspelt
+
+
+def test_out_of_range_slider_values_are_refused_naming_the_field(settings):
+    sliders = {b.elem_id: b for b in app.build_app(settings).blocks.values() if isinstance(b, gr.Slider)}
+    for name, value, label in (("anchor_step", 40, "k (anchor step) = 40"),
+                               ("diversity_weight", -0.2, "lambda (diversity weight) = -0.2")):
+        typed = sliders[app.field_id(name)].preprocess(value)  # what the page hands on (gr.Slider raised here)
+        view = app.check(settings, *values(replace(tiny_form("w1"), **{name: typed})))
+        assert view.message.startswith("**Refused:**") and label in view.message, view.message
+        assert "method." not in view.message and f"#{app.field_id(name)} " in view.highlight
+
+
 def test_a_prompts_file_is_read_without_its_comments(settings, tmp_path):
     prompts = tmp_path / "models" / "prompts.txt"
     prompts.parent.mkdir()
@@ -141,15 +162,30 @@ def test_a_prompts_file_is_read_without_its_comments(settings, tmp_path):
     assert cfg.data.prompts == ["seven", "a handwritten 3"] and cfg.data.prompts_file == ""
 
 
-def test_an_sd3_teacher_must_be_an_existing_folder_inside_the_roots(settings, tmp_path):
+def test_an_sd3_teacher_must_be_a_diffusers_folder_inside_the_roots(settings, tmp_path):
     models = tmp_path / "models"
-    (models / "sd3").mkdir(parents=True)
+    diffusers_skeleton(models / "sd3", "sd3")
+    diffusers_skeleton(models / "sdxl", "sdxl")
+    (models / "empty").mkdir()
     sd3 = replace(tiny_form("w1"), family="sd3", prompts="a photo of a cat")
     cfg = build_config(replace(sd3, teacher_path=str(models / "sd3")), settings.roots)
     assert cfg.teacher.path == str(models / "sd3")
-    for folder, expected in ((models / "missing", "does not exist"), (tmp_path, "outside the folders")):
+    (models / "sd3" / "vae").rmdir()
+    refusals = {models / "missing": "does not exist", models / "empty": "model_index.json", models / "sd3": "vae/",
+                models / "sdxl": "holds a StableDiffusionXLPipeline", tmp_path: "outside the folders"}
+    for folder, expected in refusals.items():
         message = app.check(settings, *values(replace(sd3, teacher_path=str(folder)))).message
-        assert message.startswith("**Refused:**") and expected in message, message
+        assert message.startswith("**Refused:**") and expected in message, (folder, message)
+
+
+def test_a_hidden_teacher_folder_does_not_block_the_builtin_teacher(settings):
+    # typed while SD3 was chosen, then the built-in teacher chosen again: the box is hidden, so not checked
+    form = replace(tiny_form("w1"), teacher_path="../../etc")
+    view = app.check(settings, *values(form))
+    assert view.message.startswith("Ready"), view.message
+    assert loads_config(view.config_toml).teacher.path == ""
+    refused = app.check(settings, *values(replace(form, family="sd3", prompts="a cat"))).message
+    assert refused.startswith("**Refused:**") and "outside the folders" in refused, refused  # shown: checked
 
 
 def test_the_one_step_preset_sets_bf16_checkpointing_and_one_step_backprop(settings):
@@ -174,14 +210,19 @@ def test_start_monitor_save_stop(settings):
     started = app.start(settings, *values(form))
     assert started.message.startswith("Started **live**"), started.message
     assert started.run_choice["value"] == "live" and (run.root / "config.toml").read_text() == started.config_toml
-    again = app.start(settings, *values(form)).message  # a second click while the first run is starting
-    assert again.startswith("**Refused:**") and "already starting" in again, again
+    again = app.start(settings, *values(form))  # a second click while the first run is starting: follow it
+    assert "already starting" in again.message and not again.message.startswith("**Refused"), again.message
+    assert again.run_choice["value"] == "live" and again.tabs.selected == "monitor"
+    other = app.check(settings, *values(tiny_form("second"))).message  # a second run would share the device
+    assert other.startswith("Ready") and "live is running too" in other, other
     assert runs.list_runs(settings.roots)[0].state in ("starting", "running")
 
     log = run.root / "train.log"
     wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
              "two diversity evaluations", log)
     view = app.refresh(settings, None, None)  # a fresh page: picks the running run itself
+    clicked = gr.SelectData(None, {"index": [0, 3], "value": "dpdmd", "row_value": view.runs_table[0]})
+    assert app.picked_row(clicked)["value"] == "live"  # a click on its row in the Runs table selects it
     row = dict(zip(runs.SUMMARY_HEADERS, view.runs_table[0]))
     assert view.run_choice["value"] == "live" and (row["run"], row["state"]) == ("live", "running")
     assert "state-running" in view.status and "s/step" in view.status
@@ -211,7 +252,7 @@ def test_start_refuses_an_existing_run_with_another_config(settings):
     cfg = build_config(tiny_form("taken"), settings.roots)
     (run / "config.toml").write_text(cfg.to_toml().replace("anchor_step = 3", "anchor_step = 4"))
     msg = app.start(settings, *values(tiny_form("taken"))).message
-    assert msg.startswith("**Refused:**") and "method.anchor_step" in msg and not (run / "status.json").exists()
+    assert msg.startswith("**Refused:**") and "k (anchor step)" in msg and not (run / "status.json").exists()
     with launcher.launch_lock(run):  # another start in progress
         assert "being started right now" in app.start(settings, *values(tiny_form("taken"))).message
 
@@ -222,6 +263,18 @@ def test_monitor_shows_a_finished_runs_evaluation_and_report(settings, tmp_path_
     view = app.refresh(settings, "done-dpdmd", None)
     assert "state-finished" in view.status and "final evaluation: diversity" in view.status
     assert "gradio_api/file=" in view.report and "report.html" in view.report
+
+
+def test_monitor_shows_a_finishing_run_as_evaluating(settings, tmp_path_factory):
+    run = RunFolder(copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs))
+    run.student_path.unlink()
+    run.report_path.unlink()
+    run.write_status("finishing", pid=os.getpid(), host=os.uname().nodename, message="evaluating")  # a live process
+    view = app.refresh(settings, "done-dpdmd", None)
+    assert "state-finishing" in view.status and "Evaluating / writing the report" in view.status
+    assert "min left" not in view.status and "being written" in view.report
+    assert not view.stop["interactive"] and not view.resume["interactive"]
+    assert "student.safetensors" not in view.status  # no download link before the file exists
 
 
 def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
@@ -258,6 +311,10 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
     outside = tmp_path / "models" / "secret.png"
     outside.parent.mkdir()
     outside.write_bytes((settings.roots.runs / "done-dpdmd" / "samples" / "teacher.png").read_bytes())
+    (settings.roots.runs / "done-dpdmd" / "train.log").write_text("step 1\n")
+    links = re.findall(r"href='(gradio_api/file=[^']+)' download", app.refresh(settings, "done-dpdmd", None).status)
+    assert sorted(Path(urllib.parse.unquote(u)).name for u in links) == ["report.html", "student.safetensors",
+                                                                          "train.log"]
     demo = app.build_app(settings)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                         allowed_paths=[str(settings.roots.runs)], run_history=False)
@@ -270,6 +327,7 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
                 return e.code
         assert status(settings.roots.runs / "done-dpdmd" / "samples" / "teacher.png") == 200
         assert status(settings.roots.runs / "done-dpdmd" / "report.html") == 200
+        assert all(urllib.request.urlopen(demo.local_url + link).status == 200 for link in links)
         assert status(outside) == 403 and status(REPO / "README.md") == 403
         assert demo.server_name == "127.0.0.1" and demo.share is False
     finally:
@@ -305,17 +363,18 @@ def test_the_trainer_ui_is_packaged():
     assert "trainer_ui*" in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
 
 
-def test_a_run_that_dies_at_startup_shows_why(settings):
-    # Passes the config checks (the folder exists) but the trainer cannot load it as an SD3 teacher.
-    not_a_teacher = settings.roots.runs / "not-a-teacher"
-    not_a_teacher.mkdir()
-    form = tiny_form("doomed")
-    form.family, form.teacher_path, form.prompts = "sd3", str(not_a_teacher), "a photo of a cat"
+def test_a_run_that_dies_at_startup_shows_why_and_offers_start_again(settings, tmp_path):
+    # Passes every check (a diffusers folder's layout) but its weights file is empty: the trainer dies loading it.
+    teacher = diffusers_skeleton(tmp_path / "models" / "sd3", "sd3")
+    form = replace(tiny_form("doomed"), family="sd3", teacher_path=str(teacher), prompts="a photo of a cat")
     assert app.start(settings, *values(form)).message.startswith("Started")
     run = RunFolder(settings.roots.runs / "doomed")
-    wait_for(lambda: runs.run_state(run) == "died", 120, "the state 'died'", run.root / "train.log")
+    wait_for(lambda: runs.run_state(run) in ("died", "failed"), 180, "the run to die", run.root / "train.log")
     view = app.refresh(settings, "doomed", None)
-    assert "state-died" in view.status and "model_index.json" in view.status and view.resume["interactive"]
+    assert "config.json" in view.status and "class='run-error'" in view.status  # the error, wrapped (CSS)
+    assert "loading the teacher" not in view.status  # what it was doing when it died, not what it does
+    assert view.resume == {"__type__": "update", "interactive": True, "value": "Start again"}, view.resume
+    assert "from the beginning" in app.control(settings, "resume", "doomed")
 
 
 def test_wizard_refuses_one_step_backprop_without_the_detach(settings):

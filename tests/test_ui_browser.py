@@ -7,7 +7,9 @@ teacher). Screenshots are saved under the test's tmp folder and checked.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ def _line_drawn(page, plot_id: str, color: str) -> bool:
 
 
 def _set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input").first
+    box = page.locator(f"#{elem_id} input[type=number], #{elem_id} textarea, #{elem_id} input[type=text]").first
     box.fill(str(value))
     box.press("Tab")
 
@@ -87,7 +89,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
 
     # ---- Wizard: a tiny budget, then move the sliders as a user does (keyboard on the range input)
     _set_number(page, "teacher-steps", 8)
-    _set_number(page, "batch", 8)
+    _set_number(page, "batch-size", 8)
     _set_number(page, "max-steps", 500)
     page.get_by_text("Advanced").click()
     _set_number(page, "fake-updates", 2)
@@ -97,11 +99,11 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     editor.click()
     page.keyboard.type('[eval]\nprompts = ["0", "1", "2"]\nseeds = 3\ngrid_prompts = 2\ngrid_seeds = 2\n'
                        'fd_samples_per_prompt = 4\n')
-    k = page.locator("#k-slider input[type=range]")
+    k = page.locator("#anchor-step input[type=range]")
     k.focus()
     k.press("ArrowLeft")
     k.press("ArrowLeft")  # 5 -> 3
-    lam = page.locator("#lambda-slider input[type=range]")
+    lam = page.locator("#diversity-weight input[type=range]")
     lam.focus()
     lam.press("ArrowRight")
     lam.press("ArrowRight")  # 0.05 -> 0.06
@@ -160,3 +162,126 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     _grid_present(shots / "compare_gallery.png")
     table = page.locator("#compare-table").inner_text()
     assert "teacher" in table and "dpdmd" in table and "dmd" in table
+
+
+def _prepared_runs(runs_dir: Path, tmp_path_factory) -> None:
+    """A run that died loading its teacher (no checkpoint, a long error line) and one still finishing."""
+    done = {m: copy_run(src, runs_dir) for m, src in finished_runs(tmp_path_factory).items()}
+    (done["dmd"] / "train.log").write_text("step 2 / 2\n")
+    died = RunFolder(runs_dir / "died-early")
+    died.create()
+    died.config_path.write_text((done["dpdmd"] / "config.toml").read_text())
+    (died.root / "train.log").write_text("Traceback (most recent call last):\n" + "OSError: " + "x" * 400 + " END\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: the trainer died
+    died.write_status("starting", pid=dead.pid, host=os.uname().nodename, max_steps=2, message="loading the teacher")
+    finishing = RunFolder(shutil.copytree(done["dpdmd"], runs_dir / "finishing-run"))
+    finishing.student_path.unlink()
+    finishing.report_path.unlink()
+    finishing.write_status("finishing", pid=os.getpid(), host=os.uname().nodename, step=2, max_steps=2)
+    (runs_dir / "plain-folder").mkdir()  # exists, but is no diffusers teacher
+
+
+def _message(page) -> str:
+    return page.locator("#wizard-message").inner_text()
+
+
+def _pick_run(page, name: str) -> None:
+    box = page.locator("#run-select input")
+    box.click()
+    box.fill(name)
+    page.locator("ul[role=listbox] li", has_text=name).first.click()
+
+
+def test_verdicts_and_run_states_in_chromium(tmp_path, tmp_path_factory):
+    """Issue 14's broken items at 1400x900: a hidden path, a non-teacher folder, typed out-of-range slider
+    values, a run that died before a checkpoint, a finishing run; the verdict bar stays in view."""
+    require(Path(CHROMIUM).exists(), "chromium", "apt-get install -y chromium (Debian's package)")
+    require(importlib.util.find_spec("playwright") is not None, "playwright (python)", "pip install playwright")
+    from playwright import sync_api
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    _prepared_runs(runs_dir, tmp_path_factory)
+    ui_log = tmp_path / "ui.log"
+    with UIProcess(runs_dir, ui_log) as ui, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+        try:
+            _check_wizard(page, ui, runs_dir, shots)
+            _check_monitor(page, shots)
+        except BaseException:
+            page.screenshot(path=shots / "failure.png", full_page=True)
+            raise
+        browser.close()
+    assert "Traceback" not in ui_log.read_text(), ui_log.read_text()[-3000:]
+
+
+def _in_view(page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+
+def _check_wizard(page, ui: UIProcess, runs_dir: Path, shots: Path) -> None:
+    page.goto(ui.url, wait_until="load")
+    wait_for(lambda: "Ready" in _message(page), 30, "the first verdict")
+    assert _in_view(page, "#verdict-bar") and _in_view(page, "#start-btn"), "the verdict bar is below the fold"
+    page.screenshot(path=shots / "wizard_1400x900.png")
+    page.mouse.wheel(0, 600)
+    page.wait_for_timeout(300)
+    assert _in_view(page, "#verdict-bar"), "the verdict bar scrolled away"
+
+    # 1: a bad path typed for SD3, then the built-in teacher again: the hidden box is not checked
+    page.locator("#family").get_by_label("SD3", exact=False).check()
+    _set_number(page, "teacher-path", "../../etc")
+    wait_for(lambda: "Teacher folder" in _message(page) and "outside" in _message(page), 30, "the refused path")
+    page.locator("#family").get_by_label("Built-in", exact=False).check()
+    wait_for(lambda: "Ready" in _message(page), 30, "Ready for the built-in teacher")
+
+    # 2: an existing folder that is not a diffusers teacher is refused before Start
+    page.locator("#family").get_by_label("SD3", exact=False).check()
+    _set_number(page, "prompts", "a photo of a cat")
+    _set_number(page, "teacher-path", str(runs_dir / "plain-folder"))
+    wait_for(lambda: "model_index.json" in _message(page), 30, "the missing model_index.json")
+    _set_number(page, "prompts", "")
+    page.locator("#family").get_by_label("Built-in", exact=False).check()
+
+    # 4 and 5: out-of-range numbers typed into a slider's box, named by their labels, the field marked
+    wait_for(lambda: "Ready" in _message(page), 30, "Ready for the built-in teacher")
+    page.wait_for_timeout(1500)  # the family's defaults (teacher steps -> k's maximum) have arrived
+    for elem_id, value, label in (("anchor-step", 40, "k (anchor step) = 40"),
+                                  ("diversity-weight", -0.2, "lambda (diversity weight) = -0.2")):
+        page.locator(f"#{elem_id} input[type=number]").fill(str(value))  # typed (the box clamps it on leaving)
+        wait_for(lambda: label in _message(page), 30, f"the refusal naming {label!r}")
+        assert "Refused:" in _message(page) and "method." not in _message(page), _message(page)
+        outline = page.locator(f"#{elem_id}").evaluate("e => getComputedStyle(e).outlineStyle")
+        assert outline == "solid", f"#{elem_id} is not marked ({outline})"
+        assert page.locator(".toast-body").count() == 0, "a raw Gradio toast"
+        assert _in_view(page, "#wizard-message")
+    page.screenshot(path=shots / "wizard_refused.png")
+    _set_number(page, "diversity-weight", 0.05)
+    _set_number(page, "anchor-step", 5)
+    wait_for(lambda: "Ready" in _message(page), 30, "Ready again")
+
+
+def _check_monitor(page, shots: Path) -> None:
+    page.get_by_role("tab", name="Monitor").click()
+    status = page.locator("#run-status")
+    # 2: died before its first checkpoint: Start again, and the error wraps instead of running off the page
+    _pick_run(page, "died-early")
+    wait_for(lambda: "state-died" in status.inner_html(), 30, "the died run")
+    assert page.locator("#resume-btn").inner_text().strip() == "Start again"
+    assert "loading the teacher" not in status.inner_text()
+    error = page.locator("#run-status pre.run-error")
+    assert "END" in error.inner_text() and error.evaluate("e => e.scrollWidth <= e.clientWidth"), "the error is cut off"
+    # 3: finishing: evaluating / writing the report, then download links for a finished run
+    _pick_run(page, "finishing-run")
+    wait_for(lambda: "Evaluating / writing the report" in status.inner_text(), 30, "the finishing state")
+    assert "being written" in page.locator("#report").inner_text()
+    page.screenshot(path=shots / "monitor_finishing.png", full_page=True)
+    _pick_run(page, "done-dmd")
+    wait_for(lambda: status.locator("a[download]").count() == 3, 30, "the download links")
+    for link in status.locator("a[download]").all():
+        assert page.request.get(link.evaluate("a => a.href")).status == 200

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -35,6 +36,21 @@ def tiny_form(name: str, **overrides) -> WizardForm:
                       fake_updates=cfg.method.fake_updates, seed=cfg.run.seed,
                       checkpoint_every=cfg.run.checkpoint_every, grid_every=cfg.eval.grid_every,
                       diversity_every=cfg.eval.diversity_every, extra_toml=extra)
+
+
+def diffusers_skeleton(path: Path, family: str) -> Path:
+    """A folder laid out as a diffusers teacher of ``family`` (index, component folders, an empty safetensors
+    file): what the wizard's folder check reads, without weights anyone could load."""
+    from distill_core.teachers.diffusers_teachers import TEACHERS
+
+    kind = TEACHERS[family]
+    index = {"_class_name": kind.pipeline_class}
+    for sub in (kind.net_folder, *kind.required):
+        (path / sub).mkdir(parents=True)
+        index[sub] = ["diffusers", "Placeholder"]
+    (path / kind.net_folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (path / "model_index.json").write_text(json.dumps(index))
+    return path
 
 
 def values(form: WizardForm) -> list:

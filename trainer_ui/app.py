@@ -21,13 +21,13 @@ import gradio as gr
 import pandas as pd
 
 from distill_core.errors import DPDMDError
-from distill_core.runfolder import TRAINING_STATES
+from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 
 from . import compare as cmp
 from . import launcher, runs
 from .paths import Roots
-from .wizard import (FAMILIES, FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS, WizardForm,
-                     build_config, default_form, default_run_name)
+from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
+                     WizardForm, build_config, default_form, default_run_name, in_labels)
 
 CSS = """
 #teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
@@ -37,6 +37,13 @@ CSS = """
 .run-status progress { width: 100%; height: 14px; }
 .state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
 .state-running, .state-starting, .state-finishing { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
+#verdict-bar { position: fixed; bottom: 0; left: 0; right: 0; z-index: 50; background: var(--background-fill-primary);
+  border-top: 2px solid var(--border-color-primary); box-shadow: 0 -4px 12px rgba(0,0,0,.08);
+  padding: 6px max(16px, calc((100vw - 1280px) / 2)); }
+#tab-wizard { padding-bottom: 140px; }
+#wizard-message { min-height: 1.5em; }
+#field-mark { min-height: 0 !important; height: 0; overflow: hidden; padding: 0; }
+.run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
 .state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
 """
 RESUMABLE = ("stopped", "failed", "died")
@@ -53,6 +60,30 @@ def _refused(e: Exception) -> str:
     return f"**Refused:** {html.escape(str(e))}"
 
 
+def field_id(name: str) -> str:
+    """The page element of a form field (``max_steps`` -> ``#max-steps``)."""
+    return name.replace("_", "-")
+
+
+def _refused_field(e: Exception, form: WizardForm) -> tuple[str, str]:
+    """The refusal in the page's words (field labels, not config keys) and a style marking that field; a field
+    the form does not show can only have come from the advanced box."""
+    message, name = in_labels(str(e))
+    name = name or ("extra_toml" if form.extra_toml.strip() else None)
+    mark = (f"<style>#{field_id(name)} {{ outline: 3px solid #c9372c; outline-offset: 2px; border-radius: 6px; }}"
+            "</style>" if name else "")
+    return f"**Refused:** {html.escape(message)}", mark
+
+
+class TypedSlider(gr.Slider):
+    """A slider whose typed-in value reaches the handler even when out of its range, so that the config check
+    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast)."""
+    is_template = True  # drawn by the frontend's own slider
+
+    def preprocess(self, payload: float | None) -> float | None:
+        return None if payload is None else gr.Number.round_to_precision(payload, self.precision)
+
+
 def _wired(names: Sequence[str], **components: Any) -> list:
     """The components in the order of ``names`` (a handler result's or the form's fields), matched by name."""
     if set(components) != set(names):
@@ -62,14 +93,17 @@ def _wired(names: Sequence[str], **components: Any) -> list:
 
 # ---- Wizard -------------------------------------------------------------------------------------------
 class CheckView(NamedTuple):
-    """What Check shows: the TOML that will run ('' when refused) and the core's message."""
+    """What Check shows: the TOML that will run ('' when refused), the core's message and the refused field's
+    mark (a style, '' when none)."""
     config_toml: str
     message: str
+    highlight: str
 
 
 class StartView(NamedTuple):
     """What Start shows; the last three are gr.skip() when the start is refused."""
     message: str
+    highlight: str
     config_toml: Any
     tabs: Any  # the Monitor tab, selected
     run_choice: Any  # the Monitor's run dropdown, on the new run
@@ -91,12 +125,15 @@ def check(settings: Settings, *values) -> CheckView:
         cfg = build_config(form, settings.roots)
         note = launcher.existing_run_note(cfg)
     except DPDMDError as e:
-        return CheckView("", _refused(e))
+        return CheckView("", *_refused_field(e, form))
     lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    busy = _alongside_note(runs.list_runs(settings.roots), Path(cfg.run.output_dir).name)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
-    return CheckView(cfg.to_toml(), msg + (f"  \n{note}" if note else ""))
+    for extra in (note, busy):
+        msg += f"  \n{extra}" if extra else ""
+    return CheckView(cfg.to_toml(), msg, "")
 
 
 def start(settings: Settings, *values) -> StartView:
@@ -105,16 +142,29 @@ def start(settings: Settings, *values) -> StartView:
     try:
         cfg = build_config(form, settings.roots)
         started = launcher.start(cfg)
+    except launcher.RunBusy as e:  # this run has a process already (a double click, another tab): follow it
+        name = Path(cfg.run.output_dir).name
+        return StartView(f"{html.escape(str(e))}  \nThe Monitor follows **{name}**.", "", gr.skip(),
+                         gr.Tabs(selected="monitor"), gr.update(value=name))
     except DPDMDError as e:
-        return StartView(_refused(e), gr.skip(), gr.skip(), gr.skip())
+        return StartView(*_refused_field(e, form), gr.skip(), gr.skip(), gr.skip())
     config = started.run_dir / "config.toml"
     msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
            f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
-    if started.note:
-        msg += f"  \n{started.note}"
-    names = [r.name for r in runs.list_runs(settings.roots)]
-    return StartView(msg, cfg.to_toml(), gr.Tabs(selected="monitor"),
-                     gr.update(choices=names, value=started.run_dir.name))
+    summaries = runs.list_runs(settings.roots)
+    for note in (started.note, _alongside_note(summaries, started.run_dir.name)):
+        msg += f"  \n{note}" if note else ""
+    return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
+                     gr.update(choices=[r.name for r in summaries], value=started.run_dir.name))
+
+
+def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
+    """A warning when other runs of this runs folder are working too: they share the machine and each slows."""
+    others = [r.name for r in summaries if r.state in ACTIVE_STATES and r.name != name]
+    if not others:
+        return ""
+    return (f"**Note:** {', '.join(others)} {'is' if len(others) == 1 else 'are'} running too; runs side by side "
+            "share the device and each one slows down (stop one in the Monitor to give the other the device).")
 
 
 def on_family(family: str) -> FamilyDefaults:
@@ -176,8 +226,9 @@ def _status_html(v: runs.RunView) -> str:
     if v.checkpoint_step is not None:
         parts.append(f"last checkpoint: step {v.checkpoint_step}")
     out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
-    if v.message:
-        out.append(f"<div>{html.escape(v.message)}</div>")
+    message = "the training process ended without recording why (see train.log)" if v.state == "died" else v.message
+    if message:  # a died run's recorded message ("loading the teacher") is what it was doing, not what it does
+        out.append(f"<div>{html.escape(message)}</div>")
     t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
     if "diversity" in t and "diversity" in st:
         fd = (f"; Frechet distance {st['frechet_distance']:.1f} vs {t['frechet_distance']:.1f}"
@@ -186,17 +237,35 @@ def _status_html(v: runs.RunView) -> str:
                    f"vs {t['diversity']:.4f} (teacher, {t.get('steps')} steps){fd}</div>")
     if v.state in ("failed", "died"):
         last = "\n".join(v.log.splitlines()[-4:])
-        out.append(f"<div>The end of train.log (all of it below); <b>Resume</b> continues from the newest "
-                   f"checkpoint.</div><pre>{html.escape(last)}</pre>")
+        again = (f"<b>Resume</b> continues from its newest checkpoint (step {v.checkpoint_step})"
+                 if v.checkpoint_step is not None else
+                 "it wrote no checkpoint, so <b>Start again</b> starts it from the beginning")
+        out.append(f"<div>The end of train.log (all of it below); {again}.</div>"
+                   f"<pre class='run-error'>{html.escape(last)}</pre>")
+    if v.state == "finishing":
+        out.append("<div class='finishing'><b>Evaluating / writing the report:</b> training is done; the student, "
+                   "its final evaluation and report.html appear here when they are written.</div>")
     if v.student:
         out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
+    links = [f"<a href='{_file_url(path)}' download='{html.escape(path.name)}'>{html.escape(path.name)}</a>"
+             for path in (v.student, v.report, v.log_file) if path is not None]
+    if links:
+        out.append(f"<div class='downloads'>Download: {' · '.join(links)}</div>")
     return f"<div class='run-status'>{'<br>'.join(out)}</div>"
 
 
-def _report_html(path: Path | None) -> str:
+def _file_url(path: Path) -> str:
+    """The URL of a run's file; Gradio serves only the runs folder (launch's allowed_paths), and the paths
+    here come from RunFolder.file, so they resolve inside their run."""
+    return "gradio_api/file=" + urllib.parse.quote(str(path))
+
+
+def _report_html(path: Path | None, state: str = "") -> str:
     if path is None:
+        if state == "finishing":
+            return "<p>The report is being written (the final evaluation runs first).</p>"
         return "<p>The report appears here when the run finishes.</p>"
-    url = "gradio_api/file=" + urllib.parse.quote(str(path))
+    url = _file_url(path)
     return (f"<p><a href='{url}' target='_blank'>Open report.html in a new tab</a></p>"
             f"<iframe src='{url}' sandbox='' style='width:100%;height:720px;border:1px solid #ddd'></iframe>")
 
@@ -248,9 +317,20 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                        diversity=_diversity(v.diversity),
                        teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
                        student_grid=str(v.student_grid) if v.student_grid else None,
-                       report=_report_html(v.report), log=v.log, stop=gr.update(interactive=active),
-                       save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE),
+                       report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
+                       save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
+                                                                            value=_resume_label(v.checkpoint_step)),
                        signature=sig)
+
+
+def picked_row(evt: gr.SelectData):
+    """A click on a Runs table row selects that run (its first cell is the run's name)."""
+    return gr.update(value=evt.row_value[0]) if evt.row_value else gr.skip()
+
+
+def _resume_label(checkpoint_step: int | None) -> str:
+    """What the resume button does: continue from a checkpoint, or start over when there is none."""
+    return "Start again" if checkpoint_step is None else "Resume"
 
 
 def control(settings: Settings, what: str, selected: str | None) -> str:
@@ -260,8 +340,12 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
     try:
         run_dir = settings.roots.run_dir(selected)
         if what == "resume":
+            from distill_core.training import checkpoint as ckpt
+
+            resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
             started = launcher.resume(run_dir)
-            return f"Resumed **{selected}** (process {started.pid}) from its newest checkpoint."
+            how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
+            return f"Started **{selected}** again (process {started.pid}) {how}."
         return launcher.request(run_dir, what)
     except DPDMDError as e:
         return _refused(e)
@@ -300,57 +384,56 @@ def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], tea
 # ---- layout ----------------------------------------------------------------------------------------------
 def _wizard_page(settings: Settings):
     f = default_form()
+
+    def named(name: str, detail: str = "") -> dict:
+        """A form field's label (the name refusals use) and element id (what a refusal marks)."""
+        return {"label": FORM_FIELDS[name].label + (f" ({detail})" if detail else ""), "elem_id": field_id(name)}
+
+    inside = f"inside {settings.roots.describe()}"
     with gr.Row():
-        family = gr.Radio(FAMILIES, value=f.family, label="Teacher", elem_id="family")
-        teacher_path = gr.Textbox(label="Teacher folder (a local diffusers folder with model_index.json)",
-                                  visible=False, elem_id="teacher-path",
-                                  placeholder=f"inside {settings.roots.describe()}")
+        family = gr.Radio(FAMILIES, value=f.family, **named("family"))
+        teacher_path = gr.Textbox(visible=False, placeholder=inside,
+                                  **named("teacher_path", "a local diffusers folder with model_index.json"))
     with gr.Row():
-        prompts = gr.Textbox(lines=4, label="Prompts, one per line", elem_id="prompts",
+        prompts = gr.Textbox(lines=4, **named("prompts", "one per line"),
                              placeholder="built-in teacher: leave empty for all ten digits, or e.g. 'a handwritten 7'")
-        prompts_file = gr.Textbox(label="...or a prompts file (one prompt per line)", elem_id="prompts-file",
-                                  placeholder=f"inside {settings.roots.describe()}")
-    method = gr.Radio(METHODS, value=f.method, label="Method", elem_id="method")
+        prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
+    method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():
-        k = gr.Slider(1, f.teacher_steps, value=f.anchor_step, step=1, label="k: anchor step", info=K_HELP,
-                      elem_id="k-slider")
-        lam = gr.Slider(0.0, 0.5, value=f.diversity_weight, step=0.005, label="lambda: diversity weight",
-                        info=LAMBDA_HELP, elem_id="lambda-slider")
+        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
+        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+                          **named("diversity_weight"))
     with gr.Row():
-        student_steps = gr.Slider(2, 8, value=f.student_steps, step=1, label="Student steps", elem_id="student-steps")
-        guidance = gr.Number(value=f.guidance_scale, label="Teacher CFG (baked into the student)", elem_id="cfg")
-        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, label="Teacher steps (k at most this)",
-                                  elem_id="teacher-steps")
+        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
+        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
-        max_steps = gr.Number(value=f.max_steps, precision=0, label="Iterations (student updates)",
-                              elem_id="max-steps")
-        batch = gr.Number(value=f.batch_size, precision=0, label="Batch size (per process)", elem_id="batch")
-        memory = gr.Radio(list(PRESETS), value=f.memory, label="Memory preset", elem_id="memory")
+        max_steps = gr.Number(value=f.max_steps, precision=0, **named("max_steps", "student updates"))
+        batch = gr.Number(value=f.batch_size, precision=0, **named("batch_size", "per process"))
+        memory = gr.Radio(list(PRESETS), value=f.memory, **named("memory"))
     memory_note = gr.Markdown(preset_note(f.memory, f.method))
-    run_name = gr.Textbox(value=lambda: default_run_name(), label=f"Run name (a folder in {settings.roots.runs})",
-                          elem_id="run-name")
+    run_name = gr.Textbox(value=lambda: default_run_name(), **named("run_name", f"a folder in {settings.roots.runs}"))
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            fake_updates = gr.Number(value=f.fake_updates, precision=0, label="Fake-score updates per student update",
-                                     elem_id="fake-updates")
-            seed = gr.Number(value=f.seed, precision=0, label="Seed", elem_id="seed")
-            checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, label="Checkpoint every N steps",
-                                         elem_id="checkpoint-every")
-            grid_every = gr.Number(value=f.grid_every, precision=0, label="Seed grid every N steps",
-                                   elem_id="grid-every")
-            diversity_every = gr.Number(value=f.diversity_every, precision=0, label="Diversity every N steps",
-                                   elem_id="diversity-every")
-        extra = gr.Code(value="", language=None, label="Any other config field as TOML (overrides the form), "
-                        "e.g. [eval] seeds = 9", elem_id="extra-toml", lines=4)
+            fake_updates = gr.Number(value=f.fake_updates, precision=0, **named("fake_updates", "per student update"))
+            seed = gr.Number(value=f.seed, precision=0, **named("seed"))
+            checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, **named("checkpoint_every", "N steps"))
+            grid_every = gr.Number(value=f.grid_every, precision=0, **named("grid_every", "N steps"))
+            diversity_every = gr.Number(value=f.diversity_every, precision=0, **named("diversity_every", "N steps"))
+        extra = gr.Code(value="", language=None, lines=4,
+                        **named("extra_toml", "any other config field; overrides the form, e.g. [eval] seeds = 9"))
     inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, prompts=prompts, prompts_file=prompts_file,
                     method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
                     guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
                     memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
-                    checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every, extra_toml=extra)
-    with gr.Row():
-        check_btn = gr.Button("Check config", elem_id="check-btn")
-        start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
-    message = gr.Markdown(elem_id="wizard-message")
+                    checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every,
+                    extra_toml=extra)
+    with gr.Column(elem_id="verdict-bar"):  # fixed: the verdict and Start stay in view while the form scrolls
+        with gr.Row():
+            message = gr.Markdown(elem_id="wizard-message")
+            check_btn = gr.Button("Check config", elem_id="check-btn", scale=0, min_width=140)
+            start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn", scale=0, min_width=160)
+        highlight = gr.HTML(elem_id="field-mark", padding=False)
     preview = gr.Code(label="config.toml: exactly what will run (`dpdmd train` takes the same file)",
                       language=None, interactive=False, elem_id="config-preview")
 
@@ -361,9 +444,9 @@ def _wizard_page(settings: Settings):
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
     gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
-          _wired(CheckView._fields, config_toml=preview, message=message),
+          _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
-    return inputs, start_btn, message, preview
+    return inputs, start_btn, message, highlight, preview
 
 
 def _monitor_page(settings: Settings):
@@ -398,6 +481,8 @@ def _monitor_page(settings: Settings):
     timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
     run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
                       api_visibility="private")
+    run_select.change(lambda: "", None, action, show_progress="hidden", api_visibility="private")
+    runs_table.select(picked_row, None, run_select, show_progress="hidden", api_visibility="private")
     for btn, what in ((stop_btn, "stop"), (save_btn, "save")):
         btn.click(partial(control, settings, what), run_select, action, api_name=what)
     # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
@@ -435,12 +520,13 @@ def build_app(settings: Settings) -> gr.Blocks:
                     "or restarting the UI does not stop it.")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
-                inputs, start_btn, message, preview = _wizard_page(settings)
+                inputs, start_btn, message, highlight, preview = _wizard_page(settings)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 compare_names = _compare_page(settings, cache)
-        started = _wired(StartView._fields, message=message, config_toml=preview, tabs=tabs, run_choice=run_select)
+        started = _wired(StartView._fields, message=message, highlight=highlight, config_toml=preview, tabs=tabs,
+                         run_choice=run_select)
         start_btn.click(partial(start, settings), inputs, started,
                         trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")

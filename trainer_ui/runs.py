@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distill_core.config import effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
-from distill_core.runfolder import ACTIVE_STATES, RunFolder
+from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 
 from .launcher import LOG, run_state
 from .paths import Roots
@@ -107,10 +107,11 @@ class RunView:
     student: Path | None = None
     metrics: dict = field(default_factory=dict)
     log: str = ""
+    log_file: Path | None = None
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.sec_per_step is None or self.state not in ACTIVE_STATES:
+        if self.sec_per_step is None or self.state not in TRAINING_STATES:  # 'finishing' has no steps left
             return None
         return max(0, self.max_steps - self.step) * self.sec_per_step
 
@@ -141,7 +142,7 @@ def view(run_dir: Path) -> RunView:
     teacher_div = metrics.get("teacher", {}).get("diversity")
     if teacher_div is not None and diversity:
         diversity += [(s, teacher_div, "teacher") for s in (diversity[0][0], diversity[-1][0])]
-    grids = run.student_grids()
+    grids, log = run.student_grids(), run.file(LOG)
     done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     return RunView(
         name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
@@ -152,4 +153,4 @@ def view(run_dir: Path) -> RunView:
         teacher_grid=run.file(run.samples / "teacher.png"), student_grid=grids[-1] if grids else None,
         checkpoint_step=int(done[-1].name.removeprefix(ckpt.PREFIX)) if done else None,
         report=run.file(run.report_path), student=run.file(run.student_path), metrics=metrics,
-        log=log_tail(run.file(LOG)))
+        log=log_tail(log), log_file=log)

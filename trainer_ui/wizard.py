@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distill_core import presets
@@ -88,6 +90,54 @@ class WizardForm:
 FIELDS = [f.name for f in dataclasses.fields(WizardForm)]
 
 
+@dataclass(frozen=True)
+class FormField:
+    """How the page names a form field, and what names it in the core's messages (its config key first)."""
+    label: str
+    names: tuple[str, ...] = ()
+
+
+FORM_FIELDS: dict[str, FormField] = {
+    "family": FormField("Teacher", ("teacher.family",)),
+    "teacher_path": FormField("Teacher folder", ("teacher.path",)),
+    "prompts": FormField("Prompts", ("data.prompts",)),
+    "prompts_file": FormField("Prompts file", ("data.prompts_file",)),
+    "method": FormField("Method", ("method.name",)),
+    "anchor_step": FormField("k (anchor step)", ("method.anchor_step (k)", "method.anchor_step")),
+    "diversity_weight": FormField("lambda (diversity weight)",
+                                  ("method.diversity_weight (lambda)", "method.diversity_weight")),
+    "student_steps": FormField("Student steps", ("student.num_steps",)),
+    "guidance_scale": FormField("Teacher CFG", ("teacher.guidance_scale",)),
+    "teacher_steps": FormField("Teacher steps", ("teacher.num_steps",)),
+    "max_steps": FormField("Iterations", ("run.max_steps",)),
+    "batch_size": FormField("Batch size", ("data.batch_size",)),
+    "memory": FormField("Memory preset", ("memory preset",)),
+    "run_name": FormField("Run name", ("run name",)),
+    "fake_updates": FormField("Fake-score updates", ("method.fake_updates",)),
+    "seed": FormField("Seed", ("run.seed",)),
+    "checkpoint_every": FormField("Checkpoint every", ("run.checkpoint_every",)),
+    "grid_every": FormField("Seed grid every", ("eval.grid_every",)),
+    "diversity_every": FormField("Diversity every", ("eval.diversity_every",)),
+    "extra_toml": FormField("Advanced TOML", ("the advanced TOML box",)),
+}
+
+
+def in_labels(message: str) -> tuple[str, str | None]:
+    """``message`` with the form's config keys replaced by the fields' labels, and the form field it is
+    about (the one named first; None when it names none, e.g. an advanced-box field)."""
+    found: list[tuple[int, int, str]] = []  # (where, -length, field): the first, then the longest name wins
+    for name, f in FORM_FIELDS.items():
+        for alias in (*f.names, f.label):
+            match = re.search(rf"(?<![\w.]){re.escape(alias)}(?![\w.])", message)
+            if match:
+                found.append((match.start(), -len(alias), name))
+    for f in FORM_FIELDS.values():
+        for alias in f.names:
+            if "." in alias:  # a config key: the page's word for it
+                message = re.sub(rf"(?<![\w.]){re.escape(alias)}(?![\w])", f.label, message)
+    return message, min(found)[2] if found else None
+
+
 def default_form(family: str = "builtin") -> WizardForm:
     """The paper's defaults (Config()) with the family's teacher settings."""
     c, fam = Config(), CORE_FAMILIES[family]
@@ -105,7 +155,8 @@ def default_run_name(method: str = "dpdmd") -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _number(value: Any, label: str) -> float:
+def _number(form: WizardForm, name: str) -> float:
+    value, label = getattr(form, name), FORM_FIELDS[name].label
     if value is None or value == "":
         raise ConfigError(f"{label} is empty; give a number")
     try:
@@ -117,10 +168,10 @@ def _number(value: Any, label: str) -> float:
     return number
 
 
-def _whole(value: Any, label: str) -> int:
-    number = _number(value, label)
+def _whole(form: WizardForm, name: str) -> int:
+    number = _number(form, name)
     if number != int(number):
-        raise ConfigError(f"{label} must be a whole number, not {value}")
+        raise ConfigError(f"{FORM_FIELDS[name].label} must be a whole number, not {number:g}")
     return int(number)
 
 
@@ -135,26 +186,28 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def teacher_path(form: WizardForm) -> str:
+    """The teacher folder box's value; '' for the built-in teacher, whose page hides that box (what a user
+    cannot see must not refuse a run)."""
+    return "" if form.family == "builtin" else form.teacher_path.strip()
+
+
 def form_to_dict(form: WizardForm, roots: Roots) -> dict:
     """The nested config dict the form describes (typed paths checked against the allowed roots)."""
     if form.memory not in PRESETS:
         raise ConfigError(f"memory preset {form.memory!r} is not one of {', '.join(PRESETS)}")
     prompts = [line.strip() for line in form.prompts.splitlines() if line.strip() and not line.strip().startswith("#")]
     data: dict[str, dict[str, Any]] = {
-        "run": {"output_dir": str(roots.run_dir(form.run_name)), "seed": _whole(form.seed, "seed"),
-                "max_steps": _whole(form.max_steps, "iterations"),
-                "checkpoint_every": _whole(form.checkpoint_every, "checkpoint every")},
-        "teacher": {"family": form.family,
-                    "path": form.teacher_path.strip(),
-                    "guidance_scale": _number(form.guidance_scale, "teacher CFG"),
-                    "num_steps": _whole(form.teacher_steps, "teacher steps")},
-        "student": {"num_steps": _whole(form.student_steps, "student steps")},
-        "method": {"name": form.method, "anchor_step": _whole(form.anchor_step, "k"),
-                   "diversity_weight": _number(form.diversity_weight, "lambda"),
-                   "fake_updates": _whole(form.fake_updates, "fake updates")},
-        "data": {"prompts": prompts, "batch_size": _whole(form.batch_size, "batch size"),
+        "run": {"output_dir": str(roots.run_dir(form.run_name)), "seed": _whole(form, "seed"),
+                "max_steps": _whole(form, "max_steps"), "checkpoint_every": _whole(form, "checkpoint_every")},
+        "teacher": {"family": form.family, "path": teacher_path(form),
+                    "guidance_scale": _number(form, "guidance_scale"), "num_steps": _whole(form, "teacher_steps")},
+        "student": {"num_steps": _whole(form, "student_steps")},
+        "method": {"name": form.method, "anchor_step": _whole(form, "anchor_step"),
+                   "diversity_weight": _number(form, "diversity_weight"), "fake_updates": _whole(form, "fake_updates")},
+        "data": {"prompts": prompts, "batch_size": _whole(form, "batch_size"),
                  "prompts_file": form.prompts_file.strip()},
-        "eval": {"grid_every": _whole(form.grid_every, "grid every"), "diversity_every": _whole(form.diversity_every, "diversity every")},
+        "eval": {"grid_every": _whole(form, "grid_every"), "diversity_every": _whole(form, "diversity_every")},
     }
     detach = form.method in CORE_METHODS and CORE_METHODS[form.method].detach
     for key, value in PRESETS[form.memory].settings.items():
@@ -194,8 +247,18 @@ def check_prompts(cfg: Config) -> None:
             parse_prompt(prompt)
 
 
+def check_teacher_folder(cfg: Config) -> None:
+    """Refuse a folder that is not a diffusers teacher of the chosen family (model_index.json, components,
+    safetensors weights) with the trainer's own check, rather than a run that dies while loading it."""
+    if cfg.teacher.family != "builtin":
+        from distill_core.teachers.diffusers_teachers import TEACHERS, check_folder
+
+        check_folder(Path(cfg.teacher.path), TEACHERS[cfg.teacher.family])
+
+
 def build_config(form: WizardForm, roots: Roots) -> Config:
     """The resolved config the wizard will run; raises the core's errors (DPDMDError) on bad input."""
     cfg = resolve(from_dict(form_to_dict(form, roots)))
+    check_teacher_folder(cfg)
     check_prompts(cfg)
     return cfg

@@ -1,0 +1,513 @@
+"""The Gradio app: Wizard, Monitor and Compare pages wired to the UI's plain-Python modules.
+
+Handlers are module-level functions taking the app's Settings first, so tests
+call exactly what the page calls. A handler with several outputs returns a
+NamedTuple whose field names are also the names its output components are wired
+by (``_wired``), so neither a test nor the page depends on positions. Training
+never runs in this process: Start launches it, and the Monitor re-reads run
+folders on a timer.
+"""
+from __future__ import annotations
+
+import html
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+import pandas as pd
+
+from distill_core.errors import DPDMDError
+from distill_core.runfolder import TRAINING_STATES, RunFolder
+
+from . import compare as cmp
+from . import launcher, runs
+from .paths import Roots
+from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
+                     WizardForm, build_config, default_form, default_run_name, in_labels)
+
+CSS = """
+#teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
+#teacher-grid img, #student-grid img { height: 280px !important; width: auto !important; max-width: 100%;
+  object-fit: contain; }
+.run-status { font-size: 1.05em; line-height: 1.6; }
+.run-status progress { width: 100%; height: 14px; }
+.state { padding: 1px 8px; border-radius: 8px; color: white; font-weight: 600; }
+.state-running, .state-starting, .state-finishing { background: #2f7ed8; } .state-finished { background: #2e9d4f; }
+#verdict-bar { position: sticky; bottom: 0; z-index: 50; background: var(--background-fill-primary);
+  border-top: 2px solid var(--border-color-primary); box-shadow: 0 -4px 12px rgba(0,0,0,.08); padding: 6px 8px; }
+#wizard-message { min-height: 1.5em; }
+.run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
+.state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
+"""
+RESUMABLE = ("stopped", "failed", "died")
+
+
+@dataclass
+class Settings:
+    roots: Roots
+    refresh_seconds: float = 2.0
+    device: str = "cpu"  # where Compare samples
+
+
+def _refused(e: Exception) -> str:
+    return f"**Refused:** {html.escape(str(e))}"
+
+
+def field_id(name: str) -> str:
+    """The page element of a form field (``max_steps`` -> ``#max-steps``)."""
+    return name.replace("_", "-")
+
+
+def _refused_field(e: Exception) -> tuple[str, str]:
+    """The refusal in the page's words (field labels, not config keys) and a style marking that field."""
+    message, name = in_labels(str(e))
+    mark = (f"<style>#{field_id(name)} {{ outline: 3px solid #c9372c; outline-offset: 2px; border-radius: 6px; }}"
+            "</style>" if name else "")
+    return f"**Refused:** {html.escape(message)}", mark
+
+from gradio.events import Dependency
+
+class TypedSlider(gr.Slider):
+    """A slider whose typed-in value reaches the handler even when out of its range, so that the config check
+    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast)."""
+    is_template = True  # drawn by the frontend's own slider
+
+    def preprocess(self, payload: float | None) -> float | None:
+        return None if payload is None else gr.Number.round_to_precision(payload, self.precision)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _wired(names: Sequence[str], **components: Any) -> list:
+    """The components in the order of ``names`` (a handler result's or the form's fields), matched by name."""
+    if set(components) != set(names):
+        raise TypeError(f"components {sorted(components)} do not match the fields {sorted(names)}")
+    return [components[name] for name in names]
+
+
+# ---- Wizard -------------------------------------------------------------------------------------------
+class CheckView(NamedTuple):
+    """What Check shows: the TOML that will run ('' when refused), the core's message and the refused field's
+    mark (a style, '' when none)."""
+    config_toml: str
+    message: str
+    highlight: str
+
+
+class StartView(NamedTuple):
+    """What Start shows; the last three are gr.skip() when the start is refused."""
+    message: str
+    highlight: str
+    config_toml: Any
+    tabs: Any  # the Monitor tab, selected
+    run_choice: Any  # the Monitor's run dropdown, on the new run
+
+
+class FamilyDefaults(NamedTuple):
+    """The form fields a teacher family sets when it is chosen."""
+    teacher_path: Any  # shown for the diffusers families only
+    guidance_scale: float
+    teacher_steps: int
+    batch_size: int
+    memory: str
+
+
+def check(settings: Settings, *values) -> CheckView:
+    """The TOML that will run and a message: the core's resolve() and error messages, unchanged."""
+    form = WizardForm(*values)
+    try:
+        cfg = build_config(form, settings.roots)
+        note = launcher.existing_run_note(cfg)
+    except DPDMDError as e:
+        return CheckView("", *_refused_field(e))
+    lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
+           f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
+           f"→ `{cfg.run.output_dir}`")
+    return CheckView(cfg.to_toml(), msg + (f"  \n{note}" if note else ""), "")
+
+
+def start(settings: Settings, *values) -> StartView:
+    """Start the run the form describes, and switch to the Monitor on it."""
+    form = WizardForm(*values)
+    try:
+        cfg = build_config(form, settings.roots)
+        started = launcher.start(cfg)
+    except DPDMDError as e:
+        return StartView(*_refused_field(e), gr.skip(), gr.skip(), gr.skip())
+    config = started.run_dir / "config.toml"
+    msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
+           f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
+    if started.note:
+        msg += f"  \n{started.note}"
+    names = [r.name for r in runs.list_runs(settings.roots)]
+    return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
+                     gr.update(choices=names, value=started.run_dir.name))
+
+
+def on_family(family: str) -> FamilyDefaults:
+    f = default_form(family)
+    return FamilyDefaults(gr.update(visible=family != "builtin"), f.guidance_scale, f.teacher_steps, f.batch_size,
+                          f.memory)
+
+
+def on_method(method: str):
+    return gr.update(interactive=method != "dmd")
+
+
+def on_teacher_steps(steps, k):
+    """k must not exceed the teacher's steps; k's value is only touched when it is out of range (a stale
+    value sent back would undo a slider move made while this ran)."""
+    try:
+        top = max(1, int(steps))
+    except (TypeError, ValueError):
+        return gr.skip()
+    return gr.update(maximum=top, value=top) if int(k) > top else gr.update(maximum=top)
+
+
+def preset_note(memory: str, method: str) -> str:
+    preset = PRESETS.get(memory)
+    if preset is None:
+        return ""
+    extra = f" ({ONE_STEP_NOTE})" if preset.settings.get("method.backprop") == "one_step" and method != "dpdmd" else ""
+    return f"Sets: {preset.note}{extra}. Starting points, not measured limits."
+
+
+# ---- Monitor -------------------------------------------------------------------------------------------
+class MonitorView(NamedTuple):
+    """Everything the Monitor shows (gr.skip() in a field leaves that component as it is)."""
+    run_choice: Any  # the run dropdown: every run, the shown one selected
+    runs_table: Any  # list of RunSummary.row()
+    status: Any  # HTML
+    losses: Any  # pd.DataFrame for the loss plot
+    diversity: Any  # pd.DataFrame for the diversity plot
+    teacher_grid: Any  # image path or None
+    student_grid: Any
+    report: Any  # HTML
+    log: Any  # train.log's last lines
+    stop: Any  # the buttons' interactive updates
+    save: Any
+    resume: Any
+    signature: Any  # what refresh() compares to skip an unchanged page
+
+    @classmethod
+    def unchanged(cls) -> MonitorView:
+        return cls(*(gr.skip(),) * len(cls._fields))
+
+
+def _status_html(v: runs.RunView) -> str:
+    parts = [f"<span class='state state-{v.state}'>{v.state}</span> step <b>{v.step}</b> / {v.max_steps}"]
+    if v.sec_per_step is not None:
+        parts.append(f"{v.sec_per_step:.2f} s/step")
+    if v.eta_seconds is not None:
+        parts.append(f"about {v.eta_seconds / 60:.1f} min left")
+    if v.checkpoint_step is not None:
+        parts.append(f"last checkpoint: step {v.checkpoint_step}")
+    out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
+    message = "the training process ended without recording why (see train.log)" if v.state == "died" else v.message
+    if message:  # a died run's recorded message ("loading the teacher") is what it was doing, not what it does
+        out.append(f"<div>{html.escape(message)}</div>")
+    t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
+    if "diversity" in t and "diversity" in st:
+        fd = (f"; Frechet distance {st['frechet_distance']:.1f} vs {t['frechet_distance']:.1f}"
+              if "frechet_distance" in t and "frechet_distance" in st else "")
+        out.append(f"<div>final evaluation: diversity <b>{st['diversity']:.4f}</b> (student, {st.get('steps')} steps) "
+                   f"vs {t['diversity']:.4f} (teacher, {t.get('steps')} steps){fd}</div>")
+    if v.state in ("failed", "died"):
+        last = "\n".join(v.log.splitlines()[-4:])
+        again = (f"<b>Resume</b> continues from its newest checkpoint (step {v.checkpoint_step})"
+                 if v.checkpoint_step is not None else
+                 "it wrote no checkpoint, so <b>Start again</b> starts it from the beginning")
+        out.append(f"<div>The end of train.log (all of it below); {again}.</div>"
+                   f"<pre class='run-error'>{html.escape(last)}</pre>")
+    if v.state == "finishing":
+        out.append("<div class='finishing'><b>Evaluating / writing the report:</b> training is done; the student, "
+                   "its final evaluation and report.html appear here when they are written.</div>")
+    if v.student:
+        out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
+    links = [f"<a href='{_file_url(path)}' download='{html.escape(path.name)}'>{html.escape(path.name)}</a>"
+             for path in (v.student, v.report, v.log_file) if path is not None]
+    if links:
+        out.append(f"<div class='downloads'>Download: {' · '.join(links)}</div>")
+    return f"<div class='run-status'>{'<br>'.join(out)}</div>"
+
+
+def _file_url(path: Path) -> str:
+    """The URL of a run's file; Gradio serves only the runs folder (launch's allowed_paths), and the paths
+    here come from RunFolder.file, so they resolve inside their run."""
+    return "gradio_api/file=" + urllib.parse.quote(str(path))
+
+
+def _report_html(path: Path | None, state: str = "") -> str:
+    if path is None:
+        if state == "finishing":
+            return "<p>The report is being written (the final evaluation runs first).</p>"
+        return "<p>The report appears here when the run finishes.</p>"
+    url = _file_url(path)
+    return (f"<p><a href='{url}' target='_blank'>Open report.html in a new tab</a></p>"
+            f"<iframe src='{url}' sandbox='' style='width:100%;height:720px;border:1px solid #ddd'></iframe>")
+
+
+LOSS_COLORS = dict(zip(runs.LOSSES.values(), ("#2f6fb5", "#e8862a", "#c9372c")))
+DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a"}
+
+
+def _frame(rows: list[tuple], columns: list[str], series: dict[str, str]) -> pd.DataFrame:
+    """(step, value, series) rows for a LinePlot, typed, with every series present.
+
+    The plot keeps the axis types and the series of the first frame it draws: an empty untyped frame
+    makes both axes categorical, and a missing series is never drawn. A series without data gets one
+    empty (NaN) point, which the plot skips.
+    """
+    present = {r[2] for r in rows}
+    rows = list(rows) + [(0, float("nan"), name) for name in series if name not in present]
+    return pd.DataFrame(rows, columns=columns).astype({columns[0]: "int64", columns[1]: "float64",
+                                                       columns[2]: "str"})
+
+
+def _losses(rows: list[tuple]) -> pd.DataFrame:
+    return _frame(rows, ["step", "value", "series"], LOSS_COLORS)
+
+
+def _diversity(rows: list[tuple]) -> pd.DataFrame:
+    return _frame(rows, ["step", "diversity", "who"], DIVERSITY_COLORS)
+
+
+def refresh(settings: Settings, selected: str | None, last: tuple | None) -> MonitorView:
+    """Everything the Monitor shows; all unchanged when nothing changed since ``last``."""
+    summaries = runs.list_runs(settings.roots)
+    names = [r.name for r in summaries]
+    name = selected if selected in names else runs.default_run(summaries)
+    run_dir = settings.roots.runs / name if name else None
+    sig = (tuple(tuple(r.row()) for r in summaries), runs.signature(run_dir) if run_dir else None)
+    if sig == last:
+        return MonitorView.unchanged()
+    table = [r.row() for r in summaries]
+    choice = gr.update(choices=names, value=name)
+    if run_dir is None:
+        off = gr.update(interactive=False)
+        return MonitorView(run_choice=choice, runs_table=table, status="<p>No runs yet: start one in the Wizard.</p>",
+                           losses=_losses([]), diversity=_diversity([]), teacher_grid=None, student_grid=None,
+                           report=_report_html(None), log="", stop=off, save=off, resume=off, signature=sig)
+    v = runs.view(run_dir)
+    active = v.state in TRAINING_STATES
+    return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v), losses=_losses(v.losses),
+                       diversity=_diversity(v.diversity),
+                       teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
+                       student_grid=str(v.student_grid) if v.student_grid else None,
+                       report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
+                       save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
+                                                                            value=_resume_label(v.checkpoint_step)),
+                       signature=sig)
+
+
+def _resume_label(checkpoint_step: int | None) -> str:
+    """What the resume button does: continue from a checkpoint, or start over when there is none."""
+    return "Start again" if checkpoint_step is None else "Resume"
+
+
+def control(settings: Settings, what: str, selected: str | None) -> str:
+    """Stop, save now or resume the chosen run."""
+    if not selected:
+        return "Choose a run first."
+    try:
+        run_dir = settings.roots.run_dir(selected)
+        if what == "resume":
+            from distill_core.training import checkpoint as ckpt
+
+            resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
+            started = launcher.resume(run_dir)
+            how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
+            return f"Started **{selected}** again (process {started.pid}) {how}."
+        return launcher.request(run_dir, what)
+    except DPDMDError as e:
+        return _refused(e)
+
+
+# ---- Compare -------------------------------------------------------------------------------------------
+class CompareView(NamedTuple):
+    """What Compare shows; gallery and table are gr.skip() when refused."""
+    gallery: Any  # [(PIL image, label)], one seed grid per model
+    table: Any  # pd.DataFrame, one row of numbers per model
+    message: str
+
+
+def compare_choices(settings: Settings):
+    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
+
+
+def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], teacher: bool, prompt_text: str,
+                seeds: float, first_seed: float, progress=gr.Progress()) -> CompareView:
+    """The chosen runs and the teacher on the same prompts and seeds, with their numbers."""
+    try:
+        run_dirs = [settings.roots.run_dir(n) for n in names or []]
+        prompts = [p.strip() for p in (prompt_text or "").splitlines() if p.strip()] or cmp.default_prompts(run_dirs)
+        seed_list = list(range(int(first_seed or 0), int(first_seed or 0) + int(seeds)))
+        panels = cmp.compare(run_dirs, teacher, prompts, seed_list, cache, settings.device,
+                             progress=lambda f, what: progress(f, desc=what))
+    except DPDMDError as e:
+        return CompareView(gr.skip(), gr.skip(), _refused(e))
+    table = pd.DataFrame([p.numbers for p in panels]).fillna("")
+    gallery = [(p.image, p.label) for p in panels]
+    msg = (f"{len(prompts)} prompts x {len(seed_list)} seeds (seeds {seed_list[0]}-{seed_list[-1]}), the same noise "
+           "for every model; each student in its own schedule, the teacher with its steps and CFG.")
+    return CompareView(gallery, table, msg)
+
+
+# ---- layout ----------------------------------------------------------------------------------------------
+def _wizard_page(settings: Settings):
+    f = default_form()
+
+    def named(name: str, detail: str = "") -> dict:
+        """A form field's label (the name refusals use) and element id (what a refusal marks)."""
+        return {"label": FORM_FIELDS[name].label + (f" ({detail})" if detail else ""), "elem_id": field_id(name)}
+
+    inside = f"inside {settings.roots.describe()}"
+    with gr.Row():
+        family = gr.Radio(FAMILIES, value=f.family, **named("family"))
+        teacher_path = gr.Textbox(visible=False, placeholder=inside,
+                                  **named("teacher_path", "a local diffusers folder with model_index.json"))
+    with gr.Row():
+        prompts = gr.Textbox(lines=4, **named("prompts", "one per line"),
+                             placeholder="built-in teacher: leave empty for all ten digits, or e.g. 'a handwritten 7'")
+        prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
+    method = gr.Radio(METHODS, value=f.method, **named("method"))
+    with gr.Row():
+        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
+        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+                          **named("diversity_weight"))
+    with gr.Row():
+        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
+        teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
+    with gr.Row():
+        max_steps = gr.Number(value=f.max_steps, precision=0, **named("max_steps", "student updates"))
+        batch = gr.Number(value=f.batch_size, precision=0, **named("batch_size", "per process"))
+        memory = gr.Radio(list(PRESETS), value=f.memory, **named("memory"))
+    memory_note = gr.Markdown(preset_note(f.memory, f.method))
+    run_name = gr.Textbox(value=lambda: default_run_name(), **named("run_name", f"a folder in {settings.roots.runs}"))
+    with gr.Accordion("Advanced", open=False):
+        with gr.Row():
+            fake_updates = gr.Number(value=f.fake_updates, precision=0, **named("fake_updates", "per student update"))
+            seed = gr.Number(value=f.seed, precision=0, **named("seed"))
+            checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, **named("checkpoint_every", "N steps"))
+            grid_every = gr.Number(value=f.grid_every, precision=0, **named("grid_every", "N steps"))
+            diversity_every = gr.Number(value=f.diversity_every, precision=0, **named("diversity_every", "N steps"))
+        extra = gr.Code(value="", language=None, lines=4,
+                        **named("extra_toml", "any other config field; overrides the form, e.g. [eval] seeds = 9"))
+    inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, prompts=prompts, prompts_file=prompts_file,
+                    method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
+                    guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
+                    memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
+                    checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every,
+                    extra_toml=extra)
+    with gr.Column(elem_id="verdict-bar"):  # sticky: the verdict and Start stay in view while the form scrolls
+        with gr.Row():
+            message = gr.Markdown(elem_id="wizard-message")
+            check_btn = gr.Button("Check config", elem_id="check-btn", scale=0, min_width=140)
+            start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn", scale=0, min_width=160)
+        highlight = gr.HTML(elem_id="field-mark", padding=False)
+    preview = gr.Code(label="config.toml: exactly what will run (`dpdmd train` takes the same file)",
+                      language=None, interactive=False, elem_id="config-preview")
+
+    private = {"api_visibility": "private", "show_progress": "hidden"}
+    family.change(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
+                                            teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
+    method.change(on_method, method, lam, **private)
+    teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
+    gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
+    gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
+          _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
+          trigger_mode="always_last", show_progress="hidden", api_name="check")
+    return inputs, start_btn, message, highlight, preview
+
+
+def _monitor_page(settings: Settings):
+    with gr.Row():
+        run_select = gr.Dropdown(choices=[], label="Run", elem_id="run-select", scale=1)
+        status = gr.HTML(elem_id="run-status")
+    with gr.Row():
+        stop_btn = gr.Button("Stop (checkpoint, then exit)", variant="stop", interactive=False, elem_id="stop-btn")
+        save_btn = gr.Button("Save a checkpoint now", interactive=False, elem_id="save-btn")
+        resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
+    action = gr.Markdown(elem_id="monitor-message")
+    with gr.Row():
+        teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",
+                               buttons=["download", "fullscreen"], height=320)
+        student_img = gr.Image(type="filepath", label="student: latest grid, same seeds", interactive=False,
+                               elem_id="student-grid", buttons=["download", "fullscreen"], height=320)
+    with gr.Row():
+        loss_plot = gr.LinePlot(_losses([]), x="step", y="value", color="series", color_map=LOSS_COLORS,
+                                title="Training losses (not quality measures)", elem_id="loss-plot", height=260)
+        div_plot = gr.LinePlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
+                               title="Diversity (Eq. 9) on fixed seeds", elem_id="diversity-plot", height=260)
+    runs_table = gr.Dataframe(headers=runs.SUMMARY_HEADERS, interactive=False, label="Runs", elem_id="runs-table")
+    with gr.Accordion("train.log (last lines)", open=False):
+        log = gr.Textbox(lines=12, max_lines=12, show_label=False, elem_id="train-log")
+    with gr.Accordion("Report", open=True):
+        report = gr.HTML(elem_id="report")
+    last = gr.State(None)
+    timer = gr.Timer(settings.refresh_seconds)
+    outputs = _wired(MonitorView._fields, run_choice=run_select, runs_table=runs_table, status=status,
+                     losses=loss_plot, diversity=div_plot, teacher_grid=teacher_img, student_grid=student_img,
+                     report=report, log=log, stop=stop_btn, save=save_btn, resume=resume_btn, signature=last)
+    timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
+    run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
+                      api_visibility="private")
+    for btn, what in ((stop_btn, "stop"), (save_btn, "save")):
+        btn.click(partial(control, settings, what), run_select, action, api_name=what)
+    # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
+    resume_btn.click(partial(control, settings, "resume"), run_select, action, trigger_mode="once",
+                     concurrency_limit=1, concurrency_id="start", api_name="resume")
+    return run_select, outputs
+
+
+def _compare_page(settings: Settings, cache: cmp.ModelCache):
+    gr.Markdown("Sample the same prompts from the same seeds with each chosen student (and the teacher), "
+                "side by side. Runs appear here once they have finished and exported `student.safetensors`.")
+    with gr.Row():
+        names = gr.CheckboxGroup(choices=[], label="Runs", elem_id="compare-runs")
+        teacher = gr.Checkbox(value=True, label="Include the teacher", elem_id="compare-teacher")
+    with gr.Row():
+        prompts = gr.Textbox(lines=3, label="Prompts, one per line (empty: the first run's grid prompts)",
+                             elem_id="compare-prompts")
+        seeds = gr.Slider(2, cmp.MAX_SEEDS, value=6, step=1, label="Seeds per prompt", elem_id="compare-seeds")
+        first_seed = gr.Number(value=0, precision=0, label="First seed", elem_id="compare-first-seed")
+    go = gr.Button("Sample side by side", variant="primary", elem_id="compare-btn")
+    message = gr.Markdown(elem_id="compare-message")
+    gallery = gr.Gallery(label="Seed grids (rows: prompts, columns: seeds)", columns=3, format="png",
+                         object_fit="contain", height="auto", elem_id="compare-gallery")
+    table = gr.Dataframe(label="Numbers", interactive=False, elem_id="compare-table")
+    go.click(partial(run_compare, settings, cache), [names, teacher, prompts, seeds, first_seed],
+             _wired(CompareView._fields, gallery=gallery, table=table, message=message), api_name="compare")
+    return names
+
+
+def build_app(settings: Settings) -> gr.Blocks:
+    cache = cmp.ModelCache()
+    with gr.Blocks(title="DP-DMD Studio", analytics_enabled=False) as demo:
+        gr.Markdown(f"## DP-DMD Studio: distil a teacher into a 4-step student that keeps its variety\n"
+                    f"Runs folder: `{settings.roots.runs}`. Training runs in its own process: closing this page "
+                    "or restarting the UI does not stop it.")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
+                inputs, start_btn, message, highlight, preview = _wizard_page(settings)
+            with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
+                run_select, monitor_outputs = _monitor_page(settings)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
+                compare_names = _compare_page(settings, cache)
+        started = _wired(StartView._fields, message=message, highlight=highlight, config_toml=preview, tabs=tabs,
+                         run_choice=run_select)
+        start_btn.click(partial(start, settings), inputs, started,
+                        trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
+        compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+        demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
+        demo.load(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+    return demo
