@@ -1,16 +1,18 @@
-"""Layer 2: the pack against the real `comfy` modules of ComfyUI 0.3.75, in one process.
+"""Layer 2: the pack against the real `comfy` modules of the ComfyUI at COMFYUI_PATH, in one process.
 
 Run by tests/test_comfyui.py under the ComfyUI interpreter (or directly with it).
 """
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_env import require_comfy, setup_comfy
+from comfy_env import COMFY, comfy_version, require_comfy, setup_comfy
 
 require_comfy()
 setup_comfy()
@@ -110,6 +112,29 @@ def test_node_ids_and_category(pack):
     assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
                         "DPDMDSeedGrid", "DPDMDDiversity"}
     assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
+
+
+def test_runs_against_the_comfyui_under_test():
+    """The `comfy` modules in use are COMFYUI_PATH's, whatever else is installed."""
+    assert Path(comfy.model_base.__file__).resolve().is_relative_to(COMFY.resolve()), comfy.model_base.__file__
+    assert comfy_version() != "?"
+
+
+def test_nodes_use_public_names_of_a_versioned_api():
+    """The pack imports a pinned comfy_api version (not `latest`) and only names that version makes public."""
+    import importlib
+
+    from comfy_pack import ROOT
+
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "nodes").glob("*.py")))
+    versions = set(re.findall(r"from comfy_api\.(\w+) import", source))
+    assert versions and all(re.fullmatch(r"v\d+_\d+_\d+", v) for v in versions), versions
+    for version in versions:
+        api = importlib.import_module(f"comfy_api.{version}")
+        for module, name in set(re.findall(r"\b(io|ui)\.(\w+)", source)):
+            surface = getattr(api, module)
+            public = getattr(surface, "__all__", None) or [n for n in vars(surface) if not n.startswith("_")]
+            assert name in public, f"{module}.{name} is not public in comfy_api.{version}"
 
 
 def test_loader_lists_students_only(pack, models):

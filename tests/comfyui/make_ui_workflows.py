@@ -1,6 +1,6 @@
 """Write examples/comfyui/<name>.json (UI format, drag and drop) from <name>.api.json via the real frontend.
 
-    .venv-comfy/bin/python tests/comfyui/make_ui_workflows.py
+    COMFYUI_PATH=.comfyui-0.33.0 .venv-comfy-0.33.0/bin/python tests/comfyui/make_ui_workflows.py
 
 Starts ComfyUI with this pack and tiny models in a temporary base directory,
 loads each API workflow into ComfyUI's frontend in headless Chromium and saves
