@@ -295,6 +295,30 @@ def test_builtin_student_grid_and_diversity(pack, models):
         model.get_model_object("latent_format")
 
 
+def test_seed_grid_preview_shows_every_row(pack, models):
+    """The sampling preview of a 3-prompt grid is the whole grid, a row per prompt and a column per seed."""
+    import comfy.utils
+    import numpy as np
+
+    from distill_core.grids import tile
+
+    ids = nodes_by_id(pack)
+    _, _, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
+    previews = []
+    saved = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: previews.append(preview))
+    try:
+        _, images = run(ids["DPDMDSeedGrid"], prompts="1\n2\n3", seeds=2, first_seed=0, title="", width=64,
+                        height=64, display_size=8, student=student).result
+    finally:
+        comfy.utils.set_progress_bar_global_hook(saved)
+    assert len(previews) == len(student.info.levels) - 1
+    fmt, last, _ = previews[-1]
+    grid = tile(pack_module("nodes.common").from_comfy_images(images), 2, cell=64)  # the final images, 3 x 2
+    assert fmt == "JPEG" and last.size == grid.size
+    assert np.array_equal(np.asarray(last), np.asarray(grid))
+
+
 def test_diversity_uses_a_clip_vision_model_when_given(pack):
     """With a Load CLIP Vision model connected, Eq. 9 runs on its image_embeds (a stand-in model here)."""
     from types import SimpleNamespace
