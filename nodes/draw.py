@@ -22,7 +22,8 @@ from distill_core.sampling import sample_grid
 from .common import student_sigmas, to_comfy_images, upscale
 from .student import Student
 
-PREVIEW_CELL = 64
+PREVIEW_CELL = 64  # px per image in a sampling preview, smaller when many columns would pass PREVIEW_WIDTH
+PREVIEW_WIDTH = 512
 
 
 def student_sampler() -> comfy.samplers.KSAMPLER:
@@ -38,12 +39,14 @@ def _draw_builtin(student: Student, prompts: list[str], seeds: list[int], size: 
     levels = student.info.levels
     total = len(levels) - 1
     pbar = comfy.utils.ProgressBar(total)
-    cols = min(len(seeds), 8)
+    # every image, laid out as the result is: a row per prompt (one prompt's batch wraps at 8 columns)
+    cols = len(seeds) if len(prompts) > 1 else min(len(seeds), 8)
+    cell = max(8, min(PREVIEW_CELL, PREVIEW_WIDTH // cols))
 
     def on_step(i: int, x0: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        shown = student.teacher.decode(x0[:cols * 2].float().cpu())
-        pbar.update_absolute(i + 1, total, ("JPEG", tile(shown, cols, cell=PREVIEW_CELL), 512))
+        shown = student.teacher.decode(x0.float().cpu())
+        pbar.update_absolute(i + 1, total, ("JPEG", tile(shown, cols, cell=cell), PREVIEW_WIDTH))
 
     latents = sample_grid(student.teacher, student.net, prompts, seeds, levels, guidance=student.guidance,
                           on_step=on_step)

@@ -1,7 +1,7 @@
 """The pack's V3 extension: node list, model folder and the web extension's route."""
 from __future__ import annotations
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import library
 from .grid import Diversity, SeedGrid

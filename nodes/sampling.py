@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES

@@ -1,58 +1,84 @@
-// DP-DMD Studio: shows a student's metadata (family, steps, sigmas, method) on the loader node,
-// read from GET /dpdmd/student when a student is picked and from the node's output after a run.
+// DP-DMD Studio: text on the nodes, where a user looks.
+// - Student Loader: the student's metadata (family, steps, sigmas, method), read from GET /dpdmd/student when a
+//   student is picked and from the node's output after a run.
+// - Diversity: the Eq. 9 number of the last run (the node's `text` output; frontends draw no text on
+//   ordinary nodes by themselves).
+// The text is a DOM widget (drawn in the canvas and in the Vue node view alike) that is never serialized, so
+// workflows keep their widget values and queue the same prompt.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const LOADER = "DPDMDStudentLoader";
+const DIVERSITY = "DPDMDDiversity";
+const TEXT = "dpdmd_text";
 const LINE = 15;
+const WIDTH = 380;
 
 async function fetchInfo(name) {
   try {
     const res = await api.fetchApi(`/dpdmd/student?name=${encodeURIComponent(name)}`);
     const body = await res.json();
-    return body.ok ? { lines: body.text.split("\n"), error: false } : { lines: [body.error], error: true };
+    return body.ok ? { text: body.text, error: false } : { text: body.error, error: true };
   } catch (e) {
-    return { lines: [`could not read the student's metadata (${e})`], error: true };
+    return { text: `could not read the student's metadata (${e})`, error: true };
   }
 }
 
-function wrap(ctx, text, width) {
-  const out = [];
-  let line = "";
-  for (const word of text.split(" ")) {
-    const next = line ? `${line} ${word}` : word;
-    if (line && ctx.measureText(next).width > width) {
-      out.push(line);
-      line = word;
-    } else {
-      line = next;
-    }
-  }
-  if (line) out.push(line);
-  return out;
+function textWidget(node) {
+  const existing = node.widgets?.find((w) => w.name === TEXT);
+  if (existing) return existing;
+  const el = document.createElement("div");
+  el.className = "dpdmd-text";
+  el.style.cssText = "font: 12px/15px monospace; white-space: pre-wrap; overflow-wrap: anywhere; overflow: hidden;"
+    + "padding: 2px 6px; box-sizing: border-box;";
+  const widget = node.addDOMWidget(TEXT, "dpdmd_text", el, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => el.textContent,
+    setValue: () => {},
+    getMinHeight: () => el.dpdmdRows * LINE + 8,
+  });
+  widget.serialize = false;
+  return widget;
+}
+
+// Show `text` on the node, growing it to fit (about 7.3 px per monospace character at 12 px).
+function showText(node, text, error = false) {
+  const el = textWidget(node).element;
+  el.textContent = text;
+  el.style.color = error ? "#f77" : "#bbb";
+  const width = Math.max(node.size[0], WIDTH);
+  el.dpdmdRows = text.split("\n").reduce((n, l) => n + Math.max(1, Math.ceil((l.length * 7.3) / (width - 16))), 0);
+  node.setSize([width, Math.max(node.size[1], node.computeSize([width, 0])[1])]);
+  node.setDirtyCanvas(true, true);
+}
+
+function chain(proto, name, after) {
+  const before = proto[name];
+  proto[name] = function (...args) {
+    const r = before?.apply(this, args);
+    after.apply(this, args);
+    return r;
+  };
 }
 
 app.registerExtension({
-  name: "dpdmd.studentInfo",
+  name: "dpdmd.nodeText",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== LOADER && nodeData.name !== DIVERSITY) return;
+    const proto = nodeType.prototype;
+    chain(proto, "onExecuted", function (message) {
+      if (message?.text?.length) showText(this, String(message.text[0]));
+    });
     if (nodeData.name !== LOADER) return;
 
-    nodeType.prototype.dpdmdShow = function (info) {
-      this.dpdmdInfo = info;
-      const width = Math.max(this.size[0], 380);
-      const rows = info.lines.reduce((n, l) => n + Math.max(1, Math.ceil((l.length * 7.3) / (width - 16))), 1);
-      this.setSize([width, this.computeSize()[1] + rows * LINE]);
-      this.setDirtyCanvas(true, true);
-    };
-
-    nodeType.prototype.dpdmdRefresh = async function () {
+    proto.dpdmdRefresh = async function () {
       const widget = this.widgets?.find((w) => w.name === "student_name");
-      if (widget?.value) this.dpdmdShow(await fetchInfo(widget.value));
+      if (!widget?.value) return;
+      const info = await fetchInfo(widget.value);
+      showText(this, info.text, info.error);
     };
-
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments);
+    chain(proto, "onNodeCreated", function () {
       const widget = this.widgets?.find((w) => w.name === "student_name");
       if (widget) {
         const callback = widget.callback;
@@ -63,29 +89,6 @@ app.registerExtension({
         };
       }
       setTimeout(() => this.dpdmdRefresh(), 0); // after a loaded workflow has set the widget values
-      return r;
-    };
-
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments);
-      if (message?.text?.length) this.dpdmdShow({ lines: String(message.text[0]).split("\n"), error: false });
-    };
-
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      onDrawForeground?.apply(this, arguments);
-      const info = this.dpdmdInfo;
-      if (!info || this.flags?.collapsed) return;
-      ctx.save();
-      ctx.font = "12px monospace";
-      ctx.fillStyle = info.error ? "#f77" : "#bbb";
-      const lines = info.lines.flatMap((l) => wrap(ctx, l, this.size[0] - 16));
-      let y = this.size[1] - lines.length * LINE - 4;
-      for (const line of lines) {
-        ctx.fillText(line, 8, (y += LINE));
-      }
-      ctx.restore();
-    };
+    });
   },
 });

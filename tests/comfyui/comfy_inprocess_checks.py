@@ -1,15 +1,18 @@
-"""Layer 2: the pack against the real `comfy` modules of ComfyUI 0.3.75, in one process.
+"""Layer 2: the pack against the real `comfy` modules of the ComfyUI at COMFYUI_PATH, in one process.
 
 Run by tests/test_comfyui.py under the ComfyUI interpreter (or directly with it).
 """
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
-from comfy_env import require_comfy, setup_comfy
+
+from comfy_env import COMFY, comfy_version, require_comfy, setup_comfy
 
 require_comfy()
 setup_comfy()
@@ -107,6 +110,29 @@ def test_node_ids_and_category(pack):
     assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
                         "DPDMDSeedGrid", "DPDMDDiversity"}
     assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
+
+
+def test_runs_against_the_comfyui_under_test():
+    """The `comfy` modules in use are COMFYUI_PATH's, whatever else is installed."""
+    assert Path(comfy.model_base.__file__).resolve().is_relative_to(COMFY.resolve()), comfy.model_base.__file__
+    assert comfy_version() != "?"
+
+
+def test_nodes_use_public_names_of_a_versioned_api():
+    """The pack imports a pinned comfy_api version (not `latest`) and only names that version makes public."""
+    import importlib
+
+    from comfy_pack import ROOT
+
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "nodes").glob("*.py")))
+    versions = set(re.findall(r"from comfy_api\.(\w+) import", source))
+    assert versions and all(re.fullmatch(r"v\d+_\d+_\d+", v) for v in versions), versions
+    for version in versions:
+        api = importlib.import_module(f"comfy_api.{version}")
+        for module, name in set(re.findall(r"\b(io|ui)\.(\w+)", source)):
+            surface = getattr(api, module)
+            public = getattr(surface, "__all__", None) or [n for n in vars(surface) if not n.startswith("_")]
+            assert name in public, f"{module}.{name} is not public in comfy_api.{version}"
 
 
 def test_loader_lists_students_only(pack, models):
@@ -264,6 +290,30 @@ def test_builtin_student_grid_and_diversity(pack, models):
     # the MODEL output of a built-in student is not a ComfyUI model: using it says so
     with pytest.raises(AttributeError, match="built-in-teacher student"):
         model.get_model_object("latent_format")
+
+
+def test_seed_grid_preview_shows_every_row(pack, models):
+    """The sampling preview of a 3-prompt grid is the whole grid, a row per prompt and a column per seed."""
+    import comfy.utils
+    import numpy as np
+
+    from distill_core.grids import tile
+
+    ids = nodes_by_id(pack)
+    _, _, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
+    previews = []
+    saved = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: previews.append(preview))
+    try:
+        _, images = run(ids["DPDMDSeedGrid"], prompts="1\n2\n3", seeds=2, first_seed=0, title="", width=64,
+                        height=64, display_size=8, student=student).result
+    finally:
+        comfy.utils.set_progress_bar_global_hook(saved)
+    assert len(previews) == len(student.info.levels) - 1
+    fmt, last, _ = previews[-1]
+    grid = tile(pack_module("nodes.common").from_comfy_images(images), 2, cell=64)  # the final images, 3 x 2
+    assert fmt == "JPEG" and last.size == grid.size
+    assert np.array_equal(np.asarray(last), np.asarray(grid))
 
 
 def test_diversity_uses_a_clip_vision_model_when_given(pack):

@@ -22,7 +22,8 @@ from comfy_pack import builtin_student, plain_safetensors, sd3_student, truncate
 from ports import free_port
 
 PACK_DIR = "dp-dmd-studio"
-PACK_FILES = ["__init__.py", "pyproject.toml", "requirements.txt", "nodes", "web", "distill_core", "examples"]
+PACK_FILES = ["__init__.py", "pyproject.toml", "requirements.txt", "nodes", "web", "distill_core", "examples",
+              "example_workflows"]
 STARTUP_S = 180
 RUN_S = 300
 
@@ -123,6 +124,12 @@ def prepare_base(base: Path) -> Path:
             shutil.copytree(src, pack / name, ignore=ignore)
         elif src.exists():
             shutil.copy2(src, pack / name)
+    # a returning user: no first-run template browser over the canvas, no minimap over the graph's corner;
+    # no workflow restored from an earlier page load (it could replace the one a check loads)
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                    "Comfy.Workflow.Persist": False}))
     models = base / "models"
     builtin_student(models / "dpdmd" / "dpdmd_digits_student.safetensors")
     sd3 = sd3_student(models / "dpdmd" / "dpdmd_sd3.5_medium_student.safetensors")

@@ -1,14 +1,22 @@
-"""Write examples/comfyui/<name>.json (UI format, drag and drop) from <name>.api.json via the real frontend.
+"""Write example_workflows/<name>.json (UI format) and <name>.jpg (its preview) from examples/comfyui/<name>.api.json.
 
-    .venv-comfy/bin/python tests/comfyui/make_ui_workflows.py
+    COMFYUI_PATH=.comfyui-0.33.0 .venv-comfy-0.33.0/bin/python tests/comfyui/make_ui_workflows.py [--student FILE]
 
-Starts ComfyUI with this pack and tiny models in a temporary base directory,
-loads each API workflow into ComfyUI's frontend in headless Chromium and saves
-the graph it builds, so widget order and links are exactly the frontend's.
+Starts ComfyUI with this pack and the tests' tiny models in a temporary base
+directory, loads each API workflow into ComfyUI's frontend in headless Chromium,
+runs it there and lays it out at the sizes its nodes have after the run (images
+shown), then saves the graph the frontend builds, so widget order and links are
+exactly the frontend's. ComfyUI's template browser lists the pack's
+example_workflows/ with the .jpg of the same name. --student FILE shows a trained
+built-in student (e.g. runs/demo/student.safetensors) in the previews instead of
+the tests' untrained one. The SD3 example runs on a tiny random model, so its
+preview shows the graph without its (noise) image.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,16 +27,18 @@ from comfy_env import ROOT, setup_comfy  # noqa: E402
 
 setup_comfy()
 
+import frontend as fe  # noqa: E402
 from comfy_server import Comfy, prepare_base  # noqa: E402
-from frontend import frontend, ui_from_api  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "comfyui"
+WORKFLOWS = ROOT / "example_workflows"
+NOISE_OUTPUT = {"sd3_student_samplercustom"}  # tiny random models: the graph is the preview, not the image
 NOTES = {
     "builtin_seed_grid": (
         "Built-in student seed grid. Copy the student that `dpdmd demo` exports (runs/demo/student.safetensors) "
         "to ComfyUI/models/dpdmd/dpdmd_digits_student.safetensors, or pick yours in the loader. Rows are prompts "
         "(each names a digit), columns are seeds. DP-DMD Diversity shows the paper's Eq. 9 over each row's seeds "
-        "(built-in digits classifier features)."),
+        "(built-in digits classifier features) on the node after a run."),
     "sd3_student_samplercustom": (
         "SD3.5 Medium DP-DMD student with ComfyUI's own SamplerCustom. Put the student in ComfyUI/models/dpdmd "
         "(or diffusion_models); text encoders and VAE come from the teacher's checkpoint. Sample with cfg 1, the "
@@ -37,22 +47,41 @@ NOTES = {
         "between the loader's MODEL and SamplerCustom."),
     "teacher_vs_student_grid": (
         "Teacher vs student on the same prompts and seeds: the built-in teacher (30 steps, cfg 2) on the left, "
-        "the 4-step DP-DMD student on the right. The two DP-DMD Diversity nodes show Eq. 9 for each: a DP-DMD "
-        "student keeps much of the teacher's diversity where a plain DMD student collapses to one look per prompt."),
+        "the 4-step DP-DMD student on the right. The two DP-DMD Diversity nodes show Eq. 9 for each after a run: "
+        "a DP-DMD student keeps much of the teacher's diversity where a plain DMD student collapses to one look "
+        "per prompt."),
 }
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--student", type=Path, help="a trained built-in student for the previews")
+    args = parser.parse_args()
+    WORKFLOWS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        server = Comfy(prepare_base(Path(tmp)))
+        base = prepare_base(Path(tmp))
+        if args.student:
+            shutil.copy2(args.student, base / "models" / "dpdmd" / "dpdmd_digits_student.safetensors")
+        server = Comfy(base)
         try:
             server.wait_started()
-            with frontend(server.url) as page:
+            with fe.frontend(server.url) as page:
                 for api_file in sorted(EXAMPLES.glob("*.api.json")):
                     name = api_file.name.removesuffix(".api.json")
-                    workflow = ui_from_api(page, json.loads(api_file.read_text()), name, NOTES.get(name, ""))
-                    (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-                    print(f"wrote {name}.json ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links)")
+                    fe.fresh(page)
+                    fe.load_api(page, json.loads(api_file.read_text()), name)
+                    fe.run(page)
+                    fe.layout(page, NOTES.get(name, ""))
+                    fe.fit_view(page)
+                    workflow = fe.workflow(page)
+                    (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+                    if name in NOISE_OUTPUT:
+                        fe.fresh(page)
+                        fe.load_ui(page, workflow)
+                        page.wait_for_timeout(1000)
+                    fe.screenshot(page, WORKFLOWS / f"{name}.jpg")
+                    print(f"wrote {name}.json ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links) "
+                          f"and {name}.jpg")
         finally:
             server.stop()
 
