@@ -82,7 +82,7 @@ def test_a_huge_value_is_not_echoed_whole(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A student file of the built-in teacher (its own weights: enough for argument checks)."""
-    from distill_core.config import Config, resolve
+    from distill_core.config import resolve
     from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers import load_teacher
 
