@@ -19,7 +19,7 @@ from distill_core.errors import ConfigError
 from distill_core.grids import tile
 from distill_core.sampling import sample_grid
 
-from .common import student_sigmas, to_comfy_images, upscale
+from .compute import student_sigmas, to_comfy_images, upscale
 from .student import Student
 
 PREVIEW_CELL = 64  # px per image in a sampling preview, smaller when many columns would pass PREVIEW_WIDTH

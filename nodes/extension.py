@@ -5,11 +5,11 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import library
 from .grid import Diversity, SeedGrid
-from .loader import BuiltinTeacher, StudentLoader
+from .loader import LoadBuiltinTeacher, StudentLoader
 from .routes import register_routes
 from .sampling import Sample, StudentSampler, StudentSigmas
 
-NODES: list[type[io.ComfyNode]] = [StudentLoader, BuiltinTeacher, StudentSigmas, StudentSampler, Sample, SeedGrid,
+NODES: list[type[io.ComfyNode]] = [StudentLoader, LoadBuiltinTeacher, StudentSigmas, StudentSampler, Sample, SeedGrid,
                                    Diversity]
 
 

@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io, ui
 
 from distill_core.errors import ConfigError
 
-from .common import batch_diversity, from_comfy_images, grid_image, prompt_lines, seed_list, to_digit_space
+from .compute import batch_diversity, from_comfy_images, grid_image, prompt_lines, seed_list, to_digit_space
 from .draw import draw
 from .loader import CATEGORY, STUDENT
 from .sampling import SEED_MAX, size_inputs

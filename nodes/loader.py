@@ -7,7 +7,7 @@ from comfy_api.v0_0_2 import io
 from distill_core.errors import DPDMDError
 
 from . import library, student
-from .common import describe, student_sigmas, summary
+from .compute import describe, student_sigmas, summary
 
 STUDENT = io.Custom("DPDMD_STUDENT")
 CATEGORY = "DP-DMD"
@@ -55,7 +55,7 @@ class StudentLoader(io.ComfyNode):
         return io.NodeOutput(model, sigmas, loaded, ui={"dpdmd_student": [summary(info)], "text": [describe(info)]})
 
 
-class BuiltinTeacher(io.ComfyNode):
+class LoadBuiltinTeacher(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -9,7 +9,7 @@ from aiohttp import web
 from distill_core.errors import DPDMDError
 
 from . import library
-from .common import describe, student_sigmas, summary
+from .compute import describe, student_sigmas, summary
 
 _registered = False
 

@@ -7,7 +7,7 @@ from comfy_api.v0_0_2 import io
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES
 
-from .common import family_sigmas, prompt_lines, seed_list, student_sigmas
+from .compute import family_sigmas, prompt_lines, seed_list, student_sigmas
 from .draw import draw, student_sampler
 from .loader import CATEGORY, STUDENT
 

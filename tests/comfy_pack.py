@@ -37,7 +37,7 @@ def load_pack():
 
 
 def pack_module(name: str):
-    """A submodule of the pack, e.g. pack_module('nodes.common')."""
+    """A submodule of the pack, e.g. pack_module('nodes.compute')."""
     load_pack()
     return importlib.import_module(f"{PACK}.{name}")
 

@@ -18,30 +18,30 @@ from comfy_pack import ROOT, builtin_student, pack_module, plain_safetensors, sd
 from distill_core.errors import CheckpointError, ConfigError
 from distill_core.export.student_file import StudentInfo, check_complete, read_student_info
 
-common = pack_module("nodes.common")
+compute = pack_module("nodes.compute")
 
 
 def test_family_sigmas_are_the_training_schedules():
     # SD3: diffusers' FlowMatchEulerDiscreteScheduler at shift 3, 4 steps
-    assert common.family_sigmas("sd3", 4) == pytest.approx([1.0, 0.857692, 0.602151, 0.008929, 0.0], abs=1e-6)
+    assert compute.family_sigmas("sd3", 4) == pytest.approx([1.0, 0.857692, 0.602151, 0.008929, 0.0], abs=1e-6)
     # ComfyUI's 'simple' scheduler for the same model is 1, .9, .75, .5, 0: not the student's
-    assert common.family_sigmas("sd3", 4)[1:4] != pytest.approx([0.9, 0.75, 0.5], abs=1e-2)
+    assert compute.family_sigmas("sd3", 4)[1:4] != pytest.approx([0.9, 0.75, 0.5], abs=1e-2)
     # SDXL: sigma = sqrt((1 - abar) / abar) at the trailing timesteps 999, 749, 499, 249
-    assert common.family_sigmas("sdxl", 4) == pytest.approx([14.6146, 4.0817, 1.6129, 0.6932, 0.0], abs=1e-3)
-    assert common.family_sigmas("builtin", 2) == pytest.approx([1.0, 0.001, 0.0])
+    assert compute.family_sigmas("sdxl", 4) == pytest.approx([14.6146, 4.0817, 1.6129, 0.6932, 0.0], abs=1e-3)
+    assert compute.family_sigmas("builtin", 2) == pytest.approx([1.0, 0.001, 0.0])
     with pytest.raises(ConfigError, match="family 'flux'"):
-        common.family_sigmas("flux", 4)
+        compute.family_sigmas("flux", 4)
     with pytest.raises(ConfigError, match="at least one step"):
-        common.family_sigmas("sd3", 0)
+        compute.family_sigmas("sd3", 0)
 
 
 def test_student_sigmas_from_metadata(tmp_path):
     info = read_student_info(sd3_student(tmp_path / "s.safetensors"))
-    assert common.student_sigmas(info) == common.family_sigmas("sd3", 4)
-    s = common.summary(info)
+    assert compute.student_sigmas(info) == compute.family_sigmas("sd3", 4)
+    s = compute.summary(info)
     assert s["family"] == "sd3" and s["steps"] == 4 and s["sigmas"][-1] == 0
     json.dumps(s)  # goes to the browser
-    assert "sd3 flow student, 4 steps, cfg 1" in common.describe(info)
+    assert "sd3 flow student, 4 steps, cfg 1" in compute.describe(info)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -54,7 +54,7 @@ def test_student_sigmas_refuse_damaged_metadata(tmp_path, change, message):
     info = read_student_info(sd3_student(tmp_path / "s.safetensors"))
     bad = StudentInfo(**{**info.__dict__, **change})
     with pytest.raises(CheckpointError, match=message):
-        common.student_sigmas(bad)
+        compute.student_sigmas(bad)
 
 
 def test_metadata_parsing_and_file_checks(tmp_path):
@@ -75,39 +75,39 @@ def test_metadata_parsing_and_file_checks(tmp_path):
 def test_grid_tiles_rows_and_columns():
     images = torch.zeros(6, 16, 16, 3)
     images[4] = 1.0  # row 1, column 1 is white
-    grid = common.grid_image(images, 3, row_labels=["a", "b"], col_labels=["s0", "s1", "s2"], title="t")
+    grid = compute.grid_image(images, 3, row_labels=["a", "b"], col_labels=["s0", "s1", "s2"], title="t")
     assert grid.dim() == 4 and grid.shape[0] == 1 and grid.shape[-1] == 3
     top, left, pad = 16 + 18, 8 + 7 * 1, 2  # col labels + title bands, one-character row labels
     cell = grid[0, top + pad + 16 + pad: top + pad + 32 + pad, left + pad + 16 + pad: left + pad + 32 + pad]
     assert float(cell.min()) == 1.0  # the white image landed in row 1, column 1
     other = grid[0, top + pad: top + pad + 16, left + pad: left + pad + 16]
     assert float(other.max()) == 0.0
-    grey = common.grid_image(torch.rand(2, 8, 8, 1), 2)  # grey images are repeated to RGB
+    grey = compute.grid_image(torch.rand(2, 8, 8, 1), 2)  # grey images are repeated to RGB
     assert grey.shape[-1] == 3
 
 
 def test_upscale_and_back_to_digit_space():
     x = torch.rand(2, 3, 8, 8)
-    up = common.upscale(x, 64)
+    up = compute.upscale(x, 64)
     assert up.shape == (2, 3, 64, 64) and torch.equal(up[..., ::8, ::8], x)
-    assert torch.allclose(common.to_digit_space(up), x)
+    assert torch.allclose(compute.to_digit_space(up), x)
 
 
 def test_batch_diversity_is_eq9():
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
-    out = common.batch_diversity(f, 2)
+    out = compute.batch_diversity(f, 2)
     assert out["diversity"] == pytest.approx(0.5)  # prompt 1: orthogonal (1); prompt 2: identical (0)
-    assert common.batch_diversity(f, 0)["per_prompt"] == 4
-    assert common.batch_diversity(f, 0)["diversity"] == pytest.approx(1 - (0 + 1 + 1 + 0 + 0 + 1) / 6)
+    assert compute.batch_diversity(f, 0)["per_prompt"] == 4
+    assert compute.batch_diversity(f, 0)["diversity"] == pytest.approx(1 - (0 + 1 + 1 + 0 + 0 + 1) / 6)
     with pytest.raises(ConfigError, match="divide the batch"):
-        common.batch_diversity(f, 3)
+        compute.batch_diversity(f, 3)
 
 
 def test_prompts_and_seeds():
-    assert common.prompt_lines(" 7 \n\nthree\n") == ["7", "three"]
-    assert common.seed_list(5, 3) == [5, 6, 7]
+    assert compute.prompt_lines(" 7 \n\nthree\n") == ["7", "three"]
+    assert compute.seed_list(5, 3) == [5, 6, 7]
     with pytest.raises(ConfigError):
-        common.prompt_lines("  \n")
+        compute.prompt_lines("  \n")
 
 
 def test_pack_import_is_light():
@@ -180,7 +180,7 @@ def _third_party_imports(path: Path) -> set[str]:
 def test_requirements_cover_what_the_nodes_import():
     """Every third-party module imported by the nodes and the distill_core modules they load is required."""
     code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
-            "from comfy_pack import pack_module; pack_module('nodes.common')\n"
+            "from comfy_pack import pack_module; pack_module('nodes.compute')\n"
             "import distill_core.export.exporters, distill_core.sampling, distill_core.teachers.builtin, "
             "distill_core.evaluation.evaluate\n"
             "print('\\n'.join(m.__file__ for k, m in sys.modules.items() if k.startswith('distill_core')))")

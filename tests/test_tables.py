@@ -66,5 +66,5 @@ def test_the_nodes_default_schedules_are_the_teachers():
 
     from distill_core.teachers.builtin import BuiltinTeacher
 
-    common = pack_module("nodes.common")
-    assert common.family_schedule("builtin").describe() == BuiltinTeacher().schedule.describe()
+    compute = pack_module("nodes.compute")
+    assert compute.family_schedule("builtin").describe() == BuiltinTeacher().schedule.describe()

@@ -166,7 +166,7 @@ def distill_core_samples(path, levels, state_dict_change=None) -> torch.Tensor:
     net = tiny_sd3_transformer()
     sd = load_file(str(path))
     net.load_state_dict(state_dict_change(sd) if state_dict_change else sd)
-    teacher = FixedCondTeacher(net, pack_module("nodes.common").family_schedule("sd3"), fixed_condition()[0])
+    teacher = FixedCondTeacher(net, pack_module("nodes.compute").family_schedule("sd3"), fixed_condition()[0])
     return sample_grid(teacher, net, ["p"], SEEDS, levels)  # (len(SEEDS), 16, 8, 8)
 
 
@@ -246,10 +246,10 @@ def test_lora_on_the_native_model(pack, models):
 
 def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
     """SDXL (epsilon): the student's timesteps -> sigmas -> ComfyUI timesteps, and euler == distill_core DDIM."""
-    common = pack_module("nodes.common")
+    compute = pack_module("nodes.compute")
     config = comfy.supported_models.SDXL(dict(comfy.supported_models.SDXL.unet_config))
     ms = comfy.model_base.model_sampling(config, comfy.model_base.ModelType.EPS)
-    sigmas = torch.tensor(common.family_sigmas("sdxl", 4), dtype=torch.float32)
+    sigmas = torch.tensor(compute.family_sigmas("sdxl", 4), dtype=torch.float32)
     levels = VPSchedule().sampling_levels(4)
     assert ms.timestep(sigmas[:-1]).tolist() == [999, 749, 499, 249]
     assert torch.allclose(ms.sigma(torch.tensor(levels[:-1])), sigmas[:-1], rtol=1e-4)
@@ -311,7 +311,7 @@ def test_seed_grid_preview_shows_every_row(pack, models):
         comfy.utils.set_progress_bar_global_hook(saved)
     assert len(previews) == len(student.info.levels) - 1
     fmt, last, _ = previews[-1]
-    grid = tile(pack_module("nodes.common").from_comfy_images(images), 2, cell=64)  # the final images, 3 x 2
+    grid = tile(pack_module("nodes.compute").from_comfy_images(images), 2, cell=64)  # the final images, 3 x 2
     assert fmt == "JPEG" and last.size == grid.size
     assert np.array_equal(np.asarray(last), np.asarray(grid))
 
