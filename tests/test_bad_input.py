@@ -82,7 +82,7 @@ def test_a_huge_value_is_not_echoed_whole(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A student file of the built-in teacher (its own weights: enough for argument checks)."""
-    from distill_core.config import Config, resolve
+    from distill_core.config import resolve
     from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers import load_teacher
 
@@ -165,3 +165,20 @@ def test_a_batch_that_cannot_be_allocated(capsys, tmp_path):
     assert not any((tmp_path / "run" / "checkpoints").iterdir())
     smaller = write_config(tmp_path, data__batch_size=2, run__max_steps=1)  # the same folder takes the fix
     assert main(["train", smaller, "--no-finish"]) == 0
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"run__seed": 2 ** 63 - 1}, r"run.seed = 9223372036854775807 is too large"),
+    ({"eval__max_prompts": 0, "eval__prompts": []}, r"eval.max_prompts = 0 must be at least 1"),
+])
+def test_more_fields_out_of_range(capsys, tmp_path, overrides, match):
+    refused(capsys, ["train", write_config(tmp_path, **overrides)], match)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, match", [(["train", "{tmp}"], r"config file .* is a folder, not a file"),
+                                         (["plan", "{tmp}"], r"config file .* is a folder, not a file"),
+                                         (["sample", "{tmp}", "--prompt", "3"], r"student file .* is a folder"),
+                                         (["evaluate", "{tmp}"], r"student file .* is a folder")])
+def test_a_folder_given_as_a_file(capsys, tmp_path, argv, match):
+    refused(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv], match)
