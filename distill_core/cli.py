@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import MethodSection, TeacherSection, choices
+from .config import SEED_LIMIT, MethodSection, TeacherSection, choices
 from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
 
@@ -113,6 +113,8 @@ def _cmd_sample(args) -> None:
     from .sampling import sample_grid
 
     _at_least("--seeds", args.seeds, 1, " (one column per seed)")
+    if not -SEED_LIMIT < args.first_seed <= SEED_LIMIT - args.seeds:
+        raise ConfigError(f"--first-seed {args.first_seed} is too large; use a whole number below 2**32 in size")
     out = _image_out(args.out)
     teacher, _ = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())

@@ -95,6 +95,7 @@ def student(tmp_path_factory):
 @pytest.mark.parametrize("args, match", [
     (["--seeds", "0"], r"--seeds 0 must be at least 1"),
     (["--seeds", "-2"], r"--seeds -2 must be at least 1"),
+    (["--first-seed", str(2 ** 64)], r"--first-seed 18446744073709551616 is too large"),
     (["--out", "{tmp}/missing/grid.png"], r"--out .*missing/grid.png': .*missing' does not exist; create it"),
     (["--out", "{tmp}/grid.xyz"], r"--out .*: '.xyz' is not an image format Pillow writes; end the name in .png"),
     (["--out", "{tmp}/grid"], r"--out .*: no extension is not an image format"),
