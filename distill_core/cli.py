@@ -94,8 +94,9 @@ def _image_out(out: str) -> Path:
     if path.is_dir():
         raise ConfigError(f"--out {shown(out)} is a folder; give an image file name such as samples.png")
     if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
-        raise ConfigError(f"--out {shown(out)}: {shown(path.suffix) if path.suffix else 'no extension'} is not an image "
-                          "format Pillow writes; end the name in .png or .jpg")
+        suffix = shown(path.suffix) if path.suffix else "no extension"
+        raise ConfigError(f"--out {shown(out)}: {suffix} is not an image format Pillow writes; end the name in .png "
+                          "or .jpg")
     if not path.parent.is_dir():
         why = "is a file, not a folder" if path.parent.exists() else "does not exist; create it first"
         raise ConfigError(f"--out {shown(out)}: {shown(str(path.parent))} {why}")

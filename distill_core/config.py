@@ -414,7 +414,8 @@ def _check_teacher(t: TeacherSection) -> None:
         raise ConfigError(f"teacher.path is empty; a {t.family} teacher is loaded from a local diffusers folder "
                           "(the one with model_index.json), e.g. path = \"/models/stable-diffusion-3.5-medium\"")
     if t.path and not Path(t.path).expanduser().exists():
-        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the teacher")
+        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the "
+                          "teacher")
     if t.guidance_scale < 1.0:
         raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
     if t.shift is not None and t.shift <= 0:

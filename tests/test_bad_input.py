@@ -156,7 +156,8 @@ def test_export_arguments(capsys, tmp_path, run_dir, args, match):
     (tmp_path / "afile").write_text("")
     before = sorted(p.name for p in run_dir.iterdir())
     refused(capsys, ["export", str(run_dir), *[a.replace("{tmp}", str(tmp_path)) for a in args]], match)
-    assert sorted(p.name for p in run_dir.iterdir()) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_a_batch_that_cannot_be_allocated(capsys, tmp_path):
