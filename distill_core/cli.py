@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import MethodSection, TeacherSection, choices
+from .config import SEED_LIMIT, MethodSection, TeacherSection, choices
 from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
 
@@ -94,8 +94,9 @@ def _image_out(out: str) -> Path:
     if path.is_dir():
         raise ConfigError(f"--out {shown(out)} is a folder; give an image file name such as samples.png")
     if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
-        raise ConfigError(f"--out {shown(out)}: {shown(path.suffix) if path.suffix else 'no extension'} is not an image "
-                          "format Pillow writes; end the name in .png or .jpg")
+        suffix = shown(path.suffix) if path.suffix else "no extension"
+        raise ConfigError(f"--out {shown(out)}: {suffix} is not an image format Pillow writes; end the name in .png "
+                          "or .jpg")
     if not path.parent.is_dir():
         why = "is a file, not a folder" if path.parent.exists() else "does not exist; create it first"
         raise ConfigError(f"--out {shown(out)}: {shown(str(path.parent))} {why}")
@@ -113,6 +114,8 @@ def _cmd_sample(args) -> None:
     from .sampling import sample_grid
 
     _at_least("--seeds", args.seeds, 1, " (one column per seed)")
+    if not -SEED_LIMIT < args.first_seed <= SEED_LIMIT - args.seeds:
+        raise ConfigError(f"--first-seed {args.first_seed} is too large; use a whole number below 2**32 in size")
     out = _image_out(args.out)
     teacher, _ = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())

@@ -287,6 +287,9 @@ def parse_toml(text: str, where: str) -> dict:
 def load_config(path: str | Path) -> Config:
     """Read a TOML run config; errors name the file, line or field."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {shown(str(path))} is a folder, not a file; give a run's TOML config (a run "
+                          "folder's own config.toml continues that run)")
     if not path.is_file():
         raise ConfigError(f"config file {shown(str(path))} does not exist; write one (see examples/) "
                           "or run `dpdmd demo` to get a working config.toml")
@@ -313,11 +316,15 @@ AT_LEAST: dict[str, tuple[int, str]] = {
     "optim.warmup_steps": (0, ""),
     "data.batch_size": (1, ""),
     "eval.seeds": (2, ": diversity compares samples pairwise (paper: 9)"),
-    **{f"eval.{name}": (0, "") for name in ("diversity_every", "grid_every", "max_prompts", "fd_samples_per_prompt")},
+    **{f"eval.{name}": (0, "") for name in ("diversity_every", "grid_every", "fd_samples_per_prompt")},
+    "eval.max_prompts": (1, ": the run evaluates at least one prompt"),
     **{f"eval.{name}": (1, ": every run draws a seed grid at the end (grid_every = 0: only then)")
        for name in ("grid_prompts", "grid_seeds")},
     "run.max_steps": (1, ""), "run.checkpoint_every": (0, ""), "run.keep_checkpoints": (1, ""), "run.log_every": (1, ""),
 }
+
+
+SEED_LIMIT = 2 ** 32  # the trainer derives each step's seeds from run.seed; torch takes 64-bit seeds
 
 
 def read_text(path: Path, what: str, fix: str) -> str:
@@ -378,6 +385,9 @@ def _check_simple_fields(cfg: Config) -> None:
     for name, (least, why) in AT_LEAST.items():
         if field_value(cfg, name) < least:
             raise ConfigError(f"{name} = {field_value(cfg, name)} must be at least {least}{why}")
+    if not -SEED_LIMIT < cfg.run.seed < SEED_LIMIT:
+        raise ConfigError(f"run.seed = {shown(cfg.run.seed)} is too large; use a whole number below 2**32 in size "
+                          "(e.g. 0)")
 
 
 def _fill_defaults(cfg: Config) -> None:
@@ -407,7 +417,8 @@ def _check_teacher(t: TeacherSection) -> None:
         raise ConfigError(f"teacher.path is empty; a {t.family} teacher is loaded from a local diffusers folder "
                           "(the one with model_index.json), e.g. path = \"/models/stable-diffusion-3.5-medium\"")
     if t.path and not Path(t.path).expanduser().exists():
-        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the teacher")
+        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the "
+                          "teacher")
     if t.guidance_scale < 1.0:
         raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
     if t.shift is not None and t.shift <= 0:

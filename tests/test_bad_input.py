@@ -95,6 +95,7 @@ def student(tmp_path_factory):
 @pytest.mark.parametrize("args, match", [
     (["--seeds", "0"], r"--seeds 0 must be at least 1"),
     (["--seeds", "-2"], r"--seeds -2 must be at least 1"),
+    (["--first-seed", str(2 ** 64)], r"--first-seed 18446744073709551616 is too large"),
     (["--out", "{tmp}/missing/grid.png"], r"--out .*missing/grid.png': .*missing' does not exist; create it"),
     (["--out", "{tmp}/grid.xyz"], r"--out .*: '.xyz' is not an image format Pillow writes; end the name in .png"),
     (["--out", "{tmp}/grid"], r"--out .*: no extension is not an image format"),
@@ -155,7 +156,8 @@ def test_export_arguments(capsys, tmp_path, run_dir, args, match):
     (tmp_path / "afile").write_text("")
     before = sorted(p.name for p in run_dir.iterdir())
     refused(capsys, ["export", str(run_dir), *[a.replace("{tmp}", str(tmp_path)) for a in args]], match)
-    assert sorted(p.name for p in run_dir.iterdir()) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_a_batch_that_cannot_be_allocated(capsys, tmp_path):
@@ -165,3 +167,20 @@ def test_a_batch_that_cannot_be_allocated(capsys, tmp_path):
     assert not any((tmp_path / "run" / "checkpoints").iterdir())
     smaller = write_config(tmp_path, data__batch_size=2, run__max_steps=1)  # the same folder takes the fix
     assert main(["train", smaller, "--no-finish"]) == 0
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"run__seed": 2 ** 63 - 1}, r"run.seed = 9223372036854775807 is too large"),
+    ({"eval__max_prompts": 0, "eval__prompts": []}, r"eval.max_prompts = 0 must be at least 1"),
+])
+def test_more_fields_out_of_range(capsys, tmp_path, overrides, match):
+    refused(capsys, ["train", write_config(tmp_path, **overrides)], match)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, match", [(["train", "{tmp}"], r"config file .* is a folder, not a file"),
+                                         (["plan", "{tmp}"], r"config file .* is a folder, not a file"),
+                                         (["sample", "{tmp}", "--prompt", "3"], r"student file .* is a folder"),
+                                         (["evaluate", "{tmp}"], r"student file .* is a folder")])
+def test_a_folder_given_as_a_file(capsys, tmp_path, argv, match):
+    refused(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv], match)

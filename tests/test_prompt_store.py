@@ -45,7 +45,7 @@ def test_a_damaged_cache_is_encoded_again(tmp_path, monkeypatch, capsys, damage)
     monkeypatch.setattr(prompt_store, "SHARD_ROWS", 2)
     prompts = ["a cat", "a dog", "the sea"]
     EmbeddingStore({"teacher": "x"}, tmp_path).ensure(prompts, fake_encode([]))
-    shard = sorted(tmp_path.glob("shard_*.safetensors"))[0]
+    shard = min(tmp_path.glob("shard_*.safetensors"))
     data = shard.read_bytes()
     if damage == "index":
         (tmp_path / "index.json").write_text('{"fingerprint": {"teacher": "x"}, "shards": [1, 2')

@@ -95,6 +95,8 @@ class StudentInfo:
 
 def _read_header(path: Path) -> tuple[int, dict]:
     """(header length, header JSON) of a safetensors file; no tensors are read."""
+    if path.is_dir():
+        raise CheckpointError(f"student file {str(path)!r} is a folder; give the .safetensors file a run exported")
     if not path.is_file():
         raise CheckpointError(f"student file {str(path)!r} does not exist")
     if path.suffix not in (".safetensors", ".sft"):
