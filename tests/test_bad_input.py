@@ -184,3 +184,23 @@ def test_more_fields_out_of_range(capsys, tmp_path, overrides, match):
                                          (["evaluate", "{tmp}"], r"student file .* is a folder")])
 def test_a_folder_given_as_a_file(capsys, tmp_path, argv, match):
     refused(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv], match)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--port", "-1"], "--port: '-1' is not a TCP port"), (["--port", "99999"], "--port: '99999' is not a TCP port"),
+    (["--refresh", "nan"], "--refresh: 'nan' is not a refresh interval"),
+    (["--refresh", "0"], "--refresh: '0' is not a refresh interval")])
+def test_ui_options_out_of_range(capsys, argv, match):
+    from trainer_ui.cli import main as ui_main
+
+    with pytest.raises(SystemExit) as exit_:
+        ui_main(argv)
+    assert exit_.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_ui_runs_dir_that_is_a_file(capsys, tmp_path):
+    from trainer_ui.cli import main as ui_main
+
+    (tmp_path / "f").write_text("x")
+    assert ui_main(["--runs-dir", str(tmp_path / "f")]) == 2
+    assert "--runs-dir" in capsys.readouterr().err

@@ -13,6 +13,22 @@ from pathlib import Path
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give a number from 1 to 65535")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a refresh interval; give seconds from 0.1 to 3600")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpdmd ui", description="The DP-DMD Studio trainer UI (Gradio).")
     p.add_argument("--runs-dir", default="runs", help="the runs folder: runs are written and served only from here "
@@ -21,12 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder the UI may read teachers, prompt files and feature models from (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                    "for remote use prefer an SSH tunnel)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (anyone with it can "
                    "start runs on this machine; combine with --auth)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (or set DPDMD_UI_AUTH, which keeps "
                    "the password out of the process list)")
-    p.add_argument("--refresh", type=float, default=2.0, help="monitor refresh interval in seconds (default 2)")
+    p.add_argument("--refresh", type=_seconds, default=2.0, help="monitor refresh interval in seconds (default 2)")
     return p
 
 
@@ -62,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     from .paths import Roots
 
     runs_dir = Path(args.runs_dir).expanduser()
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: --runs-dir {str(runs_dir)!r} cannot be the runs folder ({e.strerror}); give a folder",
+              file=sys.stderr)
+        return 2
     roots = Roots(runs_dir, [Path(p) for p in args.allowed_root])
     settings = Settings(roots, refresh_seconds=args.refresh, device="cuda" if torch.cuda.is_available() else "cpu")
     print(f"runs folder: {roots.runs}; readable folders: {roots.describe()}")
