@@ -71,16 +71,22 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
 
 
 def lora_mode(cfg: Config, sharded: bool) -> str:
-    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl without EMA or FSDP)."""
+    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl where it can be: see the refusals)."""
     s = cfg.student
+    bf16_without_autocast = cfg.teacher.dtype == "bfloat16" and cfg.run.mixed_precision != "bf16"
     if s.lora_mode == "auto":
-        return "shared" if cfg.teacher.family != "builtin" and not s.ema_decay and not sharded else "copies"
+        shared = cfg.teacher.family != "builtin" and not (s.ema_decay or sharded or bf16_without_autocast)
+        return "shared" if shared else "copies"
     if s.lora_mode == "shared" and s.ema_decay:
         raise ConfigError("student.lora_mode = 'shared' keeps no EMA (its copy would be a whole base network); "
                           "set student.ema_decay = 0, or lora_mode = 'copies'")
     if s.lora_mode == "shared" and sharded:
         raise ConfigError("student.lora_mode = 'shared' is not available under FSDP (each process would hold a shard "
                           "of the teacher); use lora_mode = 'copies' (or 'auto'), or train with DDP")
+    if s.lora_mode == "shared" and bf16_without_autocast:
+        raise ConfigError("student.lora_mode = 'shared' trains float32 adapters on the teacher's bfloat16 weights, "
+                          "which needs run.mixed_precision = 'bf16'; set it, or teacher.dtype = 'float32', or "
+                          "lora_mode = 'copies'")
     return s.lora_mode
 
 
