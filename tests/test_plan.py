@@ -85,7 +85,8 @@ def test_shared_base_saves_the_two_frozen_copies():
     report = plan(architecture="sd3.5-medium")
     pl = report.planner
     frozen = pl.net_params * 2 + pl.net_buffers * 4  # one bf16 base (buffers in fp32)
-    for copies, shared in (("lora64-ckpt", "shared-lora64-ckpt"), ("lora64-ckpt-onestep", "shared-lora64-ckpt-onestep")):
+    for copies, shared in (("lora64-ckpt", "shared-lora64-ckpt"),
+                           ("lora64-ckpt-onestep", "shared-lora64-ckpt-onestep")):
         saved = report.estimate(copies).train_peak - report.estimate(shared).train_peak
         assert saved == pytest.approx(2 * frozen * FRAGMENTATION, rel=1e-9)
     assert report.estimate("shared-lora64-ckpt").parts["frozen LoRA copies"] == 0

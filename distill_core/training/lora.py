@@ -96,6 +96,12 @@ def _adapter_segment(key: str) -> int | None:
     return next((i + 1 for i, p in enumerate(parts[:-1]) if p.startswith("lora_")), None)
 
 
+def adapter_of(key: str) -> str | None:
+    """The adapter a peft key belongs to; None for the base's keys."""
+    i = _adapter_segment(key)
+    return None if i is None else key.split(".")[i]
+
+
 def rename_adapter(key: str, old: str, new: str) -> str | None:
     """``key`` with adapter ``old`` called ``new``; None for another adapter's key; other keys unchanged."""
     i = _adapter_segment(key)
@@ -145,7 +151,7 @@ class AdapterView(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """This adapter's parameters, in the order a copy's ``parameters()`` lists them."""
-        return [p for k, p in self.base.named_parameters() if _adapter_segment(k) and rename_adapter(k, self.adapter, ADAPTER)]
+        return [p for k, p in self.base.named_parameters() if adapter_of(k) == self.adapter]
 
     def copy_name(self, name: str) -> str | None:
         """A parameter name of this view as a LoRA copy calls it (None: the other adapter's)."""
@@ -167,7 +173,7 @@ class AdapterView(nn.Module):
     def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
         """Set this adapter from a copy-layout adapter state (a checkpoint of either mode)."""
         params = {self.copy_name(k): p for k, p in self.base.named_parameters(prefix="base")
-                  if _adapter_segment(k) and self.copy_name(k)}
+                  if adapter_of(k) == self.adapter}
         if set(state) != set(params):
             diff = sorted(set(state) ^ set(params))
             raise CheckpointError(f"the checkpoint's LoRA adapters do not match student.lora_rank / the network "
