@@ -81,9 +81,11 @@ class StudentSection:
     num_steps: int = 4
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0 = full fine-tune
-    lora_mode: Literal["auto", "shared", "copies"] = "auto"  # LoRA's frozen base: shared (one, the teacher's, with a student and a fake adapter) | copies (one per network) | auto: shared for sd3 / sdxl on one process without EMA
+    # LoRA's frozen base: shared (the teacher's, with a student and a fake adapter) | copies (one per network) |
+    # auto: shared for sd3 / sdxl where it can be (no EMA, no FSDP, bf16 autocast for a bf16 teacher)
+    lora_mode: Literal["auto", "shared", "copies"] = "auto"
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
-    init_lora: str = ""  # a LoRA file (`dpdmd export --format lora`, diffusers / kohya keys) the student adapter starts from
+    init_lora: str = ""  # a LoRA file the student adapter starts from (as `dpdmd export --format lora` writes)
 
 
 @dataclass

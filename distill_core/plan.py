@@ -411,7 +411,8 @@ class Report:
         for name, value in est.parts.items():
             note = f"  ({est.notes[name]})" if name in est.notes else ""
             lines.append(f"  {name:<26}{gb(value)}{note}")
-        lines.append(f"  {'prompt encoding (start)':<26}{gb(est.encode_peak)}  (teacher + text encoders, before training)")
+        lines.append(f"  {'prompt encoding (start)':<26}{gb(est.encode_peak)}  "
+                     "(teacher + text encoders, before training)")
         lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",

@@ -12,9 +12,9 @@ from .config import Config
 
 BASE: dict[str, Any] = {"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
                         "student.gradient_checkpointing": False, "method.backprop": "all", "student.lora_rank": 0,
-                        "student.lora_mode": "copies"}
+                        "student.lora_mode": "auto"}
 CKPT, ONE_STEP, LORA = ({"student.gradient_checkpointing": True}, {"method.backprop": "one_step"},
-                        {"student.lora_rank": 64})
+                        {"student.lora_rank": 64, "student.lora_mode": "copies"})
 SHARED = {**LORA, "student.lora_mode": "shared"}  # one frozen base (the teacher's) for teacher, student and fake
 PRESETS: dict[str, dict[str, Any]] = {  # from the most memory to the least (dpdmd plan picks the first that fits)
     "full": {},

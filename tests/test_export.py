@@ -124,9 +124,10 @@ def test_shared_base_lora_run_exports_the_copies_runs_student(tiny, tmp_path):
     for mode in ("copies", "shared"):
         cfg = tiny(mode, run__max_steps=2, student__lora_rank=2, student__lora_mode=mode, optim__student_lr=1e-2)
         run = train(cfg, progress=False)
-        assert cli(["export", str(run), "--format", "file", "--dtype", "float32", "--out", str(tmp_path / f"{mode}.safetensors")]) == 0
+        out = tmp_path / f"{mode}.safetensors"
+        assert cli(["export", str(run), "--format", "file", "--dtype", "float32", "--out", str(out)]) == 0
         students[mode] = load_file(str(run / "student.safetensors"))
-        exported = load_file(str(tmp_path / f"{mode}.safetensors"))
+        exported = load_file(str(out))
         assert all(torch.equal(students[mode][k], exported[k]) for k in exported)
     assert students["copies"].keys() == students["shared"].keys()
     assert all(torch.equal(students["copies"][k], students["shared"][k]) for k in students["copies"])

@@ -1,11 +1,15 @@
 """dpdmd plan: parameter counts from folder configs, the memory arithmetic, presets, the CLI."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from distill_core.cli import main as cli
-from distill_core.plan import Options, Planner, architecture_from_folder, architecture_from_reference, plan
+from distill_core.plan import (CONTEXT_BYTES, FRAGMENTATION, GB, Options, Planner, architecture_from_folder,
+                               architecture_from_reference, plan)
+from distill_core.presets import PRESETS, settings
 from tiny_diffusers import tiny_run_config
 
 
@@ -73,5 +77,46 @@ def test_plan_cli_reads_a_run_config(tiny_pipelines, tmp_path, capsys):
     assert cli(["plan", str(path)]) == 0
     out = capsys.readouterr().out
     assert "this config: LoRA rank 4" in out and "gradient checkpointing" in out and "presets" in out
-    assert "fits: 24 GB yes" in out  # a tiny model fits anywhere
+    assert "fits: 16 GB yes, 24 GB yes" in out  # a tiny model fits anywhere
     assert cli(["plan"]) == 2 and "--architecture" in capsys.readouterr().err
+
+
+def test_shared_base_saves_the_two_frozen_copies():
+    report = plan(architecture="sd3.5-medium")
+    pl = report.planner
+    frozen = pl.net_params * 2 + pl.net_buffers * 4  # one bf16 base (buffers in fp32)
+    for copies, shared in (("lora64-ckpt", "shared-lora64-ckpt"),
+                           ("lora64-ckpt-onestep", "shared-lora64-ckpt-onestep")):
+        saved = report.estimate(copies).train_peak - report.estimate(shared).train_peak
+        assert saved == pytest.approx(2 * frozen * FRAGMENTATION, rel=1e-9)
+    assert report.estimate("shared-lora64-ckpt").parts["frozen LoRA copies"] == 0
+    fsdp = plan(architecture="sd3.5-medium", fsdp=2)  # FSDP trains copies (shared is refused there)
+    assert fsdp.estimate("shared-lora64-ckpt").peak == fsdp.estimate("lora64-ckpt").peak
+
+
+@pytest.mark.parametrize("architecture", ["sd3.5-medium", "sdxl", "sd3.5-large"])
+def test_plan_json_names_every_preset_and_the_best_per_budget(architecture, capsys):
+    assert cli(["plan", "--architecture", architecture, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["architecture"] == architecture and set(out["presets"]) == set(PRESETS)
+    for name, entry in out["presets"].items():
+        assert entry["settings"] == settings(name)
+        assert set(entry["parts_gb"]) == {"weights", "adapters", "optimiser", "gradients", "activations",
+                                          "prompt_encoding"}
+        parts = entry["parts_gb"]
+        train = (sum(v for k, v in parts.items() if k != "prompt_encoding") + CONTEXT_BYTES / GB) * FRAGMENTATION
+        assert entry["train_peak_gb"] == pytest.approx(train, abs=0.01)
+        assert entry["peak_gb"] == pytest.approx(max(train, (parts["prompt_encoding"] + CONTEXT_BYTES / GB)
+                                                     * FRAGMENTATION), abs=0.01)
+    for budget, best in out["best"].items():  # the first preset (most memory first) that fits
+        fitting = [n for n in PRESETS if out["presets"][n]["peak_gb"] <= int(budget)]
+        assert best == (fitting[0] if fitting else None)
+    assert set(out["best"]) == {"16", "24", "48", "80"}
+    target = {"sd3.5-medium": "24", "sdxl": "16", "sd3.5-large": "48"}[architecture]  # issue 11's targets
+    assert out["best"][target] is not None and out["presets"][out["best"][target]]["settings"]["student.lora_mode"] \
+        == "shared"
+
+
+def test_sd35_large_reference_is_the_8b_transformer():
+    planner = Planner(architecture_from_reference("sd3.5-large"))
+    assert 8.0e9 < planner.net_params < 8.3e9  # SD3.5-Large: 8.1 B parameters

@@ -121,8 +121,9 @@ def test_shared_base_refuses_what_it_cannot_do(tiny_pipelines, tmp_path):
     with pytest.raises(ConfigError, match="mixed_precision"):
         Trainer(lora_config("sd3", tiny_pipelines, tmp_path / "b", "shared", teacher__dtype="bfloat16"),
                 progress=False)
-    ema = Trainer(lora_config("sd3", tiny_pipelines, tmp_path / "c", "auto", student__ema_decay=0.9), progress=False)
-    assert not isinstance(ema.student, AdapterView)  # auto: copies where an EMA is kept
+    for kw in ({"student__ema_decay": 0.9}, {"teacher__dtype": "bfloat16"}):  # auto: copies where shared can't
+        auto = Trainer(lora_config("sd3", tiny_pipelines, tmp_path / "c", "auto", **kw), progress=False)
+        assert not isinstance(auto.student, AdapterView)
 
 
 # ---- student.init_lora: a warm start from an exported LoRA -------------------------------------------------------

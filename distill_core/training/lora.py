@@ -71,16 +71,22 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
 
 
 def lora_mode(cfg: Config, sharded: bool) -> str:
-    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl without EMA or FSDP)."""
+    """'shared' or 'copies' for a LoRA run ('auto': shared for sd3 / sdxl where it can be: see the refusals)."""
     s = cfg.student
+    bf16_without_autocast = cfg.teacher.dtype == "bfloat16" and cfg.run.mixed_precision != "bf16"
     if s.lora_mode == "auto":
-        return "shared" if cfg.teacher.family != "builtin" and not s.ema_decay and not sharded else "copies"
+        shared = cfg.teacher.family != "builtin" and not (s.ema_decay or sharded or bf16_without_autocast)
+        return "shared" if shared else "copies"
     if s.lora_mode == "shared" and s.ema_decay:
         raise ConfigError("student.lora_mode = 'shared' keeps no EMA (its copy would be a whole base network); "
                           "set student.ema_decay = 0, or lora_mode = 'copies'")
     if s.lora_mode == "shared" and sharded:
         raise ConfigError("student.lora_mode = 'shared' is not available under FSDP (each process would hold a shard "
                           "of the teacher); use lora_mode = 'copies' (or 'auto'), or train with DDP")
+    if s.lora_mode == "shared" and bf16_without_autocast:
+        raise ConfigError("student.lora_mode = 'shared' trains float32 adapters on the teacher's bfloat16 weights, "
+                          "which needs run.mixed_precision = 'bf16'; set it, or teacher.dtype = 'float32', or "
+                          "lora_mode = 'copies'")
     return s.lora_mode
 
 
@@ -88,6 +94,12 @@ def _adapter_segment(key: str) -> int | None:
     """Index of the adapter name in a dotted peft key ('...lora_A.<name>.weight'), None for other keys."""
     parts = key.split(".")
     return next((i + 1 for i, p in enumerate(parts[:-1]) if p.startswith("lora_")), None)
+
+
+def adapter_of(key: str) -> str | None:
+    """The adapter a peft key belongs to; None for the base's keys."""
+    i = _adapter_segment(key)
+    return None if i is None else key.split(".")[i]
 
 
 def rename_adapter(key: str, old: str, new: str) -> str | None:
@@ -139,7 +151,7 @@ class AdapterView(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """This adapter's parameters, in the order a copy's ``parameters()`` lists them."""
-        return [p for k, p in self.base.named_parameters() if _adapter_segment(k) and rename_adapter(k, self.adapter, ADAPTER)]
+        return [p for k, p in self.base.named_parameters() if adapter_of(k) == self.adapter]
 
     def copy_name(self, name: str) -> str | None:
         """A parameter name of this view as a LoRA copy calls it (None: the other adapter's)."""
@@ -161,7 +173,7 @@ class AdapterView(nn.Module):
     def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
         """Set this adapter from a copy-layout adapter state (a checkpoint of either mode)."""
         params = {self.copy_name(k): p for k, p in self.base.named_parameters(prefix="base")
-                  if _adapter_segment(k) and self.copy_name(k)}
+                  if adapter_of(k) == self.adapter}
         if set(state) != set(params):
             diff = sorted(set(state) ^ set(params))
             raise CheckpointError(f"the checkpoint's LoRA adapters do not match student.lora_rank / the network "

@@ -68,7 +68,8 @@ def optimizer_state(net: nn.Module, optimizer) -> dict:
     """The optimiser's full state keyed by parameter names; complete on the main process (collective)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    state = get_optimizer_state_dict(net, getattr(optimizer, "optimizer", optimizer), options=_options(cpu_offload=True))
+    inner_opt = getattr(optimizer, "optimizer", optimizer)
+    state = get_optimizer_state_dict(net, inner_opt, options=_options(cpu_offload=True))
     inner = getattr(net, "module", net)
     return _renamed(state, inner.copy_name) if isinstance(inner, AdapterView) else state
 

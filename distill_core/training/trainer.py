@@ -114,11 +114,7 @@ class Trainer:
 
             dtype = base_dtype(c)
             if lora_mode(c, is_sharded(self.acc)) == "shared":
-                base = self.teacher.network
-                if next(base.parameters()).dtype != dtype:
-                    raise ConfigError(f"student.lora_mode = 'shared' trains adapters on the teacher's {c.teacher.dtype} "
-                                      "weights, which needs run.mixed_precision = 'bf16' for a bfloat16 teacher; set "
-                                      "it, or teacher.dtype = 'float32', or lora_mode = 'copies'")
+                base = self.teacher.network  # in the base dtype already (lora_mode checks it)
                 add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE))
                 nets = [base]
                 views = AdapterView(base, STUDENT), AdapterView(base, FAKE)
