@@ -277,6 +277,20 @@ def test_monitor_shows_a_finishing_run_as_evaluating(settings, tmp_path_factory)
     assert "student.safetensors" not in view.status  # no download link before the file exists
 
 
+def test_settings_load_from_a_run_and_as_its_dmd_baseline(settings, tmp_path_factory):
+    done = copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
+    original = launcher.run_config(done).to_dict()
+    for baseline, differ in ((False, {"run.output_dir"}),
+                             (True, {"run.output_dir", "method.name", "method.diversity_weight"})):
+        *form, message = app.load_settings(settings, baseline, "done-dpdmd")
+        assert message.startswith("Loaded") and "done-dpdmd" in message, message
+        loaded = build_config(app.WizardForm(*form), settings.roots).to_dict()
+        changed = {f"{s}.{k}" for s in original for k in original[s] if original[s][k] != loaded[s][k]}
+        assert changed == differ, changed  # everything else as the run had it, the advanced fields included
+    assert (loaded["method"]["name"], loaded["run"]["output_dir"]) == ("dmd", str(settings.roots.runs / "done-dpdmd-dmd"))
+    assert app.load_settings(settings, True, "missing")[-1].startswith("**Refused:**")
+
+
 def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
     done = [copy_run(p, settings.roots.runs) for p in finished_runs(tmp_path_factory).values()]
     (settings.roots.runs / "unfinished").mkdir()

@@ -27,7 +27,7 @@ from . import compare as cmp
 from . import launcher, runs
 from .paths import Roots
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
-                     WizardForm, build_config, default_form, default_run_name, in_labels)
+                     WizardForm, build_config, default_form, default_run_name, form_from_config, in_labels)
 
 CSS = """
 #teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
@@ -165,6 +165,26 @@ def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
         return ""
     return (f"**Note:** {', '.join(others)} {'is' if len(others) == 1 else 'are'} running too; runs side by side "
             "share the device and each one slows down (stop one in the Monitor to give the other the device).")
+
+
+def load_settings(settings: Settings, baseline: bool, name: str | None) -> list:
+    """The form filled in from a run's config.toml under a new run name, then the message. ``baseline``: the same
+    settings with plain DMD, the comparison that shows what the diversity loss does."""
+    try:
+        run_dir = settings.roots.run_dir(name or "")
+        cfg = launcher.run_config(run_dir, "loaded")
+        form = form_from_config(cfg, f"{run_dir.name[:96]}-dmd" if baseline else default_run_name(cfg.method.name),
+                                settings.roots)
+    except DPDMDError as e:
+        return [*(gr.skip(),) * len(FIELDS), _refused(e)]
+    if baseline:
+        form.method = "dmd"
+    what = "the same settings with plain DMD (no diversity loss)" if baseline else "its settings"
+    return [*(getattr(form, f) for f in FIELDS), f"Loaded {what} from **{run_dir.name}**; check and Start."]
+
+
+def run_names(settings: Settings):
+    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots)])
 
 
 def on_family(family: str) -> FamilyDefaults:
@@ -390,6 +410,10 @@ def _wizard_page(settings: Settings):
         return {"label": FORM_FIELDS[name].label + (f" ({detail})" if detail else ""), "elem_id": field_id(name)}
 
     inside = f"inside {settings.roots.describe()}"
+    with gr.Row(equal_height=True):
+        from_run = gr.Dropdown(choices=[], label="Start from a run's settings", elem_id="from-run", scale=2)
+        load_btn = gr.Button("Load its settings", elem_id="load-btn", scale=1)
+        baseline_btn = gr.Button("Same settings as a DMD baseline", elem_id="baseline-btn", scale=1)
     with gr.Row():
         family = gr.Radio(FAMILIES, value=f.family, **named("family"))
         teacher_path = gr.Textbox(visible=False, placeholder=inside,
@@ -438,7 +462,12 @@ def _wizard_page(settings: Settings):
                       language=None, interactive=False, elem_id="config-preview")
 
     private = {"api_visibility": "private", "show_progress": "hidden"}
-    family.change(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
+    for btn, baseline in ((load_btn, False), (baseline_btn, True)):
+        btn.click(partial(load_settings, settings, baseline), from_run, [*inputs, message],
+                  api_name="baseline" if baseline else "load_settings")
+    from_run.focus(partial(run_names, settings), None, from_run, **private)
+    # .input, not .change: a loaded run's family must not reset its CFG, steps and batch to the family's
+    family.input(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
                                             teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
     method.change(on_method, method, lam, **private)
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
