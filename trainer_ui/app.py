@@ -9,7 +9,10 @@ folders on a timer.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
+import os
+import secrets
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,7 +183,40 @@ def load_settings(settings: Settings, baseline: bool, name: str | None) -> list:
     if baseline:
         form.method = "dmd"
     what = "the same settings with plain DMD (no diversity loss)" if baseline else "its settings"
-    return [*(getattr(form, f) for f in FIELDS), f"Loaded {what} from **{run_dir.name}**; check and Start."]
+    return [*_form_updates(dataclasses.asdict(form)), f"Loaded {what} from **{run_dir.name}**; check and Start."]
+
+
+def _form_updates(fields: dict[str, Any]) -> list:
+    """Updates setting the form's fields to ``fields`` (the others as they are), the teacher folder box shown
+    for the families that read it."""
+    out = [gr.update(value=fields[name]) if name in fields else gr.skip() for name in FIELDS]
+    if "family" in fields:
+        i = FIELDS.index("teacher_path")
+        out[i] = gr.update(visible=fields["family"] != "builtin", **({"value": fields["teacher_path"]}
+                                                                     if "teacher_path" in fields else {}))
+    return out
+
+
+def _state_secret(runs_dir: Path) -> str:
+    """The key the browser's copy of the form is encrypted with, kept in the runs folder: a random key per UI
+    start (Gradio's default) would make a restarted UI forget every form."""
+    path = runs_dir / ".ui-state-key"
+    if not path.exists():
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16))
+    return path.read_text().strip()
+
+
+def remember(*values) -> dict:
+    """The form as the browser keeps it across reloads and UI restarts (not the run name: a new run each time)."""
+    return {name: value for name, value in zip(FIELDS, values) if name != "run_name"}
+
+
+def restore(saved: dict | None) -> list:
+    """The form the browser kept, onto a fresh page (nothing when it kept none)."""
+    return _form_updates({k: v for k, v in (saved or {}).items() if k in FIELDS})
 
 
 def run_names(settings: Settings):
@@ -475,7 +511,9 @@ def _wizard_page(settings: Settings):
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
           _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
-    return inputs, start_btn, message, highlight, preview
+    saved = gr.BrowserState(None, storage_key="dpdmd-studio-wizard", secret=_state_secret(settings.roots.runs))
+    gr.on([c.change for c in inputs], remember, inputs, saved, **private)
+    return inputs, saved, start_btn, message, highlight, preview
 
 
 def _monitor_page(settings: Settings):
@@ -549,7 +587,7 @@ def build_app(settings: Settings) -> gr.Blocks:
                     "or restarting the UI does not stop it.")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
-                inputs, start_btn, message, highlight, preview = _wizard_page(settings)
+                inputs, saved, start_btn, message, highlight, preview = _wizard_page(settings)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
@@ -559,6 +597,7 @@ def build_app(settings: Settings) -> gr.Blocks:
         start_btn.click(partial(start, settings), inputs, started,
                         trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+        demo.load(restore, saved, inputs, api_visibility="private")
         demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
         demo.load(partial(compare_choices, settings), None, compare_names, api_visibility="private")
     return demo
