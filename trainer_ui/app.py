@@ -78,13 +78,17 @@ def _refused_field(e: Exception, form: WizardForm) -> tuple[str, str]:
     return f"**Refused:** {html.escape(message)}", mark
 
 
-class TypedSlider(gr.Slider):
+def typed_slider(*args, **kwargs) -> gr.Slider:
     """A slider whose typed-in value reaches the handler even when out of its range, so that the config check
-    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast)."""
-    is_template = True  # drawn by the frontend's own slider
+    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast and
+    logs a traceback). Set on the instance: a gr.Slider subclass would make Gradio write a .pyi next to this file."""
+    slider = gr.Slider(*args, **kwargs)
 
-    def preprocess(self, payload: float | None) -> float | None:
-        return None if payload is None else gr.Number.round_to_precision(payload, self.precision)
+    def unchecked(payload: float | None) -> float | None:
+        return None if payload is None else gr.Number.round_to_precision(payload, slider.precision)
+
+    slider.preprocess = unchecked  # type: ignore[method-assign]
+    return slider
 
 
 def _wired(names: Sequence[str], **components: Any) -> list:
@@ -460,11 +464,11 @@ def _wizard_page(settings: Settings):
         prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
     method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():
-        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
-        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+        k = typed_slider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
+        lam = typed_slider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
                           **named("diversity_weight"))
     with gr.Row():
-        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        student_steps = typed_slider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
         guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
         teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
@@ -595,7 +599,8 @@ def build_app(settings: Settings) -> gr.Blocks:
         started = _wired(StartView._fields, message=message, highlight=highlight, config_toml=preview, tabs=tabs,
                          run_choice=run_select)
         start_btn.click(partial(start, settings), inputs, started,
-                        trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
+                        trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start"
+                        ).then(None, js="() => window.scrollTo(0, 0)")  # the Monitor from its top
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
         demo.load(restore, saved, inputs, api_visibility="private")
         demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
