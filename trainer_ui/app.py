@@ -29,6 +29,7 @@ from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 from . import compare as cmp
 from . import launcher, runs
 from .paths import Roots
+from .widgets import TypedSlider
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
                      WizardForm, build_config, default_form, default_run_name, form_from_config, in_labels)
 
@@ -76,19 +77,6 @@ def _refused_field(e: Exception, form: WizardForm) -> tuple[str, str]:
     mark = (f"<style>#{field_id(name)} {{ outline: 3px solid #c9372c; outline-offset: 2px; border-radius: 6px; }}"
             "</style>" if name else "")
     return f"**Refused:** {html.escape(message)}", mark
-
-
-def typed_slider(*args, **kwargs) -> gr.Slider:
-    """A slider whose typed-in value reaches the handler even when out of its range, so that the config check
-    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast and
-    logs a traceback). Set on the instance: a gr.Slider subclass would make Gradio write a .pyi next to this file."""
-    slider = gr.Slider(*args, **kwargs)
-
-    def unchecked(payload: float | None) -> float | None:
-        return None if payload is None else gr.Number.round_to_precision(payload, slider.precision)
-
-    slider.preprocess = unchecked  # type: ignore[method-assign]
-    return slider
 
 
 def _wired(names: Sequence[str], **components: Any) -> list:
@@ -464,11 +452,11 @@ def _wizard_page(settings: Settings):
         prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
     method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():
-        k = typed_slider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
-        lam = typed_slider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
+        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
                           **named("diversity_weight"))
     with gr.Row():
-        student_steps = typed_slider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
         guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
         teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
