@@ -277,6 +277,30 @@ def test_monitor_shows_a_finishing_run_as_evaluating(settings, tmp_path_factory)
     assert "student.safetensors" not in view.status  # no download link before the file exists
 
 
+def test_settings_load_from_a_run_and_as_its_dmd_baseline(settings, tmp_path_factory):
+    done = copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
+    original = launcher.run_config(done).to_dict()
+    for baseline, differ in ((False, {"run.output_dir"}),
+                             (True, {"run.output_dir", "method.name", "method.diversity_weight"})):
+        *updates, message = app.load_settings(settings, baseline, "done-dpdmd")
+        assert message.startswith("Loaded") and "done-dpdmd" in message, message
+        loaded = build_config(app.WizardForm(*(u["value"] for u in updates)), settings.roots).to_dict()
+        changed = {f"{s}.{k}" for s in original for k in original[s] if original[s][k] != loaded[s][k]}
+        assert changed == differ, changed  # everything else as the run had it, the advanced fields included
+    assert (loaded["method"]["name"], loaded["run"]["output_dir"]) == ("dmd", str(settings.roots.runs / "done-dpdmd-dmd"))
+    assert app.load_settings(settings, True, "missing")[-1].startswith("**Refused:**")
+
+
+def test_a_kept_form_comes_back_with_its_teacher_folder_box_shown():
+    from trainer_ui.wizard import FIELDS
+
+    kept = app.remember(*values(replace(tiny_form("kept"), family="sd3", teacher_path="/models/sd3")))
+    assert "run_name" not in kept  # a fresh page gets a new run name
+    updates = dict(zip(FIELDS, app.restore(kept)))
+    assert updates["teacher_path"] == {"__type__": "update", "visible": True, "value": "/models/sd3"}
+    assert updates["run_name"] == gr.skip() and all(u == gr.skip() for u in app.restore(None))
+
+
 def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
     done = [copy_run(p, settings.roots.runs) for p in finished_runs(tmp_path_factory).values()]
     (settings.roots.runs / "unfinished").mkdir()

@@ -285,3 +285,32 @@ def _check_monitor(page, shots: Path) -> None:
     wait_for(lambda: status.locator("a[download]").count() == 3, 30, "the download links")
     for link in status.locator("a[download]").all():
         assert page.request.get(link.evaluate("a => a.href")).status == 200
+
+
+def test_the_wizard_keeps_its_form_across_a_reload_and_a_ui_restart(tmp_path):
+    require(Path(CHROMIUM).exists(), "chromium", "apt-get install -y chromium (Debian's package)")
+    require(importlib.util.find_spec("playwright") is not None, "playwright (python)", "pip install playwright")
+    from playwright import sync_api
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})  # one browser profile throughout
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        steps = page.locator("#max-steps input[type=number]")
+        with UIProcess(runs_dir, tmp_path / "ui1.log") as ui:
+            page.goto(ui.url, wait_until="load")
+            wait_for(lambda: "Ready" in _message(page), 30, "the first verdict")
+            _set_number(page, "max-steps", 123)
+            page.locator("#method").get_by_label("DMD (baseline)", exact=False).check()
+            wait_for(lambda: "Ready: dmd" in _message(page) and "123 iterations" in _message(page), 30,
+                     "the verdict on DMD and 123 iterations")
+            page.wait_for_timeout(1000)  # the browser's copy is written after the verdict
+            page.reload(wait_until="load")
+            wait_for(lambda: steps.input_value() == "123", 30, "the kept iterations after a reload")
+        with UIProcess(runs_dir, tmp_path / "ui2.log", ui.port) as ui:  # restarted (a page's storage is per port)
+            page.goto(ui.url, wait_until="load")
+            wait_for(lambda: steps.input_value() == "123", 30, "the kept iterations after a UI restart")
+            wait_for(lambda: "Ready: dmd" in _message(page), 30, "the kept method")
+        browser.close()

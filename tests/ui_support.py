@@ -113,8 +113,8 @@ def stop_trainers(runs_dir: Path, timeout: float = 30.0) -> None:
 class UIProcess:
     """``python -m trainer_ui`` in its own process, as a user starts it."""
 
-    def __init__(self, runs_dir: Path, log: Path) -> None:
-        self.port = free_port()
+    def __init__(self, runs_dir: Path, log: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = log
         env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",

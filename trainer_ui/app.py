@@ -9,7 +9,10 @@ folders on a timer.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
+import os
+import secrets
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +29,9 @@ from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 from . import compare as cmp
 from . import launcher, runs
 from .paths import Roots
+from .widgets import TypedSlider
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
-                     WizardForm, build_config, default_form, default_run_name, in_labels)
+                     WizardForm, build_config, default_form, default_run_name, form_from_config, in_labels)
 
 CSS = """
 #teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
@@ -73,19 +77,6 @@ def _refused_field(e: Exception, form: WizardForm) -> tuple[str, str]:
     mark = (f"<style>#{field_id(name)} {{ outline: 3px solid #c9372c; outline-offset: 2px; border-radius: 6px; }}"
             "</style>" if name else "")
     return f"**Refused:** {html.escape(message)}", mark
-
-
-def typed_slider(*args: Any, **kwargs: Any) -> gr.Slider:
-    """A slider whose typed-in value reaches the handler even when out of its range, so that the config check
-    refuses it in one line naming the field (gr.Slider raises a bare 'Value 40 is greater than ...' toast).
-
-    The instance's preprocess is replaced rather than subclassing: Gradio writes a .pyi stub next to the
-    source of every component subclass at import time, i.e. into the installed package.
-    """
-    slider = gr.Slider(*args, **kwargs)
-    slider.preprocess = lambda payload: None if payload is None else gr.Number.round_to_precision(
-        payload, slider.precision)
-    return slider
 
 
 def _wired(names: Sequence[str], **components: Any) -> list:
@@ -169,6 +160,59 @@ def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
         return ""
     return (f"**Note:** {', '.join(others)} {'is' if len(others) == 1 else 'are'} running too; runs side by side "
             "share the device and each one slows down (stop one in the Monitor to give the other the device).")
+
+
+def load_settings(settings: Settings, baseline: bool, name: str | None) -> list:
+    """The form filled in from a run's config.toml under a new run name, then the message. ``baseline``: the same
+    settings with plain DMD, the comparison that shows what the diversity loss does."""
+    try:
+        run_dir = settings.roots.run_dir(name or "")
+        cfg = launcher.run_config(run_dir, "loaded")
+        form = form_from_config(cfg, f"{run_dir.name[:96]}-dmd" if baseline else default_run_name(cfg.method.name),
+                                settings.roots)
+    except DPDMDError as e:
+        return [*(gr.skip(),) * len(FIELDS), _refused(e)]
+    if baseline:
+        form.method = "dmd"
+    what = "the same settings with plain DMD (no diversity loss)" if baseline else "its settings"
+    return [*_form_updates(dataclasses.asdict(form)), f"Loaded {what} from **{run_dir.name}**; check and Start."]
+
+
+def _form_updates(fields: dict[str, Any]) -> list:
+    """Updates setting the form's fields to ``fields`` (the others as they are), the teacher folder box shown
+    for the families that read it."""
+    out = [gr.update(value=fields[name]) if name in fields else gr.skip() for name in FIELDS]
+    if "family" in fields:
+        i = FIELDS.index("teacher_path")
+        out[i] = gr.update(visible=fields["family"] != "builtin", **({"value": fields["teacher_path"]}
+                                                                     if "teacher_path" in fields else {}))
+    return out
+
+
+def _state_secret(runs_dir: Path) -> str:
+    """The key the browser's copy of the form is encrypted with, kept in the runs folder: a random key per UI
+    start (Gradio's default) would make a restarted UI forget every form."""
+    path = runs_dir / ".ui-state-key"
+    if not path.exists():
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16))
+    return path.read_text().strip()
+
+
+def remember(*values) -> dict:
+    """The form as the browser keeps it across reloads and UI restarts (not the run name: a new run each time)."""
+    return {name: value for name, value in zip(FIELDS, values) if name != "run_name"}
+
+
+def restore(saved: dict | None) -> list:
+    """The form the browser kept, onto a fresh page (nothing when it kept none)."""
+    return _form_updates({k: v for k, v in (saved or {}).items() if k in FIELDS})
+
+
+def run_names(settings: Settings):
+    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots)])
 
 
 def on_family(family: str) -> FamilyDefaults:
@@ -394,6 +438,10 @@ def _wizard_page(settings: Settings):
         return {"label": FORM_FIELDS[name].label + (f" ({detail})" if detail else ""), "elem_id": field_id(name)}
 
     inside = f"inside {settings.roots.describe()}"
+    with gr.Row(equal_height=True):
+        from_run = gr.Dropdown(choices=[], label="Start from a run's settings", elem_id="from-run", scale=2)
+        load_btn = gr.Button("Load its settings", elem_id="load-btn", scale=1)
+        baseline_btn = gr.Button("Same settings as a DMD baseline", elem_id="baseline-btn", scale=1)
     with gr.Row():
         family = gr.Radio(FAMILIES, value=f.family, **named("family"))
         teacher_path = gr.Textbox(visible=False, placeholder=inside,
@@ -404,11 +452,11 @@ def _wizard_page(settings: Settings):
         prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
     method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():
-        k = typed_slider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
-        lam = typed_slider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
+        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
                           **named("diversity_weight"))
     with gr.Row():
-        student_steps = typed_slider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
         guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
         teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
@@ -442,7 +490,12 @@ def _wizard_page(settings: Settings):
                       language=None, interactive=False, elem_id="config-preview")
 
     private = {"api_visibility": "private", "show_progress": "hidden"}
-    family.change(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
+    for btn, baseline in ((load_btn, False), (baseline_btn, True)):
+        btn.click(partial(load_settings, settings, baseline), from_run, [*inputs, message],
+                  api_name="baseline" if baseline else "load_settings")
+    from_run.focus(partial(run_names, settings), None, from_run, **private)
+    # .input, not .change: a loaded run's family must not reset its CFG, steps and batch to the family's
+    family.input(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
                                             teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
     method.change(on_method, method, lam, **private)
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
@@ -450,7 +503,9 @@ def _wizard_page(settings: Settings):
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
           _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
-    return inputs, start_btn, message, highlight, preview
+    saved = gr.BrowserState(None, storage_key="dpdmd-studio-wizard", secret=_state_secret(settings.roots.runs))
+    gr.on([c.change for c in inputs], remember, inputs, saved, **private)
+    return inputs, saved, start_btn, message, highlight, preview
 
 
 def _monitor_page(settings: Settings):
@@ -524,7 +579,7 @@ def build_app(settings: Settings) -> gr.Blocks:
                     "or restarting the UI does not stop it.")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
-                inputs, start_btn, message, highlight, preview = _wizard_page(settings)
+                inputs, saved, start_btn, message, highlight, preview = _wizard_page(settings)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
@@ -532,8 +587,10 @@ def build_app(settings: Settings) -> gr.Blocks:
         started = _wired(StartView._fields, message=message, highlight=highlight, config_toml=preview, tabs=tabs,
                          run_choice=run_select)
         start_btn.click(partial(start, settings), inputs, started,
-                        trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start")
+                        trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start"
+                        ).then(None, js="() => window.scrollTo(0, 0)")  # the Monitor from its top
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+        demo.load(restore, saved, inputs, api_visibility="private")
         demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
         demo.load(partial(compare_choices, settings), None, compare_names, api_visibility="private")
     return demo

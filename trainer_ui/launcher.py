@@ -136,15 +136,20 @@ def start(cfg: Config) -> Started:
     return Started(run.root, proc.pid, note)
 
 
-def resume(run_dir: Path) -> Started:
-    """Start a stopped, failed or died run again with its own config.toml (continues from its checkpoint)."""
+def run_config(run_dir: Path, why: str = "resumed") -> Config:
+    """A run folder's own resolved config.toml, with the folder as its output (wherever the folder now is)."""
     run = RunFolder(run_dir)
     config = run.file(run.config_path)
     if config is None:
-        raise ConfigError(f"{run.root.name!r} has no config.toml, so it cannot be resumed")
+        raise ConfigError(f"{run.root.name!r} has no config.toml, so it cannot be {why}")
     cfg = resolve(load_config(config))
-    cfg.run.output_dir = str(run.root)  # the folder's own run, wherever the folder now is
-    return start(cfg)
+    cfg.run.output_dir = str(run.root)
+    return cfg
+
+
+def resume(run_dir: Path) -> Started:
+    """Start a stopped, failed or died run again with its own config.toml (continues from its checkpoint)."""
+    return start(run_config(run_dir))
 
 
 def request(run_dir: Path, what: str) -> str:

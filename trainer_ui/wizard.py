@@ -18,8 +18,8 @@ from typing import Any
 
 from distill_core import presets
 from distill_core.config import METHODS as CORE_METHODS
-from distill_core.config import (Config, MethodSection, TeacherSection, choices, field_value, from_dict, parse_toml,
-                                 resolve)
+from distill_core.config import (Config, MethodSection, TeacherSection, choices, dumps_toml, field_value, from_dict,
+                                 parse_toml, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
 
@@ -262,3 +262,29 @@ def build_config(form: WizardForm, roots: Roots) -> Config:
     check_teacher_folder(cfg)
     check_prompts(cfg)
     return cfg
+
+
+def _preset_of(cfg: Config) -> str:
+    """The memory preset whose settings the config has (the one setting most of them), else none."""
+    fits = [(len(p.settings), name) for name, p in PRESETS.items()
+            if all(field_value(cfg, key) == value for key, value in p.settings.items()
+                   if key != "method.backprop" or CORE_METHODS[cfg.method.name].detach)]
+    return max(fits)[1] if fits else NO_PRESET
+
+
+def form_from_config(cfg: Config, run_name: str, roots: Roots) -> WizardForm:
+    """The form that describes ``cfg`` again under ``run_name``: its fields from the config, and every other
+    field that differs from what the form alone gives in the advanced box (so nothing is lost)."""
+    t, m, r, e = cfg.teacher, cfg.method, cfg.run, cfg.eval
+    form = WizardForm(family=t.family, teacher_path=t.path, prompts="\n".join(cfg.data.prompts), prompts_file="",
+                      method=m.name, anchor_step=m.anchor_step, diversity_weight=m.diversity_weight,
+                      student_steps=cfg.student.num_steps, guidance_scale=t.guidance_scale, teacher_steps=t.num_steps,
+                      max_steps=r.max_steps, batch_size=cfg.data.batch_size, memory=_preset_of(cfg), run_name=run_name,
+                      fake_updates=m.fake_updates, seed=r.seed, checkpoint_every=r.checkpoint_every,
+                      grid_every=e.grid_every, diversity_every=e.diversity_every, extra_toml="")
+    wanted, given = cfg.to_dict(), build_config(form, roots).to_dict()
+    extra = {section: {key: value for key, value in fields.items()
+                       if value != given[section][key] and f"{section}.{key}" != "run.output_dir"}
+             for section, fields in wanted.items()}
+    form.extra_toml = dumps_toml({section: fields for section, fields in extra.items() if fields})
+    return form
