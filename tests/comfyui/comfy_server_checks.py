@@ -222,3 +222,17 @@ def test_ui_workflows_queue_their_api_twins_and_show_their_outputs_in_the_fronte
                     shown = texts.get(node["_meta"]["title"], "")
                     assert shown == entry["outputs"][node_id]["text"][0] and shown.startswith("diversity "), \
                         (name, node_id, texts)
+
+
+def test_example_workflows_are_in_the_template_browser(comfy):
+    """ComfyUI lists example_workflows/ as the pack's templates; the frontend shows each with its preview (the
+    .jpg of the same name), and a click opens that workflow."""
+    require(CHROMIUM is not None, "Chromium", "apt-get install -y chromium")
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    _, listed = comfy.get_json("/workflow_templates")
+    assert sorted(listed[PACK_DIR]) == names
+    assert names == sorted(p.name.removesuffix(".api.json") for p in EXAMPLES.glob("*.api.json"))
+    previews = {name: Image.open(WORKFLOWS / f"{name}.jpg").size for name in names}
+    with frontend(comfy.url) as page:
+        assert fe.template_browser(page, names) == previews
+        fe.open_template(page, names[0], json.loads((WORKFLOWS / f"{names[0]}.json").read_text()))

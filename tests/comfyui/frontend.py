@@ -147,6 +147,33 @@ def layout(page, note: str = "", note_size: tuple[int, int] = (860, 150)) -> Non
     }""", [note, list(note_size), GAP, TITLE])
 
 
+def template_browser(page, names: list[str]) -> dict[str, tuple[int, int]]:
+    """Open the frontend's template browser: {name: (width, height) of the preview image its card shows}."""
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    shown = page.wait_for_function("""(names) => {
+        const out = {};
+        for (const h of document.querySelectorAll("[role=dialog] h3")) {
+            const name = h.textContent.trim();
+            if (!names.includes(name)) continue;
+            let card = h;  // the largest ancestor that holds this card's title only
+            while (card.parentElement && card.parentElement.querySelectorAll("h3").length === 1) card = card.parentElement;
+            const img = card.querySelector("img");
+            if (!img?.complete || !img.naturalWidth) return null;
+            out[name] = [img.naturalWidth, img.naturalHeight];
+        }
+        return names.every((n) => out[n]) ? out : null;
+    }""", arg=names, timeout=60_000).json_value()
+    return {k: tuple(v) for k, v in shown.items()}
+
+
+def open_template(page, name: str, workflow: dict) -> None:
+    """Click a template's card in the open browser, as a person would, and wait for its graph."""
+    page.locator("[role=dialog] h3", has_text=name).first.click()
+    expected = sorted([str(n["id"]), n["type"]] for n in workflow["nodes"])
+    page.wait_for_function("(e) => JSON.stringify(app.graph.nodes.map((n) => [String(n.id), n.type]).sort())"
+                           " === JSON.stringify(e)", arg=expected, timeout=30_000)
+
+
 def workflow(page) -> dict:
     """The graph as the frontend exports it (undefined fields dropped)."""
     return json.loads(page.evaluate("() => JSON.stringify(app.graph.serialize())"))
