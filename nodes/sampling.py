@@ -30,18 +30,21 @@ class StudentSigmas(io.ComfyNode):
             node_id="DPDMDStudentSigmas",
             display_name="DP-DMD Student Sigmas",
             category=CATEGORY,
-            description="The sigmas a student was trained on: read from its metadata ('from student'), or the "
-                        "default student schedule of a family and step count. ComfyUI's 'simple' scheduler is "
-                        "NOT a student's schedule (SD3, 4 steps: 1, .9, .75, .5 instead of 1, .858, .602, .009).",
+            description="The sigmas a student was trained on, for SamplerCustom: read from its metadata ('from "
+                        "student'), or the default student schedule of a family and step count. A few-step student "
+                        "only knows its training levels, so ComfyUI's schedulers are wrong for it: 'simple' gives "
+                        "SD3 at 4 steps 1, .9, .75, .5 instead of 1, .858, .602, .009.",
             inputs=[
-                io.Combo.Input("source", options=["from student", *FAMILIES], default="from student"),
+                io.Combo.Input("source", options=["from student", *FAMILIES], default="from student",
+                               tooltip="'from student': the connected student's own sigmas; a family: that "
+                                       "family's default student schedule"),
                 io.Int.Input("steps", default=4, min=1, max=50, tooltip="ignored when reading the student"),
                 io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01,
                                tooltip="flow shift; 0 = the family's default (sd3 3.0, builtin 1.0); ignored for "
                                        "sdxl and when reading the student"),
-                STUDENT.Input("student", optional=True),
+                STUDENT.Input("student", optional=True, tooltip="the loader's 'student' (for 'from student')"),
             ],
-            outputs=[io.Sigmas.Output()],
+            outputs=[io.Sigmas.Output(tooltip="for SamplerCustom / SamplerCustomAdvanced")],
         )
 
     @classmethod
@@ -65,9 +68,10 @@ class StudentSampler(io.ComfyNode):
             category=CATEGORY,
             description="Steps a student exactly as it was trained: deterministic Euler on the given sigmas "
                         "(for flow and epsilon models this is the DDIM step; no noise is added between steps). "
-                        "Use cfg 1: the teacher's guidance is already distilled into the student.",
+                        "Use it in SamplerCustom with the loader's SIGMAS and cfg 1: the teacher's guidance is "
+                        "already distilled into the student.",
             inputs=[],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(tooltip="for SamplerCustom / SamplerCustomAdvanced (cfg 1)")],
         )
 
     @classmethod
@@ -86,15 +90,19 @@ class Sample(io.ComfyNode):
                         "seed gives alone). Built-in students read 'prompt' (it names a digit); SD3 / SDXL students "
                         "need 'positive' and a 'vae'.",
             inputs=[
-                STUDENT.Input("student"),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
-                io.Int.Input("batch_size", default=4, min=1, max=256),
-                io.String.Input("prompt", default="a handwritten 7", tooltip="built-in students only"),
+                STUDENT.Input("student", tooltip="a student from the loader, or the built-in teacher"),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="image i uses seed + i"),
+                io.Int.Input("batch_size", default=4, min=1, max=256, tooltip="images (consecutive seeds)"),
+                io.String.Input("prompt", default="a handwritten 7",
+                                tooltip="built-in students only: the digit to draw (e.g. 'a handwritten 7')"),
                 *size_inputs(),
-                io.Conditioning.Input("positive", optional=True),
-                io.Vae.Input("vae", optional=True),
+                io.Conditioning.Input("positive", optional=True, tooltip="SD3 / SDXL students: CLIP Text Encode "
+                                      "with the teacher's text encoders (no negative: cfg is 1)"),
+                io.Vae.Input("vae", optional=True, tooltip="SD3 / SDXL students: the teacher's VAE"),
             ],
-            outputs=[io.Image.Output(), io.Latent.Output()],
+            outputs=[io.Image.Output(tooltip="decoded images, prompt-major"),
+                     io.Latent.Output(tooltip="the samples before decoding")],
         )
 
     @classmethod

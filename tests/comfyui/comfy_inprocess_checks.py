@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_env import COMFY, comfy_version, require_comfy, setup_comfy
+from comfy_env import COMFY, comfy_version, require_comfy, setup_comfy, targets
 
 require_comfy()
 setup_comfy()
@@ -135,6 +135,23 @@ def test_nodes_use_public_names_of_a_versioned_api():
             surface = getattr(api, module)
             public = getattr(surface, "__all__", None) or [n for n in vars(surface) if not n.startswith("_")]
             assert name in public, f"{module}.{name} is not public in comfy_api.{version}"
+
+
+def test_every_node_says_how_to_use_it(pack):
+    """A description and a tooltip on every input and output; the sampling nodes say cfg 1, and why ComfyUI's
+    'simple' schedule is wrong for a student."""
+    import json
+
+    infos = {node_id: node.GET_NODE_INFO_V1() for node_id, node in nodes_by_id(pack).items()}
+    for node_id, info in infos.items():
+        assert len(info["description"]) > 80, node_id
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), (node_id, name)
+        assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"]), node_id
+    said = {node_id: json.dumps(info) for node_id, info in infos.items()}
+    assert all("cfg 1" in said[n] for n in ("DPDMDStudentLoader", "DPDMDStudentSampler", "DPDMDSample"))
+    assert all("'simple'" in said[n] for n in ("DPDMDStudentLoader", "DPDMDStudentSigmas"))
 
 
 def test_loader_lists_students_only(pack, models):
@@ -351,5 +368,10 @@ def test_comfy_registry_config_parses():
     config = config_parser.extract_node_configuration(str(ROOT))
     assert config.project.name == "dp-dmd-studio" and "comfyui" not in config.project.name.lower()
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "DP-DMD Studio"
-    assert config.project.supported_comfyui_version == ">=0.3.75"
+    assert config.project.supported_comfyui_version == f">={targets()[0].name}"  # the oldest ComfyUI tested
+    repo = config.project.urls.repository
+    assert re.fullmatch(r"https://github\.com/[\w-]+/dp-dmd-studio", repo), repo
+    icon = config.tool_comfy.icon  # served from the repository: a file it ships
+    assert icon.startswith(repo.replace("github.com", "raw.githubusercontent.com") + "/main/"), icon
+    assert (ROOT / icon.split("/main/", 1)[1]).is_file(), icon
     assert config.tool_comfy.web is None  # WEB_DIRECTORY serves the JS; both would load it twice
