@@ -51,7 +51,7 @@ class SeedGrid(io.ComfyNode):
                 rows = rows[:1]  # one conditioning: one row
             images, _ = draw(student, prompts=rows, seeds=seed_ids, positive=positive, vae=vae, width=width,
                              height=height, size=display_size)
-            title = title or student.info.title
+            title = title or f"{student.info.title} ({student.nfe} NFE)"
         n_rows = -(-images.shape[0] // seeds)
         row_labels = rows if len(rows) == n_rows else None
         grid = grid_image(images, seeds, row_labels=row_labels, col_labels=[f"seed {s}" for s in seed_ids],

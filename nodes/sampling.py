@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 
 from distill_core.errors import ConfigError
 
+from . import student as students
 from .common import FAMILIES, family_sigmas, prompt_lines, seed_list, student_sigmas
 from .draw import draw, student_sampler
 from .loader import CATEGORY, STUDENT
@@ -112,3 +113,35 @@ class Sample(io.ComfyNode):
         images, latent = draw(student, prompts=prompts, seeds=seed_list(seed, batch_size), positive=positive,
                               vae=vae, width=width, height=height, size=display_size)
         return io.NodeOutput(images, latent)
+
+
+class HybridSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDHybridSampler",
+            display_name="DP-DMD Hybrid Sampler",
+            category=CATEGORY,
+            description="The teacher's first k steps with its CFG (the anchor a DP-DMD student is trained to "
+                        "follow), then the student from the level they reach for its remaining steps. Each seed "
+                        "keeps the teacher's layout for 2k teacher network evaluations; for a plain DMD or turbo "
+                        "student, whose seeds look alike, this buys the variety back. Connect the result to a "
+                        "Seed Grid or DP-DMD Sample; the node shows the evaluations per image.",
+            inputs=[
+                STUDENT.Input("teacher", tooltip="DP-DMD Built-in Teacher (its steps and cfg set its schedule)"),
+                STUDENT.Input("student", tooltip="a built-in student from the loader"),
+                io.Int.Input("k", default=0, min=0, max=200,
+                             tooltip="teacher steps before the hand-over; 0 = the student's own anchor step"),
+                io.Float.Input("handover", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="the level the student takes over at; 0 = where the teacher's k steps end"),
+            ],
+            outputs=[STUDENT.Output(display_name="hybrid", tooltip="for DP-DMD Sample / Seed Grid")],
+        )
+
+    @classmethod
+    def execute(cls, teacher, student, k: int, handover: float) -> io.NodeOutput:
+        hybrid = students.hybrid(teacher, student, k, handover or None)
+        first, second = hybrid.legs
+        text = (f"teacher {first.steps} steps at cfg {first.guidance:g}: {first.nfe} NFE, then student "
+                f"{second.steps} steps from level {second.levels[0]:.3f}: {second.nfe} NFE; {hybrid.nfe} per image")
+        return io.NodeOutput(hybrid, ui={"text": [text]})

@@ -110,7 +110,7 @@ class FixedCondTeacher(Teacher):
 def test_node_ids_and_category(pack):
     ids = nodes_by_id(pack)
     assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
-                        "DPDMDSeedGrid", "DPDMDDiversity"}
+                        "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler"}
     assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
 
 
@@ -334,6 +334,29 @@ def test_seed_grid_preview_shows_every_row(pack, models):
     grid = tile(pack_module("nodes.common").from_comfy_images(images), 2, cell=64)  # the final images, 3 x 2
     assert fmt == "JPEG" and last.size == grid.size
     assert np.array_equal(np.asarray(last), np.asarray(grid))
+
+
+def test_hybrid_sampler_node(pack, models):
+    """Teacher (its 30-step schedule, cfg 2) for the student's anchor step k, then the student: the Seed Grid
+    draws exactly distill_core's hybrid samples and says the evaluations per image."""
+    from distill_core.hybrid import hybrid_legs, sample_legs
+
+    ids = nodes_by_id(pack)
+    _, _, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
+    teacher = run(ids["DPDMDBuiltinTeacher"], steps=30, cfg=2.0).result[0]
+    out = run(ids["DPDMDHybridSampler"], teacher=teacher, student=student, k=0, handover=0.0)
+    (hybrid,) = out.result
+    k = student.info.anchor_step
+    legs = hybrid_legs(teacher.net, teacher.teacher.teacher_levels(30), 2.0, k, student.net, student.info.levels)
+    assert [leg.levels for leg in hybrid.legs] == [leg.levels for leg in legs]
+    assert out.ui["text"][0].endswith(f"; {2 * k + legs[1].steps} per image"), out.ui
+    grid, images = run(ids["DPDMDSeedGrid"], prompts="3\n7", seeds=2, first_seed=1, title="", width=64,
+                       height=64, display_size=8, student=hybrid).result
+    expected = student.teacher.decode(sample_legs(student.teacher, legs, ["3", "7"], [1, 2])).permute(0, 2, 3, 1)
+    assert torch.allclose(images, expected, atol=1e-6)
+    _, _, sd3 = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    with pytest.raises(DPDMDError, match="hybrid sampler runs built-in students"):
+        run(ids["DPDMDHybridSampler"], teacher=teacher, student=sd3, k=0, handover=0.0)
 
 
 def test_diversity_uses_a_clip_vision_model_when_given(pack):

@@ -217,12 +217,27 @@ def fit_view(page, margins: tuple[int, int, int, int] = (80, 150, 40, 90)) -> No
     page.wait_for_timeout(1000)
 
 
-def screenshot(page, path: Path, size: tuple[int, int] = (800, 500)) -> None:
-    """The graph as drawn now, cropped to its nodes, as a JPEG of at most ``size``."""
+def screenshot(page, path: Path, size: tuple[int, int] = (800, 500),
+               viewport: tuple[int, int] = (2400, 1500)) -> None:
+    """The whole graph, fitted into a ``viewport`` large enough that the frontend draws every node's text at
+    that zoom, cropped to its nodes, as a JPEG of at most ``size``."""
     import io
 
     from PIL import Image
 
+    before = page.viewport_size
+    page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+    try:
+        fit_view(page)
+        shot = _graph_shot(page)
+    finally:
+        page.set_viewport_size(before)
+    shot = Image.open(io.BytesIO(shot)).convert("RGB")
+    shot.thumbnail(size, Image.LANCZOS)
+    shot.save(path, "JPEG", quality=85)
+
+
+def _graph_shot(page) -> bytes:
     box = page.evaluate("""(title) => {
         const nodes = app.graph.nodes, ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect();
         const sx = (x) => r.x + (x + ds.offset[0]) * ds.scale, sy = (y) => r.y + (y + ds.offset[1]) * ds.scale;
@@ -233,6 +248,4 @@ def screenshot(page, path: Path, size: tuple[int, int] = (800, 500)) -> None:
         return {x: Math.max(x0, 0), y: Math.max(y0, 0), width: Math.min(x1, innerWidth) - Math.max(x0, 0),
                 height: Math.min(y1, innerHeight) - Math.max(y0, 0)};
     }""", TITLE)
-    shot = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
-    shot.thumbnail(size, Image.LANCZOS)
-    shot.save(path, "JPEG", quality=85)
+    return page.screenshot(clip=box)
