@@ -51,8 +51,12 @@ def sample_grid(teacher: Teacher, net: nn.Module, prompts: Sequence[str], seeds:
                 levels: list[float], guidance: float = 1.0, batch_size: int = 256,
                 device: torch.device | str = "cpu", progress=None, on_step=None) -> torch.Tensor:
     """Latents for every (prompt, seed), prompt-major: shape (len(prompts) * len(seeds), C, H, W)."""
+    cond, noise = grid_inputs(teacher, prompts, seeds)
+    return sample_latents(teacher, net, cond, noise, levels, guidance, batch_size, device, progress, on_step)
+
+
+def grid_inputs(teacher: Teacher, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[Cond, torch.Tensor]:
+    """Conditioning and noise for every (prompt, seed), prompt-major."""
     cond = teacher.encode_prompts(list(prompts))
     p_idx, s_list = grid_seeds(len(prompts), seeds)
-    cond = index_cond(cond, torch.tensor(p_idx))
-    noise = seed_noise(s_list, teacher.latent_shape())
-    return sample_latents(teacher, net, cond, noise, levels, guidance, batch_size, device, progress, on_step)
+    return index_cond(cond, torch.tensor(p_idx)), seed_noise(s_list, teacher.latent_shape())

@@ -17,7 +17,7 @@ from comfy.k_diffusion import sampling as k_diffusion_sampling
 
 from distill_core.errors import ConfigError
 from distill_core.grids import tile
-from distill_core.sampling import sample_grid
+from distill_core.hybrid import sample_legs
 
 from .compute import student_sigmas, to_comfy_images, upscale
 from .student import Student
@@ -36,8 +36,7 @@ def student_sampler() -> comfy.samplers.KSAMPLER:
 
 
 def _draw_builtin(student: Student, prompts: list[str], seeds: list[int], size: int) -> tuple[torch.Tensor, dict]:
-    levels = student.info.levels
-    total = len(levels) - 1
+    total = sum(leg.steps for leg in student.legs)
     pbar = comfy.utils.ProgressBar(total)
     # every image, laid out as the result is: a row per prompt (one prompt's batch wraps at 8 columns)
     cols = len(seeds) if len(prompts) > 1 else min(len(seeds), 8)
@@ -48,8 +47,7 @@ def _draw_builtin(student: Student, prompts: list[str], seeds: list[int], size: 
         shown = student.teacher.decode(x0.float().cpu())
         pbar.update_absolute(i + 1, total, ("JPEG", tile(shown, cols, cell=cell), PREVIEW_WIDTH))
 
-    latents = sample_grid(student.teacher, student.net, prompts, seeds, levels, guidance=student.guidance,
-                          on_step=on_step)
+    latents = sample_legs(student.teacher, student.legs, prompts, seeds, on_step=on_step)
     images = upscale(student.teacher.decode(latents), size)
     return to_comfy_images(images), {"samples": latents}
 

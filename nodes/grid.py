@@ -25,16 +25,18 @@ class SeedGrid(io.ComfyNode):
             inputs=[
                 io.String.Input("prompts", multiline=True, default="a handwritten 7",
                                 tooltip="one per line: the rows (built-in students sample them; otherwise labels)"),
-                io.Int.Input("seeds", default=8, min=1, max=64, tooltip="columns"),
-                io.Int.Input("first_seed", default=0, min=0, max=SEED_MAX),
-                io.String.Input("title", default=""),
+                io.Int.Input("seeds", default=8, min=1, max=64, tooltip="columns: consecutive seeds from first_seed"),
+                io.Int.Input("first_seed", default=0, min=0, max=SEED_MAX, tooltip="the first column's seed"),
+                io.String.Input("title", default="", tooltip="above the grid; empty = the student's title"),
                 *size_inputs(),
-                STUDENT.Input("student", optional=True),
+                STUDENT.Input("student", optional=True, tooltip="a student from the loader, or the built-in teacher"),
                 io.Image.Input("images", optional=True, tooltip="tile this batch instead of sampling"),
-                io.Conditioning.Input("positive", optional=True, tooltip="SD3 / SDXL students"),
-                io.Vae.Input("vae", optional=True, tooltip="SD3 / SDXL students"),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="SD3 / SDXL students: one prompt's conditioning (one row)"),
+                io.Vae.Input("vae", optional=True, tooltip="SD3 / SDXL students: the teacher's VAE"),
             ],
-            outputs=[io.Image.Output(display_name="grid"), io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="grid", tooltip="the labelled grid, one image"),
+                     io.Image.Output(display_name="images", tooltip="every cell, prompt-major: for DP-DMD Diversity")],
         )
 
     @classmethod
@@ -49,7 +51,7 @@ class SeedGrid(io.ComfyNode):
                 rows = rows[:1]  # one conditioning: one row
             images, _ = draw(student, prompts=rows, seeds=seed_ids, positive=positive, vae=vae, width=width,
                              height=height, size=display_size)
-            title = title or student.info.title
+            title = title or f"{student.info.title} ({student.nfe} NFE)"
         n_rows = -(-images.shape[0] // seeds)
         row_labels = rows if len(rows) == n_rows else None
         grid = grid_image(images, seeds, row_labels=row_labels, col_labels=[f"seed {s}" for s in seed_ids],
@@ -66,15 +68,15 @@ class Diversity(io.ComfyNode):
             category=CATEGORY,
             description="The paper's diversity (Eq. 9): 1 - mean pairwise cosine between the features of the "
                         "images of each prompt, averaged over prompts. Features: the built-in digits classifier, "
-                        "or a CLIP / DINO vision model (Load CLIP Vision). Compare numbers only with the same "
-                        "features and seeds.",
+                        "or a CLIP / DINO vision model (Load CLIP Vision). The number shows on the node after a "
+                        "run. Compare numbers only with the same features and seeds.",
             inputs=[
                 io.Image.Input("images", tooltip="prompt-major batch, e.g. the 'images' of a Seed Grid"),
                 io.Int.Input("per_prompt", default=0, min=0, max=4096, tooltip="images per prompt; 0 = all one prompt"),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="feature model; without it the built-in digits classifier is used"),
             ],
-            outputs=[io.Float.Output(display_name="diversity")],
+            outputs=[io.Float.Output(display_name="diversity", tooltip="Eq. 9 (also shown on the node)")],
             is_output_node=True,
         )
 

@@ -21,18 +21,23 @@ class StudentLoader(io.ComfyNode):
             display_name="DP-DMD Student Loader",
             category=CATEGORY,
             description="Load a DP-DMD student from models/dpdmd or models/diffusion_models. SD3 / SDXL students "
-                        "give a native MODEL and the SIGMAS they were trained on (use them with SamplerCustom, "
-                        "cfg 1, and the DP-DMD Student Sampler); every student gives a 'student' for the DP-DMD "
-                        "Sample and Seed Grid nodes.",
+                        "give a native MODEL (LoRAs and patches apply) and the SIGMAS they were trained on: connect "
+                        "both to SamplerCustom with the DP-DMD Student Sampler and cfg 1 (the teacher's guidance is "
+                        "distilled in; a higher cfg only burns the image). Every student also gives a 'student' for "
+                        "DP-DMD Sample and Seed Grid. The node shows the student's family, steps, sigmas and method.",
             inputs=[
                 io.Combo.Input("student_name", options=library.list_students(),
-                               tooltip="exported student (.safetensors with DP-DMD metadata)"),
+                               tooltip="an exported student (.safetensors with DP-DMD metadata) in models/dpdmd "
+                                       "or models/diffusion_models; press R after copying a new one there"),
                 io.Combo.Input("weight_dtype", options=list(student.WEIGHT_DTYPES), default="default",
                                tooltip="storage precision of SD3 / SDXL weights, as in Load Diffusion Model"),
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL", tooltip="native ComfyUI model (SD3 / SDXL students)"),
-                io.Sigmas.Output(display_name="SIGMAS", tooltip="the student's training timesteps as sigmas"),
+                io.Model.Output(display_name="MODEL", tooltip="native ComfyUI model (SD3 / SDXL students); for "
+                                "SamplerCustom, LoraLoaderModelOnly and other MODEL nodes"),
+                io.Sigmas.Output(display_name="SIGMAS", tooltip="the student's training timesteps as sigmas (SD3, 4 "
+                                 "steps: 1, .858, .602, .009, 0): use these, not a scheduler; 'simple' gives 1, .9, "
+                                 ".75, .5, levels the student never saw"),
                 STUDENT.Output(display_name="student", tooltip="for DP-DMD Sample / Seed Grid / Student Sigmas"),
             ],
         )
@@ -66,10 +71,11 @@ class LoadBuiltinTeacher(io.ComfyNode):
                         "steps and CFG: connect it to a Seed Grid next to a student's grid to compare them on "
                         "the same seeds.",
             inputs=[
-                io.Int.Input("steps", default=30, min=2, max=200),
-                io.Float.Input("cfg", default=2.0, min=1.0, max=20.0, step=0.1),
+                io.Int.Input("steps", default=30, min=2, max=200, tooltip="sampling steps (the teacher needs many)"),
+                io.Float.Input("cfg", default=2.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="classifier-free guidance (2 is what students are distilled from)"),
             ],
-            outputs=[STUDENT.Output(display_name="teacher")],
+            outputs=[STUDENT.Output(display_name="teacher", tooltip="for DP-DMD Sample / Seed Grid")],
         )
 
     @classmethod

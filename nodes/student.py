@@ -7,7 +7,7 @@ has no model class for: they are loaded by distill_core and sampled by this pack
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,10 @@ import comfy.model_sampling
 import comfy.sd
 import torch
 
-from distill_core.errors import CheckpointError, DPDMDError
+from distill_core.errors import CheckpointError, ConfigError, DPDMDError
 from distill_core.export.student_file import StudentInfo
 from distill_core.families import COMFY_NATIVE, FAMILIES
+from distill_core.hybrid import Leg, hybrid_legs
 
 WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
                  "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
@@ -34,10 +35,21 @@ class Student:
     teacher: Any = None  # distill_core BuiltinTeacher: architecture, prompt encoding, decoding (builtin)
     net: torch.nn.Module | None = None  # the student network (builtin)
     guidance: float = 1.0  # CFG when sampling (1 for students; the built-in teacher handle uses its own)
+    hybrid: list[Leg] | None = None  # a hybrid's teacher and student parts (builtin)
 
     @property
     def native(self) -> bool:
         return self.info.family in COMFY_NATIVE
+
+    @property
+    def legs(self) -> list[Leg]:
+        """How a built-in handle samples: its network through its levels, or a hybrid's parts in turn."""
+        return self.hybrid or [Leg(self.net, self.info.levels, self.guidance)]
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image."""
+        return sum(leg.nfe for leg in self.legs)
 
 
 class NotAComfyModelError(DPDMDError, AttributeError):
@@ -67,6 +79,24 @@ def builtin_teacher(steps: int, cfg: float) -> Student:
                        network_config=teacher.network_config(), method="teacher", teacher_guidance=cfg,
                        teacher="builtin", title=f"built-in teacher: {steps} steps, cfg {cfg:g}")
     return Student("built-in teacher", info, teacher=teacher, net=teacher.network, guidance=cfg)
+
+
+def hybrid(teacher: Student, student: Student, k: int, handover: float | None) -> Student:
+    """A handle that samples the teacher's first k steps with its CFG, then ``student`` (distill_core.hybrid).
+
+    k = 0 takes the student's own anchor step (the k it was distilled with).
+    """
+    if teacher.native or student.native:
+        raise ConfigError("the hybrid sampler runs built-in students and the built-in teacher; connect DP-DMD "
+                          "Built-in Teacher and a built-in student")
+    k = k or student.info.anchor_step
+    legs = hybrid_legs(teacher.net, teacher.info.levels, teacher.guidance, k, student.net, student.info.levels,
+                       handover)
+    first, second = legs
+    title = (f"hybrid: teacher {first.steps} steps (cfg {first.guidance:g}) to level {second.levels[0]:.3g}, "
+             f"then {student.info.title}")
+    return Student(f"hybrid of {student.name}", replace(student.info, title=title), teacher=student.teacher,
+                   net=student.net, hybrid=legs)
 
 
 def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default") -> Student:

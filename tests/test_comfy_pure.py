@@ -133,14 +133,15 @@ def test_web_extension_is_valid_javascript():
 
 
 def test_examples_are_api_and_ui_pairs():
-    folder = ROOT / "examples" / "comfyui"
+    """examples/comfyui/ holds the API-format twins of the UI-format example_workflows/ (ComfyUI's template folder)."""
+    folder, templates = ROOT / "examples" / "comfyui", ROOT / "example_workflows"
     api = sorted(p.name.removesuffix(".api.json") for p in folder.glob("*.api.json"))
-    ui = sorted(p.name.removesuffix(".json") for p in folder.glob("*.json") if not p.name.endswith(".api.json"))
+    ui = sorted(p.stem for p in templates.glob("*.json"))
     assert len(api) >= 3 and api == ui
     for name in api:
         prompt = json.loads((folder / f"{name}.api.json").read_text())
         assert all("class_type" in n and "inputs" in n for n in prompt.values())
-        workflow = json.loads((folder / f"{name}.json").read_text())
+        workflow = json.loads((templates / f"{name}.json").read_text())
         assert {n["type"] for n in workflow["nodes"]} - {"Note"} == {n["class_type"] for n in prompt.values()}
         links = sum(isinstance(v, list) for n in prompt.values() for v in n["inputs"].values())
         assert len(workflow["links"]) == links

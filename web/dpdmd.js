@@ -1,15 +1,15 @@
 // DP-DMD Studio: text on the nodes, where a user looks.
 // - Student Loader: the student's metadata (family, steps, sigmas, method), read from GET /dpdmd/student when a
 //   student is picked and from the node's output after a run.
-// - Diversity: the Eq. 9 number of the last run (the node's `text` output; frontends draw no text on
-//   ordinary nodes by themselves).
+// - Diversity: the Eq. 9 number of the last run; Hybrid Sampler: its network evaluations per image (the
+//   nodes' `text` output; frontends draw no text on ordinary nodes by themselves).
 // The text is a DOM widget (drawn in the canvas and in the Vue node view alike) that is never serialized, so
 // workflows keep their widget values and queue the same prompt.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const LOADER = "DPDMDStudentLoader";
-const DIVERSITY = "DPDMDDiversity";
+const TEXT_NODES = [LOADER, "DPDMDDiversity", "DPDMDHybridSampler"]; // nodes whose output carries `text`
 const TEXT = "dpdmd_text";
 const LINE = 15;
 const WIDTH = 380;
@@ -65,7 +65,7 @@ function chain(proto, name, after) {
 app.registerExtension({
   name: "dpdmd.nodeText",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== LOADER && nodeData.name !== DIVERSITY) return;
+    if (!TEXT_NODES.includes(nodeData.name)) return;
     const proto = nodeType.prototype;
     chain(proto, "onExecuted", function (message) {
       if (message?.text?.length) showText(this, String(message.text[0]));

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_env import COMFY, comfy_version, require_comfy, setup_comfy
+from comfy_env import COMFY, comfy_version, require_comfy, setup_comfy, targets
 
 require_comfy()
 setup_comfy()
@@ -108,7 +108,7 @@ class FixedCondTeacher(Teacher):
 def test_node_ids_and_category(pack):
     ids = nodes_by_id(pack)
     assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
-                        "DPDMDSeedGrid", "DPDMDDiversity"}
+                        "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler"}
     assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
 
 
@@ -133,6 +133,23 @@ def test_nodes_use_public_names_of_a_versioned_api():
             surface = getattr(api, module)
             public = getattr(surface, "__all__", None) or [n for n in vars(surface) if not n.startswith("_")]
             assert name in public, f"{module}.{name} is not public in comfy_api.{version}"
+
+
+def test_every_node_says_how_to_use_it(pack):
+    """A description and a tooltip on every input and output; the sampling nodes say cfg 1, and why ComfyUI's
+    'simple' schedule is wrong for a student."""
+    import json
+
+    infos = {node_id: node.GET_NODE_INFO_V1() for node_id, node in nodes_by_id(pack).items()}
+    for node_id, info in infos.items():
+        assert len(info["description"]) > 80, node_id
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), (node_id, name)
+        assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"]), node_id
+    said = {node_id: json.dumps(info) for node_id, info in infos.items()}
+    assert all("cfg 1" in said[n] for n in ("DPDMDStudentLoader", "DPDMDStudentSampler", "DPDMDSample"))
+    assert all("'simple'" in said[n] for n in ("DPDMDStudentLoader", "DPDMDStudentSigmas"))
 
 
 def test_loader_lists_students_only(pack, models):
@@ -316,6 +333,29 @@ def test_seed_grid_preview_shows_every_row(pack, models):
     assert np.array_equal(np.asarray(last), np.asarray(grid))
 
 
+def test_hybrid_sampler_node(pack, models):
+    """Teacher (its 30-step schedule, cfg 2) for the student's anchor step k, then the student: the Seed Grid
+    draws exactly distill_core's hybrid samples and says the evaluations per image."""
+    from distill_core.hybrid import hybrid_legs, sample_legs
+
+    ids = nodes_by_id(pack)
+    _, _, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
+    teacher = run(ids["DPDMDBuiltinTeacher"], steps=30, cfg=2.0).result[0]
+    out = run(ids["DPDMDHybridSampler"], teacher=teacher, student=student, k=0, handover=0.0)
+    (hybrid,) = out.result
+    k = student.info.anchor_step
+    legs = hybrid_legs(teacher.net, teacher.teacher.teacher_levels(30), 2.0, k, student.net, student.info.levels)
+    assert [leg.levels for leg in hybrid.legs] == [leg.levels for leg in legs]
+    assert out.ui["text"][0].endswith(f"; {2 * k + legs[1].steps} per image"), out.ui
+    grid, images = run(ids["DPDMDSeedGrid"], prompts="3\n7", seeds=2, first_seed=1, title="", width=64,
+                       height=64, display_size=8, student=hybrid).result
+    expected = student.teacher.decode(sample_legs(student.teacher, legs, ["3", "7"], [1, 2])).permute(0, 2, 3, 1)
+    assert torch.allclose(images, expected, atol=1e-6)
+    _, _, sd3 = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    with pytest.raises(DPDMDError, match="hybrid sampler runs built-in students"):
+        run(ids["DPDMDHybridSampler"], teacher=teacher, student=sd3, k=0, handover=0.0)
+
+
 def test_diversity_uses_a_clip_vision_model_when_given(pack):
     """With a Load CLIP Vision model connected, Eq. 9 runs on its image_embeds (a stand-in model here)."""
     from types import SimpleNamespace
@@ -347,5 +387,10 @@ def test_comfy_registry_config_parses():
     config = config_parser.extract_node_configuration(str(ROOT))
     assert config.project.name == "dp-dmd-studio" and "comfyui" not in config.project.name.lower()
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "DP-DMD Studio"
-    assert config.project.supported_comfyui_version == ">=0.3.75"
+    assert config.project.supported_comfyui_version == f">={targets()[0].name}"  # the oldest ComfyUI tested
+    repo = config.project.urls.repository
+    assert re.fullmatch(r"https://github\.com/[\w-]+/dp-dmd-studio", repo), repo
+    icon = config.tool_comfy.icon  # served from the repository: a file it ships
+    assert icon.startswith(repo.replace("github.com", "raw.githubusercontent.com") + "/main/"), icon
+    assert (ROOT / icon.split("/main/", 1)[1]).is_file(), icon
     assert config.tool_comfy.web is None  # WEB_DIRECTORY serves the JS; both would load it twice

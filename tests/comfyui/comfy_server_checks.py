@@ -73,7 +73,7 @@ def test_nodes_registered_js_served_and_metadata_route(comfy):
     _, info = comfy.get_json("/object_info")
     ours = {k: v for k, v in info.items() if v["category"] == "DP-DMD"}
     assert set(ours) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler",
-                         "DPDMDSample", "DPDMDSeedGrid", "DPDMDDiversity"}
+                         "DPDMDSample", "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler"}
     names = ours["DPDMDStudentLoader"]["input"]["required"]["student_name"][1]["options"]
     assert {"dpdmd_digits_student.safetensors", "dpdmd_sd3.5_medium_student.safetensors"} <= set(names)
     assert "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors" not in names
@@ -111,6 +111,19 @@ def test_example_teacher_vs_student_grid(comfy):
     assert both.width > 2 * 6 * 64 and varied(both)
     teacher, student = diversity_text(entry, "7"), diversity_text(entry, "8")
     assert 0.0 < teacher < 2.0 and 0.0 < student < 2.0 and teacher != student
+
+
+def test_example_hybrid_seed_grid(comfy):
+    """Student, hybrid (the teacher's first k steps, then the student) and teacher on the same seeds."""
+    entry = comfy.run(example("hybrid_seed_grid"))
+    assert_success(comfy, entry)
+    (grids,) = saved_images(comfy, entry, "9")
+    assert grids.height > 3 * 2 * 64 and varied(grids)
+    student, hybrid, teacher = (diversity_text(entry, node) for node in ("10", "11", "12"))
+    assert all(0.0 < d < 2.0 for d in (student, hybrid, teacher)) and len({student, hybrid, teacher}) == 3
+    (nfe,) = entry["outputs"]["3"]["text"]
+    assert nfe.endswith("; 14 per image"), nfe  # k = 5 at cfg 2 (10) + the student's 4 steps below t_5
+    print(f"diversity: student {student:.4f} (4 NFE), hybrid {hybrid:.4f} (14 NFE), teacher {teacher:.4f} (60 NFE)")
 
 
 def loader_graph(name: str) -> dict:
@@ -222,3 +235,17 @@ def test_ui_workflows_queue_their_api_twins_and_show_their_outputs_in_the_fronte
                     shown = texts.get(node["_meta"]["title"], "")
                     assert shown == entry["outputs"][node_id]["text"][0] and shown.startswith("diversity "), \
                         (name, node_id, texts)
+
+
+def test_example_workflows_are_in_the_template_browser(comfy):
+    """ComfyUI lists example_workflows/ as the pack's templates; the frontend shows each with its preview (the
+    .jpg of the same name), and a click opens that workflow."""
+    require(CHROMIUM is not None, "Chromium", "apt-get install -y chromium")
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    _, listed = comfy.get_json("/workflow_templates")
+    assert sorted(listed[PACK_DIR]) == names
+    assert names == sorted(p.name.removesuffix(".api.json") for p in EXAMPLES.glob("*.api.json"))
+    previews = {name: Image.open(WORKFLOWS / f"{name}.jpg").size for name in names}
+    with frontend(comfy.url) as page:
+        assert fe.template_browser(page, names) == previews
+        fe.open_template(page, names[0], json.loads((WORKFLOWS / f"{names[0]}.json").read_text()))

@@ -147,6 +147,33 @@ def layout(page, note: str = "", note_size: tuple[int, int] = (860, 150)) -> Non
     }""", [note, list(note_size), GAP, TITLE])
 
 
+def template_browser(page, names: list[str]) -> dict[str, tuple[int, int]]:
+    """Open the frontend's template browser: {name: (width, height) of the preview image its card shows}."""
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    shown = page.wait_for_function("""(names) => {
+        const out = {};
+        for (const h of document.querySelectorAll("[role=dialog] h3")) {
+            const name = h.textContent.trim();
+            if (!names.includes(name)) continue;
+            let card = h;  // the largest ancestor that holds this card's title only
+            while (card.parentElement && card.parentElement.querySelectorAll("h3").length === 1) card = card.parentElement;
+            const img = card.querySelector("img");
+            if (!img?.complete || !img.naturalWidth) return null;
+            out[name] = [img.naturalWidth, img.naturalHeight];
+        }
+        return names.every((n) => out[n]) ? out : null;
+    }""", arg=names, timeout=60_000).json_value()
+    return {k: tuple(v) for k, v in shown.items()}
+
+
+def open_template(page, name: str, workflow: dict) -> None:
+    """Click a template's card in the open browser, as a person would, and wait for its graph."""
+    page.locator("[role=dialog] h3", has_text=name).first.click()
+    expected = sorted([str(n["id"]), n["type"]] for n in workflow["nodes"])
+    page.wait_for_function("(e) => JSON.stringify(app.graph.nodes.map((n) => [String(n.id), n.type]).sort())"
+                           " === JSON.stringify(e)", arg=expected, timeout=30_000)
+
+
 def workflow(page) -> dict:
     """The graph as the frontend exports it (undefined fields dropped)."""
     return json.loads(page.evaluate("() => JSON.stringify(app.graph.serialize())"))
@@ -190,12 +217,27 @@ def fit_view(page, margins: tuple[int, int, int, int] = (80, 150, 40, 90)) -> No
     page.wait_for_timeout(1000)
 
 
-def screenshot(page, path: Path, size: tuple[int, int] = (800, 500)) -> None:
-    """The graph as drawn now, cropped to its nodes, as a JPEG of at most ``size``."""
+def screenshot(page, path: Path, size: tuple[int, int] = (800, 500),
+               viewport: tuple[int, int] = (2400, 1500)) -> None:
+    """The whole graph, fitted into a ``viewport`` large enough that the frontend draws every node's text at
+    that zoom, cropped to its nodes, as a JPEG of at most ``size``."""
     import io
 
     from PIL import Image
 
+    before = page.viewport_size
+    page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+    try:
+        fit_view(page)
+        shot = _graph_shot(page)
+    finally:
+        page.set_viewport_size(before)
+    shot = Image.open(io.BytesIO(shot)).convert("RGB")
+    shot.thumbnail(size, Image.LANCZOS)
+    shot.save(path, "JPEG", quality=85)
+
+
+def _graph_shot(page) -> bytes:
     box = page.evaluate("""(title) => {
         const nodes = app.graph.nodes, ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect();
         const sx = (x) => r.x + (x + ds.offset[0]) * ds.scale, sy = (y) => r.y + (y + ds.offset[1]) * ds.scale;
@@ -206,6 +248,4 @@ def screenshot(page, path: Path, size: tuple[int, int] = (800, 500)) -> None:
         return {x: Math.max(x0, 0), y: Math.max(y0, 0), width: Math.min(x1, innerWidth) - Math.max(x0, 0),
                 height: Math.min(y1, innerHeight) - Math.max(y0, 0)};
     }""", TITLE)
-    shot = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
-    shot.thumbnail(size, Image.LANCZOS)
-    shot.save(path, "JPEG", quality=85)
+    return page.screenshot(clip=box)

@@ -45,6 +45,11 @@ NOTES = {
         "loader's SIGMAS (the student's training timesteps: 1, .858, .602, .009, 0) and the DP-DMD Student "
         "Sampler. ComfyUI's 'simple' scheduler is NOT the student's schedule. LoRAs: put LoraLoaderModelOnly "
         "between the loader's MODEL and SamplerCustom."),
+    "hybrid_seed_grid": (
+        "DP-DMD Hybrid Sampler on the built-in teacher: the teacher's first k steps with cfg 2 (k 0 = the student's "
+        "own anchor step), then the student from the level they reach. Rows of the saved image: student, hybrid, "
+        "teacher on the same seeds; the Diversity nodes show Eq. 9 for each, the Hybrid node its network "
+        "evaluations per image (student 4, teacher 60)."),
     "teacher_vs_student_grid": (
         "Teacher vs student on the same prompts and seeds: the built-in teacher (30 steps, cfg 2) on the left, "
         "the 4-step DP-DMD student on the right. The two DP-DMD Diversity nodes show Eq. 9 for each after a run: "
