@@ -59,3 +59,14 @@ def tiny_pipelines(tmp_path_factory):
     build_tiny_sd3_pipeline(root / "sd3")
     build_tiny_sdxl_pipeline(root / "sdxl")
     return {"sd3": root / "sd3", "sdxl": root / "sdxl"}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: on a shared 2-core machine extra threads only wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,7 @@ STATES = ("student", "fake", "optim_student", "optim_fake")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def lora_config(family, folders, out, mode, rank=2, **kw):
