@@ -25,7 +25,10 @@ if [ ! -f "$COMFY/main.py" ]; then
     mkdir -p "$COMFY"
     case "$SOURCE" in
     *.tar.gz)
-        [ -f "$SOURCE" ] || { echo "comfyui_env.sh: $SOURCE is missing (CI expects shared/ beside the clone)" >&2; exit 1; }
+        if [ ! -f "$SOURCE" ]; then
+            echo "comfyui_env.sh: $SOURCE is missing (CI expects shared/ beside the clone)" >&2
+            exit 1
+        fi
         tar -xzf "$SOURCE" -C "$COMFY" --strip-components=1 ;;
     *)
         tmp=$(mktemp -d)

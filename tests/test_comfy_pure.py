@@ -132,19 +132,23 @@ def test_web_extension_is_valid_javascript():
         assert r.returncode == 0, r.stderr
 
 
-def test_examples_are_api_and_ui_pairs():
-    """examples/comfyui/ holds the API-format twins of the UI-format example_workflows/ (ComfyUI's template folder)."""
-    folder, templates = ROOT / "examples" / "comfyui", ROOT / "example_workflows"
+def test_examples_are_api_and_ui_pairs_with_previews():
+    """examples/comfyui/<name>.api.json (to POST) and example_workflows/<name>.json (UI) + <name>.jpg (preview)."""
+    from PIL import Image
+
+    folder, workflows = ROOT / "examples" / "comfyui", ROOT / "example_workflows"
     api = sorted(p.name.removesuffix(".api.json") for p in folder.glob("*.api.json"))
-    ui = sorted(p.stem for p in templates.glob("*.json"))
-    assert len(api) >= 3 and api == ui
+    assert len(api) >= 4 and api == sorted(p.stem for p in workflows.glob("*.json"))
+    assert all(p.name.endswith(".api.json") for p in folder.glob("*.json"))  # the UI twins live apart
     for name in api:
         prompt = json.loads((folder / f"{name}.api.json").read_text())
         assert all("class_type" in n and "inputs" in n for n in prompt.values())
-        workflow = json.loads((templates / f"{name}.json").read_text())
+        workflow = json.loads((workflows / f"{name}.json").read_text())
         assert {n["type"] for n in workflow["nodes"]} - {"Note"} == {n["class_type"] for n in prompt.values()}
         links = sum(isinstance(v, list) for n in prompt.values() for v in n["inputs"].values())
         assert len(workflow["links"]) == links
+        with Image.open(workflows / f"{name}.jpg") as preview:
+            assert preview.format == "JPEG" and 300 <= preview.width <= 1024 and 200 <= preview.height <= 1024
 
 
 def _requirements() -> dict[str, str]:

@@ -43,7 +43,8 @@ class ComfyTarget:
 
 
 def targets() -> list[ComfyTarget]:
-    rows = [line.split() for line in VERSIONS_FILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = VERSIONS_FILE.read_text().splitlines()
+    rows = [line.split() for line in lines if line.strip() and not line.startswith("#")]
     return [ComfyTarget(ROOT / tree, ROOT / venv, source) for tree, venv, source in rows]
 
 

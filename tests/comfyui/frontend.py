@@ -2,7 +2,7 @@
 
 Requests to anything but the local server are aborted (the frontend also asks
 for remote fonts and templates). Only the frontend's long-standing globals are
-used (window.app, window.LiteGraph, app.api), so the same calls work on the
+used (window.app, window.LiteGraph, app.api, app.extensionManager), so the same calls work on the
 frontends of ComfyUI 0.3.75 (1.32) and 0.33 (1.49).
 """
 from __future__ import annotations
@@ -156,7 +156,7 @@ def template_browser(page, names: list[str]) -> dict[str, tuple[int, int]]:
             const name = h.textContent.trim();
             if (!names.includes(name)) continue;
             let card = h;  // the largest ancestor that holds this card's title only
-            while (card.parentElement && card.parentElement.querySelectorAll("h3").length === 1) card = card.parentElement;
+            while (card.parentElement?.querySelectorAll("h3").length === 1) card = card.parentElement;
             const img = card.querySelector("img");
             if (!img?.complete || !img.naturalWidth) return null;
             out[name] = [img.naturalWidth, img.naturalHeight];
