@@ -1,6 +1,7 @@
 """``dpdmd``: the command line of DP-DMD Studio.
 
-  dpdmd demo [--quick]            distil the built-in teacher (minutes on a CPU) and write a report
+  dpdmd demo [--quick] [OUT]      distil the built-in teacher with DMD and with DP-DMD (minutes on a CPU) and
+                                  write a report that compares them with the teacher
   dpdmd train CONFIG              run or resume a distillation described by a TOML config
                                   (a run folder's own config.toml continues that run, wherever it now is)
   dpdmd config                    print a commented starting config
@@ -20,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import SEED_LIMIT, MethodSection, TeacherSection, choices
+from .config import SEED_LIMIT, TeacherSection, choices
 from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
 
@@ -31,21 +32,20 @@ TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAN
 
 
 def _cmd_demo(args) -> None:
-    from .demo import demo_config
-    from .training.trainer import train
+    from .demo import STUDENTS, run_demo
 
-    run = train(demo_config(args.out, quick=args.quick, method=args.method))
-    metrics = json.loads((run / "metrics.json").read_text())
-    t, s = metrics["teacher"], metrics["student"]
-    print(f"\nteacher ({t['steps']} steps, CFG {t['guidance']:g}): diversity {t['diversity']:.4f}, "
-          f"Frechet distance {t['frechet_distance']:.2f}, class accuracy {t['class_accuracy']:.3f}")
-    print(f"student ({s['steps']} steps):        diversity {s['diversity']:.4f}, "
-          f"Frechet distance {s['frechet_distance']:.2f}, class accuracy {s['class_accuracy']:.3f}")
-    print(f"style clusters reached: teacher {t['mode_coverage']:.2f}, student {s['mode_coverage']:.2f}; the student "
-          f"lands in the teacher's style for {100 * s['mode_agreement_with_teacher']:.0f}% of noises")
-    print(f"student sampling is {metrics['ratios']['sampling_speedup']:.1f}x faster; "
-          f"training took {metrics['run']['train_seconds']:.0f} s")
-    print(f"report: {run / 'report.html'}\nstudent: {run / 'student.safetensors'}")
+    out = Path(args.out_option or args.out)
+    metrics = run_demo(out, quick=args.quick)
+    t = metrics["teacher"]
+    rows = [(f"teacher ({t['steps']} steps, CFG {t['guidance']:g})", t)]
+    rows += [(f"{label} student ({metrics[m]['steps']} steps)", metrics[m]) for m, label in STUDENTS.items()]
+    print(f"\n{'':30} {'diversity':>9} {'mode coverage':>13} {'validity':>8} {'NFE':>4}")
+    for name, m in rows:
+        print(f"{name:30} {m['diversity']:9.4f} {m['mode_coverage']:13.2f} {m['validity']:8.3f} {m['nfe']:4d}")
+    from .evaluation.demo_report import ratio_line
+
+    print(f"{ratio_line(metrics)}\nreport: {out / 'report.html'}\nstudents: "
+          + ", ".join(str(out / m / "student.safetensors") for m in STUDENTS))
 
 
 def _cmd_config(args) -> None:
@@ -193,10 +193,13 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     p = argparse.ArgumentParser(prog="dpdmd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="distil the built-in teacher and write a report (about 10 min on 2 cores)")
+    d = sub.add_parser("demo", help="DMD and DP-DMD students of the built-in teacher, compared in one report "
+                       "(at most 10 min on 2 cores)")
     d.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
-    d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    d.add_argument("--method", default="dpdmd", choices=choices(MethodSection, "name"))
+    d.add_argument("out", nargs="?", default="runs/demo",
+                   help="folder of the demo: its report, metrics.json and the run folders dmd/ and dpdmd/ "
+                        "(default: runs/demo)")
+    d.add_argument("--out", dest="out_option", metavar="OUT", help="the same as OUT")
     d.set_defaults(func=_cmd_demo)
 
     # Listed for --help only (as the registered commands below): main() hands `train` to distill_core.train.

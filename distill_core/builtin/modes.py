@@ -72,15 +72,33 @@ def agreement(modes_a: np.ndarray, modes_b: np.ndarray) -> float:
     return float((modes_a == modes_b).mean())
 
 
+def prompt_histograms(modes: np.ndarray, per_prompt: int, k: int) -> list[list[float]]:
+    """Share of each prompt's samples per cluster (prompt-major samples, ``per_prompt`` each)."""
+    return [(np.bincount(group, minlength=k) / len(group)).tolist() for group in modes.reshape(-1, per_prompt)]
+
+
 def mode_metrics(extractor, teacher_images: torch.Tensor, student_images: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[dict, dict]:
-    """Coverage for both; for the student also divergence and agreement with the teacher (same noises)."""
+                 labels: torch.Tensor, per_prompt: int | None = None) -> tuple[dict, dict]:
+    """Coverage for both; for the student also divergence and agreement with the teacher (same noises).
+
+    With ``per_prompt`` (prompt-major samples): each prompt's histogram, the real digits' shares and the
+    clusters' names (the keys the demo's bar charts read, docs in evaluation/compare.py).
+    """
     modes = extractor.modes
     classes = np.unique(labels.numpy())
     t_modes = modes.assign(extractor.features(teacher_images), labels)
     s_modes = modes.assign(extractor.features(student_images), labels)
     t_hist, s_hist = modes.histograms(t_modes, labels), modes.histograms(s_modes, labels)
-    return ({"mode_coverage": modes.coverage(t_hist, classes)},
-            {"mode_coverage": modes.coverage(s_hist, classes),
+    t_out = {"mode_coverage": modes.coverage(t_hist, classes)}
+    s_out = {"mode_coverage": modes.coverage(s_hist, classes),
              "mode_divergence_from_teacher": histogram_divergence(t_hist[classes], s_hist[classes]),
-             "mode_agreement_with_teacher": agreement(t_modes, s_modes)})
+             "mode_divergence_from_data": histogram_divergence(modes.real_share[classes], s_hist[classes]),
+             "mode_agreement_with_teacher": agreement(t_modes, s_modes)}
+    if per_prompt:
+        k = modes.centers.shape[1]
+        prompt_classes = labels.numpy()[::per_prompt]
+        shared = {"mode_names": [[f"style {j + 1}" for j in range(k)] for _ in prompt_classes],
+                  "data_histogram": modes.real_share[prompt_classes].tolist()}
+        t_out.update(mode_histogram=prompt_histograms(t_modes, per_prompt, k), **shared)
+        s_out.update(mode_histogram=prompt_histograms(s_modes, per_prompt, k), **shared)
+    return t_out, s_out

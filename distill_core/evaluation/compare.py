@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,23 +53,45 @@ def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExt
     if extractor is not None:
         out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
                                    diversity_seeds=e.seeds))
+    if "class_accuracy" in out:  # the digits teacher's valid samples: those of the prompt's class
+        out["validity"] = out["class_accuracy"]
     return out, images
 
 
-def compare(cfg: Config, teacher: Teacher, student: nn.Module, device) -> dict:
-    """Teacher (its steps, CFG) and student (its steps, no CFG) measured identically."""
+@dataclass
+class Reference:
+    """The teacher's measurement, kept to compare several students with it (the demo measures it once)."""
+
+    metrics: dict
+    images: torch.Tensor
+    extractor: FeatureExtractor | None
+
+
+def measure_teacher(cfg: Config, teacher: Teacher, device) -> Reference:
+    """The teacher with its own steps and CFG, on the eval prompts and seeds."""
     extractor = load_extractor(cfg.eval.features) if cfg.eval.features else None
-    t, t_images = measure(teacher, teacher.network, cfg, extractor,
-                          levels=teacher.teacher_levels(cfg.teacher.num_steps), guidance=cfg.teacher.guidance_scale,
-                          device=device)
+    metrics, images = measure(teacher, teacher.network, cfg, extractor,
+                              levels=teacher.teacher_levels(cfg.teacher.num_steps),
+                              guidance=cfg.teacher.guidance_scale, device=device)
+    return Reference(metrics, images, extractor)
+
+
+def compare(cfg: Config, teacher: Teacher, student: nn.Module, device, reference: Reference | None = None) -> dict:
+    """Teacher (its steps, CFG) and student (its steps, no CFG) measured identically.
+
+    ``reference``: the teacher's measurement under the same eval settings, when it is already taken.
+    """
+    ref = reference or measure_teacher(cfg, teacher, device)
+    extractor, t, t_images = ref.extractor, dict(ref.metrics), ref.images
     s, s_images = measure(teacher, student, cfg, extractor, levels=teacher.student_levels(cfg.student.num_steps),
                           guidance=1.0, device=device)
     ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
     if "diversity" in t:
         ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)
     if isinstance(extractor, DigitsExtractor):
-        labels = prompt_labels(teacher, cfg.eval.prompts, t_images.shape[0] // len(cfg.eval.prompts))
-        t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels)
+        per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
+        labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
+        t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels, per_prompt)
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}

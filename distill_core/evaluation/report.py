@@ -13,14 +13,30 @@ from pathlib import Path
 from ..errors import CheckpointError, shown
 from ..runfolder import RunFolder, atomic_write_text
 
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
+         " table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px 8px} .row{display:flex;gap:16px;"
+         "flex-wrap:wrap;align-items:flex-start} pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}")
 
-def _png(data: bytes) -> str:
+
+def png_img(data: bytes) -> str:
+    """An <img> with the PNG inlined (the report is one self-contained file)."""
     return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _fig_png(fig) -> bytes:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fig_png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -33,17 +49,35 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+def diversity_png(series: dict[str, list[dict]], teacher_diversity: float | None,
+                  colors: dict[str, str] | None = None) -> bytes | None:
+    """Diversity over steps: one line per named list of events (their 'eval' events), the teacher dashed."""
+    lines = {name: [e for e in events if e.get("event") == "eval" and "diversity" in e]
+             for name, events in series.items()}
+    lines = {name: evals for name, evals in lines.items() if evals}
+    if not lines:
+        return None
+    fig, ax = pyplot().subplots(figsize=(5, 3))
+    for name, evals in lines.items():
+        ax.plot([e["step"] for e in evals], [e["diversity"] for e in evals], marker="o", label=name,
+                color=(colors or {}).get(name))
+    if teacher_diversity is not None:
+        ax.axhline(teacher_diversity, color="gray", ls="--", label="teacher")
+    top = max([e["diversity"] for evals in lines.values() for e in evals]
+              + ([teacher_diversity] if teacher_diversity else []))
+    ax.set_ylim(0, top * 1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("diversity (Eq. 9)")
+    ax.legend(fontsize=8)
+    return fig_png(fig)
+
+
 def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes | None, bytes | None]:
     """Loss curves and diversity-over-steps pictures (PNG bytes) from the events."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [e for e in events if e.get("event") == "step"]
-    evals = [e for e in events if e.get("event") == "eval" and "diversity" in e]
-    loss_png = div_png = None
+    loss_png = None
     if steps:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+        fig, axes = pyplot().subplots(1, 3, figsize=(12, 3))
         for ax, key, label in zip(axes, ("loss_dmd", "loss_div", "loss_fake"),
                                   ("DMD loss (student)", "diversity loss (first step)", "fake-score loss")):
             x, y = [e["step"] for e in steps], [e.get(key, 0.0) for e in steps]
@@ -52,21 +86,8 @@ def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes |
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
-        loss_png = _fig_png(fig)
-        plt.close(fig)
-    if evals:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot([e["step"] for e in evals], [e["diversity"] for e in evals], marker="o", label="student")
-        if teacher_diversity is not None:
-            ax.axhline(teacher_diversity, color="gray", ls="--", label="teacher")
-        top = max([e["diversity"] for e in evals] + ([teacher_diversity] if teacher_diversity else []))
-        ax.set_ylim(0, top * 1.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel("diversity (Eq. 9)")
-        ax.legend(fontsize=8)
-        div_png = _fig_png(fig)
-        plt.close(fig)
-    return loss_png, div_png
+        loss_png = fig_png(fig)
+    return loss_png, diversity_png({"student": events}, teacher_diversity)
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -111,10 +132,7 @@ def write_report(run_dir: str | Path) -> Path:
     loss_png, div_png = curves(events, teacher_div)
     grids = run.student_grids()
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>DP-DMD run report</title><style>",
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
-        " table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px 8px} .row{display:flex;gap:16px;"
-        "flex-wrap:wrap;align-items:flex-start} pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>DP-DMD run report</title><style>{STYLE}"
         "</style></head><body>",
         f"<h1>DP-DMD run: {html.escape(run.root.name)}</h1>",
         f"<p>state: <b>{html.escape(str(status.get('state', 'unknown')))}</b>, step {status.get('step', '?')} of "
@@ -127,13 +145,13 @@ def write_report(run_dir: str | Path) -> Path:
     teacher_grid = run.file(run.samples / "teacher.png")
     if teacher_grid and grids:
         parts += ["<h2>Seed grids</h2><p>Rows are prompts, columns seeds; the same noise in both grids.</p>",
-                  "<div class='row'>", _png(teacher_grid.read_bytes()), _png(grids[-1].read_bytes()), "</div>"]
+                  "<div class='row'>", png_img(teacher_grid.read_bytes()), png_img(grids[-1].read_bytes()), "</div>"]
     if loss_png or div_png:
         parts.append("<h2>Training curves</h2>")
-        parts += [_png(p) for p in (loss_png, div_png) if p]
+        parts += [png_img(p) for p in (loss_png, div_png) if p]
     if len(grids) > 1:
         picks = [grids[0], grids[len(grids) // 2], grids[-1]]
-        parts += ["<h2>The student over training</h2><div class='row'>"] + [_png(g.read_bytes()) for g in picks]
+        parts += ["<h2>The student over training</h2><div class='row'>"] + [png_img(g.read_bytes()) for g in picks]
         parts.append("</div>")
     parts += ["<p>More: docs/results.md in the DP-DMD Studio repository compares DMD, DP-DMD and the no-detach "
               "ablation on the built-in teacher over several seeds.</p>",

@@ -15,7 +15,7 @@ def finish_run(trainer) -> dict:
     save_student(trainer.student_state_dict(), info, run.student_path)
     run.append_event("export", step=trainer.step, path=run.student_path.name)
     student = trainer.sampling_student()
-    metrics = compare(cfg, teacher, student, trainer.acc.device)
+    metrics = compare(cfg, teacher, student, trainer.acc.device, trainer.reference)
     events = run.read_events()
     train_seconds = sum(e.get("sec_per_step", 0.0) for e in events if e.get("event") == "step")
     metrics["run"] = {"method": cfg.method.name, "anchor_step": cfg.method.anchor_step,

@@ -17,6 +17,7 @@ import time
 from contextlib import closing, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +36,9 @@ from .lora import AdapterView, average_gradients, trainable_parameters, training
 from .recorder import Recorder, RunRecorder
 from .train_state import (full_state, is_sharded, load_network_state, load_optimizer_state, network_state,
                           optimizer_state)
+
+if TYPE_CHECKING:
+    from ..evaluation.compare import Reference
 
 
 def make_accelerator(cfg: Config):
@@ -62,6 +66,7 @@ class Trainer:
         self.run = RunFolder(Path(self.cfg.run.output_dir))
         self.progress = progress and self.is_main
         self._stop = threading.Event()
+        self.reference: Reference | None = None  # the teacher's measurement for the finish, if a caller took it
 
         c = self.cfg
         self.teacher = load_teacher(c, self.acc.device)
