@@ -58,11 +58,10 @@ def _device(cfg: Config):
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bool = True,
-             log: Callable[[str], None] = print, configure: Callable[[Config], None] | None = None) -> dict:
+             log: Callable[[str], None] = print) -> dict:
     """Train (or reuse) both students, measure the teacher once, write metrics.json and report.html.
 
-    ``configure`` changes both students' configs alike (tests shrink the budget). Returns the demo's
-    metrics: {"teacher": ..., "dmd": ..., "dpdmd": ...}.
+    Returns the demo's metrics: {"teacher": ..., "dmd": ..., "dpdmd": ...}.
     """
     from .evaluation.compare import measure_teacher
     from .evaluation.demo_report import write_demo_report
@@ -70,11 +69,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bo
     from .training.trainer import Trainer, run_trainer
 
     out = Path(out)
-    cfgs = {}
-    for method in STUDENTS:
-        cfgs[method] = demo_config(out / method, quick=quick, method=method)
-        if configure:
-            configure(cfgs[method])
+    cfgs = {method: demo_config(out / method, quick=quick, method=method) for method in STUDENTS}
     done = {method: finished_metrics(cfg) for method, cfg in cfgs.items()}
     first = resolve(cfgs["dmd"])
     reference = None

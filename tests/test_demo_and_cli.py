@@ -1,10 +1,15 @@
 """The README's main job end to end (quick mode), and the CLI's behaviour on bad input."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from distill_core import demo
 from distill_core.cli import main
 from distill_core.demo import demo_config
 from distill_core.training.trainer import train
@@ -12,26 +17,75 @@ from distill_core.training.trainer import train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_demo_writes_student_metrics_and_report(tmp_path):
-    cfg = demo_config(tmp_path / "demo", quick=True)
-    cfg.run.max_steps = 4
-    cfg.eval.diversity_every = cfg.eval.grid_every = cfg.run.checkpoint_every = 2
-    run = train(cfg, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
-    for who in ("teacher", "student"):
-        assert {"diversity", "frechet_distance", "class_accuracy", "seconds_per_image"} <= metrics[who].keys()
-    assert metrics["student"]["nfe"] == 4 and metrics["teacher"]["nfe"] == 60
-    assert (run / "student.safetensors").stat().st_size > 100_000
-    report = (run / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 4  # grids teacher/student, loss and diversity curves
-    assert "Teacher vs student" in report
-    assert {p.name for p in (run / "samples").iterdir()} >= {"teacher.png", "step_00000000.png", "step_00000004.png"}
-    status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "finished" and status["step"] == 4
-    # the exported student samples through the CLI
-    out = tmp_path / "grid.png"
-    assert main(["sample", str(run / "student.safetensors"), "--prompt", "seven", "--seeds", "3", "--out", str(out)]) == 0
-    assert out.stat().st_size > 0
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`dpdmd demo --quick OUT` once for the module, on a smaller budget (4 steps); returns OUT and its stdout."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, run_cli_demo(out)
+
+
+def run_cli_demo(out: Path) -> str:
+    def small(*args, **kwargs):
+        cfg = demo_config(*args, **kwargs)
+        cfg.run.max_steps = 4
+        cfg.eval.diversity_every = cfg.eval.grid_every = cfg.run.checkpoint_every = 2
+        return cfg
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(demo, "demo_config", small)
+        assert main(["demo", "--quick", str(out)]) == 0
+    return printed.getvalue()
+
+
+def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp_path):
+    out, printed = quick_demo
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"teacher", "dmd", "dpdmd"}
+    for who, nfe in (("teacher", 60), ("dmd", 4), ("dpdmd", 4)):
+        assert {"diversity", "mode_coverage", "validity", "nfe", "mode_histogram", "data_histogram"} <= metrics[who].keys()
+        assert metrics[who]["nfe"] == nfe and 0 <= metrics[who]["validity"] <= 1
+        assert all(abs(sum(h) - 1) < 1e-6 for h in metrics[who]["mode_histogram"])
+    for method in ("dmd", "dpdmd"):
+        run = out / method
+        own = json.loads((run / "metrics.json").read_text())
+        assert own["run"]["method"] == method and own["student"] == metrics[method]
+        assert own["teacher"] == metrics["teacher"]  # measured once, the same in both runs
+        status = json.loads((run / "status.json").read_text())
+        assert status["state"] == "finished" and status["step"] == 4
+        assert (run / "report.html").is_file() and (run / "student.safetensors").stat().st_size > 100_000
+        assert {p.name for p in (run / "checkpoints").iterdir()} >= {"step_00000004"}
+    for label in ("teacher (30 steps, CFG 2)", "DMD student (4 steps)", "DP-DMD student (4 steps)"):
+        assert label in printed
+    assert f"report: {out / 'report.html'}" in printed
+    grid = tmp_path / "grid.png"  # the exported student samples through the CLI
+    assert main(["sample", str(out / "dpdmd" / "student.safetensors"), "--prompt", "seven", "--seeds", "3",
+                 "--out", str(grid)]) == 0
+    assert grid.stat().st_size > 0
+
+
+def test_demo_report_shows_three_grids_mode_bars_and_diversity_curves(quick_demo):
+    out, _ = quick_demo
+    report = (out / "report.html").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for part in ("grid-teacher", "grid-dmd", "grid-dpdmd", "mode-bars", "diversity-curves"):
+        section = report.split(f"id='{part}'>", 1)[1]
+        assert section.startswith("<img src=\"data:image/png;base64,"), part
+    for who in ("teacher", "dmd", "dpdmd"):  # each grid's numbers right under it
+        caption = report.split(f"id='grid-{who}'>", 1)[1].split("</figure>", 1)[0]
+        assert f"diversity {metrics[who]['diversity']:.4f}" in caption and f"{metrics[who]['nfe']} NFE" in caption
+    assert report.count("data:image/png;base64,") == 5
+
+
+def test_a_second_demo_reuses_the_finished_runs(quick_demo):
+    out, _ = quick_demo
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p != out / "report.html"}
+    printed = run_cli_demo(out)
+    assert "DMD student: " in printed and printed.count("finished already, reused") == 2
+    assert "teacher: measured in the finished runs, reused" in printed
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p != out / "report.html"}
+    assert after == before  # nothing retrained, re-evaluated or re-exported
+    assert (out / "report.html").is_file()
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):

@@ -47,8 +47,6 @@ def test_the_wizard_offers_the_planners_presets_and_writes_their_fields(tmp_path
 
 def test_the_cli_offers_every_value_the_core_accepts():
     parser = build_parser({})
-    for method in choices(MethodSection, "name"):
-        assert parser.parse_args(["demo", "--method", method]).method == method
     for family in choices(TeacherSection, "family"):
         assert parser.parse_args(["config", "--family", family]).family == family
     for fmt in FORMATS:
