@@ -57,8 +57,12 @@ def _device(cfg: Config):
     return torch.device("cuda" if use_cuda else "cpu")
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # each phase shows when it starts, also through a pipe (| tee)
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = _say) -> dict:
     """Train (or reuse) both students, measure the teacher once, write metrics.json and report.html.
 
     Returns the demo's metrics: {"teacher": ..., "dmd": ..., "dpdmd": ...}.
