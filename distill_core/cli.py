@@ -36,6 +36,8 @@ def _cmd_demo(args) -> None:
 
     out = Path(args.out_option or args.out)
     metrics = run_demo(out, quick=args.quick)
+    if metrics is None:  # a student was stopped; its message says how to continue
+        return
     t = metrics["teacher"]
     rows = [(f"teacher ({t['steps']} steps, CFG {t['guidance']:g})", t)]
     rows += [(f"{label} student ({metrics[m]['steps']} steps)", metrics[m]) for m, label in STUDENTS.items()]

@@ -62,10 +62,11 @@ def _say(line: str) -> None:
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bool = True,
-             log: Callable[[str], None] = _say) -> dict:
+             log: Callable[[str], None] = _say) -> dict | None:
     """Train (or reuse) both students, measure the teacher once, write metrics.json and report.html.
 
-    Returns the demo's metrics: {"teacher": ..., "dmd": ..., "dpdmd": ...}.
+    Returns the demo's metrics: {"teacher": ..., "dmd": ..., "dpdmd": ...}; None when a student was
+    stopped (Ctrl-C, a UI's Stop): its checkpoint is written, and the same command continues it.
     """
     from .evaluation.compare import measure_teacher
     from .evaluation.demo_report import write_demo_report
@@ -97,8 +98,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bo
         trainer = Trainer(cfg, progress=progress)
         trainer.reference = reference
         run_trainer(trainer)
+        run = RunFolder(folder)
+        if run.read_status().get("state") != "finished":
+            log(f"demo: the {label} student {run.read_status().get('message') or 'stopped'}")
+            return None
         log(f"         done in {time.perf_counter() - start:.0f} s")
-        done[method] = RunFolder(folder).read_json(RunFolder(folder).metrics_path)
+        done[method] = run.read_json(run.metrics_path)
     metrics = {"teacher": done["dmd"]["teacher"], **{method: done[method]["student"] for method in STUDENTS}}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     report = write_demo_report(out, {m: Path(c.run.output_dir) for m, c in cfgs.items()}, metrics,
