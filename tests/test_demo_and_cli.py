@@ -11,6 +11,7 @@ import pytest
 
 from distill_core import demo
 from distill_core.cli import main
+from distill_core.config import resolve
 from distill_core.demo import demo_config
 from distill_core.training.trainer import train
 
@@ -42,7 +43,9 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
     out, printed = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "dmd", "dpdmd"}
-    for who, nfe in (("teacher", 60), ("dmd", 4), ("dpdmd", 4)):
+    c = resolve(demo_config())
+    teacher_nfe = c.teacher.num_steps * (2 if c.teacher.guidance_scale != 1 else 1)
+    for who, nfe in (("teacher", teacher_nfe), ("dmd", c.student.num_steps), ("dpdmd", c.student.num_steps)):
         assert {"diversity", "mode_coverage", "validity", "nfe", "mode_histogram", "data_histogram"} <= metrics[who].keys()
         assert metrics[who]["nfe"] == nfe and 0 <= metrics[who]["validity"] <= 1
         assert all(abs(sum(h) - 1) < 1e-6 for h in metrics[who]["mode_histogram"])
@@ -55,7 +58,8 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
         assert status["state"] == "finished" and status["step"] == 4
         assert (run / "report.html").is_file() and (run / "student.safetensors").stat().st_size > 100_000
         assert {p.name for p in (run / "checkpoints").iterdir()} >= {"step_00000004"}
-    for label in ("teacher (30 steps, CFG 2)", "DMD student (4 steps)", "DP-DMD student (4 steps)"):
+    for label in (f"teacher ({c.teacher.num_steps} steps, CFG {c.teacher.guidance_scale:g})",
+                  f"DMD student ({c.student.num_steps} steps)", f"DP-DMD student ({c.student.num_steps} steps)"):
         assert label in printed
     assert f"report: {out / 'report.html'}" in printed
     grid = tmp_path / "grid.png"  # the exported student samples through the CLI
@@ -119,7 +123,7 @@ def test_resuming_with_another_config_is_refused(tiny, capsys):
 def test_sample_refuses_a_student_with_non_finite_weights(tmp_path, capsys):
     import torch
 
-    from distill_core.config import Config, resolve
+    from distill_core.config import Config
     from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers import load_teacher
 
