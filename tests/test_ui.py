@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -363,6 +364,26 @@ def test_the_ui_serves_this_machine_only_without_a_login_by_default():
 
     args = build_parser().parse_args([])
     assert (args.host, args.share, args.auth, args.runs_dir) == ("127.0.0.1", False, None, "runs")
+
+
+def test_a_busy_port_is_one_line_naming_the_port_option(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "trainer_ui", "--runs-dir", str(tmp_path), "--port", str(port)],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                             timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and f"--port {port + 1}" in out.stderr, out.stderr
+
+
+def test_the_banner_names_the_share_option_not_launch_arguments():
+    from trainer_ui.cli import banner
+
+    local = banner("http://127.0.0.1:7860/", None)
+    assert "--share" in local and "share=True" not in local and "launch()" not in local
+    assert "https://x.gradio.live" in banner("http://127.0.0.1:7860/", "https://x.gradio.live")
 
 
 def test_a_login_is_split_at_its_first_colon():

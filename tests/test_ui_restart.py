@@ -22,6 +22,8 @@ def test_restart_the_ui_during_a_run(tmp_path):
             msg = Client(ui.url, verbose=False).predict(*values(form), api_name="/start")[0]
             assert msg.startswith("Started **survivor**"), msg
             wait_for(lambda: _steps(run) >= 1, 240, "the first training step", log)
+            banner = ui.log.read_text()
+            assert "--share" in banner and "share=True" not in banner, banner  # this command's words, not gradio's
             ui.kill()  # the UI dies (a crash, a closed terminal): training must go on
         pid = run.read_status()["pid"]
         assert pid_alive(pid)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -46,6 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def busy_port(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (it is taken), as the one line ``dpdmd ui`` prints; None when free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"error: --host {host!r} is not an address of this machine ({e.strerror}); give e.g. 127.0.0.1"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed UI's port is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            return (f"error: port {port} on {host} is busy ({e.strerror}: another UI or program serves it); "
+                    f"start with --port {port + 1} (or another free port)")
+    return None
+
+
+def banner(url: str, share_url: str | None) -> str:
+    """Where the UI is, in this command's words (--share, not gradio's launch() arguments)."""
+    if share_url:
+        return f"* Running on local URL: {url}\n* Public link (--share): {share_url}"
+    return f"* Running on local URL: {url}\n* For a public link, start again with --share (and --auth USER:PASSWORD)"
+
+
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not text:
         return None
@@ -66,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
               "machine and see your runs folder." + ("" if auth else " Add --auth USER:PASSWORD."), file=sys.stderr)
     if args.host not in LOCAL_HOSTS and not auth:
         print(f"WARNING: binding {args.host} without --auth: anyone on the network can use this UI.", file=sys.stderr)
+    busy = busy_port(args.host, args.port)
+    if busy:  # before anything loads: gradio's own refusal is a traceback naming launch() arguments
+        print(busy, file=sys.stderr)
+        return 2
 
     import torch
 
@@ -87,8 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     roots = Roots(runs_dir, [Path(p) for p in args.allowed_root])
     settings = Settings(roots, refresh_seconds=args.refresh, device="cuda" if torch.cuda.is_available() else "cpu")
     print(f"runs folder: {roots.runs}; readable folders: {roots.describe()}")
-    build_app(settings).queue().launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        allowed_paths=[str(roots.runs)], css=CSS, run_history=False, show_error=True,
-        footer_links=["gradio", "settings"])
+    demo = build_app(settings).queue()
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                    allowed_paths=[str(roots.runs)], css=CSS, run_history=False, show_error=True,
+                    footer_links=["gradio", "settings"], quiet=True, prevent_thread_lock=True)
+    except OSError:  # taken between the check and the bind
+        print(busy_port(args.host, args.port) or f"error: cannot serve port {args.port}; try another --port",
+              file=sys.stderr)
+        return 2
+    print(banner(demo.local_url, demo.share_url), flush=True)
+    demo.block_thread()
     return 0
