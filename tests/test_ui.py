@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import tomllib
+from tiny_diffusers import RESOLUTION
 from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core.config import Config, loads_config, resolve
@@ -427,3 +428,49 @@ def test_wizard_refuses_one_step_backprop_without_the_detach(settings):
     form.extra_toml += '\n[method]\nbackprop = "one_step"\n'
     message = app.start(settings, *values(form)).message
     assert "method.backprop" in message and not (settings.roots.runs / "refused" / "config.toml").exists()
+
+
+def _estimate(settings, form) -> str:
+    return list(app.estimate(settings, *values(form)))[-1]
+
+
+def test_the_wizard_estimates_time_from_a_measured_run_else_the_table(settings, tmp_path_factory):
+    form = tiny_form("next")
+    fresh = _estimate(settings, form)
+    assert "rough" in fresh and f"x {form.max_steps} iterations" in fresh and "needs no GPU" in fresh, fresh
+    done = copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
+    measured = _estimate(settings, form)
+    steps = [e["sec_per_step"] for e in RunFolder(done).read_events() if e.get("event") == "step"]
+    assert f"{steps[-1]:.2f} s/step" in measured and "measured in run done-dpdmd" in measured, measured
+    other = _estimate(settings, replace(form, batch_size=form.batch_size + 1))  # another batch: not comparable
+    assert "rough" in other, other
+
+
+def test_the_wizard_shows_the_planners_memory_for_the_chosen_preset(tmp_path, tiny_pipelines):
+    from distill_core.plan import GB, Options, plan
+
+    settings = app.Settings(Roots(tmp_path / "runs", [tiny_pipelines["sd3"].parent]))
+    form = replace(tiny_form("big"), family="sd3", teacher_path=str(tiny_pipelines["sd3"]), prompts="a cat",
+                   extra_toml=f"[teacher]\nresolution = {RESOLUTION}\n")
+    shown = []
+    for memory in ("lora64-ckpt-onestep", "full"):
+        cfg = build_config(replace(form, memory=memory), settings.roots)
+        peak = plan(cfg).planner.estimate(Options.from_config(cfg)).peak
+        steps = list(app.estimate(settings, *values(replace(form, memory=memory))))
+        assert f"about **{peak / GB:.1f} GB** peak" in steps[-1], steps
+        shown.append(steps)
+    assert "planning" in shown[0][0] and len(shown[1]) == 1  # the planner is built once per teacher folder
+    assert shown[0][-1] != shown[1][-1]
+    assert "no measured speed" in shown[0][-1]
+
+
+def test_the_quick_test_gives_a_first_result_in_a_minute_or_two(settings):
+    updates = app.apply_quick_test("builtin")
+    quick = {name: u["value"] for name, u in zip(app.FIELDS, updates) if isinstance(u, dict) and "value" in u}
+    form = replace(tiny_form("quick", eval__seeds=9), **quick)
+    form.extra_toml = ""  # the config's own evaluation
+    cfg = build_config(form, settings.roots)
+    assert cfg.run.max_steps <= 40 and cfg.eval.grid_every <= 10 and cfg.data.batch_size <= 8
+    text = _estimate(settings, form)
+    seconds = float(re.search(r"= \*\*([\d.]+) s\*\*", text).group(1))
+    assert seconds < 60, text

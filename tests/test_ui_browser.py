@@ -228,6 +228,13 @@ def _check_wizard(page, ui: UIProcess, runs_dir: Path, shots: Path) -> None:
     page.goto(ui.url, wait_until="load")
     wait_for(lambda: "Ready" in _message(page), 30, "the first verdict")
     assert _in_view(page, "#verdict-bar") and _in_view(page, "#start-btn"), "the verdict bar is below the fold"
+    # 9: the estimate sits in the verdict bar; Quick test sets a first-look budget and the estimate follows
+    estimate = page.locator("#wizard-estimate")
+    wait_for(lambda: "s/step x 400 iterations" in estimate.inner_text(), 30, "the time estimate")
+    page.locator("#quick-btn").click()
+    wait_for(lambda: "x 30 iterations" in estimate.inner_text() and "30 iterations" in _message(page), 30,
+             "the quick test's estimate")
+    assert _in_view(page, "#wizard-estimate")
     page.screenshot(path=shots / "wizard_1400x900.png")
     page.mouse.wheel(0, 600)
     page.wait_for_timeout(300)

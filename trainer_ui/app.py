@@ -27,11 +27,13 @@ from distill_core.errors import DPDMDError
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 
 from . import compare as cmp
+from . import estimate as est
 from . import launcher, runs
 from .paths import Roots
 from .widgets import TypedSlider
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
-                     WizardForm, build_config, default_form, default_run_name, form_from_config, in_labels)
+                     QUICK_TEST_NOTE, WizardForm, build_config, default_form, default_run_name, form_from_config,
+                     in_labels, quick_test)
 
 CSS = """
 #teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
@@ -44,7 +46,8 @@ CSS = """
 #verdict-bar { position: fixed; bottom: 0; left: 0; right: 0; z-index: 50; background: var(--background-fill-primary);
   border-top: 2px solid var(--border-color-primary); box-shadow: 0 -4px 12px rgba(0,0,0,.08);
   padding: 6px max(16px, calc((100vw - 1280px) / 2)); }
-#tab-wizard { padding-bottom: 140px; }
+#tab-wizard { padding-bottom: 190px; }
+#wizard-estimate { font-size: .92em; }
 #wizard-message { min-height: 1.5em; }
 #field-mark { min-height: 0 !important; height: 0; overflow: hidden; padding: 0; }
 .run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -58,6 +61,7 @@ class Settings:
     roots: Roots
     refresh_seconds: float = 2.0
     device: str = "cpu"  # where Compare samples
+    plans: est.MemoryPlans = dataclasses.field(default_factory=est.MemoryPlans)  # planners, built once per teacher
 
 
 def _refused(e: Exception) -> str:
@@ -151,6 +155,29 @@ def start(settings: Settings, *values) -> StartView:
         msg += f"  \n{note}" if note else ""
     return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
                      gr.update(choices=[r.name for r in summaries], value=started.run_dir.name))
+
+
+def estimate(settings: Settings, *values):
+    """The run's memory (the core's planner) and time before Start; yields the time first when the planner for
+    this teacher has still to be built (~15 s once per teacher folder)."""
+    try:
+        cfg = build_config(WizardForm(*values), settings.roots)
+    except DPDMDError:
+        yield ""  # the verdict says why; there is nothing to estimate
+        return
+    clock = est.time_estimate(cfg, settings.roots)
+    if not settings.plans.known(cfg):
+        yield f"{clock}  \n**Memory:** planning for this teacher (once per folder, about 15 s)..."
+    try:
+        memory = settings.plans.estimate(cfg)
+    except (DPDMDError, ValueError, OSError, RuntimeError) as e:  # a config the planner cannot read: say so, go on
+        memory = f"**Memory:** no estimate ({html.escape(str(e))})"
+    yield f"{clock}  \n{memory}"
+
+
+def apply_quick_test(family: str) -> list:
+    """The form's run-size fields set to the quick test (the rest as they are)."""
+    return _form_updates(quick_test(family))
 
 
 def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
@@ -442,6 +469,8 @@ def _wizard_page(settings: Settings):
         from_run = gr.Dropdown(choices=[], label="Start from a run's settings", elem_id="from-run", scale=2)
         load_btn = gr.Button("Load its settings", elem_id="load-btn", scale=1)
         baseline_btn = gr.Button("Same settings as a DMD baseline", elem_id="baseline-btn", scale=1)
+        quick_btn = gr.Button("Quick test", elem_id="quick-btn", scale=1)
+    gr.Markdown(f"**Quick test:** {QUICK_TEST_NOTE}", elem_id="quick-note")
     with gr.Row():
         family = gr.Radio(FAMILIES, value=f.family, **named("family"))
         teacher_path = gr.Textbox(visible=False, placeholder=inside,
@@ -485,6 +514,7 @@ def _wizard_page(settings: Settings):
             message = gr.Markdown(elem_id="wizard-message")
             check_btn = gr.Button("Check config", elem_id="check-btn", scale=0, min_width=140)
             start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn", scale=0, min_width=160)
+        estimate_box = gr.Markdown(elem_id="wizard-estimate")
         highlight = gr.HTML(elem_id="field-mark", padding=False)
     preview = gr.Code(label="config.toml: exactly what will run (`dpdmd train` takes the same file)",
                       language=None, interactive=False, elem_id="config-preview")
@@ -503,6 +533,9 @@ def _wizard_page(settings: Settings):
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
           _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
+    gr.on([c.change for c in inputs] + [check_btn.click], partial(estimate, settings), inputs, estimate_box,
+          trigger_mode="always_last", show_progress="hidden", api_name="estimate")
+    quick_btn.click(apply_quick_test, family, inputs, api_name="quick_test")
     saved = gr.BrowserState(None, storage_key="dpdmd-studio-wizard", secret=_state_secret(settings.roots.runs))
     gr.on([c.change for c in inputs], remember, inputs, saved, **private)
     return inputs, saved, start_btn, message, highlight, preview
