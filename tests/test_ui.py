@@ -24,6 +24,7 @@ from tiny_diffusers import RESOLUTION
 from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core.config import Config, loads_config, resolve
+from distill_core.run_queue import RunQueue
 from distill_core.runfolder import RunFolder
 from distill_core.training import checkpoint as ckpt
 from trainer_ui import app, launcher, runs
@@ -216,8 +217,24 @@ def test_start_monitor_save_stop(settings):
     assert "already starting" in again.message and not again.message.startswith("**Refused"), again.message
     assert again.run_choice["value"] == "live" and again.tabs.selected == "monitor"
     other = app.check(settings, *values(tiny_form("second"))).message  # a second run would share the device
-    assert other.startswith("Ready") and "live is running too" in other, other
+    assert other.startswith("Ready") and "Start queues this run** (#1 on cpu): **live**" in other, other
     assert runs.list_runs(settings.roots)[0].state in ("starting", "running")
+    # 7: Starts while the device is busy queue the runs; reorder and cancel them
+    queued = app.start(settings, *values(tiny_form("second")))
+    assert queued.message.startswith("Queued **second** (#1 on cpu)") and queued.run_choice["value"] == "second"
+    assert app.start(settings, *values(tiny_form("third"))).message.startswith("Queued **third** (#2 on cpu)")
+    assert "already queued (#2 on cpu)" in app.start(settings, *values(tiny_form("third"))).message
+    assert not (settings.roots.runs / "second" / "status.json").exists()  # no process: waiting
+    rows = {row[0]: row[1] for row in app.refresh(settings, "third", None).runs_table}
+    assert (rows["second"], rows["third"]) == ("queued #1 (cpu)", "queued #2 (cpu)"), rows
+    waiting = app.refresh(settings, "third", None)
+    assert "state-queued" in waiting.status and waiting.move_up["interactive"] and waiting.cancel["interactive"]
+    assert not waiting.resume["interactive"] and not waiting.stop["interactive"]
+    assert "now #1" in app.control(settings, "up", "third")
+    assert "out of the queue" in app.control(settings, "cancel", "second")
+    assert RunQueue(settings.roots.runs).positions() == {"third": ("cpu", 1)}
+    assert runs.summarize(settings.roots.runs / "second").state == "stopped"
+    assert settings.devices.dispatch() == []  # live still trains: the CPU has no room
 
     log = run.root / "train.log"
     wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
@@ -246,6 +263,10 @@ def test_start_monitor_save_stop(settings):
     unchanged = app.refresh(settings, "live", view.signature)
     assert all(out == gr.skip() for out in unchanged)  # nothing changed: nothing sent
     assert app.control(settings, "stop", "live").startswith("**Refused:**")  # not running any more
+    assert settings.devices.dispatch() == ["third"]  # the device is free: the queued run starts
+    third = RunFolder(settings.roots.runs / "third")
+    assert runs.run_state(third) in ("starting", "running") and RunQueue(settings.roots.runs).entries() == []
+    assert app.control(settings, "resume", "live").startswith("Queued **live** (#1 on cpu)")  # resume queues too
 
 
 def test_start_refuses_an_existing_run_with_another_config(settings):

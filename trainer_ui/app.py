@@ -24,7 +24,7 @@ import gradio as gr
 import pandas as pd
 
 from distill_core.errors import DPDMDError
-from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
+from distill_core.runfolder import TRAINING_STATES, RunFolder
 
 from . import compare as cmp
 from . import estimate as est
@@ -51,7 +51,7 @@ CSS = """
 #wizard-message { min-height: 1.5em; }
 #field-mark { min-height: 0 !important; height: 0; overflow: hidden; padding: 0; }
 .run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
-.state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
+.state-stopped { background: #8a8a8a; } .state-queued { background: #a66bd3; } .state-failed, .state-died { background: #c9372c; }
 """
 RESUMABLE = ("stopped", "failed", "died")
 
@@ -62,6 +62,11 @@ class Settings:
     refresh_seconds: float = 2.0
     device: str = "cpu"  # where Compare samples
     plans: est.MemoryPlans = dataclasses.field(default_factory=est.MemoryPlans)  # planners, built once per teacher
+    runs_per_device: int = 1  # more runs than this on one device wait in its queue
+
+    @property
+    def devices(self) -> launcher.Devices:
+        return launcher.Devices(self.roots.runs, cuda=self.device == "cuda", limit=self.runs_per_device)
 
 
 def _refused(e: Exception) -> str:
@@ -126,7 +131,7 @@ def check(settings: Settings, *values) -> CheckView:
     except DPDMDError as e:
         return CheckView("", *_refused_field(e, form))
     lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
-    busy = _alongside_note(runs.list_runs(settings.roots), Path(cfg.run.output_dir).name)
+    busy = _queue_note(settings, cfg)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
@@ -140,7 +145,7 @@ def start(settings: Settings, *values) -> StartView:
     form = WizardForm(*values)
     try:
         cfg = build_config(form, settings.roots)
-        started = launcher.start(cfg)
+        started = settings.devices.start_or_queue(cfg)
     except launcher.RunBusy as e:  # this run has a process already (a double click, another tab): follow it
         name = Path(cfg.run.output_dir).name
         return StartView(f"{html.escape(str(e))}  \nThe Monitor follows **{name}**.", "", gr.skip(),
@@ -148,11 +153,15 @@ def start(settings: Settings, *values) -> StartView:
     except DPDMDError as e:
         return StartView(*_refused_field(e, form), gr.skip(), gr.skip(), gr.skip())
     config = started.run_dir / "config.toml"
-    msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
-           f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
+    if isinstance(started, launcher.Queued):
+        msg = (f"Queued **{started.run_dir.name}** (#{started.position} on {started.device}): it starts by itself "
+               f"when {_names(started.working) or 'the runs before it'} {'ends' if len(started.working) == 1 else 'end'}"
+               ", also if this page is closed. The Monitor shows the queue: move it up or cancel it there.")
+    else:
+        msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this "
+               f"page does not stop it. The same run from a terminal: `dpdmd train {config}`")
     summaries = runs.list_runs(settings.roots)
-    for note in (started.note, _alongside_note(summaries, started.run_dir.name)):
-        msg += f"  \n{note}" if note else ""
+    msg += f"  \n{started.note}" if started.note else ""
     return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
                      gr.update(choices=[r.name for r in summaries], value=started.run_dir.name))
 
@@ -180,13 +189,26 @@ def apply_quick_test(family: str) -> list:
     return _form_updates(quick_test(family))
 
 
-def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
-    """A warning when other runs of this runs folder are working too: they share the machine and each slows."""
-    others = [r.name for r in summaries if r.state in ACTIVE_STATES and r.name != name]
-    if not others:
-        return ""
-    return (f"**Note:** {', '.join(others)} {'is' if len(others) == 1 else 'are'} running too; runs side by side "
-            "share the device and each one slows down (stop one in the Monitor to give the other the device).")
+def _names(names: list[str]) -> str:
+    return ", ".join(f"**{n}**" for n in names)
+
+
+def _queue_note(settings: Settings, cfg) -> str:
+    """What Start will do when the run's device is busy: queue it (the limit is reached, or runs wait), or run
+    it side by side (a limit above 1), which slows each run down."""
+    devices, name = settings.devices, Path(cfg.run.output_dir).name
+    device = devices.device(cfg.run.device)
+    working = [n for n, d in devices.working().items() if d == device and n != name]
+    waiting = [e.run for e in devices.queue.entries() if e.device == device and e.run != name]
+    if len(working) >= devices.limit or waiting:
+        return (f"**Start queues this run** (#{len(waiting) + 1} on {device}): {_names(working) or 'nothing'} "
+                f"{'is' if len(working) == 1 else 'are'} training there" +
+                (f" and {_names(waiting)} {'waits' if len(waiting) == 1 else 'wait'} before it" if waiting else "") +
+                "; it starts by itself when the device is free.")
+    if working:
+        return (f"**Note:** {_names(working)} {'is' if len(working) == 1 else 'are'} training on {device} too; runs "
+                "side by side share the device and each one slows down.")
+    return ""
 
 
 def load_settings(settings: Settings, baseline: bool, name: str | None) -> list:
@@ -285,6 +307,8 @@ class MonitorView(NamedTuple):
     stop: Any  # the buttons' interactive updates
     save: Any
     resume: Any
+    move_up: Any  # a queued run's buttons
+    cancel: Any
     signature: Any  # what refresh() compares to skip an unchanged page
 
     @classmethod
@@ -293,6 +317,12 @@ class MonitorView(NamedTuple):
 
 
 def _status_html(v: runs.RunView) -> str:
+    if v.queued:
+        device, place = v.queued
+        return (f"<div class='run-status'><span class='state state-queued'>queued</span> <b>#{place}</b> on {device}: "
+                f"it starts by itself when {'the device is free' if place == 1 else 'the runs before it have run'} "
+                "(the queue is kept in the runs folder, so a UI restart keeps it). Move it up or cancel it below."
+                "</div>")
     parts = [f"<span class='state state-{v.state}'>{v.state}</span> step <b>{v.step}</b> / {v.max_steps}"]
     if v.sec_per_step is not None:
         parts.append(f"{v.sec_per_step:.2f} s/step")
@@ -385,7 +415,8 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
         off = gr.update(interactive=False)
         return MonitorView(run_choice=choice, runs_table=table, status="<p>No runs yet: start one in the Wizard.</p>",
                            losses=_losses([]), diversity=_diversity([]), teacher_grid=None, student_grid=None,
-                           report=_report_html(None), log="", stop=off, save=off, resume=off, signature=sig)
+                           report=_report_html(None), log="", stop=off, save=off, resume=off, move_up=off,
+                           cancel=off, signature=sig)
     v = runs.view(run_dir)
     active = v.state in TRAINING_STATES
     return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v), losses=_losses(v.losses),
@@ -395,7 +426,8 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                        report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
                        save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
                                                                             value=_resume_label(v.checkpoint_step)),
-                       signature=sig)
+                       move_up=gr.update(interactive=bool(v.queued) and v.queued[1] > 1),
+                       cancel=gr.update(interactive=bool(v.queued)), signature=sig)
 
 
 def picked_row(evt: gr.SelectData):
@@ -409,7 +441,7 @@ def _resume_label(checkpoint_step: int | None) -> str:
 
 
 def control(settings: Settings, what: str, selected: str | None) -> str:
-    """Stop, save now or resume the chosen run."""
+    """Stop, save now or resume the chosen run; move a queued one up, or cancel it."""
     if not selected:
         return "Choose a run first."
     try:
@@ -418,9 +450,15 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
             from distill_core.training import checkpoint as ckpt
 
             resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
-            started = launcher.resume(run_dir)
+            started = settings.devices.start_or_queue(launcher.run_config(run_dir))
+            if isinstance(started, launcher.Queued):
+                return f"Queued **{selected}** (#{started.position} on {started.device}): its device is busy."
             how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
             return f"Started **{selected}** again (process {started.pid}) {how}."
+        if what == "up":
+            return f"**{selected}** is now #{settings.devices.queue.move_up(selected)} in its queue."
+        if what == "cancel":
+            return settings.devices.cancel(run_dir)
         return launcher.request(run_dir, what)
     except DPDMDError as e:
         return _refused(e)
@@ -549,6 +587,8 @@ def _monitor_page(settings: Settings):
         stop_btn = gr.Button("Stop (checkpoint, then exit)", variant="stop", interactive=False, elem_id="stop-btn")
         save_btn = gr.Button("Save a checkpoint now", interactive=False, elem_id="save-btn")
         resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
+        up_btn = gr.Button("Move up in the queue", interactive=False, elem_id="up-btn")
+        cancel_btn = gr.Button("Cancel (take out of the queue)", interactive=False, elem_id="cancel-btn")
     action = gr.Markdown(elem_id="monitor-message")
     with gr.Row():
         teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",
@@ -569,13 +609,14 @@ def _monitor_page(settings: Settings):
     timer = gr.Timer(settings.refresh_seconds)
     outputs = _wired(MonitorView._fields, run_choice=run_select, runs_table=runs_table, status=status,
                      losses=loss_plot, diversity=div_plot, teacher_grid=teacher_img, student_grid=student_img,
-                     report=report, log=log, stop=stop_btn, save=save_btn, resume=resume_btn, signature=last)
+                     report=report, log=log, stop=stop_btn, save=save_btn, resume=resume_btn, move_up=up_btn,
+                     cancel=cancel_btn, signature=last)
     timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
     run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
                       api_visibility="private")
     run_select.change(lambda: "", None, action, show_progress="hidden", api_visibility="private")
     runs_table.select(picked_row, None, run_select, show_progress="hidden", api_visibility="private")
-    for btn, what in ((stop_btn, "stop"), (save_btn, "save")):
+    for btn, what in ((stop_btn, "stop"), (save_btn, "save"), (up_btn, "up"), (cancel_btn, "cancel")):
         btn.click(partial(control, settings, what), run_select, action, api_name=what)
     # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
     resume_btn.click(partial(control, settings, "resume"), run_select, action, trigger_mode="once",

@@ -9,6 +9,7 @@ import argparse
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -30,6 +31,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs; give a whole number from 1 to 64")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpdmd ui", description="The DP-DMD Studio trainer UI (Gradio).")
     p.add_argument("--runs-dir", default="runs", help="the runs folder: runs are written and served only from here "
@@ -44,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (or set DPDMD_UI_AUTH, which keeps "
                    "the password out of the process list)")
     p.add_argument("--refresh", type=_seconds, default=2.0, help="monitor refresh interval in seconds (default 2)")
+    p.add_argument("--runs-per-device", type=_count, default=1, metavar="N",
+                   help="runs training at once on one device (default 1); a Start beyond that waits in the device's "
+                   "queue and starts when a run ends")
     return p
 
 
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the trainer UI is not available ({e}); install it with `pip install 'dp-dmd-studio[ui]'`",
               file=sys.stderr)
         return 2
+    from .launcher import dispatch_forever
     from .paths import Roots
 
     runs_dir = Path(args.runs_dir).expanduser()
@@ -114,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     roots = Roots(runs_dir, [Path(p) for p in args.allowed_root])
-    settings = Settings(roots, refresh_seconds=args.refresh, device="cuda" if torch.cuda.is_available() else "cpu")
+    settings = Settings(roots, refresh_seconds=args.refresh, device="cuda" if torch.cuda.is_available() else "cpu",
+                        runs_per_device=args.runs_per_device)
     print(f"runs folder: {roots.runs}; readable folders: {roots.describe()}")
     demo = build_app(settings).queue()
     try:
@@ -126,5 +138,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     print(banner(demo.local_url, demo.share_url), flush=True)
+    threading.Thread(target=dispatch_forever, args=(settings.devices,), name="run-queue", daemon=True).start()
     demo.block_thread()
     return 0

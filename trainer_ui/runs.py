@@ -15,6 +15,7 @@ from pathlib import Path
 
 from distill_core.config import effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
+from distill_core.run_queue import QueueError, RunQueue
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 
 from .launcher import LOG, run_state
@@ -42,9 +43,11 @@ class RunSummary:
     lam: float | None
     updated: float
     has_student: bool
+    queued: tuple[str, int] | None = None  # (device, place in its queue)
 
     def row(self) -> list:
-        return [self.name, self.state, f"{self.step} / {self.max_steps}", self.method,
+        state = f"queued #{self.queued[1]} ({self.queued[0]})" if self.queued else self.state
+        return [self.name, state, f"{self.step} / {self.max_steps}", self.method,
                 "" if self.k is None else self.k, "" if self.lam is None else self.lam,
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(self.updated)) if self.updated else ""]
 
@@ -52,14 +55,27 @@ class RunSummary:
 SUMMARY_HEADERS = ["run", "state", "step", "method", "k", "lambda", "updated"]
 
 
-def summarize(run_dir: Path) -> RunSummary:
+def queue_positions(runs_dir: Path) -> dict[str, tuple[str, int]]:
+    """Each queued run's device and place; none when the queue file is unreadable (the UI's log says why)."""
+    try:
+        return RunQueue(runs_dir).positions()
+    except QueueError:
+        return {}
+
+
+def state_of(run: RunFolder, queued: tuple[str, int] | None) -> str:
+    """A queued run is 'queued' (its folder holds only its config until it starts)."""
+    return "queued" if queued else run_state(run)
+
+
+def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummary:
     run = RunFolder(run_dir)
     status, cfg = run.read_status(), _config(run)
     method = cfg.get("method", {})
     name = method.get("name", "?")
     config = run.file(run.config_path)
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
-    return RunSummary(name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
+    return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
                       method=name, k=method.get("anchor_step"),
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
@@ -68,7 +84,8 @@ def summarize(run_dir: Path) -> RunSummary:
 
 def list_runs(roots: Roots) -> list[RunSummary]:
     """Every run folder directly under the runs folder, newest first."""
-    runs = [summarize(d) for d in roots.run_folders()
+    queued = queue_positions(roots.runs)
+    runs = [summarize(d, queued.get(d.name)) for d in roots.run_folders()
             if (d / "config.toml").exists() or (d / "status.json").exists()]
     return sorted(runs, key=lambda r: r.updated, reverse=True)
 
@@ -108,6 +125,7 @@ class RunView:
     metrics: dict = field(default_factory=dict)
     log: str = ""
     log_file: Path | None = None
+    queued: tuple[str, int] | None = None  # (device, place in its queue)
 
     @property
     def eta_seconds(self) -> float | None:
@@ -144,8 +162,9 @@ def view(run_dir: Path) -> RunView:
         diversity += [(s, teacher_div, "teacher") for s in (diversity[0][0], diversity[-1][0])]
     grids, log = run.student_grids(), run.file(LOG)
     done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
+    queued = queue_positions(run.root.parent).get(run.root.name)
     return RunView(
-        name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
+        name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
         max_steps=int(status.get("max_steps") or 0), message=str(status.get("message") or ""),
         sec_per_step=statistics.median(recent) if recent else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
