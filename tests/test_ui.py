@@ -5,6 +5,8 @@ monitor handlers only read its run folder.
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import tomllib
+from PIL import Image
 from tiny_diffusers import RESOLUTION
 from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
@@ -245,7 +248,7 @@ def test_start_monitor_save_stop(settings):
     row = dict(zip(runs.SUMMARY_HEADERS, view.runs_table[0]))
     assert view.run_choice["value"] == "live" and (row["run"], row["state"]) == ("live", "running")
     assert "state-running" in view.status and "s/step" in view.status
-    losses, diversity = view.losses.dropna(), view.diversity.dropna()  # (a series without data: a NaN placeholder)
+    losses, diversity = view.losses["value"].dropna(), view.diversity["value"].dropna()  # (NaN: a series without data)
     assert set(losses["series"]) == set(runs.LOSSES.values()) and losses["step"].max() >= 2
     assert list(diversity["who"]).count("student") >= 2
     assert Path(view.teacher_grid).name == "teacher.png" and Path(view.student_grid).name.startswith("step_")
@@ -281,6 +284,35 @@ def test_start_refuses_an_existing_run_with_another_config(settings):
 
 
 # ---- a finished run, compare ---------------------------------------------------------------------------
+def test_monitor_polish_integer_steps_teacher_level_from_the_start_and_the_log_once(settings, tmp_path_factory):
+    done = {m: copy_run(src, settings.roots.runs) for m, src in finished_runs(tmp_path_factory).items()}
+    fresh = RunFolder(settings.roots.runs / "fresh")  # a DP-DMD run early on: one diversity point, no metrics yet
+    fresh.create()
+    fresh.config_path.write_text((done["dpdmd"] / "config.toml").read_text().replace("max_steps = 2", "max_steps = 40"))
+    fresh.append_event("step", step=1, loss_dmd=0.5, sec_per_step=0.3)
+    fresh.append_event("eval", step=1, diversity=0.07)
+    fresh.write_status("stopped", step=1, max_steps=40)
+    (fresh.root / "train.log").write_text("start\n 2%|  | 1/40\r 5%|  | 2/40\r 5%|  | 2/40\n 5%|  | 2/40\nend\n")
+    view = app.refresh(settings, "fresh", None)
+    assert view.losses["x_lim"] == [0, 40] and view.diversity["x_lim"] == [0, 40]  # whole steps, the whole run
+    rows = [tuple(r) for r in view.diversity["value"].itertuples(index=False)]
+    teacher = RunFolder(done["dmd"]).read_json(RunFolder(done["dmd"]).metrics_path)["teacher"]["diversity"]
+    assert ("teacher" in {r[2] for r in rows}) and {(r[0], r[1]) for r in rows if r[2] == "teacher"} == {
+        (0, teacher), (1, teacher), (40, teacher)}  # the DMD baseline measured it: drawn from step 0
+    assert [(r[0], r[1]) for r in rows if r[2] == "student"] == [(1, 0.07)]
+    assert view.log == "start\n 5%|  | 2/40\nend"  # the bar's last drawing, once
+    table = {row[0]: dict(zip(runs.SUMMARY_HEADERS, row)) for row in view.runs_table}
+    assert table["done-dmd"]["k"] == "" and table["done-dpdmd"]["k"] == 3  # DMD has no anchor step
+
+
+def test_dmd_disables_k_and_a_default_run_name_follows_the_method():
+    dmd = app.on_method("dmd", app.default_run_name("dpdmd"))
+    assert not dmd.anchor_step["interactive"] and not dmd.diversity_weight["interactive"]
+    assert dmd.run_name["value"].startswith("dmd-")
+    assert app.on_method("dpdmd", "my-run").run_name == gr.skip()  # a typed name stays
+    assert app.on_method("no_detach", dmd.run_name["value"]).run_name["value"].startswith("no_detach-")
+
+
 def test_monitor_shows_a_finished_runs_evaluation_and_report(settings, tmp_path_factory):
     copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
     view = app.refresh(settings, "done-dpdmd", None)
@@ -335,13 +367,38 @@ def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_fac
 def test_compare_samples_each_student_and_the_teacher(settings, tmp_path_factory):
     for src in finished_runs(tmp_path_factory).values():
         copy_run(src, settings.roots.runs)
+    moves = []
     view = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd", "done-dmd"], True, "", 4, 0,
-                           progress=lambda *a, **k: None)
-    assert [label for _, label in view.gallery] == ["teacher", "done-dpdmd", "done-dmd"], view.message
+                           progress=lambda f, desc: moves.append(f))
+    cards = re.findall(r"<figure class='compare-card'><figcaption>(.*?)</figcaption>"
+                       r"<img alt='[^']*' src='data:image/png;base64,([^']+)'>(.*?)</figure>", view.cards)
+    assert [label for label, _, _ in cards] == ["teacher", "done-dpdmd", "done-dmd"], view.message
     assert list(view.table["method"]) == ["teacher", "dpdmd", "dmd"]
     assert view.table["diversity (these samples)"].between(0, 1).all()
     assert view.table.loc[1, "diversity (run eval)"] != ""  # the run's metrics.json is shown next to it
-    assert len({img.size for img, _ in view.gallery}) == 1  # same prompts x seeds for every model
+    for (label, png, numbers), (_, row) in zip(cards, view.table.iterrows()):  # 10: each grid's numbers under it
+        assert f"<th>diversity (these samples)</th><td>{row['diversity (these samples)']:.4g}</td>" in numbers
+        assert f"<td>{row['method']}</td>" in numbers, (label, numbers)
+    sizes = {Image.open(io.BytesIO(base64.b64decode(png))).size for _, png, _ in cards}
+    assert len(sizes) == 1  # same prompts x seeds for every model
+    heights = view.chart.groupby("bar")["value"].sum()  # (a zero bar: a colour without bars)  # the fallback chart: diversity / coverage / validity side by side
+    for _, row in view.table.iterrows():
+        assert heights[f"diversity · {row['model']}"] == pytest.approx(row["diversity (these samples)"])
+    assert "coverage · done-dmd" in heights and "validity · teacher" in heights
+    assert len(moves) > 2 * len(cards) and moves == sorted(moves) and moves[-1] == 1.0  # 11: the progress moves
+
+
+def test_the_compare_chart_draws_exact_mode_shares_when_the_evaluation_has_them():
+    names, data = [["upright", "slanted"]], [[0.5, 0.5]]
+    panels = [app.cmp.Panel(label, None, {"method": label}, {"mode_histogram": hist, "mode_names": names, "data_histogram": data,
+                                              "mode_coverage": 1.0}, ["a 7"])
+              for label, hist in (("teacher", [[0.45, 0.55]]), ("dpdmd", [[0.4, 0.6]]), ("dmd", [[1.0, 0.0]]))]
+    rows, title = app.cmp.chart(panels)
+    assert [r[0] for r in rows[:4]] == ["upright · data", "upright · teacher", "upright · dpdmd", "upright · dmd"]
+    assert {r[0]: r[1] for r in rows}["slanted · dmd"] == 0.0 and "'a 7'" in title
+    assert [r[2] for r in rows[:4]] == ["data", "teacher", "dpdmd", "dmd"]  # colour: what each bar is
+    panels[2].evaluation.pop("mode_histogram")  # one model without exact modes: the common measures instead
+    assert app.cmp.chart(panels)[0][0][0] == "coverage · teacher"
 
 
 def test_compare_refuses_prompts_the_teacher_cannot_draw(settings, tmp_path_factory):
@@ -349,7 +406,7 @@ def test_compare_refuses_prompts_the_teacher_cannot_draw(settings, tmp_path_fact
     view = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd"], False, "a cat", 4, 0,
                            progress=lambda *a, **k: None)
     assert view.message.startswith("**Refused:**") and "names no digit" in view.message
-    assert view.gallery == gr.skip() and view.table == gr.skip()  # the last grids stay on the page
+    assert view.cards == gr.skip() and view.chart == gr.skip() and view.table == gr.skip()  # the last grids stay on the page
 
 
 # ---- serving and the command line ----------------------------------------------------------------------

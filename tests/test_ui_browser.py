@@ -45,6 +45,11 @@ def _line_drawn(page, plot_id: str, color: str) -> bool:
     return any("L" in (paths.nth(i).get_attribute("d") or "") for i in range(paths.count()))
 
 
+def _points_drawn(page, plot_id: str, who: str) -> int:
+    """The points of one series in a ScatterPlot's SVG (each mark names its values for screen readers)."""
+    return page.locator(f"#{plot_id} svg path[aria-label*='who: {who}']").count()
+
+
 def _set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number], #{elem_id} textarea, #{elem_id} input[type=text]").first
     box.fill(str(value))
@@ -134,7 +139,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     page.wait_for_selector("#student-grid img")
     page.wait_for_selector("#teacher-grid img")
     wait_for(lambda: _line_drawn(page, "loss-plot", app.LOSS_COLORS[runs.LOSSES["loss_dmd"]]), 30, "the DMD loss curve")
-    wait_for(lambda: _line_drawn(page, "diversity-plot", app.DIVERSITY_COLORS["student"]), 30, "the diversity curve")
+    wait_for(lambda: _points_drawn(page, "diversity-plot", "student") >= 2, 30, "the diversity points")
     page.screenshot(path=shots / "monitor.png", full_page=True)
     _not_blank(shots / "monitor.png")
     page.locator("#student-grid img").screenshot(path=shots / "student_grid.png")
@@ -153,15 +158,21 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     for name in ("done-dpdmd", "done-dmd"):
         page.locator("#compare-runs").get_by_label(name).check()
     page.click("#compare-btn")
-    page.wait_for_selector("#compare-table :text('diversity (these samples)')", timeout=120_000)
-    wait_for(lambda: page.locator("#compare-gallery img").count() >= 3, 30, "three grids")
+    cards = page.locator("#compare-cards figure.compare-card")
+    wait_for(lambda: cards.count() >= 3, 120, "three grids with their numbers")
     page.wait_for_timeout(1000)
     page.screenshot(path=shots / "compare.png", full_page=True)
     _not_blank(shots / "compare.png")
-    page.locator("#compare-gallery").screenshot(path=shots / "compare_gallery.png")
-    _grid_present(shots / "compare_gallery.png")
-    table = page.locator("#compare-table").inner_text()
-    assert "teacher" in table and "dpdmd" in table and "dmd" in table
+    for i, label in enumerate(("teacher", "done-dpdmd", "done-dmd")):  # 10: each grid's numbers directly under it
+        card = cards.nth(i)
+        assert card.locator("figcaption").inner_text() == label
+        img, numbers = card.locator("img").bounding_box(), card.locator("table").bounding_box()
+        assert 0 <= numbers["y"] - (img["y"] + img["height"]) < 40, (label, img, numbers)
+        assert "diversity (these samples)" in card.locator("table").inner_text()
+    cards.nth(0).locator("img").screenshot(path=shots / "compare_grid.png")
+    _grid_present(shots / "compare_grid.png")
+    wait_for(lambda: page.locator("#compare-chart svg .mark-rect path").count() >= 3, 30, "the bar chart")
+    assert "DMD" in page.locator("#compare-explained").inner_text()
 
 
 def _prepared_runs(runs_dir: Path, tmp_path_factory) -> None:

@@ -9,8 +9,10 @@ folders on a timer.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
+import io
 import os
 import secrets
 import urllib.parse
@@ -33,10 +35,20 @@ from .paths import Roots
 from .widgets import TypedSlider
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
                      QUICK_TEST_NOTE, WizardForm, build_config, default_form, default_run_name, form_from_config,
-                     in_labels, quick_test)
+                     in_labels, is_default_run_name, quick_test)
 
 CSS = """
-#teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
+#teacher-grid img, #student-grid img, .compare-card img { image-rendering: pixelated; }
+.compare-cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.compare-card { flex: 1 1 300px; max-width: 440px; margin: 0; border: 1px solid var(--border-color-primary);
+  border-radius: 8px; padding: 8px; }
+.compare-card figcaption { font-weight: 600; margin-bottom: 4px; }
+.compare-card img { width: 100%; height: auto; }
+.compare-numbers { width: 100%; font-size: .9em; border-collapse: collapse; }
+.compare-numbers th { text-align: left; font-weight: normal; color: var(--body-text-color-subdued); }
+.compare-numbers td { text-align: right; font-variant-numeric: tabular-nums; }
+.compare-numbers th, .compare-numbers td { border: none !important; padding: 1px 6px !important; }
+.compare-numbers tr:nth-child(odd) { background: var(--table-odd-background-fill); }
 #teacher-grid img, #student-grid img { height: 280px !important; width: auto !important; max-width: 100%;
   object-fit: contain; }
 .run-status { font-size: 1.05em; line-height: 1.6; }
@@ -48,6 +60,8 @@ CSS = """
   padding: 6px max(16px, calc((100vw - 1280px) / 2)); }
 #tab-wizard { padding-bottom: 190px; }
 #wizard-estimate { font-size: .92em; }
+#train-log textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .85em; }
+#teacher-grid img, #student-grid img { margin-top: 30px; }
 #wizard-message { min-height: 1.5em; }
 #field-mark { min-height: 0 !important; height: 0; overflow: hidden; padding: 0; }
 .run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -270,8 +284,17 @@ def on_family(family: str) -> FamilyDefaults:
                           f.memory)
 
 
-def on_method(method: str):
-    return gr.update(interactive=method != "dmd")
+class MethodFields(NamedTuple):
+    """The form fields a method choice changes: plain DMD has no anchor and no diversity weight."""
+    anchor_step: Any
+    diversity_weight: Any
+    run_name: Any  # a default name follows the method; a typed one stays
+
+
+def on_method(method: str, run_name: str) -> MethodFields:
+    on = gr.update(interactive=method != "dmd")
+    name = gr.update(value=default_run_name(method)) if is_default_run_name(run_name or "") else gr.skip()
+    return MethodFields(on, on, name)
 
 
 def on_teacher_steps(steps, k):
@@ -419,8 +442,10 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                            cancel=off, signature=sig)
     v = runs.view(run_dir)
     active = v.state in TRAINING_STATES
-    return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v), losses=_losses(v.losses),
-                       diversity=_diversity(v.diversity),
+    steps = [0, max(v.max_steps, *(r[0] for r in v.losses + v.diversity), 10)]  # whole steps from the first one
+    return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v),
+                       losses=gr.update(value=_losses(v.losses), x_lim=steps),
+                       diversity=gr.update(value=_diversity(v.diversity), x_lim=steps),
                        teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
                        student_grid=str(v.student_grid) if v.student_grid else None,
                        report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
@@ -466,14 +491,51 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
 
 # ---- Compare -------------------------------------------------------------------------------------------
 class CompareView(NamedTuple):
-    """What Compare shows; gallery and table are gr.skip() when refused."""
-    gallery: Any  # [(PIL image, label)], one seed grid per model
-    table: Any  # pd.DataFrame, one row of numbers per model
+    """What Compare shows; all but the message are gr.skip() when refused."""
+    cards: Any  # HTML: each model's seed grid with its numbers directly under it
+    chart: Any  # pd.DataFrame for the bar chart (bar, value, model)
+    chart_title: Any  # what the chart shows (exact modes, or the common measures)
+    table: Any  # pd.DataFrame, one row of numbers per model (for copying)
     message: str
 
 
 def compare_choices(settings: Settings):
     return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _cards_html(panels: list[cmp.Panel]) -> str:
+    """One card per model: its label, its grid (an inline PNG: nothing is written for it) and its numbers."""
+    cards = []
+    for p in panels:
+        buf = io.BytesIO()
+        p.image.save(buf, format="PNG")
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_number(v)}</td></tr>"
+                       for k, v in p.numbers.items() if k != "model" and v != "")
+        cards.append(f"<figure class='compare-card'><figcaption>{html.escape(p.label)}</figcaption>"
+                     f"<img alt='{html.escape(p.label)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(buf.getvalue()).decode()}'><table class='compare-numbers'>{rows}</table>"
+                     "</figure>")
+    return f"<div class='compare-cards'>{''.join(cards)}</div>"
+
+
+CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#a66bd3")))
+
+
+def _bars(rows: list[tuple[str, float, str]]) -> pd.DataFrame:
+    """The bar chart's frame with every kind present (a zero bar on the first bar for a missing one): like the line
+    plots, the chart keeps the colours of the first frame it draws (a NaN would blank the bar it stacks on)."""
+    at = rows[0][0] if rows else ""
+    rows = rows + [(at, 0.0, kind) for kind in CHART_COLORS if kind not in {r[2] for r in rows}]
+    return pd.DataFrame(rows, columns=["bar", "value", "kind"]).astype({"value": "float64", "bar": "str", "kind": "str"})
+
+
+def _chart(panels: list[cmp.Panel]) -> tuple[pd.DataFrame, str]:
+    rows, title = cmp.chart(panels)
+    return _bars(rows), f"**Chart:** {title}; colour: the data, the teacher, or a student by its method."
 
 
 def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], teacher: bool, prompt_text: str,
@@ -486,12 +548,11 @@ def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], tea
         panels = cmp.compare(run_dirs, teacher, prompts, seed_list, cache, settings.device,
                              progress=lambda f, what: progress(f, desc=what))
     except DPDMDError as e:
-        return CompareView(gr.skip(), gr.skip(), _refused(e))
+        return CompareView(gr.skip(), gr.skip(), gr.skip(), gr.skip(), _refused(e))
     table = pd.DataFrame([p.numbers for p in panels]).fillna("")
-    gallery = [(p.image, p.label) for p in panels]
     msg = (f"{len(prompts)} prompts x {len(seed_list)} seeds (seeds {seed_list[0]}-{seed_list[-1]}), the same noise "
            "for every model; each student in its own schedule, the teacher with its steps and CFG.")
-    return CompareView(gallery, table, msg)
+    return CompareView(_cards_html(panels), *_chart(panels), table, msg)
 
 
 # ---- layout ----------------------------------------------------------------------------------------------
@@ -565,7 +626,8 @@ def _wizard_page(settings: Settings):
     # .input, not .change: a loaded run's family must not reset its CFG, steps and batch to the family's
     family.input(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
                                             teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
-    method.change(on_method, method, lam, **private)
+    method.change(on_method, [method, run_name],
+                  _wired(MethodFields._fields, anchor_step=k, diversity_weight=lam, run_name=run_name), **private)
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
     gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
@@ -598,8 +660,10 @@ def _monitor_page(settings: Settings):
     with gr.Row():
         loss_plot = gr.LinePlot(_losses([]), x="step", y="value", color="series", color_map=LOSS_COLORS,
                                 title="Training losses (not quality measures)", elem_id="loss-plot", height=260)
-        div_plot = gr.LinePlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
-                               title="Diversity (Eq. 9) on fixed seeds", elem_id="diversity-plot", height=260)
+        # points: diversity is measured every few hundred steps, and a single measurement must show
+        div_plot = gr.ScatterPlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
+                                  title="Diversity (Eq. 9) on fixed seeds; teacher: its level", elem_id="diversity-plot",
+                                  height=260)
     runs_table = gr.Dataframe(headers=runs.SUMMARY_HEADERS, interactive=False, label="Runs", elem_id="runs-table")
     with gr.Accordion("train.log (last lines)", open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, elem_id="train-log")
@@ -627,6 +691,7 @@ def _monitor_page(settings: Settings):
 def _compare_page(settings: Settings, cache: cmp.ModelCache):
     gr.Markdown("Sample the same prompts from the same seeds with each chosen student (and the teacher), "
                 "side by side. Runs appear here once they have finished and exported `student.safetensors`.")
+    gr.Markdown(cmp.WHAT_TO_LOOK_FOR, elem_id="compare-explained")
     with gr.Row():
         names = gr.CheckboxGroup(choices=[], label="Runs", elem_id="compare-runs")
         teacher = gr.Checkbox(value=True, label="Include the teacher", elem_id="compare-teacher")
@@ -637,11 +702,15 @@ def _compare_page(settings: Settings, cache: cmp.ModelCache):
         first_seed = gr.Number(value=0, precision=0, label="First seed", elem_id="compare-first-seed")
     go = gr.Button("Sample side by side", variant="primary", elem_id="compare-btn")
     message = gr.Markdown(elem_id="compare-message")
-    gallery = gr.Gallery(label="Seed grids (rows: prompts, columns: seeds)", columns=3, format="png",
-                         object_fit="contain", height="auto", elem_id="compare-gallery")
-    table = gr.Dataframe(label="Numbers", interactive=False, elem_id="compare-table")
+    cards = gr.HTML(elem_id="compare-cards", label="Seed grids (rows: prompts, columns: seeds)")
+    chart_title = gr.Markdown(elem_id="compare-chart-title")
+    chart = gr.BarPlot(_bars([]), x="bar", y="value", color="kind", color_map=CHART_COLORS,
+                       x_title="", y_title="", elem_id="compare-chart", height=320)
+    with gr.Accordion("All numbers (a table to copy)", open=False):
+        table = gr.Dataframe(interactive=False, elem_id="compare-table", show_label=False)
     go.click(partial(run_compare, settings, cache), [names, teacher, prompts, seeds, first_seed],
-             _wired(CompareView._fields, gallery=gallery, table=table, message=message), api_name="compare")
+             _wired(CompareView._fields, cards=cards, chart=chart, chart_title=chart_title, table=table,
+                     message=message), api_name="compare")
     return names
 
 

@@ -77,7 +77,7 @@ def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummar
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
     return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
-                      method=name, k=method.get("anchor_step"),
+                      method=name, k=None if name == "dmd" else method.get("anchor_step"),  # DMD has no anchor
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
                       has_student=run.file(run.student_path) is not None)
 
@@ -97,13 +97,19 @@ def default_run(runs: list[RunSummary]) -> str | None:
 
 
 def log_tail(path: Path | None, lines: int = 25, max_bytes: int = 32_768) -> str:
-    """The last lines of a training log; progress-bar redraws (carriage returns) count as lines."""
+    """The last lines of a training log as a terminal shows them: a progress bar redrawn with carriage returns
+    is its last drawing, once (a line repeated right after itself, as tqdm's closing redraw, is shown once)."""
     if path is None:
         return ""
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - max_bytes))
         text = f.read().decode("utf-8", errors="replace")
-    return "\n".join([s for s in re.split(r"[\r\n]+", text) if s.strip()][-lines:])
+    shown: list[str] = []
+    for line in text.split("\n"):
+        drawn = next((part for part in reversed(line.split("\r")) if part.strip()), "")
+        if drawn.strip() and (not shown or drawn.strip() != shown[-1].strip()):
+            shown.append(drawn)
+    return "\n".join(shown[-lines:])
 
 
 @dataclass
@@ -134,6 +140,29 @@ class RunView:
         return max(0, self.max_steps - self.step) * self.sec_per_step
 
 
+# Eval fields that change only when or how often it is drawn, not what the teacher's diversity is measured on.
+SCHEDULE_FIELDS = ("diversity_every", "grid_every", "grid_prompts", "grid_seeds")
+
+
+def _teacher_eval_key(cfg: dict) -> tuple:
+    e = {k: v for k, v in cfg.get("eval", {}).items() if k not in SCHEDULE_FIELDS}
+    return repr(sorted(cfg.get("teacher", {}).items())), repr(sorted(e.items()))
+
+
+def known_teacher_diversity(run: RunFolder) -> float | None:
+    """The teacher's diversity a finished run of the same runs folder measured with this run's teacher and
+    evaluation (e.g. its DMD baseline), so the Monitor can draw it from the start; None when none did."""
+    want = _teacher_eval_key(_config(run))
+    for d in sorted(run.root.parent.iterdir()):
+        other = RunFolder(d)
+        if d == run.root or not d.is_dir() or other.file(other.metrics_path) is None:
+            continue
+        value = other.read_json(other.metrics_path).get("teacher", {}).get("diversity")
+        if value is not None and _teacher_eval_key(_config(other)) == want:
+            return float(value)
+    return None
+
+
 def signature(run_dir: Path) -> tuple:
     """Changes whenever anything the monitor shows may have changed (cheap: stats, no reads)."""
     run = RunFolder(run_dir)
@@ -158,14 +187,16 @@ def view(run_dir: Path) -> RunView:
     diversity = [(e["step"], e["diversity"], "student") for e in events
                  if e.get("event") == "eval" and "diversity" in e]
     teacher_div = metrics.get("teacher", {}).get("diversity")
-    if teacher_div is not None and diversity:
-        diversity += [(s, teacher_div, "teacher") for s in (diversity[0][0], diversity[-1][0])]
+    teacher_div = known_teacher_diversity(run) if teacher_div is None else teacher_div
+    max_steps = int(status.get("max_steps") or 0)
+    if teacher_div is not None:  # a level across the whole run, from its start when another run measured it
+        diversity += [(s, teacher_div, "teacher") for s in sorted({0, max_steps, *(d[0] for d in diversity)})]
     grids, log = run.student_grids(), run.file(LOG)
     done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     queued = queue_positions(run.root.parent).get(run.root.name)
     return RunView(
         name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
-        max_steps=int(status.get("max_steps") or 0), message=str(status.get("message") or ""),
+        max_steps=max_steps, message=str(status.get("message") or ""),
         sec_per_step=statistics.median(recent) if recent else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,

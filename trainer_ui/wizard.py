@@ -165,6 +165,11 @@ def default_run_name(method: str = "dpdmd") -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def is_default_run_name(name: str) -> bool:
+    """A name default_run_name gave (for any method), which a method change may replace."""
+    return re.fullmatch(rf"({'|'.join(CORE_METHODS)})-\d{{8}}-\d{{6}}", name.strip()) is not None
+
+
 def _number(form: WizardForm, name: str) -> float:
     value, label = getattr(form, name), FORM_FIELDS[name].label
     if value is None or value == "":
