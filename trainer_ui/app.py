@@ -442,7 +442,7 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                            cancel=off, signature=sig)
     v = runs.view(run_dir)
     active = v.state in TRAINING_STATES
-    steps = [0, max(v.max_steps, *(r[0] for r in v.losses + v.diversity), 10)]  # whole steps from the first one
+    steps = [0, runs.plot_span([v.step, *(r[0] for r in v.losses + v.diversity)])]  # whole steps from the first
     return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v),
                        losses=gr.update(value=_losses(v.losses), x_lim=steps),
                        diversity=gr.update(value=_diversity(v.diversity), x_lim=steps),
@@ -451,8 +451,8 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
                        report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
                        save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
                                                                             value=_resume_label(v.checkpoint_step)),
-                       move_up=gr.update(interactive=bool(v.queued) and v.queued[1] > 1),
-                       cancel=gr.update(interactive=bool(v.queued)), signature=sig)
+                       move_up=gr.update(interactive=bool(v.queued) and v.queued[1] > 1, visible=bool(v.queued)),
+                       cancel=gr.update(interactive=bool(v.queued), visible=bool(v.queued)), signature=sig)
 
 
 def picked_row(evt: gr.SelectData):
@@ -649,8 +649,8 @@ def _monitor_page(settings: Settings):
         stop_btn = gr.Button("Stop (checkpoint, then exit)", variant="stop", interactive=False, elem_id="stop-btn")
         save_btn = gr.Button("Save a checkpoint now", interactive=False, elem_id="save-btn")
         resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
-        up_btn = gr.Button("Move up in the queue", interactive=False, elem_id="up-btn")
-        cancel_btn = gr.Button("Cancel (take out of the queue)", interactive=False, elem_id="cancel-btn")
+        up_btn = gr.Button("Move up in the queue", interactive=False, visible=False, elem_id="up-btn")
+        cancel_btn = gr.Button("Cancel (take out of the queue)", interactive=False, visible=False, elem_id="cancel-btn")
     action = gr.Markdown(elem_id="monitor-message")
     with gr.Row():
         teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",

@@ -149,6 +149,11 @@ def _teacher_eval_key(cfg: dict) -> tuple:
     return repr(sorted(cfg.get("teacher", {}).items())), repr(sorted(e.items()))
 
 
+def plot_span(steps: list[int]) -> int:
+    """The last step the plots show: the newest, at least 10 (so early on the axis has whole steps)."""
+    return max([10, *steps])
+
+
 def known_teacher_diversity(run: RunFolder) -> float | None:
     """The teacher's diversity a finished run of the same runs folder measured with this run's teacher and
     evaluation (e.g. its DMD baseline), so the Monitor can draw it from the start; None when none did."""
@@ -189,8 +194,10 @@ def view(run_dir: Path) -> RunView:
     teacher_div = metrics.get("teacher", {}).get("diversity")
     teacher_div = known_teacher_diversity(run) if teacher_div is None else teacher_div
     max_steps = int(status.get("max_steps") or 0)
-    if teacher_div is not None:  # a level across the whole run, from its start when another run measured it
-        diversity += [(s, teacher_div, "teacher") for s in sorted({0, max_steps, *(d[0] for d in diversity)})]
+    if teacher_div is not None:  # a level from step 0 (when another run measured it) to the newest step, as dots
+        span = plot_span([int(status.get("step") or 0), *(d[0] for d in diversity)])
+        level = {*range(0, span + 1, max(1, span // 20)), span, *(d[0] for d in diversity)}
+        diversity += [(s, teacher_div, "teacher") for s in sorted(level)]
     grids, log = run.student_grids(), run.file(LOG)
     done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     queued = queue_positions(run.root.parent).get(run.root.name)
