@@ -263,6 +263,8 @@ def test_start_monitor_save_stop(settings):
     assert ckpt.read_state(ckpt.latest(run.checkpoints))["step"] == status["step"] < 500  # graceful: checkpointed
     view = app.refresh(settings, "live", None)
     assert view.resume["interactive"] and not view.stop["interactive"]
+    assert "same command" not in view.status and f"Resume continues from its newest checkpoint (step {status['step']})" \
+        in view.status  # 8: in the UI's words, not the terminal's
     unchanged = app.refresh(settings, "live", view.signature)
     assert all(out == gr.skip() for out in unchanged)  # nothing changed: nothing sent
     assert app.control(settings, "stop", "live").startswith("**Refused:**")  # not running any more

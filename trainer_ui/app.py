@@ -354,7 +354,11 @@ def _status_html(v: runs.RunView) -> str:
     if v.checkpoint_step is not None:
         parts.append(f"last checkpoint: step {v.checkpoint_step}")
     out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
-    message = "the training process ended without recording why (see train.log)" if v.state == "died" else v.message
+    message = {"died": "the training process ended without recording why (see train.log)",
+               "stopped": f"stopped at step {v.step}; " + (  # the trainer's words are for a terminal
+                   f"Resume continues from its newest checkpoint (step {v.checkpoint_step})"
+                   if v.checkpoint_step is not None else "it has no checkpoint: Start again starts it over")}.get(
+        v.state, v.message)
     if message:  # a died run's recorded message ("loading the teacher") is what it was doing, not what it does
         out.append(f"<div>{html.escape(message)}</div>")
     t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
