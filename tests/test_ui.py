@@ -93,7 +93,7 @@ def test_the_monitor_never_follows_links_out_of_the_runs_folder(settings, tmp_pa
     assert "SECRET" not in shown and str(secret) not in shown and "root:x" not in shown
     assert not app.compare_choices(settings)["choices"]  # its student is a link out: not offered ...
     refused = app.run_compare(settings, app.cmp.ModelCache(), ["planted"], False, "1", 2, 0, progress=lambda *a: 0)
-    assert "has no exported student" in refused[2]  # ... nor loaded when asked for by name
+    assert "has no exported student" in refused.message  # ... nor loaded when asked for by name
 
     (run / "samples" / "step_00000004.png").write_bytes((secret / "image.png").read_bytes())  # its own file
     assert runs.view(run).student_grid == (run / "samples" / "step_00000004.png").resolve()
