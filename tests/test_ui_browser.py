@@ -223,6 +223,7 @@ def test_verdicts_and_run_states_in_chromium(tmp_path, tmp_path_factory):
         try:
             _check_wizard(page, ui, runs_dir, shots)
             _check_monitor(page, shots)
+            _check_queue(page, shots)
         except BaseException:
             page.screenshot(path=shots / "failure.png", full_page=True)
             raise
@@ -303,6 +304,26 @@ def _check_monitor(page, shots: Path) -> None:
     wait_for(lambda: status.locator("a[download]").count() == 3, 30, "the download links")
     for link in status.locator("a[download]").all():
         assert page.request.get(link.evaluate("a => a.href")).status == 200
+
+
+def _check_queue(page, shots: Path) -> None:
+    """7: 'finishing-run' holds the CPU, so a Start queues the new run: the Monitor shows its place, and Cancel takes
+    it out (no training process is started)."""
+    page.get_by_role("tab", name="Wizard").click()
+    _set_number(page, "run-name", "waiting-run")
+    wait_for(lambda: "Start queues this run" in _message(page), 30, "the verdict saying Start queues")
+    page.locator("#start-btn").click()
+    status = page.locator("#run-status")
+    wait_for(lambda: "state-queued" in status.inner_html(), 30, "the queued run in the Monitor")
+    assert "#1" in status.inner_text() and page.locator("#cancel-btn").is_visible()
+    assert "queued #1 (cpu)" in page.locator("#runs-table").inner_text()
+    page.screenshot(path=shots / "monitor_queued.png")
+    page.locator("#cancel-btn").click()
+    wait_for(lambda: "out of the queue" in page.locator("#monitor-message").inner_text(), 30, "the cancel message")
+    wait_for(lambda: "state-stopped" in status.inner_html(), 30, "the cancelled run shown as stopped")
+    assert "out of the queue" in page.locator("#monitor-message").inner_text()  # a refresh keeps the message ...
+    _pick_run(page, "done-dmd")
+    wait_for(lambda: not page.locator("#monitor-message").inner_text().strip(), 30, "... picking another clears it")
 
 
 def test_the_wizard_keeps_its_form_across_a_reload_and_a_ui_restart(tmp_path):

@@ -682,7 +682,9 @@ def _monitor_page(settings: Settings):
     timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
     run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
                       api_visibility="private")
-    run_select.change(lambda: "", None, action, show_progress="hidden", api_visibility="private")
+    # the action message clears when the user picks another run (not when a refresh renews the dropdown's choices)
+    gr.on([run_select.input, runs_table.select], lambda: "", None, action, show_progress="hidden",
+          api_visibility="private")
     runs_table.select(picked_row, None, run_select, show_progress="hidden", api_visibility="private")
     for btn, what in ((stop_btn, "stop"), (save_btn, "save"), (up_btn, "up"), (cancel_btn, "cancel")):
         btn.click(partial(control, settings, what), run_select, action, api_name=what)

@@ -210,7 +210,8 @@ class Devices:
     def cancel(self, run_dir: Path) -> str:
         """Take a queued run out of the queue; it stays as a stopped run that Start again queues again."""
         self.queue.cancel(run_dir.name)
-        RunFolder(run_dir).write_status("stopped", message="cancelled while queued (it never started)")
+        RunFolder(run_dir).write_status("stopped", max_steps=run_config(run_dir, "cancelled").run.max_steps,
+                                        message="cancelled while queued (it never started)")
         return f"took {run_dir.name!r} out of the queue; Start again queues it again"
 
     def dispatch(self) -> list[str]:
