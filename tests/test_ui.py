@@ -5,9 +5,12 @@ monitor handlers only read its run folder.
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,9 +22,12 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import tomllib
+from PIL import Image
+from tiny_diffusers import RESOLUTION
 from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core.config import Config, loads_config, resolve
+from distill_core.run_queue import RunQueue
 from distill_core.runfolder import RunFolder
 from distill_core.training import checkpoint as ckpt
 from trainer_ui import app, launcher, runs
@@ -87,7 +93,7 @@ def test_the_monitor_never_follows_links_out_of_the_runs_folder(settings, tmp_pa
     assert "SECRET" not in shown and str(secret) not in shown and "root:x" not in shown
     assert not app.compare_choices(settings)["choices"]  # its student is a link out: not offered ...
     refused = app.run_compare(settings, app.cmp.ModelCache(), ["planted"], False, "1", 2, 0, progress=lambda *a: 0)
-    assert "has no exported student" in refused[2]  # ... nor loaded when asked for by name
+    assert "has no exported student" in refused.message  # ... nor loaded when asked for by name
 
     (run / "samples" / "step_00000004.png").write_bytes((secret / "image.png").read_bytes())  # its own file
     assert runs.view(run).student_grid == (run / "samples" / "step_00000004.png").resolve()
@@ -214,8 +220,24 @@ def test_start_monitor_save_stop(settings):
     assert "already starting" in again.message and not again.message.startswith("**Refused"), again.message
     assert again.run_choice["value"] == "live" and again.tabs.selected == "monitor"
     other = app.check(settings, *values(tiny_form("second"))).message  # a second run would share the device
-    assert other.startswith("Ready") and "live is running too" in other, other
+    assert other.startswith("Ready") and "Start queues this run** (#1 on cpu): **live**" in other, other
     assert runs.list_runs(settings.roots)[0].state in ("starting", "running")
+    # 7: Starts while the device is busy queue the runs; reorder and cancel them
+    queued = app.start(settings, *values(tiny_form("second")))
+    assert queued.message.startswith("Queued **second** (#1 on cpu)") and queued.run_choice["value"] == "second"
+    assert app.start(settings, *values(tiny_form("third"))).message.startswith("Queued **third** (#2 on cpu)")
+    assert "already queued (#2 on cpu)" in app.start(settings, *values(tiny_form("third"))).message
+    assert not (settings.roots.runs / "second" / "status.json").exists()  # no process: waiting
+    rows = {row[0]: row[1] for row in app.refresh(settings, "third", None).runs_table}
+    assert (rows["second"], rows["third"]) == ("queued #1 (cpu)", "queued #2 (cpu)"), rows
+    waiting = app.refresh(settings, "third", None)
+    assert "state-queued" in waiting.status and waiting.move_up["interactive"] and waiting.cancel["interactive"]
+    assert not waiting.resume["interactive"] and not waiting.stop["interactive"]
+    assert "now #1" in app.control(settings, "up", "third")
+    assert "out of the queue" in app.control(settings, "cancel", "second")
+    assert RunQueue(settings.roots.runs).positions() == {"third": ("cpu", 1)}
+    assert runs.summarize(settings.roots.runs / "second").state == "stopped"
+    assert settings.devices.dispatch() == []  # live still trains: the CPU has no room
 
     log = run.root / "train.log"
     wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
@@ -226,7 +248,7 @@ def test_start_monitor_save_stop(settings):
     row = dict(zip(runs.SUMMARY_HEADERS, view.runs_table[0]))
     assert view.run_choice["value"] == "live" and (row["run"], row["state"]) == ("live", "running")
     assert "state-running" in view.status and "s/step" in view.status
-    losses, diversity = view.losses.dropna(), view.diversity.dropna()  # (a series without data: a NaN placeholder)
+    losses, diversity = view.losses["value"].dropna(), view.diversity["value"].dropna()  # (NaN: a series without data)
     assert set(losses["series"]) == set(runs.LOSSES.values()) and losses["step"].max() >= 2
     assert list(diversity["who"]).count("student") >= 2
     assert Path(view.teacher_grid).name == "teacher.png" and Path(view.student_grid).name.startswith("step_")
@@ -241,9 +263,15 @@ def test_start_monitor_save_stop(settings):
     assert ckpt.read_state(ckpt.latest(run.checkpoints))["step"] == status["step"] < 500  # graceful: checkpointed
     view = app.refresh(settings, "live", None)
     assert view.resume["interactive"] and not view.stop["interactive"]
+    assert "same command" not in view.status and f"Resume continues from its newest checkpoint (step {status['step']})" \
+        in view.status  # 8: in the UI's words, not the terminal's
     unchanged = app.refresh(settings, "live", view.signature)
     assert all(out == gr.skip() for out in unchanged)  # nothing changed: nothing sent
     assert app.control(settings, "stop", "live").startswith("**Refused:**")  # not running any more
+    assert settings.devices.dispatch() == ["third"]  # the device is free: the queued run starts
+    third = RunFolder(settings.roots.runs / "third")
+    assert runs.run_state(third) in ("starting", "running") and RunQueue(settings.roots.runs).entries() == []
+    assert app.control(settings, "resume", "live").startswith("Queued **live** (#1 on cpu)")  # resume queues too
 
 
 def test_start_refuses_an_existing_run_with_another_config(settings):
@@ -258,6 +286,35 @@ def test_start_refuses_an_existing_run_with_another_config(settings):
 
 
 # ---- a finished run, compare ---------------------------------------------------------------------------
+def test_monitor_polish_integer_steps_teacher_level_from_the_start_and_the_log_once(settings, tmp_path_factory):
+    done = {m: copy_run(src, settings.roots.runs) for m, src in finished_runs(tmp_path_factory).items()}
+    fresh = RunFolder(settings.roots.runs / "fresh")  # a DP-DMD run early on: one diversity point, no metrics yet
+    fresh.create()
+    fresh.config_path.write_text((done["dpdmd"] / "config.toml").read_text().replace("max_steps = 2", "max_steps = 40"))
+    fresh.append_event("step", step=1, loss_dmd=0.5, sec_per_step=0.3)
+    fresh.append_event("eval", step=1, diversity=0.07)
+    fresh.write_status("stopped", step=1, max_steps=40)
+    (fresh.root / "train.log").write_text("start\n 2%|  | 1/40\r 5%|  | 2/40\r 5%|  | 2/40\n 5%|  | 2/40\nend\n")
+    view = app.refresh(settings, "fresh", None)
+    assert view.losses["x_lim"] == [0, 10] and view.diversity["x_lim"] == [0, 10]  # whole steps from the start
+    rows = [tuple(r) for r in view.diversity["value"].itertuples(index=False)]
+    teacher = RunFolder(done["dmd"]).read_json(RunFolder(done["dmd"]).metrics_path)["teacher"]["diversity"]
+    level = [(r[0], r[1]) for r in rows if r[2] == "teacher"]  # the DMD baseline measured it: drawn from step 0
+    assert {s for s, _ in level} == set(range(11)) and {d for _, d in level} == {teacher}, level
+    assert [(r[0], r[1]) for r in rows if r[2] == "student"] == [(1, 0.07)]
+    assert view.log == "start\n 5%|  | 2/40\nend"  # the bar's last drawing, once
+    table = {row[0]: dict(zip(runs.SUMMARY_HEADERS, row)) for row in view.runs_table}
+    assert table["done-dmd"]["k"] == "" and table["done-dpdmd"]["k"] == 3  # DMD has no anchor step
+
+
+def test_dmd_disables_k_and_a_default_run_name_follows_the_method():
+    dmd = app.on_method("dmd", app.default_run_name("dpdmd"))
+    assert not dmd.anchor_step["interactive"] and not dmd.diversity_weight["interactive"]
+    assert dmd.run_name["value"].startswith("dmd-")
+    assert app.on_method("dpdmd", "my-run").run_name == gr.skip()  # a typed name stays
+    assert app.on_method("no_detach", dmd.run_name["value"]).run_name["value"].startswith("no_detach-")
+
+
 def test_monitor_shows_a_finished_runs_evaluation_and_report(settings, tmp_path_factory):
     copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
     view = app.refresh(settings, "done-dpdmd", None)
@@ -312,13 +369,38 @@ def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_fac
 def test_compare_samples_each_student_and_the_teacher(settings, tmp_path_factory):
     for src in finished_runs(tmp_path_factory).values():
         copy_run(src, settings.roots.runs)
+    moves = []
     view = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd", "done-dmd"], True, "", 4, 0,
-                           progress=lambda *a, **k: None)
-    assert [label for _, label in view.gallery] == ["teacher", "done-dpdmd", "done-dmd"], view.message
+                           progress=lambda f, desc: moves.append(f))
+    cards = re.findall(r"<figure class='compare-card'><figcaption>(.*?)</figcaption>"
+                       r"<img alt='[^']*' src='data:image/png;base64,([^']+)'>(.*?)</figure>", view.cards)
+    assert [label for label, _, _ in cards] == ["teacher", "done-dpdmd", "done-dmd"], view.message
     assert list(view.table["method"]) == ["teacher", "dpdmd", "dmd"]
     assert view.table["diversity (these samples)"].between(0, 1).all()
     assert view.table.loc[1, "diversity (run eval)"] != ""  # the run's metrics.json is shown next to it
-    assert len({img.size for img, _ in view.gallery}) == 1  # same prompts x seeds for every model
+    for (label, png, numbers), (_, row) in zip(cards, view.table.iterrows()):  # 10: each grid's numbers under it
+        assert f"<th>diversity (these samples)</th><td>{row['diversity (these samples)']:.4g}</td>" in numbers
+        assert f"<td>{row['method']}</td>" in numbers, (label, numbers)
+    sizes = {Image.open(io.BytesIO(base64.b64decode(png))).size for _, png, _ in cards}
+    assert len(sizes) == 1  # same prompts x seeds for every model
+    heights = view.chart.groupby("bar")["value"].sum()  # (a zero bar: a colour without bars)  # the fallback chart: diversity / coverage / validity side by side
+    for _, row in view.table.iterrows():
+        assert heights[f"diversity · {row['model']}"] == pytest.approx(row["diversity (these samples)"])
+    assert "coverage · done-dmd" in heights and "validity · teacher" in heights
+    assert len(moves) > 2 * len(cards) and moves == sorted(moves) and moves[-1] == 1.0  # 11: the progress moves
+
+
+def test_the_compare_chart_draws_exact_mode_shares_when_the_evaluation_has_them():
+    names, data = [["upright", "slanted"]], [[0.5, 0.5]]
+    panels = [app.cmp.Panel(label, None, {"method": label}, {"mode_histogram": hist, "mode_names": names, "data_histogram": data,
+                                              "mode_coverage": 1.0}, ["a 7"])
+              for label, hist in (("teacher", [[0.45, 0.55]]), ("dpdmd", [[0.4, 0.6]]), ("dmd", [[1.0, 0.0]]))]
+    rows, title = app.cmp.chart(panels)
+    assert [r[0] for r in rows[:4]] == ["upright · data", "upright · teacher", "upright · dpdmd", "upright · dmd"]
+    assert {r[0]: r[1] for r in rows}["slanted · dmd"] == 0.0 and "'a 7'" in title
+    assert [r[2] for r in rows[:4]] == ["data", "teacher", "dpdmd", "dmd"]  # colour: what each bar is
+    panels[2].evaluation.pop("mode_histogram")  # one model without exact modes: the common measures instead
+    assert app.cmp.chart(panels)[0][0][0] == "coverage · teacher"
 
 
 def test_compare_refuses_prompts_the_teacher_cannot_draw(settings, tmp_path_factory):
@@ -326,7 +408,7 @@ def test_compare_refuses_prompts_the_teacher_cannot_draw(settings, tmp_path_fact
     view = app.run_compare(settings, app.cmp.ModelCache(), ["done-dpdmd"], False, "a cat", 4, 0,
                            progress=lambda *a, **k: None)
     assert view.message.startswith("**Refused:**") and "names no digit" in view.message
-    assert view.gallery == gr.skip() and view.table == gr.skip()  # the last grids stay on the page
+    assert view.cards == gr.skip() and view.chart == gr.skip() and view.table == gr.skip()  # the last grids stay on the page
 
 
 # ---- serving and the command line ----------------------------------------------------------------------
@@ -363,6 +445,26 @@ def test_the_ui_serves_this_machine_only_without_a_login_by_default():
 
     args = build_parser().parse_args([])
     assert (args.host, args.share, args.auth, args.runs_dir) == ("127.0.0.1", False, None, "runs")
+
+
+def test_a_busy_port_is_one_line_naming_the_port_option(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "trainer_ui", "--runs-dir", str(tmp_path), "--port", str(port)],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                             timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and f"--port {port + 1}" in out.stderr, out.stderr
+
+
+def test_the_banner_names_the_share_option_not_launch_arguments():
+    from trainer_ui.cli import banner
+
+    local = banner("http://127.0.0.1:7860/", None)
+    assert "--share" in local and "share=True" not in local and "launch()" not in local
+    assert "https://x.gradio.live" in banner("http://127.0.0.1:7860/", "https://x.gradio.live")
 
 
 def test_a_login_is_split_at_its_first_colon():
@@ -406,3 +508,49 @@ def test_wizard_refuses_one_step_backprop_without_the_detach(settings):
     form.extra_toml += '\n[method]\nbackprop = "one_step"\n'
     message = app.start(settings, *values(form)).message
     assert "method.backprop" in message and not (settings.roots.runs / "refused" / "config.toml").exists()
+
+
+def _estimate(settings, form) -> str:
+    return list(app.estimate(settings, *values(form)))[-1]
+
+
+def test_the_wizard_estimates_time_from_a_measured_run_else_the_table(settings, tmp_path_factory):
+    form = tiny_form("next")
+    fresh = _estimate(settings, form)
+    assert "rough" in fresh and f"x {form.max_steps} iterations" in fresh and "needs no GPU" in fresh, fresh
+    done = copy_run(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs)
+    measured = _estimate(settings, form)
+    steps = [e["sec_per_step"] for e in RunFolder(done).read_events() if e.get("event") == "step"]
+    assert f"{steps[-1]:.2f} s/step" in measured and "measured in run done-dpdmd" in measured, measured
+    other = _estimate(settings, replace(form, batch_size=form.batch_size + 1))  # another batch: not comparable
+    assert "rough" in other, other
+
+
+def test_the_wizard_shows_the_planners_memory_for_the_chosen_preset(tmp_path, tiny_pipelines):
+    from distill_core.plan import GB, Options, plan
+
+    settings = app.Settings(Roots(tmp_path / "runs", [tiny_pipelines["sd3"].parent]))
+    form = replace(tiny_form("big"), family="sd3", teacher_path=str(tiny_pipelines["sd3"]), prompts="a cat",
+                   extra_toml=f"[teacher]\nresolution = {RESOLUTION}\n")
+    shown = []
+    for memory in ("lora64-ckpt-onestep", "full"):
+        cfg = build_config(replace(form, memory=memory), settings.roots)
+        peak = plan(cfg).planner.estimate(Options.from_config(cfg)).peak
+        steps = list(app.estimate(settings, *values(replace(form, memory=memory))))
+        assert f"about **{peak / GB:.1f} GB** peak" in steps[-1], steps
+        shown.append(steps)
+    assert "planning" in shown[0][0] and len(shown[1]) == 1  # the planner is built once per teacher folder
+    assert shown[0][-1] != shown[1][-1]
+    assert "no measured speed" in shown[0][-1]
+
+
+def test_the_quick_test_gives_a_first_result_in_a_minute_or_two(settings):
+    updates = app.apply_quick_test("builtin")
+    quick = {name: u["value"] for name, u in zip(app.FIELDS, updates) if isinstance(u, dict) and "value" in u}
+    form = replace(tiny_form("quick", eval__seeds=9), **quick)
+    form.extra_toml = ""  # the config's own evaluation
+    cfg = build_config(form, settings.roots)
+    assert cfg.run.max_steps <= 40 and cfg.eval.grid_every <= 10 and cfg.data.batch_size <= 8
+    text = _estimate(settings, form)
+    seconds = float(re.search(r"= \*\*([\d.]+) s\*\*", text).group(1))
+    assert seconds < 60, text

@@ -45,6 +45,11 @@ def _line_drawn(page, plot_id: str, color: str) -> bool:
     return any("L" in (paths.nth(i).get_attribute("d") or "") for i in range(paths.count()))
 
 
+def _points_drawn(page, plot_id: str, who: str) -> int:
+    """The points of one series in a ScatterPlot's SVG (each mark names its values for screen readers)."""
+    return page.locator(f"#{plot_id} svg path[aria-label*='who: {who}']").count()
+
+
 def _set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number], #{elem_id} textarea, #{elem_id} input[type=text]").first
     box.fill(str(value))
@@ -134,7 +139,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     page.wait_for_selector("#student-grid img")
     page.wait_for_selector("#teacher-grid img")
     wait_for(lambda: _line_drawn(page, "loss-plot", app.LOSS_COLORS[runs.LOSSES["loss_dmd"]]), 30, "the DMD loss curve")
-    wait_for(lambda: _line_drawn(page, "diversity-plot", app.DIVERSITY_COLORS["student"]), 30, "the diversity curve")
+    wait_for(lambda: _points_drawn(page, "diversity-plot", "student") >= 2, 30, "the diversity points")
     page.screenshot(path=shots / "monitor.png", full_page=True)
     _not_blank(shots / "monitor.png")
     page.locator("#student-grid img").screenshot(path=shots / "student_grid.png")
@@ -153,15 +158,21 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     for name in ("done-dpdmd", "done-dmd"):
         page.locator("#compare-runs").get_by_label(name).check()
     page.click("#compare-btn")
-    page.wait_for_selector("#compare-table :text('diversity (these samples)')", timeout=120_000)
-    wait_for(lambda: page.locator("#compare-gallery img").count() >= 3, 30, "three grids")
+    cards = page.locator("#compare-cards figure.compare-card")
+    wait_for(lambda: cards.count() >= 3, 120, "three grids with their numbers")
     page.wait_for_timeout(1000)
     page.screenshot(path=shots / "compare.png", full_page=True)
     _not_blank(shots / "compare.png")
-    page.locator("#compare-gallery").screenshot(path=shots / "compare_gallery.png")
-    _grid_present(shots / "compare_gallery.png")
-    table = page.locator("#compare-table").inner_text()
-    assert "teacher" in table and "dpdmd" in table and "dmd" in table
+    for i, label in enumerate(("teacher", "done-dpdmd", "done-dmd")):  # 10: each grid's numbers directly under it
+        card = cards.nth(i)
+        assert card.locator("figcaption").inner_text() == label
+        img, numbers = card.locator("img").bounding_box(), card.locator("table").bounding_box()
+        assert 0 <= numbers["y"] - (img["y"] + img["height"]) < 40, (label, img, numbers)
+        assert "diversity (these samples)" in card.locator("table").inner_text()
+    cards.nth(0).locator("img").screenshot(path=shots / "compare_grid.png")
+    _grid_present(shots / "compare_grid.png")
+    wait_for(lambda: page.locator("#compare-chart svg .mark-rect path").count() >= 3, 30, "the bar chart")
+    assert "DMD" in page.locator("#compare-explained").inner_text()
 
 
 def _prepared_runs(runs_dir: Path, tmp_path_factory) -> None:
@@ -212,6 +223,7 @@ def test_verdicts_and_run_states_in_chromium(tmp_path, tmp_path_factory):
         try:
             _check_wizard(page, ui, runs_dir, shots)
             _check_monitor(page, shots)
+            _check_queue(page, shots)
         except BaseException:
             page.screenshot(path=shots / "failure.png", full_page=True)
             raise
@@ -228,6 +240,13 @@ def _check_wizard(page, ui: UIProcess, runs_dir: Path, shots: Path) -> None:
     page.goto(ui.url, wait_until="load")
     wait_for(lambda: "Ready" in _message(page), 30, "the first verdict")
     assert _in_view(page, "#verdict-bar") and _in_view(page, "#start-btn"), "the verdict bar is below the fold"
+    # 9: the estimate sits in the verdict bar; Quick test sets a first-look budget and the estimate follows
+    estimate = page.locator("#wizard-estimate")
+    wait_for(lambda: "s/step x 400 iterations" in estimate.inner_text(), 30, "the time estimate")
+    page.locator("#quick-btn").click()
+    wait_for(lambda: "x 30 iterations" in estimate.inner_text() and "30 iterations" in _message(page), 30,
+             "the quick test's estimate")
+    assert _in_view(page, "#wizard-estimate")
     page.screenshot(path=shots / "wizard_1400x900.png")
     page.mouse.wheel(0, 600)
     page.wait_for_timeout(300)
@@ -285,6 +304,26 @@ def _check_monitor(page, shots: Path) -> None:
     wait_for(lambda: status.locator("a[download]").count() == 3, 30, "the download links")
     for link in status.locator("a[download]").all():
         assert page.request.get(link.evaluate("a => a.href")).status == 200
+
+
+def _check_queue(page, shots: Path) -> None:
+    """7: 'finishing-run' holds the CPU, so a Start queues the new run: the Monitor shows its place, and Cancel takes
+    it out (no training process is started)."""
+    page.get_by_role("tab", name="Wizard").click()
+    _set_number(page, "run-name", "waiting-run")
+    wait_for(lambda: "Start queues this run" in _message(page), 30, "the verdict saying Start queues")
+    page.locator("#start-btn").click()
+    status = page.locator("#run-status")
+    wait_for(lambda: "state-queued" in status.inner_html(), 30, "the queued run in the Monitor")
+    assert "#1" in status.inner_text() and page.locator("#cancel-btn").is_visible()
+    assert "queued #1 (cpu)" in page.locator("#runs-table").inner_text()
+    page.screenshot(path=shots / "monitor_queued.png")
+    page.locator("#cancel-btn").click()
+    wait_for(lambda: "out of the queue" in page.locator("#monitor-message").inner_text(), 30, "the cancel message")
+    wait_for(lambda: "state-stopped" in status.inner_html(), 30, "the cancelled run shown as stopped")
+    assert "out of the queue" in page.locator("#monitor-message").inner_text()  # a refresh keeps the message ...
+    _pick_run(page, "done-dmd")
+    wait_for(lambda: not page.locator("#monitor-message").inner_text().strip(), 30, "... picking another clears it")
 
 
 def test_the_wizard_keeps_its_form_across_a_reload_and_a_ui_restart(tmp_path):

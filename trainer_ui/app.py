@@ -9,8 +9,10 @@ folders on a timer.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
+import io
 import os
 import secrets
 import urllib.parse
@@ -24,17 +26,29 @@ import gradio as gr
 import pandas as pd
 
 from distill_core.errors import DPDMDError
-from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
+from distill_core.runfolder import TRAINING_STATES, RunFolder
 
 from . import compare as cmp
+from . import estimate as est
 from . import launcher, runs
 from .paths import Roots
 from .widgets import TypedSlider
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
-                     WizardForm, build_config, default_form, default_run_name, form_from_config, in_labels)
+                     QUICK_TEST_NOTE, WizardForm, build_config, default_form, default_run_name, form_from_config,
+                     in_labels, is_default_run_name, quick_test)
 
 CSS = """
-#teacher-grid img, #student-grid img, #compare-gallery img { image-rendering: pixelated; }
+#teacher-grid img, #student-grid img, .compare-card img { image-rendering: pixelated; }
+.compare-cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.compare-card { flex: 1 1 300px; max-width: 440px; margin: 0; border: 1px solid var(--border-color-primary);
+  border-radius: 8px; padding: 8px; }
+.compare-card figcaption { font-weight: 600; margin-bottom: 4px; }
+.compare-card img { width: 100%; height: auto; }
+.compare-numbers { width: 100%; font-size: .9em; border-collapse: collapse; }
+.compare-numbers th { text-align: left; font-weight: normal; color: var(--body-text-color-subdued); }
+.compare-numbers td { text-align: right; font-variant-numeric: tabular-nums; }
+.compare-numbers th, .compare-numbers td { border: none !important; padding: 1px 6px !important; }
+.compare-numbers tr:nth-child(odd) { background: var(--table-odd-background-fill); }
 #teacher-grid img, #student-grid img { height: 280px !important; width: auto !important; max-width: 100%;
   object-fit: contain; }
 .run-status { font-size: 1.05em; line-height: 1.6; }
@@ -44,11 +58,14 @@ CSS = """
 #verdict-bar { position: fixed; bottom: 0; left: 0; right: 0; z-index: 50; background: var(--background-fill-primary);
   border-top: 2px solid var(--border-color-primary); box-shadow: 0 -4px 12px rgba(0,0,0,.08);
   padding: 6px max(16px, calc((100vw - 1280px) / 2)); }
-#tab-wizard { padding-bottom: 140px; }
+#tab-wizard { padding-bottom: 190px; }
+#wizard-estimate { font-size: .92em; }
+#train-log textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .85em; }
+#teacher-grid img, #student-grid img { margin-top: 30px; }
 #wizard-message { min-height: 1.5em; }
 #field-mark { min-height: 0 !important; height: 0; overflow: hidden; padding: 0; }
 .run-error { white-space: pre-wrap; overflow-wrap: anywhere; }
-.state-stopped { background: #8a8a8a; } .state-failed, .state-died { background: #c9372c; }
+.state-stopped { background: #8a8a8a; } .state-queued { background: #a66bd3; } .state-failed, .state-died { background: #c9372c; }
 """
 RESUMABLE = ("stopped", "failed", "died")
 
@@ -58,6 +75,12 @@ class Settings:
     roots: Roots
     refresh_seconds: float = 2.0
     device: str = "cpu"  # where Compare samples
+    plans: est.MemoryPlans = dataclasses.field(default_factory=est.MemoryPlans)  # planners, built once per teacher
+    runs_per_device: int = 1  # more runs than this on one device wait in its queue
+
+    @property
+    def devices(self) -> launcher.Devices:
+        return launcher.Devices(self.roots.runs, cuda=self.device == "cuda", limit=self.runs_per_device)
 
 
 def _refused(e: Exception) -> str:
@@ -122,7 +145,7 @@ def check(settings: Settings, *values) -> CheckView:
     except DPDMDError as e:
         return CheckView("", *_refused_field(e, form))
     lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
-    busy = _alongside_note(runs.list_runs(settings.roots), Path(cfg.run.output_dir).name)
+    busy = _queue_note(settings, cfg)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
@@ -136,7 +159,7 @@ def start(settings: Settings, *values) -> StartView:
     form = WizardForm(*values)
     try:
         cfg = build_config(form, settings.roots)
-        started = launcher.start(cfg)
+        started = settings.devices.start_or_queue(cfg)
     except launcher.RunBusy as e:  # this run has a process already (a double click, another tab): follow it
         name = Path(cfg.run.output_dir).name
         return StartView(f"{html.escape(str(e))}  \nThe Monitor follows **{name}**.", "", gr.skip(),
@@ -144,22 +167,62 @@ def start(settings: Settings, *values) -> StartView:
     except DPDMDError as e:
         return StartView(*_refused_field(e, form), gr.skip(), gr.skip(), gr.skip())
     config = started.run_dir / "config.toml"
-    msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this page "
-           f"does not stop it. The same run from a terminal: `dpdmd train {config}`")
+    if isinstance(started, launcher.Queued):
+        msg = (f"Queued **{started.run_dir.name}** (#{started.position} on {started.device}): it starts by itself "
+               f"when {_names(started.working) or 'the runs before it'} {'ends' if len(started.working) == 1 else 'end'}"
+               ", also if this page is closed. The Monitor shows the queue: move it up or cancel it there.")
+    else:
+        msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this "
+               f"page does not stop it. The same run from a terminal: `dpdmd train {config}`")
     summaries = runs.list_runs(settings.roots)
-    for note in (started.note, _alongside_note(summaries, started.run_dir.name)):
-        msg += f"  \n{note}" if note else ""
+    msg += f"  \n{started.note}" if started.note else ""
     return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
                      gr.update(choices=[r.name for r in summaries], value=started.run_dir.name))
 
 
-def _alongside_note(summaries: list[runs.RunSummary], name: str) -> str:
-    """A warning when other runs of this runs folder are working too: they share the machine and each slows."""
-    others = [r.name for r in summaries if r.state in ACTIVE_STATES and r.name != name]
-    if not others:
-        return ""
-    return (f"**Note:** {', '.join(others)} {'is' if len(others) == 1 else 'are'} running too; runs side by side "
-            "share the device and each one slows down (stop one in the Monitor to give the other the device).")
+def estimate(settings: Settings, *values):
+    """The run's memory (the core's planner) and time before Start; yields the time first when the planner for
+    this teacher has still to be built (~15 s once per teacher folder)."""
+    try:
+        cfg = build_config(WizardForm(*values), settings.roots)
+    except DPDMDError:
+        yield ""  # the verdict says why; there is nothing to estimate
+        return
+    clock = est.time_estimate(cfg, settings.roots)
+    if not settings.plans.known(cfg):
+        yield f"{clock}  \n**Memory:** planning for this teacher (once per folder, about 15 s)..."
+    try:
+        memory = settings.plans.estimate(cfg)
+    except (DPDMDError, ValueError, OSError, RuntimeError) as e:  # a config the planner cannot read: say so, go on
+        memory = f"**Memory:** no estimate ({html.escape(str(e))})"
+    yield f"{clock}  \n{memory}"
+
+
+def apply_quick_test(family: str) -> list:
+    """The form's run-size fields set to the quick test (the rest as they are)."""
+    return _form_updates(quick_test(family))
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"**{n}**" for n in names)
+
+
+def _queue_note(settings: Settings, cfg) -> str:
+    """What Start will do when the run's device is busy: queue it (the limit is reached, or runs wait), or run
+    it side by side (a limit above 1), which slows each run down."""
+    devices, name = settings.devices, Path(cfg.run.output_dir).name
+    device = devices.device(cfg.run.device)
+    working = [n for n, d in devices.working().items() if d == device and n != name]
+    waiting = [e.run for e in devices.queue.entries() if e.device == device and e.run != name]
+    if len(working) >= devices.limit or waiting:
+        return (f"**Start queues this run** (#{len(waiting) + 1} on {device}): {_names(working) or 'nothing'} "
+                f"{'is' if len(working) == 1 else 'are'} training there" +
+                (f" and {_names(waiting)} {'waits' if len(waiting) == 1 else 'wait'} before it" if waiting else "") +
+                "; it starts by itself when the device is free.")
+    if working:
+        return (f"**Note:** {_names(working)} {'is' if len(working) == 1 else 'are'} training on {device} too; runs "
+                "side by side share the device and each one slows down.")
+    return ""
 
 
 def load_settings(settings: Settings, baseline: bool, name: str | None) -> list:
@@ -221,8 +284,17 @@ def on_family(family: str) -> FamilyDefaults:
                           f.memory)
 
 
-def on_method(method: str):
-    return gr.update(interactive=method != "dmd")
+class MethodFields(NamedTuple):
+    """The form fields a method choice changes: plain DMD has no anchor and no diversity weight."""
+    anchor_step: Any
+    diversity_weight: Any
+    run_name: Any  # a default name follows the method; a typed one stays
+
+
+def on_method(method: str, run_name: str) -> MethodFields:
+    on = gr.update(interactive=method != "dmd")
+    name = gr.update(value=default_run_name(method)) if is_default_run_name(run_name or "") else gr.skip()
+    return MethodFields(on, on, name)
 
 
 def on_teacher_steps(steps, k):
@@ -258,6 +330,8 @@ class MonitorView(NamedTuple):
     stop: Any  # the buttons' interactive updates
     save: Any
     resume: Any
+    move_up: Any  # a queued run's buttons
+    cancel: Any
     signature: Any  # what refresh() compares to skip an unchanged page
 
     @classmethod
@@ -266,6 +340,12 @@ class MonitorView(NamedTuple):
 
 
 def _status_html(v: runs.RunView) -> str:
+    if v.queued:
+        device, place = v.queued
+        return (f"<div class='run-status'><span class='state state-queued'>queued</span> <b>#{place}</b> on {device}: "
+                f"it starts by itself when {'the device is free' if place == 1 else 'the runs before it have run'} "
+                "(the queue is kept in the runs folder, so a UI restart keeps it). Move it up or cancel it below."
+                "</div>")
     parts = [f"<span class='state state-{v.state}'>{v.state}</span> step <b>{v.step}</b> / {v.max_steps}"]
     if v.sec_per_step is not None:
         parts.append(f"{v.sec_per_step:.2f} s/step")
@@ -274,7 +354,11 @@ def _status_html(v: runs.RunView) -> str:
     if v.checkpoint_step is not None:
         parts.append(f"last checkpoint: step {v.checkpoint_step}")
     out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
-    message = "the training process ended without recording why (see train.log)" if v.state == "died" else v.message
+    message = {"died": "the training process ended without recording why (see train.log)",
+               "stopped": f"stopped at step {v.step}; " + (  # the trainer's words are for a terminal
+                   f"Resume continues from its newest checkpoint (step {v.checkpoint_step})"
+                   if v.checkpoint_step is not None else "it has no checkpoint: Start again starts it over")}.get(
+        v.state, v.message)
     if message:  # a died run's recorded message ("loading the teacher") is what it was doing, not what it does
         out.append(f"<div>{html.escape(message)}</div>")
     t, st = v.metrics.get("teacher", {}), v.metrics.get("student", {})
@@ -358,17 +442,21 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
         off = gr.update(interactive=False)
         return MonitorView(run_choice=choice, runs_table=table, status="<p>No runs yet: start one in the Wizard.</p>",
                            losses=_losses([]), diversity=_diversity([]), teacher_grid=None, student_grid=None,
-                           report=_report_html(None), log="", stop=off, save=off, resume=off, signature=sig)
+                           report=_report_html(None), log="", stop=off, save=off, resume=off, move_up=off,
+                           cancel=off, signature=sig)
     v = runs.view(run_dir)
     active = v.state in TRAINING_STATES
-    return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v), losses=_losses(v.losses),
-                       diversity=_diversity(v.diversity),
+    steps = [0, runs.plot_span([v.step, *(r[0] for r in v.losses + v.diversity)])]  # whole steps from the first
+    return MonitorView(run_choice=choice, runs_table=table, status=_status_html(v),
+                       losses=gr.update(value=_losses(v.losses), x_lim=steps),
+                       diversity=gr.update(value=_diversity(v.diversity), x_lim=steps),
                        teacher_grid=str(v.teacher_grid) if v.teacher_grid else None,
                        student_grid=str(v.student_grid) if v.student_grid else None,
                        report=_report_html(v.report, v.state), log=v.log, stop=gr.update(interactive=active),
                        save=gr.update(interactive=active), resume=gr.update(interactive=v.state in RESUMABLE,
                                                                             value=_resume_label(v.checkpoint_step)),
-                       signature=sig)
+                       move_up=gr.update(interactive=bool(v.queued) and v.queued[1] > 1, visible=bool(v.queued)),
+                       cancel=gr.update(interactive=bool(v.queued), visible=bool(v.queued)), signature=sig)
 
 
 def picked_row(evt: gr.SelectData):
@@ -382,7 +470,7 @@ def _resume_label(checkpoint_step: int | None) -> str:
 
 
 def control(settings: Settings, what: str, selected: str | None) -> str:
-    """Stop, save now or resume the chosen run."""
+    """Stop, save now or resume the chosen run; move a queued one up, or cancel it."""
     if not selected:
         return "Choose a run first."
     try:
@@ -391,9 +479,15 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
             from distill_core.training import checkpoint as ckpt
 
             resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
-            started = launcher.resume(run_dir)
+            started = settings.devices.start_or_queue(launcher.run_config(run_dir))
+            if isinstance(started, launcher.Queued):
+                return f"Queued **{selected}** (#{started.position} on {started.device}): its device is busy."
             how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
             return f"Started **{selected}** again (process {started.pid}) {how}."
+        if what == "up":
+            return f"**{selected}** is now #{settings.devices.queue.move_up(selected)} in its queue."
+        if what == "cancel":
+            return settings.devices.cancel(run_dir)
         return launcher.request(run_dir, what)
     except DPDMDError as e:
         return _refused(e)
@@ -401,14 +495,51 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
 
 # ---- Compare -------------------------------------------------------------------------------------------
 class CompareView(NamedTuple):
-    """What Compare shows; gallery and table are gr.skip() when refused."""
-    gallery: Any  # [(PIL image, label)], one seed grid per model
-    table: Any  # pd.DataFrame, one row of numbers per model
+    """What Compare shows; all but the message are gr.skip() when refused."""
+    cards: Any  # HTML: each model's seed grid with its numbers directly under it
+    chart: Any  # pd.DataFrame for the bar chart (bar, value, model)
+    chart_title: Any  # what the chart shows (exact modes, or the common measures)
+    table: Any  # pd.DataFrame, one row of numbers per model (for copying)
     message: str
 
 
 def compare_choices(settings: Settings):
     return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _cards_html(panels: list[cmp.Panel]) -> str:
+    """One card per model: its label, its grid (an inline PNG: nothing is written for it) and its numbers."""
+    cards = []
+    for p in panels:
+        buf = io.BytesIO()
+        p.image.save(buf, format="PNG")
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_number(v)}</td></tr>"
+                       for k, v in p.numbers.items() if k != "model" and v != "")
+        cards.append(f"<figure class='compare-card'><figcaption>{html.escape(p.label)}</figcaption>"
+                     f"<img alt='{html.escape(p.label)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(buf.getvalue()).decode()}'><table class='compare-numbers'>{rows}</table>"
+                     "</figure>")
+    return f"<div class='compare-cards'>{''.join(cards)}</div>"
+
+
+CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#a66bd3")))
+
+
+def _bars(rows: list[tuple[str, float, str]]) -> pd.DataFrame:
+    """The bar chart's frame with every kind present (a zero bar on the first bar for a missing one): like the line
+    plots, the chart keeps the colours of the first frame it draws (a NaN would blank the bar it stacks on)."""
+    at = rows[0][0] if rows else ""
+    rows = rows + [(at, 0.0, kind) for kind in CHART_COLORS if kind not in {r[2] for r in rows}]
+    return pd.DataFrame(rows, columns=["bar", "value", "kind"]).astype({"value": "float64", "bar": "str", "kind": "str"})
+
+
+def _chart(panels: list[cmp.Panel]) -> tuple[pd.DataFrame, str]:
+    rows, title = cmp.chart(panels)
+    return _bars(rows), f"**Chart:** {title}; colour: the data, the teacher, or a student by its method."
 
 
 def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], teacher: bool, prompt_text: str,
@@ -421,12 +552,11 @@ def run_compare(settings: Settings, cache: cmp.ModelCache, names: list[str], tea
         panels = cmp.compare(run_dirs, teacher, prompts, seed_list, cache, settings.device,
                              progress=lambda f, what: progress(f, desc=what))
     except DPDMDError as e:
-        return CompareView(gr.skip(), gr.skip(), _refused(e))
+        return CompareView(gr.skip(), gr.skip(), gr.skip(), gr.skip(), _refused(e))
     table = pd.DataFrame([p.numbers for p in panels]).fillna("")
-    gallery = [(p.image, p.label) for p in panels]
     msg = (f"{len(prompts)} prompts x {len(seed_list)} seeds (seeds {seed_list[0]}-{seed_list[-1]}), the same noise "
            "for every model; each student in its own schedule, the teacher with its steps and CFG.")
-    return CompareView(gallery, table, msg)
+    return CompareView(_cards_html(panels), *_chart(panels), table, msg)
 
 
 # ---- layout ----------------------------------------------------------------------------------------------
@@ -442,6 +572,8 @@ def _wizard_page(settings: Settings):
         from_run = gr.Dropdown(choices=[], label="Start from a run's settings", elem_id="from-run", scale=2)
         load_btn = gr.Button("Load its settings", elem_id="load-btn", scale=1)
         baseline_btn = gr.Button("Same settings as a DMD baseline", elem_id="baseline-btn", scale=1)
+        quick_btn = gr.Button("Quick test", elem_id="quick-btn", scale=1)
+    gr.Markdown(f"**Quick test:** {QUICK_TEST_NOTE}", elem_id="quick-note")
     with gr.Row():
         family = gr.Radio(FAMILIES, value=f.family, **named("family"))
         teacher_path = gr.Textbox(visible=False, placeholder=inside,
@@ -485,6 +617,7 @@ def _wizard_page(settings: Settings):
             message = gr.Markdown(elem_id="wizard-message")
             check_btn = gr.Button("Check config", elem_id="check-btn", scale=0, min_width=140)
             start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn", scale=0, min_width=160)
+        estimate_box = gr.Markdown(elem_id="wizard-estimate")
         highlight = gr.HTML(elem_id="field-mark", padding=False)
     preview = gr.Code(label="config.toml: exactly what will run (`dpdmd train` takes the same file)",
                       language=None, interactive=False, elem_id="config-preview")
@@ -497,12 +630,16 @@ def _wizard_page(settings: Settings):
     # .input, not .change: a loaded run's family must not reset its CFG, steps and batch to the family's
     family.input(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
                                             teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
-    method.change(on_method, method, lam, **private)
+    method.change(on_method, [method, run_name],
+                  _wired(MethodFields._fields, anchor_step=k, diversity_weight=lam, run_name=run_name), **private)
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
     gr.on([memory.change, method.change], preset_note, [memory, method], memory_note, **private)
     gr.on([c.change for c in inputs] + [check_btn.click], partial(check, settings), inputs,
           _wired(CheckView._fields, config_toml=preview, message=message, highlight=highlight),
           trigger_mode="always_last", show_progress="hidden", api_name="check")
+    gr.on([c.change for c in inputs] + [check_btn.click], partial(estimate, settings), inputs, estimate_box,
+          trigger_mode="always_last", show_progress="hidden", api_name="estimate")
+    quick_btn.click(apply_quick_test, family, inputs, api_name="quick_test")
     saved = gr.BrowserState(None, storage_key="dpdmd-studio-wizard", secret=_state_secret(settings.roots.runs))
     gr.on([c.change for c in inputs], remember, inputs, saved, **private)
     return inputs, saved, start_btn, message, highlight, preview
@@ -516,6 +653,8 @@ def _monitor_page(settings: Settings):
         stop_btn = gr.Button("Stop (checkpoint, then exit)", variant="stop", interactive=False, elem_id="stop-btn")
         save_btn = gr.Button("Save a checkpoint now", interactive=False, elem_id="save-btn")
         resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
+        up_btn = gr.Button("Move up in the queue", interactive=False, visible=False, elem_id="up-btn")
+        cancel_btn = gr.Button("Cancel (take out of the queue)", interactive=False, visible=False, elem_id="cancel-btn")
     action = gr.Markdown(elem_id="monitor-message")
     with gr.Row():
         teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",
@@ -525,8 +664,10 @@ def _monitor_page(settings: Settings):
     with gr.Row():
         loss_plot = gr.LinePlot(_losses([]), x="step", y="value", color="series", color_map=LOSS_COLORS,
                                 title="Training losses (not quality measures)", elem_id="loss-plot", height=260)
-        div_plot = gr.LinePlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
-                               title="Diversity (Eq. 9) on fixed seeds", elem_id="diversity-plot", height=260)
+        # points: diversity is measured every few hundred steps, and a single measurement must show
+        div_plot = gr.ScatterPlot(_diversity([]), x="step", y="diversity", color="who", color_map=DIVERSITY_COLORS,
+                                  title="Diversity (Eq. 9) on fixed seeds; teacher: its level", elem_id="diversity-plot",
+                                  height=260)
     runs_table = gr.Dataframe(headers=runs.SUMMARY_HEADERS, interactive=False, label="Runs", elem_id="runs-table")
     with gr.Accordion("train.log (last lines)", open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, elem_id="train-log")
@@ -536,13 +677,16 @@ def _monitor_page(settings: Settings):
     timer = gr.Timer(settings.refresh_seconds)
     outputs = _wired(MonitorView._fields, run_choice=run_select, runs_table=runs_table, status=status,
                      losses=loss_plot, diversity=div_plot, teacher_grid=teacher_img, student_grid=student_img,
-                     report=report, log=log, stop=stop_btn, save=save_btn, resume=resume_btn, signature=last)
+                     report=report, log=log, stop=stop_btn, save=save_btn, resume=resume_btn, move_up=up_btn,
+                     cancel=cancel_btn, signature=last)
     timer.tick(partial(refresh, settings), [run_select, last], outputs, show_progress="hidden", api_name="monitor")
     run_select.change(lambda sel: refresh(settings, sel, None), run_select, outputs, show_progress="hidden",
                       api_visibility="private")
-    run_select.change(lambda: "", None, action, show_progress="hidden", api_visibility="private")
+    # the action message clears when the user picks another run (not when a refresh renews the dropdown's choices)
+    gr.on([run_select.input, runs_table.select], lambda: "", None, action, show_progress="hidden",
+          api_visibility="private")
     runs_table.select(picked_row, None, run_select, show_progress="hidden", api_visibility="private")
-    for btn, what in ((stop_btn, "stop"), (save_btn, "save")):
+    for btn, what in ((stop_btn, "stop"), (save_btn, "save"), (up_btn, "up"), (cancel_btn, "cancel")):
         btn.click(partial(control, settings, what), run_select, action, api_name=what)
     # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
     resume_btn.click(partial(control, settings, "resume"), run_select, action, trigger_mode="once",
@@ -553,6 +697,7 @@ def _monitor_page(settings: Settings):
 def _compare_page(settings: Settings, cache: cmp.ModelCache):
     gr.Markdown("Sample the same prompts from the same seeds with each chosen student (and the teacher), "
                 "side by side. Runs appear here once they have finished and exported `student.safetensors`.")
+    gr.Markdown(cmp.WHAT_TO_LOOK_FOR, elem_id="compare-explained")
     with gr.Row():
         names = gr.CheckboxGroup(choices=[], label="Runs", elem_id="compare-runs")
         teacher = gr.Checkbox(value=True, label="Include the teacher", elem_id="compare-teacher")
@@ -563,11 +708,15 @@ def _compare_page(settings: Settings, cache: cmp.ModelCache):
         first_seed = gr.Number(value=0, precision=0, label="First seed", elem_id="compare-first-seed")
     go = gr.Button("Sample side by side", variant="primary", elem_id="compare-btn")
     message = gr.Markdown(elem_id="compare-message")
-    gallery = gr.Gallery(label="Seed grids (rows: prompts, columns: seeds)", columns=3, format="png",
-                         object_fit="contain", height="auto", elem_id="compare-gallery")
-    table = gr.Dataframe(label="Numbers", interactive=False, elem_id="compare-table")
+    cards = gr.HTML(elem_id="compare-cards", label="Seed grids (rows: prompts, columns: seeds)")
+    chart_title = gr.Markdown(elem_id="compare-chart-title")
+    chart = gr.BarPlot(_bars([]), x="bar", y="value", color="kind", color_map=CHART_COLORS,
+                       x_title="", y_title="", elem_id="compare-chart", height=320)
+    with gr.Accordion("All numbers (a table to copy)", open=False):
+        table = gr.Dataframe(interactive=False, elem_id="compare-table", show_label=False)
     go.click(partial(run_compare, settings, cache), [names, teacher, prompts, seeds, first_seed],
-             _wired(CompareView._fields, gallery=gallery, table=table, message=message), api_name="compare")
+             _wired(CompareView._fields, cards=cards, chart=chart, chart_title=chart_title, table=table,
+                     message=message), api_name="compare")
     return names
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
+import threading
 from pathlib import Path
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -29,6 +31,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs; give a whole number from 1 to 64")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpdmd ui", description="The DP-DMD Studio trainer UI (Gradio).")
     p.add_argument("--runs-dir", default="runs", help="the runs folder: runs are written and served only from here "
@@ -43,7 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (or set DPDMD_UI_AUTH, which keeps "
                    "the password out of the process list)")
     p.add_argument("--refresh", type=_seconds, default=2.0, help="monitor refresh interval in seconds (default 2)")
+    p.add_argument("--runs-per-device", type=_count, default=1, metavar="N",
+                   help="runs training at once on one device (default 1); a Start beyond that waits in the device's "
+                   "queue and starts when a run ends")
     return p
+
+
+def busy_port(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (it is taken), as the one line ``dpdmd ui`` prints; None when free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"error: --host {host!r} is not an address of this machine ({e.strerror}); give e.g. 127.0.0.1"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed UI's port is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            return (f"error: port {port} on {host} is busy ({e.strerror}: another UI or program serves it); "
+                    f"start with --port {port + 1} (or another free port)")
+    return None
+
+
+def banner(url: str, share_url: str | None) -> str:
+    """Where the UI is, in this command's words (--share, not gradio's launch() arguments)."""
+    if share_url:
+        return f"* Running on local URL: {url}\n* Public link (--share): {share_url}"
+    return f"* Running on local URL: {url}\n* For a public link, start again with --share (and --auth USER:PASSWORD)"
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -66,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
               "machine and see your runs folder." + ("" if auth else " Add --auth USER:PASSWORD."), file=sys.stderr)
     if args.host not in LOCAL_HOSTS and not auth:
         print(f"WARNING: binding {args.host} without --auth: anyone on the network can use this UI.", file=sys.stderr)
+    busy = busy_port(args.host, args.port)
+    if busy:  # before anything loads: gradio's own refusal is a traceback naming launch() arguments
+        print(busy, file=sys.stderr)
+        return 2
 
     import torch
 
@@ -75,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the trainer UI is not available ({e}); install it with `pip install 'dp-dmd-studio[ui]'`",
               file=sys.stderr)
         return 2
+    from .launcher import dispatch_forever
     from .paths import Roots
 
     runs_dir = Path(args.runs_dir).expanduser()
@@ -85,10 +125,19 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     roots = Roots(runs_dir, [Path(p) for p in args.allowed_root])
-    settings = Settings(roots, refresh_seconds=args.refresh, device="cuda" if torch.cuda.is_available() else "cpu")
+    settings = Settings(roots, refresh_seconds=args.refresh, device="cuda" if torch.cuda.is_available() else "cpu",
+                        runs_per_device=args.runs_per_device)
     print(f"runs folder: {roots.runs}; readable folders: {roots.describe()}")
-    build_app(settings).queue().launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        allowed_paths=[str(roots.runs)], css=CSS, run_history=False, show_error=True,
-        footer_links=["gradio", "settings"])
+    demo = build_app(settings).queue()
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                    allowed_paths=[str(roots.runs)], css=CSS, run_history=False, show_error=True,
+                    footer_links=["gradio", "settings"], quiet=True, prevent_thread_lock=True)
+    except OSError:  # taken between the check and the bind
+        print(busy_port(args.host, args.port) or f"error: cannot serve port {args.port}; try another --port",
+              file=sys.stderr)
+        return 2
+    print(banner(demo.local_url, demo.share_url), flush=True)
+    threading.Thread(target=dispatch_forever, args=(settings.devices,), name="run-queue", daemon=True).start()
+    demo.block_thread()
     return 0

@@ -1,4 +1,5 @@
-"""Start training in its own process, and ask it to stop or save; the run folder is the only channel.
+"""Start training in its own process (or queue it while its device is busy), and ask it to stop or save; the run
+folder is the only channel.
 
 The process is ``python -m distill_core.cli train <run>/config.toml`` (what
 ``dpdmd train`` runs), in a new session so that it outlives the UI, with its
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import distill_core
-from distill_core.config import Config, config_differences, load_config, resolve
+from distill_core.config import Config, config_differences, load_config, parse_toml, resolve
 from distill_core.errors import ConfigError, DPDMDError
+from distill_core.run_queue import Entry, RunQueue, device_of
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
 
 from .paths import PathRefused
@@ -107,18 +109,25 @@ class Started:
     note: str
 
 
+def _write_config(run: RunFolder, cfg: Config) -> str:
+    """The run's config.toml written (refused if the run is active or is another run); the existing-run note."""
+    note = existing_run_note(cfg)
+    log_path = run.root / LOG
+    if log_path.is_symlink() and run.file(log_path) is None:  # appending would write outside the run
+        raise PathRefused(f"{log_path} is a link that leads outside the run folder; remove it and start again")
+    atomic_write_text(run.config_path, cfg.to_toml())
+    return note
+
+
 def start(cfg: Config) -> Started:
     """Write the run's config and start its training process (refused if it is already active)."""
     run = RunFolder(Path(cfg.run.output_dir))
     run.create()
     with launch_lock(run.root):
-        note = existing_run_note(cfg)
-        log_path = run.root / LOG
-        if log_path.is_symlink() and run.file(log_path) is None:  # appending would write outside the run
-            raise PathRefused(f"{log_path} is a link that leads outside the run folder; remove it and start again")
+        note = _write_config(run, cfg)
         for stale in ("stop", "save"):  # requests left from an earlier process must not stop this one
             (run.control / stale).unlink(missing_ok=True)
-        atomic_write_text(run.config_path, cfg.to_toml())
+        log_path = run.root / LOG
         run.write_status("starting", pid=None, max_steps=cfg.run.max_steps, message="starting the training process")
         command = train_command(run.config_path)
         try:
@@ -147,9 +156,85 @@ def run_config(run_dir: Path, why: str = "resumed") -> Config:
     return cfg
 
 
-def resume(run_dir: Path) -> Started:
-    """Start a stopped, failed or died run again with its own config.toml (continues from its checkpoint)."""
-    return start(run_config(run_dir))
+@dataclass
+class Queued:
+    run_dir: Path
+    device: str
+    position: int  # 1: starts next on its device
+    working: list[str]  # the runs working on that device now
+    note: str
+
+
+class Devices:
+    """The runs folder's devices: at most ``limit`` runs work on each; a start beyond that waits in its queue
+    (distill_core.run_queue), and ``dispatch`` starts queued runs as devices free up."""
+
+    def __init__(self, runs_dir: Path, cuda: bool, limit: int = 1) -> None:
+        self.queue, self.cuda, self.limit = RunQueue(runs_dir), cuda, limit
+
+    def device(self, run_device: str) -> str:
+        return device_of(run_device, self.cuda)
+
+    def working(self) -> dict[str, str]:
+        """Each run a process works on now (starting, running, finishing), with its device."""
+        out = {}
+        for d in self.queue.runs_dir.iterdir() if self.queue.runs_dir.is_dir() else ():
+            run = RunFolder(d)
+            if d.is_dir() and run_state(run) in ACTIVE_STATES:
+                config = run.file(run.config_path)
+                try:
+                    table = parse_toml(config.read_text(encoding="utf-8"), str(config)) if config else {}
+                except (OSError, ConfigError):
+                    table = {}
+                out[d.name] = self.device(str(table.get("run", {}).get("device", "auto")))
+        return out
+
+    def start_or_queue(self, cfg: Config) -> Started | Queued:
+        """Start ``cfg``'s run now if its device has room and nobody waits for it, else queue it last."""
+        run = RunFolder(Path(cfg.run.output_dir))
+        name, device = run.root.name, self.device(cfg.run.device)
+        with self.queue.locked() as entries:  # held: no dispatch starts a run between the count and the start
+            if any(e.run == name for e in entries):
+                place = [e.run for e in entries if e.device == device].index(name) + 1
+                raise RunBusy(f"run {name!r} is already queued (#{place} on {device}); the Monitor shows the queue")
+            working = [n for n, d in self.working().items() if d == device and n != name]
+            if len(working) < self.limit and not any(e.device == device for e in entries):
+                return start(cfg)
+            run.create()
+            with launch_lock(run.root):
+                note = _write_config(run, cfg)
+            entries.append(Entry(name, device, round(time.time(), 3)))
+            place = sum(e.device == device for e in entries)
+        return Queued(run.root, device, place, working, note)
+
+    def cancel(self, run_dir: Path) -> str:
+        """Take a queued run out of the queue; it stays as a stopped run that Start again queues again."""
+        self.queue.cancel(run_dir.name)
+        RunFolder(run_dir).write_status("stopped", max_steps=run_config(run_dir, "cancelled").run.max_steps,
+                                        message="cancelled while queued (it never started)")
+        return f"took {run_dir.name!r} out of the queue; Start again queues it again"
+
+    def dispatch(self) -> list[str]:
+        """Start the queued runs whose device has room (each UI process calls this every few seconds)."""
+        def counts() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for device in self.working().values():
+                out[device] = out.get(device, 0) + 1
+            return out
+
+        return self.queue.dispatch(counts, self.limit, lambda name: start(run_config(self.queue.runs_dir / name)))
+
+
+def dispatch_forever(devices: Devices, every: float = 2.0) -> None:
+    """The UI process's queue keeper: a queued run starts when a device frees up, with or without a page open
+    (and after a UI restart: the queue is a file)."""
+    while True:
+        try:
+            for name in devices.dispatch():
+                print(f"queue: started {name}", flush=True)
+        except DPDMDError as e:  # that run left the queue; the others go on
+            print(f"queue: a queued run could not start: {e}", file=sys.stderr, flush=True)
+        time.sleep(every)
 
 
 def request(run_dir: Path, what: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from distill_core.config import effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
+from distill_core.run_queue import QueueError, RunQueue
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
 
 from .launcher import LOG, run_state
@@ -42,9 +43,11 @@ class RunSummary:
     lam: float | None
     updated: float
     has_student: bool
+    queued: tuple[str, int] | None = None  # (device, place in its queue)
 
     def row(self) -> list:
-        return [self.name, self.state, f"{self.step} / {self.max_steps}", self.method,
+        state = f"queued #{self.queued[1]} ({self.queued[0]})" if self.queued else self.state
+        return [self.name, state, f"{self.step} / {self.max_steps}", self.method,
                 "" if self.k is None else self.k, "" if self.lam is None else self.lam,
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(self.updated)) if self.updated else ""]
 
@@ -52,23 +55,37 @@ class RunSummary:
 SUMMARY_HEADERS = ["run", "state", "step", "method", "k", "lambda", "updated"]
 
 
-def summarize(run_dir: Path) -> RunSummary:
+def queue_positions(runs_dir: Path) -> dict[str, tuple[str, int]]:
+    """Each queued run's device and place; none when the queue file is unreadable (the UI's log says why)."""
+    try:
+        return RunQueue(runs_dir).positions()
+    except QueueError:
+        return {}
+
+
+def state_of(run: RunFolder, queued: tuple[str, int] | None) -> str:
+    """A queued run is 'queued' (its folder holds only its config until it starts)."""
+    return "queued" if queued else run_state(run)
+
+
+def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummary:
     run = RunFolder(run_dir)
     status, cfg = run.read_status(), _config(run)
     method = cfg.get("method", {})
     name = method.get("name", "?")
     config = run.file(run.config_path)
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
-    return RunSummary(name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
+    return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
-                      method=name, k=method.get("anchor_step"),
+                      method=name, k=None if name == "dmd" else method.get("anchor_step"),  # DMD has no anchor
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
                       has_student=run.file(run.student_path) is not None)
 
 
 def list_runs(roots: Roots) -> list[RunSummary]:
     """Every run folder directly under the runs folder, newest first."""
-    runs = [summarize(d) for d in roots.run_folders()
+    queued = queue_positions(roots.runs)
+    runs = [summarize(d, queued.get(d.name)) for d in roots.run_folders()
             if (d / "config.toml").exists() or (d / "status.json").exists()]
     return sorted(runs, key=lambda r: r.updated, reverse=True)
 
@@ -80,13 +97,19 @@ def default_run(runs: list[RunSummary]) -> str | None:
 
 
 def log_tail(path: Path | None, lines: int = 25, max_bytes: int = 32_768) -> str:
-    """The last lines of a training log; progress-bar redraws (carriage returns) count as lines."""
+    """The last lines of a training log as a terminal shows them: a progress bar redrawn with carriage returns
+    is its last drawing, once (a line repeated right after itself, as tqdm's closing redraw, is shown once)."""
     if path is None:
         return ""
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - max_bytes))
         text = f.read().decode("utf-8", errors="replace")
-    return "\n".join([s for s in re.split(r"[\r\n]+", text) if s.strip()][-lines:])
+    shown: list[str] = []
+    for line in text.split("\n"):
+        drawn = next((part for part in reversed(line.split("\r")) if part.strip()), "")
+        if drawn.strip() and (not shown or drawn.strip() != shown[-1].strip()):
+            shown.append(drawn)
+    return "\n".join(shown[-lines:])
 
 
 @dataclass
@@ -108,12 +131,41 @@ class RunView:
     metrics: dict = field(default_factory=dict)
     log: str = ""
     log_file: Path | None = None
+    queued: tuple[str, int] | None = None  # (device, place in its queue)
 
     @property
     def eta_seconds(self) -> float | None:
         if self.sec_per_step is None or self.state not in TRAINING_STATES:  # 'finishing' has no steps left
             return None
         return max(0, self.max_steps - self.step) * self.sec_per_step
+
+
+# Eval fields that change only when or how often it is drawn, not what the teacher's diversity is measured on.
+SCHEDULE_FIELDS = ("diversity_every", "grid_every", "grid_prompts", "grid_seeds")
+
+
+def _teacher_eval_key(cfg: dict) -> tuple:
+    e = {k: v for k, v in cfg.get("eval", {}).items() if k not in SCHEDULE_FIELDS}
+    return repr(sorted(cfg.get("teacher", {}).items())), repr(sorted(e.items()))
+
+
+def plot_span(steps: list[int]) -> int:
+    """The last step the plots show: the newest, at least 10 (so early on the axis has whole steps)."""
+    return max([10, *steps])
+
+
+def known_teacher_diversity(run: RunFolder) -> float | None:
+    """The teacher's diversity a finished run of the same runs folder measured with this run's teacher and
+    evaluation (e.g. its DMD baseline), so the Monitor can draw it from the start; None when none did."""
+    want = _teacher_eval_key(_config(run))
+    for d in sorted(run.root.parent.iterdir()):
+        other = RunFolder(d)
+        if d == run.root or not d.is_dir() or other.file(other.metrics_path) is None:
+            continue
+        value = other.read_json(other.metrics_path).get("teacher", {}).get("diversity")
+        if value is not None and _teacher_eval_key(_config(other)) == want:
+            return float(value)
+    return None
 
 
 def signature(run_dir: Path) -> tuple:
@@ -140,13 +192,18 @@ def view(run_dir: Path) -> RunView:
     diversity = [(e["step"], e["diversity"], "student") for e in events
                  if e.get("event") == "eval" and "diversity" in e]
     teacher_div = metrics.get("teacher", {}).get("diversity")
-    if teacher_div is not None and diversity:
-        diversity += [(s, teacher_div, "teacher") for s in (diversity[0][0], diversity[-1][0])]
+    teacher_div = known_teacher_diversity(run) if teacher_div is None else teacher_div
+    max_steps = int(status.get("max_steps") or 0)
+    if teacher_div is not None:  # a level from step 0 (when another run measured it) to the newest step, as dots
+        span = plot_span([int(status.get("step") or 0), *(d[0] for d in diversity)])
+        level = {*range(0, span + 1, max(1, span // 20)), span, *(d[0] for d in diversity)}
+        diversity += [(s, teacher_div, "teacher") for s in sorted(level)]
     grids, log = run.student_grids(), run.file(LOG)
     done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
+    queued = queue_positions(run.root.parent).get(run.root.name)
     return RunView(
-        name=run.root.name, state=run_state(run), step=int(status.get("step") or 0),
-        max_steps=int(status.get("max_steps") or 0), message=str(status.get("message") or ""),
+        name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
+        max_steps=max_steps, message=str(status.get("message") or ""),
         sec_per_step=statistics.median(recent) if recent else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,

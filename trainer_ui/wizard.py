@@ -151,8 +151,23 @@ def default_form(family: str = "builtin") -> WizardForm:
                       grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every)
 
 
+QUICK_TEST_NOTE = ("about 30 iterations at a small batch with a seed grid every 5, so a first result (grids, "
+                   "diversity, the report) comes in a minute or two on the built-in teacher; then train longer.")
+
+
+def quick_test(family: str) -> dict[str, Any]:
+    """The run-size fields of the quick test: a first look, not a result (a real teacher takes batch 1)."""
+    return {"max_steps": 30, "batch_size": 8 if family == "builtin" else 1, "grid_every": 5, "diversity_every": 10,
+            "checkpoint_every": 30}
+
+
 def default_run_name(method: str = "dpdmd") -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_default_run_name(name: str) -> bool:
+    """A name default_run_name gave (for any method), which a method change may replace."""
+    return re.fullmatch(rf"({'|'.join(CORE_METHODS)})-\d{{8}}-\d{{6}}", name.strip()) is not None
 
 
 def _number(form: WizardForm, name: str) -> float:
