@@ -32,15 +32,16 @@ from .families import FAMILIES, FamilyName
 
 @dataclass(frozen=True)
 class Method:
+    name: str  # how reports and titles name it
     label: str  # how the wizard names it
     diversity: bool  # the first step trains on the diversity loss (lambda counts)
     detach: bool  # the gradient stops after the first step (DMD trains the later steps only)
 
 
 METHODS: dict[str, Method] = {
-    "dpdmd": Method("DP-DMD (paper): diversity loss on step 1, detach, DMD on the rest", diversity=True, detach=True),
-    "dmd": Method("DMD (baseline): DMD on every step, no diversity loss", diversity=False, detach=False),
-    "no_detach": Method("No-detach ablation: diversity loss, DMD through every step", diversity=True, detach=False),
+    "dpdmd": Method("DP-DMD", "DP-DMD (paper): diversity loss on step 1, detach, DMD on the rest", diversity=True, detach=True),
+    "dmd": Method("DMD", "DMD (baseline): DMD on every step, no diversity loss", diversity=False, detach=False),
+    "no_detach": Method("No-detach", "No-detach ablation: diversity loss, DMD through every step", diversity=True, detach=False),
 }
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 

@@ -56,7 +56,10 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
         assert own["teacher"] == metrics["teacher"]  # measured once, the same in both runs
         status = json.loads((run / "status.json").read_text())
         assert status["state"] == "finished" and status["step"] == 4
-        assert (run / "report.html").is_file() and (run / "student.safetensors").stat().st_size > 100_000
+        assert (run / "student.safetensors").stat().st_size > 100_000
+        title = (run / "report.html").read_text().split("<h1>", 1)[1].split("</h1>", 1)[0]
+        assert title == f"{'DMD' if method == 'dmd' else 'DP-DMD'} run: {method}"
+        assert ("k = " in (run / "report.html").read_text().split("<h2>", 1)[0]) is (method == "dpdmd")
         assert {p.name for p in (run / "checkpoints").iterdir()} >= {"step_00000004"}
     for label in (f"teacher ({c.teacher.num_steps} steps, CFG {c.teacher.guidance_scale:g})",
                   f"DMD student ({c.student.num_steps} steps)", f"DP-DMD student ({c.student.num_steps} steps)"):

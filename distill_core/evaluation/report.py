@@ -10,6 +10,7 @@ import html
 import io
 from pathlib import Path
 
+from ..config import METHODS
 from ..errors import CheckpointError, shown
 from ..runfolder import RunFolder, atomic_write_text
 
@@ -131,14 +132,17 @@ def write_report(run_dir: str | Path) -> Path:
     teacher_div = metrics.get("teacher", {}).get("diversity")
     loss_png, div_png = curves(events, teacher_div)
     grids = run.student_grids()
+    method = METHODS.get(str(info.get("method")))
+    title = f"{method.name if method else 'Distillation'} run"
+    knobs = (f"k = {info.get('anchor_step', '?')}, lambda = {info.get('diversity_weight', '?')}, "
+             if method is None or method.diversity else "")  # plain DMD has no anchor and no lambda
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>DP-DMD run report</title><style>{STYLE}"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title} report</title><style>{STYLE}"
         "</style></head><body>",
-        f"<h1>DP-DMD run: {html.escape(run.root.name)}</h1>",
+        f"<h1>{title}: {html.escape(run.root.name)}</h1>",
         f"<p>state: <b>{html.escape(str(status.get('state', 'unknown')))}</b>, step {status.get('step', '?')} of "
         f"{status.get('max_steps', '?')}; method <b>{html.escape(str(info.get('method', '?')))}</b>, "
-        f"k = {info.get('anchor_step', '?')}, lambda = {info.get('diversity_weight', '?')}, "
-        f"training time {info.get('train_seconds', '?')} s.</p>",
+        f"{knobs}training time {info.get('train_seconds', '?')} s.</p>",
     ]
     if metrics:
         parts += ["<h2>Teacher vs student (same prompts, same seeds)</h2>", _metrics_table(metrics)]
