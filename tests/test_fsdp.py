@@ -41,18 +41,21 @@ def config(folders, out: Path, mode: str, **kw):
                            optim__fake_lr=LR, **MODES[mode], **kw)
 
 
-def launch(cfg, how: str) -> None:
-    """``accelerate launch`` of distill_core.train on two CPU processes: 'fsdp' with the example config, or 'ddp'."""
-    path = Path(cfg.run.output_dir).with_suffix(".toml")
-    path.write_text(cfg.to_toml())
+def launch(configs: list, how: str) -> None:
+    """One ``accelerate launch`` on two CPU processes, 'fsdp' with the example config or 'ddp', training each config
+    through distill_core.train's entry point (tests/train_runs.py: one process start-up for all)."""
+    paths = []
+    for cfg in configs:
+        paths.append(Path(cfg.run.output_dir).with_suffix(".toml"))
+        paths[-1].write_text(cfg.to_toml())
     distributed = (["--config_file", str(ROOT / "examples" / "accelerate" / "fsdp.yaml")] if how == "fsdp"
                    else ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"])  # --multi_gpu: MULTI_CPU
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *distributed, "--num_processes", "2",
            "--mixed_precision", "no", "--main_process_port", str(free_port()),
-           "-m", "distill_core.train", str(path), "--no-finish"]
+           str(ROOT / "tests" / "train_runs.py"), *map(str, paths)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=path.parent)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=paths[0].parent)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -64,16 +67,22 @@ def states(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {name: load_file(str(folder / f"{name}.safetensors")) for name in STATES}
 
 
-def assert_close(got: dict, want: dict) -> None:
-    """Weights within WEIGHTS_ATOL, optimiser states within OPTIM_RTOL of their scale; the same keys."""
+def assert_close(got: dict, want: dict) -> tuple[float, float]:
+    """Weights within WEIGHTS_ATOL, optimiser states within OPTIM_RTOL of their scale, the same keys and shapes;
+    returns the largest weight difference and the largest optimiser difference over its scale."""
+    largest = {False: 0.0, True: 0.0}
     for name in STATES:
+        optim = name.startswith("optim")
         assert got[name].keys() == want[name].keys(), name
         for key, b in want[name].items():
             a = got[name][key]
             assert a.shape == b.shape and a.dtype == b.dtype, f"{name}: {key}"
             diff = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
-            bound = WEIGHTS_ATOL if not name.startswith("optim") else OPTIM_RTOL * float(b.double().abs().max())
-            assert diff <= bound, f"{name}: {key} differs by {diff:.3g} (> {bound:.3g})"
+            scale = float(b.double().abs().max() or 1.0) if optim and a.numel() else 1.0
+            bound = OPTIM_RTOL if optim else WEIGHTS_ATOL
+            assert diff / scale <= bound, f"{name}: {key} differs by {diff:.3g} (> {bound:.3g} x {scale:.3g})"
+            largest[optim] = max(largest[optim], diff / scale)
+    return largest[False], largest[True]
 
 
 def layout(folder: Path) -> dict:
@@ -81,33 +90,35 @@ def layout(folder: Path) -> dict:
     return {name: {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} for name, tensors in states(folder).items()}
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_fsdp_trains_as_ddp_and_resumes_under_one_process_and_ddp(tiny_pipelines, tmp_path, mode):
-    fsdp = config(tiny_pipelines, tmp_path / "fsdp", mode, run__max_steps=2)
-    launch(fsdp, "fsdp")
-    ddp = config(tiny_pipelines, tmp_path / "ddp", mode, run__max_steps=3)  # checkpoints at steps 1, 2, 3
-    launch(ddp, "ddp")
-    written = step_dir(fsdp, 2)
-    assert ckpt.check(written) is None  # complete, checksums recorded and right, every tensor finite
-    assert ckpt.read_state(written)["world_size"] == 2
-    assert sorted(p.name for p in written.glob("rng_rank*")) == ["rng_rank0.safetensors", "rng_rank1.safetensors"]
-    assert_close(states(written), states(step_dir(ddp, 2)))
+def test_fsdp_trains_as_ddp_and_resumes_under_one_process_and_ddp(tiny_pipelines, tmp_path):
+    """Both modes (MODES) per launch; three launches in all."""
+    def run(name, mode, **kw):
+        return config(tiny_pipelines, tmp_path / f"{name}_{mode}", mode, **kw)
 
-    # (a) one process, from the FSDP checkpoint and from DDP's at the same step: both reseed at step 2 alike
-    ones = {}
-    for name, source in (("one_from_fsdp", written), ("one_from_ddp", step_dir(ddp, 2))):
-        cfg = config(tiny_pipelines, tmp_path / name, mode, run__max_steps=3, run__branch_from=str(source))
-        train(cfg, progress=False, finish=False)
-        ones[name] = step_dir(cfg, 3)
-    assert_close(states(ones["one_from_fsdp"]), states(ones["one_from_ddp"]))
-    assert layout(written) == layout(ones["one_from_fsdp"])  # FSDP writes one process's files
-
-    if mode != "full":  # a launch less: LoRA adapters load under DDP as under one process (the same call)
-        return
-    # (b) DDP on two processes: each rank's random state comes back, so it continues DDP's straight run
-    resumed = config(tiny_pipelines, tmp_path / "ddp_from_fsdp", mode, run__max_steps=3, run__branch_from=str(written))
-    launch(resumed, "ddp")
-    assert_close(states(step_dir(resumed, 3)), states(step_dir(ddp, 3)))
+    ddp = {m: run("ddp", m, run__max_steps=4, run__keep_checkpoints=4) for m in MODES}
+    launch(list(ddp.values()), "ddp")  # the reference: DDP straight through, a checkpoint per step
+    # FSDP loads DDP's step 1 into its shards and trains steps 2 and 3 (a launch less than a fresh start and a load)
+    fsdp = {m: run("fsdp", m, run__max_steps=3, run__branch_from=str(step_dir(ddp[m], 1))) for m in MODES}
+    launch(list(fsdp.values()), "fsdp")
+    # (b) DDP on two processes from FSDP's step 3: each rank's random state comes back, so it continues DDP's run
+    resumed = {m: run("ddp_from_fsdp", m, run__max_steps=4, run__branch_from=str(step_dir(fsdp[m], 3)))
+               for m in MODES}
+    launch(list(resumed.values()), "ddp")
+    for mode in MODES:
+        written = step_dir(fsdp[mode], 3)
+        assert ckpt.check(written) is None  # complete, checksums recorded and right, every tensor finite
+        assert ckpt.read_state(written)["world_size"] == 2
+        assert sorted(p.name for p in written.glob("rng_rank*")) == ["rng_rank0.safetensors", "rng_rank1.safetensors"]
+        measured = {"fsdp vs ddp": assert_close(states(written), states(step_dir(ddp[mode], 3))),
+                    "ddp": assert_close(states(step_dir(resumed[mode], 4)), states(step_dir(ddp[mode], 4)))}
+        # (a) one process, from the FSDP checkpoint and from DDP's at the same step: both reseed at step 3 alike
+        ones = [run(name, mode, run__max_steps=4, run__branch_from=str(source))
+                for name, source in (("one_from_fsdp", written), ("one_from_ddp", step_dir(ddp[mode], 3)))]
+        for cfg in ones:
+            train(cfg, progress=False, finish=False)
+        measured["one process"] = assert_close(*(states(step_dir(cfg, 4)) for cfg in ones))
+        assert layout(written) == layout(step_dir(ones[0], 4))  # FSDP writes one process's files
+        print(f"{mode}: largest differences (weights, optimiser / its scale): {measured}")
 
 
 def test_shared_base_lora_is_refused_under_fsdp(tiny_pipelines, tmp_path):
