@@ -11,6 +11,7 @@ missed, doubled or un-averaged update, a lost optimiser state or a wrong random 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +56,15 @@ def launch(configs: list, how: str) -> None:
            str(ROOT / "tests" / "train_runs.py"), *map(str, paths)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=paths[0].parent)
-    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=paths[0].parent, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:  # a hung collective: end the workers too, not only the launcher
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the {how} launch hung (killed after 400 s): {err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
 
 
 def step_dir(cfg, step: int) -> Path:
