@@ -27,18 +27,19 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def is_sharded(acc) -> bool:
-    """True under FSDP, where a network's forward pass needs every process."""
-    from accelerate.utils import DistributedType
-
-    return acc.distributed_type == DistributedType.FSDP
-
-
 def full_state(acc, net: nn.Module) -> dict[str, torch.Tensor]:
     """A prepared network's whole state (a shared base's view: as its LoRA copy's), complete on the main process
     (collective)."""
+    from torch.distributed.fsdp import FSDPModule
+
     inner = acc.unwrap_model(net)
-    return inner.copy_state() if isinstance(inner, AdapterView) else acc.get_state_dict(net)
+    if isinstance(inner, AdapterView):
+        return inner.copy_state()
+    if isinstance(net, FSDPModule):  # sharding.shard's: gathered onto the main process's CPU memory
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(net, options=_options(cpu_offload=True))
+    return acc.get_state_dict(net)
 
 
 def network_state(acc, net: nn.Module) -> dict[str, torch.Tensor]:

@@ -34,8 +34,8 @@ from .memory import batch_fits
 from .ema import StudentEMA
 from .lora import AdapterView, average_gradients, trainable_parameters, training
 from .recorder import Recorder, RunRecorder
-from .train_state import (full_state, is_sharded, load_network_state, load_optimizer_state, network_state,
-                          optimizer_state)
+from .sharding import is_sharded, shard
+from .train_state import full_state, load_network_state, load_optimizer_state, network_state, optimizer_state
 
 if TYPE_CHECKING:
     from ..evaluation.compare import Reference
@@ -83,7 +83,10 @@ class Trainer:
 
         # prompts first: the text encoders come and go before the trainable copies take their memory
         self.bank = self.teacher.prompt_bank(c.data.prompts)
+        self.sharded = is_sharded(self.acc)  # FSDP: each process holds a shard of the student and the fake score
         student, fake = self._trainable_networks()
+        if self.sharded:  # before the optimisers, which then step the shards
+            student, fake = (shard(net, self.acc.device) for net in (student, fake))
         o = c.optim
 
         def adamw(net, lr):
@@ -94,10 +97,12 @@ class Trainer:
         if isinstance(student, AdapterView):  # one base under both: no DDP wrapper each (see _backward)
             self.student, self.fake = (self.acc.prepare_model(net, evaluation_mode=True) for net in (student, fake))
             self.opt_s, self.opt_f = self.acc.prepare(opt_s, opt_f)
+        elif self.sharded:  # FSDP averages the gradients itself (a reduce-scatter for DDP's all-reduce);
+            self.student, self.fake = student, fake  # prepare() would refuse optimisers without their model
+            self.opt_s, self.opt_f = (self.acc.prepare_optimizer(opt) for opt in (opt_s, opt_f))
         else:
             self.student, self.fake, self.opt_s, self.opt_f = self.acc.prepare(student, fake, opt_s, opt_f)
         self.lr_schedules = [warmup_schedule(opt, o.warmup_steps) for opt in (self.opt_s, self.opt_f)]
-        self.sharded = is_sharded(self.acc)
         self.ema = None
         if c.student.ema_decay:
             if self.sharded:
@@ -118,7 +123,7 @@ class Trainer:
             from .lora import FAKE, STUDENT, AdapterView, add_lora, lora_mode
 
             dtype = base_dtype(c)
-            if lora_mode(c, is_sharded(self.acc)) == "shared":
+            if lora_mode(c, self.sharded) == "shared":
                 base = self.teacher.network  # in the base dtype already (lora_mode checks it)
                 add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE))
                 nets = [base]
@@ -297,6 +302,9 @@ class Trainer:
                 ckpt.discard(self.run.checkpoints)
             return False
         last = ckpt.resume_point(self.run.checkpoints, report=partial(print, file=sys.stderr) if self.is_main else None)
+        # every process looks before the main one branches: a late one would find the branch, skip _branch's
+        # barrier and hang the run
+        self.acc.wait_for_everyone()
         if last is None and self.cfg.run.branch_from:
             last = self._branch(Path(self.cfg.run.branch_from).expanduser())
         if last is None:
