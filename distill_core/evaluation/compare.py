@@ -6,11 +6,12 @@ import time
 import torch
 from torch import nn
 
+from ..builtin import shape_modes
 from ..builtin.modes import mode_metrics
 from ..config import Config
 from ..sampling import sample_grid
 from ..teachers.base import Teacher
-from .evaluate import DigitsExtractor, FeatureExtractor, evaluate_images, load_extractor
+from .evaluate import DigitsExtractor, FeatureExtractor, ShapesExtractor, evaluate_images, load_extractor
 
 
 def prompt_labels(teacher: Teacher, prompts: list[str], per_prompt: int) -> torch.Tensor | None:
@@ -57,7 +58,7 @@ def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExt
 
 def compare(cfg: Config, teacher: Teacher, student: nn.Module, device) -> dict:
     """Teacher (its steps, CFG) and student (its steps, no CFG) measured identically."""
-    extractor = load_extractor(cfg.eval.features) if cfg.eval.features else None
+    extractor = load_extractor(cfg.eval.features, cfg.teacher.builtin) if cfg.eval.features else None
     t, t_images = measure(teacher, teacher.network, cfg, extractor,
                           levels=teacher.teacher_levels(cfg.teacher.num_steps), guidance=cfg.teacher.guidance_scale,
                           device=device)
@@ -69,6 +70,12 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device) -> dict:
     if isinstance(extractor, DigitsExtractor):
         labels = prompt_labels(teacher, cfg.eval.prompts, t_images.shape[0] // len(cfg.eval.prompts))
         t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels)
+        t.update(t_modes)
+        s.update(s_modes)
+    if isinstance(extractor, ShapesExtractor):  # modes counted by the decoder
+        per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
+        labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
+        t_modes, s_modes = shape_modes.mode_metrics(t_images, s_images, labels, per_prompt)
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}
