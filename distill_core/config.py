@@ -26,7 +26,7 @@ try:  # Python 3.11+; ComfyUI installs on 3.10 use the tomli backport
 except ImportError:  # pragma: no cover
     import tomli as tomllib
 
-from .builtin.kinds import DEFAULT_KIND, KINDS, BuiltinName
+from .builtin.kinds import DEFAULT_KIND, KINDS, BuiltinName, data_module
 from .errors import ConfigError, shown
 from .families import FAMILIES, Family, FamilyName
 
@@ -407,8 +407,7 @@ def _fill_defaults(cfg: Config) -> None:
     d.batch_size = fam.batch_size if d.batch_size is None else d.batch_size
     prompts = list(d.prompts) + (read_prompts_file(d.prompts_file) if d.prompts_file else [])
     if t.family == "builtin" and not prompts:
-        import importlib
-        data = importlib.import_module(f".builtin.{KINDS[t.builtin].module}", __package__)
+        data = data_module(t.builtin)
         prompts = [data.canonical_prompt(i) for i in range(data.NUM_CLASSES)]
     d.prompts, d.prompts_file = prompts, ""
     if not e.prompts:

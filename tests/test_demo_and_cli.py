@@ -30,7 +30,7 @@ def test_quick_demo_writes_student_metrics_and_report(tmp_path):
     assert status["state"] == "finished" and status["step"] == 4
     # the exported student samples through the CLI
     out = tmp_path / "grid.png"
-    assert main(["sample", str(run / "student.safetensors"), "--prompt", "seven", "--seeds", "3", "--out", str(out)]) == 0
+    assert main(["sample", str(run / "student.safetensors"), "--prompt", "a green circle", "--seeds", "3", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
 
 

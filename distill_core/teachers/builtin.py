@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ..builtin.kinds import KINDS
+from ..builtin.kinds import KINDS, data_module
 from ..builtin.networks import TEACHER_CONFIGS, build_teacher_network
 from ..errors import CheckpointError
 from ..families import FAMILIES
@@ -66,7 +65,7 @@ class BuiltinTeacher(Teacher):
     def __init__(self, path: str | Path = "", shift: float | None = None, dtype: torch.dtype = torch.float32,
                  kind: str = "digits"):
         self.kind = kind
-        self.data = importlib.import_module(f"distill_core.builtin.{KINDS[kind].module}")
+        self.data = data_module(kind)
         self.path = Path(path) if path else WEIGHTS_DIR / KINDS[kind].teacher_file
         state, meta = load_builtin_weights(self.path)
         self._config = json.loads(meta["config"]) if "config" in meta else None
