@@ -56,6 +56,6 @@ def test_on_the_shapes_teacher_too(tiny):
         before = first_step_error(trainer)
         trainer.fit()
         errors[method] = first_step_error(trainer)
-    print(before, errors)
-    assert errors["dpdmd"] < 0.6 * errors["dmd"], errors
-    assert errors["dmd"] > 1.5 * before, errors
+    # measured: before 0.050; after 10 steps dmd 6.84, dpdmd 0.90
+    assert errors["dpdmd"] < 0.3 * errors["dmd"], errors
+    assert errors["dmd"] > 10 * before, errors
