@@ -49,13 +49,16 @@ SHAPES = {"teacher__builtin": "shapes", "eval__prompts": ["a red square", "a gre
 def test_on_the_shapes_teacher_too(tiny):
     """The same property on the default built-in teacher (the one whose modes are counted)."""
     errors = {}
-    for method in ("dmd", "dpdmd"):
-        cfg = tiny(method, method__name=method, run__max_steps=10, run__checkpoint_every=0, data__batch_size=16,
-                   optim__student_lr=1e-3, optim__fake_lr=1e-3, teacher__num_steps=30, method__anchor_step=5, **SHAPES)
+    for name, method, lam in (("dmd", "dmd", 0.05), ("dpdmd", "dpdmd", 0.05), ("detach_only", "dpdmd", 0.0)):
+        cfg = tiny(name, method__name=method, method__diversity_weight=lam, run__max_steps=10, run__checkpoint_every=0,
+                   data__batch_size=16, optim__student_lr=1e-3, optim__fake_lr=1e-3, teacher__num_steps=30,
+                   method__anchor_step=5, **SHAPES)
         trainer = Trainer(cfg, progress=False)
         before = first_step_error(trainer)
         trainer.fit()
-        errors[method] = first_step_error(trainer)
-    # measured: before 0.050; after 10 steps dmd 6.84, dpdmd 0.90
+        errors[name] = first_step_error(trainer)
+    # measured: before 0.050; after 10 steps dmd 6.84, dpdmd 0.90, dpdmd with lambda = 0 (the detach alone) 2.98
     assert errors["dpdmd"] < 0.3 * errors["dmd"], errors
+    assert errors["dpdmd"] < 0.5 * errors["detach_only"], errors  # the diversity loss holds the first step
+    assert errors["detach_only"] < 0.7 * errors["dmd"], errors  # so does the detach, less
     assert errors["dmd"] > 10 * before, errors
