@@ -27,10 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from distill_core.builtin import shape_modes  # noqa: E402
 from distill_core.builtin.modes import mode_metrics  # noqa: E402
 from distill_core.config import Config, resolve  # noqa: E402
 from distill_core.demo import demo_config  # noqa: E402
-from distill_core.evaluation.evaluate import DigitsExtractor  # noqa: E402
+from distill_core.evaluation.evaluate import load_extractor  # noqa: E402
 from distill_core.grids import seed_grid  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
 from distill_core.training.trainer import Trainer  # noqa: E402
@@ -81,8 +82,9 @@ class Bench:
     def __init__(self, args) -> None:
         self.args = args
         self.work = Path(args.work)
-        self.extractor = DigitsExtractor()
         self.eval_cfg = resolve(base_config(args, self.work, "eval", "dpdmd", 0))
+        self.kind = self.eval_cfg.teacher.builtin
+        self.extractor = load_extractor("builtin", self.kind)
         self.eval_cfg.eval.fd_samples_per_prompt = args.samples
         from distill_core.teachers import load_teacher
         self.teacher_shift = load_teacher(self.eval_cfg).schedule.shift
@@ -110,8 +112,12 @@ class Bench:
         c, teacher = self.eval_cfg, trainer.teacher
         net = trainer.sampling_student()
         m, images = measure(teacher, net, c, self.extractor, levels=trainer.student_levels, guidance=1.0, device="cpu")
-        labels = teacher.encode_prompts(c.eval.prompts)["class_labels"].repeat_interleave(images.shape[0] // len(c.eval.prompts))
-        t_modes, s_modes = mode_metrics(self.extractor, self.teacher_images, images, labels)
+        per_prompt = images.shape[0] // len(c.eval.prompts)
+        labels = teacher.encode_prompts(c.eval.prompts)["class_labels"].repeat_interleave(per_prompt)
+        if self.kind == "shapes":  # modes counted by the decoder
+            t_modes, s_modes = shape_modes.mode_metrics(self.teacher_images, images, labels, per_prompt)
+        else:
+            t_modes, s_modes = mode_metrics(self.extractor, self.teacher_images, images, labels)
         m.update(s_modes)
         self.results["teacher"].update(t_modes)
         events = trainer.run.read_events()

@@ -83,7 +83,10 @@ def _teacher_for(student: Path, teacher_path: str):
     cfg.teacher.path = teacher_path
     cfg.teacher.shift = info.schedule.get("shift")
     cfg.teacher.resolution = info.extra.get("resolution")
-    if info.family != "builtin":
+    if info.family == "builtin":  # the student's architecture tells which built-in teacher drew its data
+        from .teachers.builtin import kind_of
+        cfg.teacher.builtin = kind_of(info.network_config) or cfg.teacher.builtin
+    else:
         cfg.data.prompts = ["-"]
     return load_teacher(resolve(cfg), _device()), info
 

@@ -26,8 +26,9 @@ try:  # Python 3.11+; ComfyUI installs on 3.10 use the tomli backport
 except ImportError:  # pragma: no cover
     import tomli as tomllib
 
+from .builtin.kinds import DEFAULT_KIND, KINDS, BuiltinName, data_module
 from .errors import ConfigError, shown
-from .families import FAMILIES, FamilyName
+from .families import FAMILIES, Family, FamilyName
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RunSection:
 class TeacherSection:
     family: FamilyName = "builtin"
     path: str = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
+    builtin: BuiltinName = DEFAULT_KIND  # builtin family: shapes (generated, exactly known modes) | digits
     guidance_scale: float | None = None  # teacher ("real score") CFG
     num_steps: int | None = None  # the teacher's own multi-step schedule (anchor rollout, reference samples)
     shift: float | None = None  # flow-time shift; None = the teacher scheduler's
@@ -397,7 +399,7 @@ def _fill_defaults(cfg: Config) -> None:
     """Fields left at None take the family's value; the prompts file is read (builtin: the ten digits by
     default); evaluation defaults to the first training prompts."""
     t, o, d, e = cfg.teacher, cfg.optim, cfg.data, cfg.eval
-    fam = FAMILIES[t.family]
+    fam = builtin_family(t.builtin) if t.family == "builtin" else FAMILIES[t.family]
     t.guidance_scale = fam.guidance_scale if t.guidance_scale is None else t.guidance_scale
     t.num_steps = fam.num_steps if t.num_steps is None else t.num_steps
     t.resolution = fam.resolution if t.resolution is None else t.resolution
@@ -406,13 +408,19 @@ def _fill_defaults(cfg: Config) -> None:
     d.batch_size = fam.batch_size if d.batch_size is None else d.batch_size
     prompts = list(d.prompts) + (read_prompts_file(d.prompts_file) if d.prompts_file else [])
     if t.family == "builtin" and not prompts:
-        from .builtin.digits import NUM_CLASSES, canonical_prompt
-        prompts = [canonical_prompt(i) for i in range(NUM_CLASSES)]
+        data = data_module(t.builtin)
+        prompts = [data.canonical_prompt(i) for i in range(data.NUM_CLASSES)]
     d.prompts, d.prompts_file = prompts, ""
     if not e.prompts:
         e.prompts = prompts[: e.max_prompts]
     if t.family != "builtin" and e.features == "builtin":
         e.features = ""  # the digits classifier only knows digits; real teachers measure with a DINO / CLIP folder
+
+
+def builtin_family(kind: str) -> Family:
+    """The built-in family's defaults for one built-in teacher (its image size, its own CFG and budget)."""
+    k = KINDS[kind]
+    return dataclasses.replace(FAMILIES["builtin"], resolution=k.image_size, **k.defaults)
 
 
 def _check_teacher(t: TeacherSection) -> None:
@@ -426,10 +434,10 @@ def _check_teacher(t: TeacherSection) -> None:
         raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
     if t.shift is not None and t.shift <= 0:
         raise ConfigError(f"teacher.shift = {t.shift} must be positive")
-    builtin = FAMILIES["builtin"].resolution
+    builtin = KINDS[t.builtin].image_size
     if t.family == "builtin" and t.resolution != builtin:
-        raise ConfigError(f"teacher.resolution = {t.resolution} applies to sd3 / sdxl teachers; the built-in teacher "
-                          f"draws {builtin} x {builtin} digits only, remove the field")
+        raise ConfigError(f"teacher.resolution = {t.resolution} applies to sd3 / sdxl teachers; the built-in "
+                          f"{t.builtin} teacher draws {builtin} x {builtin} images only, remove the field")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
 

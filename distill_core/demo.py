@@ -27,6 +27,7 @@ def demo_config(output_dir: str | Path = "runs/demo", quick: bool = False, metho
     cfg = Config()
     cfg.run.output_dir = str(output_dir)
     cfg.method.name = method
+    cfg.run.max_steps = 200  # setting E1 of docs/investigation.md (the built-in family's lr, batch and CFG)
     if quick:
         cfg.run.max_steps = 12
         cfg.run.checkpoint_every = 6

@@ -27,8 +27,10 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "builtin": Family("Built-in digits teacher (runs on a CPU)", guidance_scale=2.0, num_steps=30, lr=1e-4,
-                      batch_size=64, resolution=8, prediction_type="flow", shift=1.0, comfy_native=False),
+    # The default built-in teacher's values (shapes); the digits teacher's own differences are in builtin/kinds.py.
+    # Shapes: strong updates (lr 1e-3, batch 32), where plain DMD loses modes (docs/investigation.md, shapes).
+    "builtin": Family("Built-in teacher: shapes or digits (runs on a CPU)", guidance_scale=2.0, num_steps=30, lr=1e-3,
+                      batch_size=32, resolution=16, prediction_type="flow", shift=1.0, comfy_native=False),
     "sd3": Family("SD3 / SD3.5 (local diffusers folder)", guidance_scale=3.5, num_steps=30, lr=1e-5, batch_size=4,
                   resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True),
     "sdxl": Family("SDXL (local diffusers folder)", guidance_scale=8.0, num_steps=50, lr=1e-5, batch_size=4,

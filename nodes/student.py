@@ -103,9 +103,9 @@ def load(name: str, path: Path, info: StudentInfo, weight_dtype: str = "default"
     """Load the network of a student whose metadata has been read and checked."""
     if info.family == "builtin":
         from distill_core.export.exporters import load_student
-        from distill_core.teachers.builtin import BuiltinTeacher
+        from distill_core.teachers.builtin import BuiltinTeacher, kind_of
 
-        teacher = BuiltinTeacher(shift=info.schedule.get("shift"))
+        teacher = BuiltinTeacher(shift=info.schedule.get("shift"), kind=kind_of(info.network_config) or "digits")
         net, _ = load_student(path, teacher)
         return Student(name, info, teacher=teacher, net=net)
     if info.family not in COMFY_NATIVE:

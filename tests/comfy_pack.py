@@ -51,8 +51,10 @@ def builtin_student(path: Path) -> Path:
     from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers.builtin import BuiltinTeacher
 
-    teacher = BuiltinTeacher()
-    info = student_info(teacher, resolve(Config()), steps_trained=0)
+    teacher = BuiltinTeacher()  # the digits teacher, the nodes' default
+    cfg = Config()
+    cfg.teacher.builtin = "digits"
+    info = student_info(teacher, resolve(cfg), steps_trained=0)
     return save_student(teacher.network.state_dict(), info, path)
 
 

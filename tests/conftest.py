@@ -13,8 +13,12 @@ from distill_core.config import Config  # noqa: E402
 
 
 def tiny_config(out, **overrides) -> Config:
-    """A built-in-teacher run that takes a few seconds: small batch, 2 fake updates, no periodic evals."""
+    """A built-in-teacher run that takes a few seconds: small batch, 2 fake updates, no periodic evals.
+
+    On the digits teacher (whose prompts "0", "1", "2" the tests use); tests of the shapes teacher set
+    teacher__builtin="shapes" and shapes prompts."""
     cfg = Config()
+    cfg.teacher.builtin = "digits"
     cfg.run.output_dir = str(out)
     cfg.run.max_steps = 4
     cfg.run.checkpoint_every = 2

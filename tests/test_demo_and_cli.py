@@ -66,7 +66,7 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
         assert label in printed
     assert f"report: {out / 'report.html'}" in printed
     grid = tmp_path / "grid.png"  # the exported student samples through the CLI
-    assert main(["sample", str(out / "dpdmd" / "student.safetensors"), "--prompt", "seven", "--seeds", "3",
+    assert main(["sample", str(out / "dpdmd" / "student.safetensors"), "--prompt", "a green circle", "--seeds", "3",
                  "--out", str(grid)]) == 0
     assert grid.stat().st_size > 0
 

@@ -13,8 +13,11 @@ from distill_core.teachers import load_teacher
 
 @pytest.fixture(scope="module")
 def teacher():
+    """The digits teacher, whose prompts ("3") these tests use, as the tiny configs do."""
     from distill_core.config import Config
-    return load_teacher(resolve(Config()))
+    cfg = Config()
+    cfg.teacher.builtin = "digits"
+    return load_teacher(resolve(cfg))
 
 
 def test_round_trip_keeps_weights_and_schedule(tiny, tmp_path, teacher):

@@ -580,7 +580,7 @@ def _wizard_page(settings: Settings):
                                   **named("teacher_path", "a local diffusers folder with model_index.json"))
     with gr.Row():
         prompts = gr.Textbox(lines=4, **named("prompts", "one per line"),
-                             placeholder="built-in teacher: leave empty for all ten digits, or e.g. 'a handwritten 7'")
+                             placeholder="built-in teacher: leave empty for all its prompts, or e.g. 'a green circle'")
         prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
     method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():

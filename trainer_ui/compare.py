@@ -38,8 +38,9 @@ WHAT_TO_LOOK_FOR = (
     "only sharpens quality. Against a DMD run with the same settings (Wizard: *Same settings as a DMD baseline*), "
     "the DP-DMD student's grids should vary more across seeds, its diversity should sit closer to the teacher's "
     "and its mode coverage higher, at similar quality. **It takes training to show:** a quick test (30 "
-    "iterations) checks that everything runs, not the method; on the built-in teacher the gap is small even at "
-    "the default 400 iterations (docs/results.md), and the paper's gap (1.31x DMD's diversity on SD3.5 Medium) "
+    "iterations) checks that everything runs, not the method; on the built-in shapes teacher (8 counted modes "
+    "per prompt) about 200 iterations at batch 32 showed it on one training seed and not on another "
+    "(docs/investigation.md), and the paper's gap (1.31x DMD's diversity on SD3.5 Medium) "
     "comes after about 6k iterations at batch 4 on 8 GPUs.")
 
 
@@ -87,17 +88,17 @@ class ModelCache:
         from distill_core.teachers import load_teacher
 
         t = cfg.teacher
-        key = (t.family, t.path, t.shift, t.dtype, t.resolution, device)
+        key = (t.family, t.builtin, t.path, t.shift, t.dtype, t.resolution, device)
         if key not in self._teachers:
             self._teachers[key] = load_teacher(cfg, device)
         return self._teachers[key]
 
-    def extractor(self, spec: str):
+    def extractor(self, spec: str, builtin: str):
         from distill_core.evaluation.evaluate import load_extractor
 
-        if spec and spec not in self._extractors:
-            self._extractors[spec] = load_extractor(spec)
-        return self._extractors.get(spec)
+        if spec and (spec, builtin) not in self._extractors:
+            self._extractors[spec, builtin] = load_extractor(spec, builtin)
+        return self._extractors.get((spec, builtin))
 
 
 def _measure(teacher, images, prompts: list[str], seeds: list[int], extractor) -> dict:
@@ -181,7 +182,7 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
         seen: set[tuple] = set()
         for cfg, m in zip(configs, metrics):
             t = cfg.teacher
-            key = (t.family, t.path, t.shift, t.dtype, t.guidance_scale, t.num_steps)
+            key = (t.family, t.builtin, t.path, t.shift, t.dtype, t.guidance_scale, t.num_steps)
             if key in seen:
                 continue
             seen.add(key)
@@ -189,7 +190,7 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
             teacher = cache.teacher(cfg, device)
             panels.append(_panel(
                 "teacher", f"teacher: {t.num_steps} steps, CFG {t.guidance_scale:g}", teacher, teacher.network,
-                prompts, seeds, teacher.teacher_levels(t.num_steps), t.guidance_scale, cache.extractor(cfg.eval.features),
+                prompts, seeds, teacher.teacher_levels(t.num_steps), t.guidance_scale, cache.extractor(cfg.eval.features, cfg.teacher.builtin),
                 device, {"method": "teacher", "k": "", "lambda": "", "steps": t.num_steps, **_run_eval(m, "teacher")},
                 m.get("teacher", {}), cfg.eval.prompts, tick))
     for run, student, cfg, m in zip(runs, students, configs, metrics):
@@ -198,7 +199,7 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
         net, info = load_student(student, teacher, device)
         panels.append(_panel(
             run.root.name, f"{run.root.name}: {info.num_steps} steps", teacher, net, prompts, seeds, info.levels, 1.0,
-            cache.extractor(cfg.eval.features), device,
+            cache.extractor(cfg.eval.features, cfg.teacher.builtin), device,
             {"method": info.method, "k": "" if info.method == "dmd" else info.anchor_step, "lambda": info.diversity_weight, "steps": info.num_steps,
              **_run_eval(m, "student")}, m.get("student", {}), cfg.eval.prompts, tick))
     if progress:

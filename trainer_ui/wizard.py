@@ -256,10 +256,10 @@ def _check_paths(data: dict, roots: Roots) -> dict:
 def check_prompts(cfg: Config) -> None:
     """Refuse prompts the teacher cannot condition on now, rather than after the run has started."""
     if cfg.teacher.family == "builtin":
-        from distill_core.builtin.digits import parse_prompt
+        from distill_core.builtin.kinds import data_module
 
         for prompt in dict.fromkeys(cfg.data.prompts + cfg.eval.prompts):
-            parse_prompt(prompt)
+            data_module(cfg.teacher.builtin).parse_prompt(prompt)
 
 
 def check_teacher_folder(cfg: Config) -> None:

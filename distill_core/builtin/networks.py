@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import shapes
 from .digits import IMAGE_SIZE, NUM_CLASSES
 
 # A diffusers DiT (class-conditional, adaLN-zero). Small enough for a CPU
@@ -18,6 +19,18 @@ TEACHER_CONFIG: dict = {
     "out_channels": 1,
     "num_embeds_ada_norm": NUM_CLASSES,
 }
+
+# The shapes teacher: the same width and depth on 16 tokens again (16x16 RGB in 4x4 patches), so a
+# distillation step costs what a digits one does.
+SHAPES_TEACHER_CONFIG: dict = {
+    **TEACHER_CONFIG,
+    "sample_size": shapes.IMAGE_SIZE,
+    "patch_size": 4,
+    "in_channels": shapes.CHANNELS,
+    "out_channels": shapes.CHANNELS,
+    "num_embeds_ada_norm": shapes.NUM_CLASSES,
+}
+TEACHER_CONFIGS: dict[str, dict] = {"digits": TEACHER_CONFIG, "shapes": SHAPES_TEACHER_CONFIG}
 
 
 def build_teacher_network(config: dict | None = None) -> nn.Module:

@@ -1,6 +1,7 @@
 """Train the built-in teacher and the digits classifier, and write their weights.
 
     python -m distill_core.builtin.train_weights --out distill_core/builtin/weights
+    python -m distill_core.builtin.train_weights --builtin shapes --iterations 5000
 
 Deterministic on CPU for a given torch version and thread count (both are
 recorded in the files' metadata); the shipped files' sha256 are in
@@ -26,31 +27,50 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .digits import NULL_LABEL, load_split
-from .networks import TEACHER_CONFIG, DigitsClassifier, build_teacher_network
+from . import digits, shapes
+from .kinds import KINDS
+from .networks import TEACHER_CONFIGS, DigitsClassifier, build_teacher_network
 
-TEACHER_FILE = "digits_teacher.safetensors"
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 SUMS_FILE = "SHA256SUMS"
+NULL_LABELS = {"digits": digits.NULL_LABEL, "shapes": shapes.NULL_LABEL}
+
+
+def digits_batches(gen: torch.Generator, batch_size: int):
+    """Draws from the fixed train split of the real digits."""
+    split = digits.load_split()
+    images, labels = split.train_images, split.train_labels
+    while True:
+        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+        yield images[idx], labels[idx].clone()
+
+
+def shapes_batches(gen: torch.Generator, batch_size: int):
+    """Fresh generated shapes every step (the data distribution itself, no finite train set)."""
+    while True:
+        labels = torch.randint(0, shapes.NUM_CLASSES, (batch_size,), generator=gen)
+        yield shapes.generate(labels, gen)[0], labels
+
+
+BATCHES = {"digits": digits_batches, "shapes": shapes_batches}
 
 
 def train_teacher(iterations: int, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-                  ema_decay: float = 0.999, label_dropout: float = 0.1) -> tuple[dict, list[float]]:
+                  ema_decay: float = 0.999, label_dropout: float = 0.1,
+                  kind: str = "digits") -> tuple[dict, list[float]]:
     """Flow-matching training; returns the EMA weights and the loss history."""
-    split = load_split()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = build_teacher_network().eval()  # eval: label dropout is done here, with our generator
+    net = build_teacher_network(TEACHER_CONFIGS[kind]).eval()  # eval: label dropout is done here, with our generator
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * i / iterations)))
-    images, labels = split.train_images, split.train_labels
+    batches = BATCHES[kind](gen, batch_size)
     losses = []
-    for _ in tqdm(range(iterations), desc="teacher", unit="it"):
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        x0, y = images[idx], labels[idx].clone()
-        y[torch.rand(batch_size, generator=gen) < label_dropout] = NULL_LABEL
+    for _ in tqdm(range(iterations), desc=f"{kind} teacher", unit="it"):
+        x0, y = next(batches)
+        y[torch.rand(batch_size, generator=gen) < label_dropout] = NULL_LABELS[kind]
         eps = torch.randn(x0.shape, generator=gen)
         t = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as in SD3
         xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
@@ -70,7 +90,7 @@ def train_teacher(iterations: int, batch_size: int = 128, lr: float = 1e-3, seed
 
 def train_classifier(epochs: int = 15, batch_size: int = 64, seed: int = 0) -> tuple[dict, float]:
     """Train the metric CNN on the train split; returns weights and held-out accuracy."""
-    split = load_split()
+    split = digits.load_split()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = DigitsClassifier()
@@ -103,43 +123,63 @@ def same_content(a: Path, b: Path) -> bool:
         return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
 
 
+SHIPPED_ITERATIONS = {"digits": 6000, "shapes": 5000}
+
+
+def read_sums(path: Path) -> dict[str, str]:
+    """file name -> sha256, from a SHA256SUMS file (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    return dict(line.split()[::-1] for line in path.read_text().splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (default: the shipped weights/; with --check a "
                         "temporary folder, so the shipped files are never overwritten)")
-    parser.add_argument("--iterations", type=int, default=6000, help="the shipped teacher used 6000")
+    parser.add_argument("--builtin", choices=tuple(KINDS), default="digits",
+                        help="which built-in teacher (digits also trains the digits classifier)")
+    parser.add_argument("--iterations", type=int, help=f"the shipped teachers used {SHIPPED_ITERATIONS}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true",
                         help="compare the rebuilt files' sha256 with the shipped SHA256SUMS")
     args = parser.parse_args(argv)
+    kind = args.builtin
+    iterations = SHIPPED_ITERATIONS[kind] if args.iterations is None else args.iterations
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="dpdmd-weights-")) if args.check else Path(__file__).parent / "weights"
     args.out.mkdir(parents=True, exist_ok=True)
     provenance = {"torch": torch.__version__, "threads": str(torch.get_num_threads()),
                   "machine": platform.machine(), "seed": str(args.seed)}
 
-    teacher, losses = train_teacher(args.iterations, seed=args.seed)
+    teacher_file = KINDS[kind].teacher_file
+    teacher, losses = train_teacher(iterations, seed=args.seed, kind=kind)
     tail = sum(losses[-100:]) / min(100, len(losses))
-    save_file(teacher, str(args.out / TEACHER_FILE), metadata={
-        **provenance, "dpdmd.builtin": "teacher", "config": json.dumps(TEACHER_CONFIG),
-        "iterations": str(args.iterations), "final_loss": f"{tail:.4f}",
-        "command": f"python -m distill_core.builtin.train_weights --iterations {args.iterations} --seed {args.seed}",
+    flag = "" if kind == "digits" else f" --builtin {kind}"
+    save_file(teacher, str(args.out / teacher_file), metadata={
+        **provenance, "dpdmd.builtin": "teacher", "config": json.dumps(TEACHER_CONFIGS[kind]),
+        "iterations": str(iterations), "final_loss": f"{tail:.4f}",
+        "command": f"python -m distill_core.builtin.train_weights{flag} --iterations {iterations} --seed {args.seed}",
     })
-    classifier, acc = train_classifier(seed=args.seed)
-    save_file(classifier, str(args.out / CLASSIFIER_FILE), metadata={
-        **provenance, "dpdmd.builtin": "classifier", "test_accuracy": f"{acc:.4f}"})
-    print(f"teacher: final loss {tail:.4f}; classifier: held-out accuracy {acc:.4f}")
+    names = [teacher_file]
+    if kind == "digits":
+        classifier, acc = train_classifier(seed=args.seed)
+        save_file(classifier, str(args.out / CLASSIFIER_FILE), metadata={
+            **provenance, "dpdmd.builtin": "classifier", "test_accuracy": f"{acc:.4f}"})
+        names.append(CLASSIFIER_FILE)
+        print(f"classifier: held-out accuracy {acc:.4f}")
+    print(f"{kind} teacher: final loss {tail:.4f}")
 
-    names = (TEACHER_FILE, CLASSIFIER_FILE)
     shipped = Path(__file__).parent / "weights"
     if args.check:
-        expected = dict(line.split()[::-1] for line in (shipped / SUMS_FILE).read_text().splitlines() if line.strip())
+        expected = read_sums(shipped / SUMS_FILE)
         for name in names:
             intact = expected.get(name) == sha256(shipped / name)
             print(f"{name}: shipped file {'matches' if intact else 'DOES NOT MATCH'} {SUMS_FILE}; rebuild "
                   f"{'reproduced it' if same_content(shipped / name, args.out / name) else 'DIFFERS'}")
-    else:
-        (args.out / SUMS_FILE).write_text("".join(f"{sha256(args.out / n)}  {n}\n" for n in names))
+    else:  # the other teacher's lines stay
+        sums = {**read_sums(args.out / SUMS_FILE), **{n: sha256(args.out / n) for n in names}}
+        (args.out / SUMS_FILE).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
 
 
 if __name__ == "__main__":

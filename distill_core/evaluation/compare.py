@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..builtin import shape_modes
 from ..builtin.modes import mode_metrics
 from ..config import Config
 from ..sampling import sample_grid
 from ..teachers.base import Teacher
-from .evaluate import DigitsExtractor, FeatureExtractor, evaluate_images, load_extractor
+from .evaluate import DigitsExtractor, FeatureExtractor, ShapesExtractor, evaluate_images, load_extractor
 
 
 def prompt_labels(teacher: Teacher, prompts: list[str], per_prompt: int) -> torch.Tensor | None:
@@ -69,7 +70,7 @@ class Reference:
 
 def measure_teacher(cfg: Config, teacher: Teacher, device) -> Reference:
     """The teacher with its own steps and CFG, on the eval prompts and seeds."""
-    extractor = load_extractor(cfg.eval.features) if cfg.eval.features else None
+    extractor = load_extractor(cfg.eval.features, cfg.teacher.builtin) if cfg.eval.features else None
     metrics, images = measure(teacher, teacher.network, cfg, extractor,
                               levels=teacher.teacher_levels(cfg.teacher.num_steps),
                               guidance=cfg.teacher.guidance_scale, device=device)
@@ -92,6 +93,12 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device, reference
         per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
         labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
         t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels, per_prompt)
+        t.update(t_modes)
+        s.update(s_modes)
+    if isinstance(extractor, ShapesExtractor):  # modes counted by the decoder
+        per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
+        labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
+        t_modes, s_modes = shape_modes.mode_metrics(t_images, s_images, labels, per_prompt)
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}

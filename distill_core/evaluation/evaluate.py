@@ -2,8 +2,9 @@
 
 Diversity = mean over prompts of (1 - mean pairwise cosine) between the
 L2-normalised features of R samples drawn from fixed seeds (paper: R = 9).
-On the built-in teacher the features come from the project's digits classifier,
-which also gives class accuracy and the Frechet distance to held-out real digits.
+On the built-in digits teacher the features come from the project's digits classifier,
+which also gives class accuracy and the Frechet distance to held-out real digits; on the
+shapes teacher from its deterministic decoder (validity, modes, generated reference data).
 """
 from __future__ import annotations
 
@@ -110,10 +111,41 @@ class DigitsExtractor:
             return (self.net.features(load_split().test_images) - self.center).numpy()
 
 
-def load_extractor(spec: str) -> FeatureExtractor:
-    """'builtin' or a local folder holding a transformers image model (DINO / CLIP)."""
+class ShapesExtractor:
+    """The shapes teacher's decoder (builtin/shapes.py): no learned network anywhere.
+
+    Features are the images at 8x8 centred on the data's mean; validity (reported as
+    class_accuracy too) and the modes are read by the deterministic template decoder;
+    the Frechet distance is to freshly generated data in the same feature space.
+    """
+
+    name = "shapes-decoder"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        from ..builtin.shapes import features
+
+        return features(images)
+
+    def valid(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from ..builtin.shapes import decode, is_valid
+
+        return is_valid(decode(images), labels)
+
+    @cached_property
+    def real_features(self) -> np.ndarray:
+        """Features of 1,200 generated images (400 per class, a fixed seed other than the mean's)."""
+        from ..builtin.shapes import NUM_CLASSES, generate
+
+        labels = torch.arange(1200) % NUM_CLASSES
+        images, _ = generate(labels, torch.Generator().manual_seed(1))
+        return self.features((images + 1) / 2).numpy()
+
+
+def load_extractor(spec: str, builtin: str = "digits") -> FeatureExtractor:
+    """'builtin' (the measure of the built-in teacher ``builtin``) or a local folder holding a transformers image
+    model (DINO / CLIP)."""
     if spec == "builtin":
-        return DigitsExtractor()
+        return ShapesExtractor() if builtin == "shapes" else DigitsExtractor()
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(f"eval.features = {spec!r}: no such folder; use 'builtin' or a local DINO / CLIP folder")
@@ -138,4 +170,8 @@ def evaluate_images(images: torch.Tensor, per_prompt: int, extractor: FeatureExt
         out["frechet_distance"] = frechet_distance(feats.numpy(), extractor.real_features)
         if labels is not None:
             out["class_accuracy"] = float((extractor.classify(images) == labels).float().mean())
+    if isinstance(extractor, ShapesExtractor):
+        out["frechet_distance"] = frechet_distance(feats.numpy(), extractor.real_features)
+        if labels is not None:
+            out["class_accuracy"] = out["validity"] = float(extractor.valid(images, labels).float().mean())
     return out

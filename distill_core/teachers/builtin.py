@@ -1,4 +1,4 @@
-"""The built-in digits teacher behind the Teacher interface."""
+"""The built-in teachers (shapes, digits) behind the Teacher interface."""
 from __future__ import annotations
 
 import hashlib
@@ -11,15 +11,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ..builtin.digits import IMAGE_SIZE, NULL_LABEL, parse_prompt
-from ..builtin.networks import build_teacher_network
+from ..builtin.kinds import KINDS, data_module
+from ..builtin.networks import TEACHER_CONFIGS, build_teacher_network
 from ..errors import CheckpointError
 from ..families import FAMILIES
 from ..schedules import FlowSchedule
 from .base import Cond, Teacher
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "builtin" / "weights"
-TEACHER_WEIGHTS = WEIGHTS_DIR / "digits_teacher.safetensors"
 REBUILD = "python -m distill_core.builtin.train_weights"
 
 
@@ -47,15 +46,33 @@ def load_builtin_weights(path: Path) -> tuple[dict, dict[str, str]]:
                               "leave teacher.path empty for the shipped weights") from None
 
 
+IMAGE_FORMAT = ("sample_size", "in_channels", "out_channels", "num_embeds_ada_norm")  # what a kind's data fixes
+
+
+def kind_of(network_config: dict) -> str | None:
+    """Which built-in teacher a network config (a student file's, a weights file's) belongs to, if any."""
+    return next((kind for kind, config in TEACHER_CONFIGS.items() if config == network_config), None)
+
+
 class BuiltinTeacher(Teacher):
-    """Class-conditional flow-matching DiT on 8x8 digits; prompts name a digit."""
+    """Class-conditional flow-matching DiT on generated shapes (16x16 RGB) or on 8x8 digits; prompts name a class.
+
+    ``kind`` picks the data (config: teacher.builtin); the default stays digits for callers that predate shapes.
+    """
 
     family = "builtin"
 
-    def __init__(self, path: str | Path = "", shift: float | None = None, dtype: torch.dtype = torch.float32):
-        self.path = Path(path) if path else TEACHER_WEIGHTS
+    def __init__(self, path: str | Path = "", shift: float | None = None, dtype: torch.dtype = torch.float32,
+                 kind: str = "digits"):
+        self.kind = kind
+        self.data = data_module(kind)
+        self.path = Path(path) if path else WEIGHTS_DIR / KINDS[kind].teacher_file
         state, meta = load_builtin_weights(self.path)
         self._config = json.loads(meta["config"]) if "config" in meta else None
+        if self._config is not None and any(self._config.get(k) != TEACHER_CONFIGS[kind][k] for k in IMAGE_FORMAT):
+            raise CheckpointError(f"teacher.path {str(self.path)!r} draws other images than the {kind} teacher "
+                                  f"({kind_of(self._config) or 'another format'}); set teacher.builtin to match it "
+                                  "or leave teacher.path empty")
         net = build_teacher_network(self._config)
         try:
             net.load_state_dict(state)
@@ -73,20 +90,23 @@ class BuiltinTeacher(Teacher):
         return out.to(x.dtype)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
-        return {"class_labels": torch.tensor([parse_prompt(p) for p in prompts], dtype=torch.long)}
+        return {"class_labels": torch.tensor([self.data.parse_prompt(p) for p in prompts], dtype=torch.long)}
 
     def null_condition(self) -> Cond:
-        return {"class_labels": torch.tensor([NULL_LABEL], dtype=torch.long)}
+        return {"class_labels": torch.tensor([self.data.NULL_LABEL], dtype=torch.long)}
 
     def latent_shape(self) -> tuple[int, int, int]:
-        return (1, IMAGE_SIZE, IMAGE_SIZE)
+        channels = TEACHER_CONFIGS[self.kind]["in_channels"]
+        return (channels, self.data.IMAGE_SIZE, self.data.IMAGE_SIZE)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return ((latents.float() + 1) / 2).clamp(0, 1).repeat(1, 3, 1, 1)
+        images = ((latents.float() + 1) / 2).clamp(0, 1)
+        return images if images.shape[1] == 3 else images.repeat(1, 3, 1, 1)
 
     def network_config(self) -> dict:
         return dict(self._config or {})
 
     def describe(self) -> dict:
-        return {"family": self.family, "path": str(self.path), "architecture": "DiTTransformer2DModel",
+        return {"family": self.family, "builtin": self.kind, "path": str(self.path),
+                "architecture": "DiTTransformer2DModel",
                 "prediction_type": self.schedule.prediction_type, "schedule": self.schedule.describe()}

@@ -16,7 +16,7 @@ def load_teacher(cfg: Config, device: torch.device | str = "cpu") -> Teacher:
     dtype = DTYPES[t.dtype]
     if t.family == "builtin":
         from .builtin import BuiltinTeacher
-        teacher: Teacher = BuiltinTeacher(t.path, shift=t.shift, dtype=dtype)
+        teacher: Teacher = BuiltinTeacher(t.path, shift=t.shift, dtype=dtype, kind=t.builtin)
     else:
         try:
             from . import diffusers_teachers

@@ -416,7 +416,7 @@ class Trainer:
         from ..evaluation.snapshots import Snapshots
 
         c = self.cfg
-        extractor = load_extractor(c.eval.features) if c.eval.features else None
+        extractor = load_extractor(c.eval.features, c.teacher.builtin) if c.eval.features else None
         recorder = RunRecorder(c, self.run, Snapshots(c, self.teacher, extractor, self.acc.device),
                                self.sampling_student, can_sample=not self.sharded, processes=self.acc.num_processes)
         self.opened = True

@@ -1,0 +1,53 @@
+"""Counted mode metrics of the shapes teacher: every sample's mode comes from the decoder.
+
+Per eval prompt, the histogram over its class's 8 modes is compared with the data's
+known probabilities (MODE_PROBS) and, for a student, with the teacher's histogram
+from the same noises; agreement is the share of noises whose mode is the same under
+both models. Keys as in notes of issue 13 (modes_interface): mode_coverage,
+validity, mode_histogram, mode_names, data_histogram, mode_divergence_from_*,
+mode_agreement_with_teacher.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .modes import agreement, histogram_divergence
+from .shapes import MODE_PROBS, MODES, decode, is_valid, mode_name
+
+MIN_FRACTION = 0.25  # a mode counts as reached with at least this share of its data probability (as for digits)
+
+
+def histograms(modes: np.ndarray, per_prompt: int) -> np.ndarray:
+    """(prompts, 8) share of each prompt's samples per mode; ``modes`` is prompt-major."""
+    return np.stack([np.bincount(g, minlength=len(MODES)) / per_prompt for g in modes.reshape(-1, per_prompt)])
+
+
+def coverage(hist: np.ndarray, data: np.ndarray) -> float:
+    """Share of the prompts' modes reached (one stray sample in a mode is not coverage)."""
+    return float((hist >= MIN_FRACTION * data).mean())
+
+
+def model_metrics(images: torch.Tensor, labels: torch.Tensor, per_prompt: int) -> tuple[dict, np.ndarray]:
+    """The counted metrics of one model's prompt-major samples, and each sample's mode."""
+    decoded = decode(images)
+    modes = decoded.mode.numpy()
+    hist = histograms(modes, per_prompt)
+    data = np.tile(np.array(MODE_PROBS), (len(hist), 1))
+    return {"mode_coverage": coverage(hist, data),
+            "validity": float(is_valid(decoded, labels).float().mean()),
+            "mode_histogram": hist.tolist(),
+            "mode_names": [[mode_name(m) for m in range(len(MODES))] for _ in hist],
+            "data_histogram": data.tolist(),
+            "mode_divergence_from_data": histogram_divergence(data, hist)}, modes
+
+
+def mode_metrics(teacher_images: torch.Tensor, student_images: torch.Tensor, labels: torch.Tensor,
+                 per_prompt: int) -> tuple[dict, dict]:
+    """Teacher's and student's counted metrics; the student's also against the teacher (same noises)."""
+    t, t_modes = model_metrics(teacher_images, labels, per_prompt)
+    s, s_modes = model_metrics(student_images, labels, per_prompt)
+    s["mode_divergence_from_teacher"] = histogram_divergence(np.array(t["mode_histogram"]),
+                                                            np.array(s["mode_histogram"]))
+    s["mode_agreement_with_teacher"] = agreement(t_modes, s_modes)
+    return t, s
