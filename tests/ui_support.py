@@ -27,7 +27,7 @@ def tiny_form(name: str, **overrides) -> WizardForm:
     """The wizard filled in with conftest's tiny_config values (eval settings go in the advanced box)."""
     cfg = tiny_config("unused", **overrides)
     e = cfg.eval
-    extra = dumps_toml({"eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
+    extra = dumps_toml({"teacher": {"builtin": cfg.teacher.builtin}, "eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
                                  "grid_seeds": e.grid_seeds, "fd_samples_per_prompt": e.fd_samples_per_prompt}})
     return WizardForm(family="builtin", teacher_path="", prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
                       diversity_weight=cfg.method.diversity_weight, student_steps=cfg.student.num_steps,

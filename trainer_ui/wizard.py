@@ -297,9 +297,13 @@ def form_from_config(cfg: Config, run_name: str, roots: Roots) -> WizardForm:
                       max_steps=r.max_steps, batch_size=cfg.data.batch_size, memory=_preset_of(cfg), run_name=run_name,
                       fake_updates=m.fake_updates, seed=r.seed, checkpoint_every=r.checkpoint_every,
                       grid_every=e.grid_every, diversity_every=e.diversity_every, extra_toml="")
+    kept = {"teacher": {"builtin": t.builtin}} if t.family == "builtin" else {}  # its prompts name its classes
+    form.extra_toml = dumps_toml(kept)
     wanted, given = cfg.to_dict(), build_config(form, roots).to_dict()
     extra = {section: {key: value for key, value in fields.items()
                        if value != given[section][key] and f"{section}.{key}" != "run.output_dir"}
              for section, fields in wanted.items()}
+    for section, fields in kept.items():
+        extra[section] = {**fields, **extra[section]}
     form.extra_toml = dumps_toml({section: fields for section, fields in extra.items() if fields})
     return form
