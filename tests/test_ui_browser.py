@@ -102,7 +102,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     _set_number(page, "diversity-every", 2)
     editor = page.locator("#extra-toml .cm-content")
     editor.click()
-    page.keyboard.type('[eval]\nprompts = ["0", "1", "2"]\nseeds = 3\ngrid_prompts = 2\ngrid_seeds = 2\n'
+    page.keyboard.type('[teacher]\nbuiltin = "digits"\n[eval]\nprompts = ["0", "1", "2"]\nseeds = 3\ngrid_prompts = 2\ngrid_seeds = 2\n'
                        'fd_samples_per_prompt = 4\n')
     k = page.locator("#anchor-step input[type=range]")
     k.focus()
