@@ -102,14 +102,14 @@ def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 
 
 
 def bench_config(folder: Path, name: str, out: Path, resolution: int, preset: str, device: str,
-                 fake_updates: int = 1, teacher_steps: int = 8, anchor_step: int = 2) -> Config:
-    """A DP-DMD run of a preset at batch 1 (the preset's other settings as named); previews and evaluation off."""
+                 fake_updates: int = 1, teacher_steps: int = 8, anchor_step: int = 2, batch_size: int = 1) -> Config:
+    """A DP-DMD run of a preset (its batch if it names one, else ``batch_size``); previews and evaluation off."""
     cfg = Config()
     cfg.teacher.family, cfg.teacher.path = planning.REFERENCES[name]["family"], str(folder)
     cfg.teacher.resolution, cfg.teacher.num_steps, cfg.method.anchor_step = resolution, teacher_steps, anchor_step
     cfg.method.fake_updates = fake_updates
+    cfg.data.prompts, cfg.data.batch_size = list(PROMPTS), batch_size
     presets.apply(cfg, preset)
-    cfg.data.prompts, cfg.data.batch_size = list(PROMPTS), 1
     cfg.run.output_dir, cfg.run.device, cfg.run.max_steps, cfg.run.checkpoint_every = str(out), device, 1, 1
     cfg.eval.diversity_every, cfg.eval.grid_every, cfg.eval.features = 0, 0, ""
     cfg.eval.prompts, cfg.eval.max_prompts = PROMPTS[:1], 1
@@ -207,8 +207,9 @@ def _timed(phases: Phases, name: str, fn):
 
 
 # ---- the measured run -------------------------------------------------------------------------------------------
-def measure(cfg: Config, meter, iterations: int = 1) -> dict:
-    """Build the run's Trainer, train ``iterations`` DP-DMD steps, write a checkpoint; seconds and peaks per phase.
+def measure(cfg: Config, meter, iterations: int = 1, checkpoint: bool = True) -> dict:
+    """Build the run's Trainer, train ``iterations`` DP-DMD steps, write a checkpoint (``checkpoint``); seconds and
+    peaks per phase; seconds per iteration from the last one (the first also warms kernels up).
 
     Phases: 'load + prompts' (teacher, prompt cache, the two adapters, optimisers), 'fake update' (student sample,
     fake-score loss, backward, AdamW step), 'student update' (anchor rollout, student rollout, DMD and diversity
@@ -228,12 +229,13 @@ def measure(cfg: Config, meter, iterations: int = 1) -> dict:
         trainer.fake_update = _timed(phases, "fake update", trainer.fake_update)
         trainer.student_update = _timed(phases, "student update", trainer.student_update)
         logs = []
-        t0 = time.perf_counter()
         for _ in range(iterations):
+            t0 = time.perf_counter()
             logs.append(trainer.train_step())
-        seconds_per_iteration = (time.perf_counter() - t0) / iterations
-        with phases.phase("checkpoint"):
-            trainer.save_checkpoint(Recorder())
+            seconds_per_iteration = time.perf_counter() - t0
+        if checkpoint:
+            with phases.phase("checkpoint"):
+                trainer.save_checkpoint(Recorder())
     finally:
         method_module.teacher_anchor = original_anchor
     del trainer
