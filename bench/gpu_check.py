@@ -5,7 +5,7 @@
 
 The same code as bench/fullsize_cpu.py (bench/fullsize_common.py): a random-weight teacher folder built from
 plan.py's public configs, the project's Trainer, per phase torch.cuda.max_memory_allocated and seconds. For each
-preset `dpdmd plan` says fits this card (the whole preset table, most memory first), 2 iterations (1 fake
+preset `dpdmd plan` says fits this card (shared-base presets first), 2 iterations (1 fake
 update per student update, 8 teacher steps with the anchor at k = 2, 4 student steps); s/iter is the second's.
 measured / planned sets max_memory_allocated against the planner's parts (no CUDA context, no fragmentation:
 what the allocator hands out) and the planned peak with both. No checkpoints are written (a full fine-tune's
