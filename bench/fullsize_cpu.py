@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("FULLSIZE_WORK", "/tmp/dpdmd_fullsize")))
     ap.add_argument("--preset", default=PRESET)
     ap.add_argument("--skip", default="", help="stages to skip, e.g. export,diffusers")
+    ap.add_argument("--report", action="store_true", help="only print the table of the results already in WORK")
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--resolution", type=int, default=256, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     skip, rows = set(filter(None, args.skip.split(","))), []
     resolutions = [int(r) for r in args.resolutions.split(",")]
+    if args.report:
+        found = [(arch, px, result_path(args, "train", arch, px)) for arch in args.arch.split(",") for px in resolutions]
+        print(table([(arch, px, json.loads(path.read_text())) for arch, px, path in found if path.is_file()]))
+        return 0
     for arch in args.arch.split(","):
         run_stage(args, "build", arch)
         for px in resolutions:
