@@ -18,8 +18,9 @@ arithmetic on the training loop:
 - activations: the student update keeps N graphs alive (the first step for the
   diversity loss and N-1 steps after the detach), one-step backprop keeps 2;
   the fake-score update keeps 1;
-- before training, the text encoders sit next to the teacher while the prompts
-  are encoded (then they are released);
+- before training, the text encoders alone encode the prompts: the denoiser
+  moves to the GPU only after they are released (teachers.load_teacher_with_prompts),
+  so that phase peaks at the encoders' weights (a separate peak from training's);
 - 1.5 GB for the CUDA context and 10 % for allocator fragmentation.
 It is an estimate: check it with the peak memory the run reports.
 """
@@ -302,7 +303,7 @@ class Options:
 @dataclass
 class Estimate:
     parts: dict[str, float]  # bytes per GPU during training
-    encode_peak: float  # bytes while the prompts are encoded (teacher + text encoders)
+    encode_peak: float  # bytes while the prompts are encoded (the text encoders alone, before the denoiser)
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -364,7 +365,7 @@ class Planner:
         notes = {"activations": f"{graphs} graphs x batch {o.batch_size} x {per_sample / GB:.2f} GB"}
         if o.shared:
             notes["teacher weights"] = "the shared base: teacher, student and fake score"
-        return Estimate(parts, (p + buffers) * teacher_bytes + self.text_params * teacher_bytes, notes)
+        return Estimate(parts, self.text_params * teacher_bytes, notes)
 
 
 def summary(o: Options, e: Estimate) -> dict[str, float]:
@@ -412,7 +413,7 @@ class Report:
             note = f"  ({est.notes[name]})" if name in est.notes else ""
             lines.append(f"  {name:<26}{gb(value)}{note}")
         lines.append(f"  {'prompt encoding (start)':<26}{gb(est.encode_peak)}  "
-                     "(teacher + text encoders, before training)")
+                     "(text encoders alone, before the denoiser arrives)")
         lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",

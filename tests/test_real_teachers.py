@@ -28,7 +28,7 @@ from distill_core.export.student_file import read_student_info
 from distill_core.method import teacher_anchor
 from distill_core.sampling import sample_grid, seed_noise
 from distill_core.schedules import VPSchedule
-from distill_core.teachers import load_teacher
+from distill_core.teachers import load_teacher, load_teacher_with_prompts
 from distill_core.teachers.diffusers_teachers import DiffusersTeacher
 from distill_core.training.trainer import Trainer
 from distill_core.training import checkpoint as ckpt
@@ -162,6 +162,31 @@ def test_a_component_with_pickled_weights_only_is_refused(folders, tmp_path, fam
     match = rf"teacher.path .*: {component}/ has no .safetensors weights \(only .*\.bin\)"
     with pytest.raises(ConfigError, match=match):
         teacher_of(family, {family: broken}, tmp_path)
+
+
+def test_prompts_are_cached_and_encoders_freed_before_the_denoiser_moves(folders, tmp_path, monkeypatch):
+    """The denoiser and the text encoders never share the accelerator (SD3.5-M in 16 GB needs it)."""
+    import gc
+
+    from diffusers import SD3Transformer2DModel
+    from transformers import PreTrainedModel
+
+    cfg = resolve(tiny_run_config("sd3", folders["sd3"], tmp_path / "run"))
+    moves, real_to = [], SD3Transformer2DModel.to
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel)}  # other tests' leftovers
+
+    def spy(self, *args, **kwargs):  # the real move, noting what else is alive when the denoiser is placed
+        if any(isinstance(a, (str, torch.device)) for a in args) or "device" in kwargs:
+            encoders = [o for o in gc.get_objects() if isinstance(o, PreTrainedModel) and id(o) not in before]
+            moves.append((len(encoders), (tmp_path / "run" / "prompt_cache" / "index.json").is_file()))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(SD3Transformer2DModel, "to", spy)
+    teacher, bank = load_teacher_with_prompts(cfg, "cpu", [PROMPT, "a dog"])
+    assert moves == [(0, True)]  # one placement, after the cache was written, with no text encoder alive
+    assert teacher._text_pipe is None and len(bank) == 2
+    assert bank.get(torch.tensor([1]))["encoder_hidden_states"].shape[-1] == teacher.network.config.joint_attention_dim
 
 
 # ---- training, resume, export, reload --------------------------------------------------------------------

@@ -34,7 +34,8 @@ from ..runfolder import RunFolder, atomic_target
 from ..teachers import load_teacher
 from ..teachers.base import Teacher
 from ..training import checkpoint as ckpt
-from ..training.adapters import adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict
+from ..training.adapters import (adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict,
+                                 merged_tensors)
 from .formats import DTYPES as DTYPE_NAMES
 from .formats import FORMATS
 from .student_file import CHECKSUM, StudentInfo, check_complete, read_metadata, read_student_info
@@ -126,16 +127,19 @@ class RunStudent:
 
     @property
     def base(self) -> dict[str, torch.Tensor]:
-        """The teacher's float32 weights as the student started from them (LoRA runs: through the bf16 base)."""
+        """The teacher's weights as the student started from them, in the base's dtype (LoRA runs: bf16 where the
+        run's base was). Taken from the loaded teacher where it holds them exactly (float32, or the base's own
+        dtype): a full-size export then keeps no float32 copy of the network."""
         if self._base is None:
             dtype = base_dtype(self.cfg) if self.adapters is not None else torch.float32
-            net = self.teacher.make_trainable_copy()
-            self._base = {k: v.detach().to(dtype).float() for k, v in net.state_dict().items()}
+            teacher_dtype = next(self.teacher.network.parameters()).dtype
+            net = self.teacher.network if teacher_dtype in (dtype, torch.float32) else self.teacher.make_trainable_copy()
+            self._base = {k: v.detach().to(dtype) for k, v in net.state_dict().items()}
         return self._base
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The student's weights in the teacher's layout (adapters merged)."""
-        return self.state if self.adapters is None else merged_state_dict({**self.base, **self.adapters})
+    def weights(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The student's weights in the teacher's layout (adapters merged, in ``dtype``; a full run's as stored)."""
+        return self.state if self.adapters is None else merged_state_dict({**self.base, **self.adapters}, dtype)
 
     def info(self, **extra) -> StudentInfo:
         info = student_info(self.teacher, self.cfg, self.step)
@@ -170,7 +174,7 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
 
 # ---- single files ----------------------------------------------------------------------------
 def export_file(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
-    return save_student(student.weights(), student.info(), out, dtype=dtype)
+    return save_student(student.weights(dtype or torch.float32), student.info(), out, dtype=dtype)
 
 
 # ---- diffusers folder -------------------------------------------------------------------------
@@ -229,7 +233,8 @@ def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None =
     net_dir = tmp / teacher.net_folder
     net_dir.mkdir(parents=True)
     shutil.copyfile(teacher.path / teacher.net_folder / "config.json", net_dir / "config.json")
-    save_student(student.weights(), info, net_dir / "diffusion_pytorch_model.safetensors", dtype=dtype)
+    save_student(student.weights(dtype or torch.float32), info, net_dir / "diffusion_pytorch_model.safetensors",
+                 dtype=dtype)
     scheduler.save_pretrained(str(tmp / "scheduler"))
     record = {**asdict(info), "diffusers": {"pipeline": teacher.pipeline_class, "component": teacher.net_folder,
                                               "scheduler": type(scheduler).__name__,
@@ -283,17 +288,26 @@ def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: 
     family = student.teacher.family
     if family not in ("sd3", "sdxl"):
         raise ConfigError(f"--format lora needs an sd3 or sdxl run; this run's teacher is {family!r}")
-    base, weights = student.base, student.weights()
+    base = student.base
     factors = adapter_factors(student.adapters) if student.adapters is not None else {}
     trained_rank = max((a.shape[0] for a, _ in factors.values()), default=0)
     exact = bool(factors) and (rank is None or rank >= trained_rank)
-    if not exact:
+    if exact:  # merged one tensor at a time: the share captured is computed without a full float32 copy
+        weights = merged_tensors({**base, **student.adapters})
+    else:
         rank = rank or 64
-        deltas = {m: weights[f"{m}.weight"] - base[f"{m}.weight"] for m in _lora_modules(student.teacher.network)}
+        full = student.weights()
+        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in _lora_modules(student.teacher.network)}
         factors = {m: svd_factors(d, rank) for m, d in deltas.items() if d.abs().max() > 0}
-    covered = {f"{m}.weight": product(a, b) for m, (a, b) in factors.items()}
-    total = sum(float((weights[k] - base[k]).pow(2).sum()) for k in base)
-    residual = sum(float((weights[k] - base[k] - covered.get(k, 0.0)).pow(2).sum()) for k in base)
+        weights = iter(full.items())
+    covered = {f"{m}.weight": ab for m, ab in factors.items()}
+    total = residual = 0.0
+    for k, w in weights:
+        if k not in base:
+            continue
+        delta = w - base[k]
+        total += float(delta.pow(2).sum())
+        residual += float((delta - product(*covered[k]) if k in covered else delta).pow(2).sum())
     captured = 1.0 - residual / total if total > 0 else 1.0
     tensors: dict[str, torch.Tensor] = {}
     for module, (a, b) in factors.items():

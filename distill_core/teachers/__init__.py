@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from .base import Cond, PromptBank, Teacher, cat_cond, index_cond, repeat_cond
-from .registry import load_teacher
+from .registry import load_teacher, load_teacher_with_prompts
 
-__all__ = ["Cond", "PromptBank", "Teacher", "cat_cond", "index_cond", "repeat_cond", "load_teacher"]
+__all__ = ["Cond", "PromptBank", "Teacher", "cat_cond", "index_cond", "repeat_cond", "load_teacher",
+           "load_teacher_with_prompts"]

@@ -107,7 +107,8 @@ class Teacher(ABC):
         net = copy.deepcopy(self.network).float().requires_grad_(True)
         return net.eval()  # eval: no dropout / label drop; gradients still flow
 
-    def prompt_bank(self, prompts: Sequence[str]) -> PromptBank:
+    def prompt_bank(self, prompts: Sequence[str], device: torch.device | str | None = None) -> PromptBank:
+        """The encoded training prompts; ``device``: where text encoders run (default: the network's)."""
         return PromptBank(prompts, self.encode_prompts(prompts), self.null_condition())
 
     def predict(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:

@@ -67,6 +67,7 @@ class DiffusersTeacher(Teacher):
         self._check_resolution()
         self.store = EmbeddingStore(self._fingerprint())
         self._text_pipe = None
+        self._text_device: torch.device | None = None  # where the encoders run if not next to the network
         self._vae = None
 
     # ---- family hooks ----------------------------------------------------------------------
@@ -109,6 +110,10 @@ class DiffusersTeacher(Teacher):
         return net.requires_grad_(True).eval()
 
     # ---- prompts ---------------------------------------------------------------------------
+    @property
+    def text_device(self) -> torch.device:
+        return self._text_device or self.device
+
     def _text_pipeline(self):
         """The teacher's pipeline without its denoiser and VAE, for ``encode_prompt``."""
         if self._text_pipe is None:
@@ -117,7 +122,7 @@ class DiffusersTeacher(Teacher):
             cls = getattr(diffusers, self.pipeline_class)
             pipe = cls.from_pretrained(str(self.path), **{self.net_folder: None, "vae": None}, **dtype_kwarg(self.dtype),
                                        use_safetensors=True, local_files_only=True)
-            self._text_pipe = pipe.to(self.device)
+            self._text_pipe = pipe.to(self.text_device)
         return self._text_pipe
 
     def release_text_encoders(self) -> None:
@@ -145,13 +150,19 @@ class DiffusersTeacher(Teacher):
         """The empty prompt's embedding, as the pipeline's default negative prompt."""
         return self.encode_prompts([""])
 
-    def prompt_bank(self, prompts: Sequence[str]) -> PromptBank:
-        """Encode every training, evaluation and empty prompt once, into the run folder; then free the encoders."""
+    def prompt_bank(self, prompts: Sequence[str], device: torch.device | str | None = None) -> PromptBank:
+        """Encode every training, evaluation and empty prompt once (on ``device``), into the run folder; then free
+        the encoders."""
         folder = Path(self.cfg.run.output_dir) / "prompt_cache"
         store = EmbeddingStore(self._fingerprint(), folder)
-        store.ensure(list(prompts) + list(self.cfg.eval.prompts) + [""], self._encode)
+        self.release_text_encoders()  # any encoders loaded earlier sit on the network's device
+        self._text_device = torch.device(device) if device is not None else None
+        try:
+            store.ensure(list(prompts) + list(self.cfg.eval.prompts) + [""], self._encode)
+        finally:
+            self._text_device = None
+            self.release_text_encoders()
         self.store = store
-        self.release_text_encoders()
         return StoredPromptBank(prompts, store, self.null_condition())
 
     # ---- images ---------------------------------------------------------------------------
@@ -214,7 +225,7 @@ class SD3Teacher(DiffusersTeacher):
         return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)))
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=self.text_device,
                                                   do_classifier_free_guidance=False,
                                                   max_sequence_length=MAX_SEQUENCE_LENGTH)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
@@ -252,7 +263,8 @@ class SDXLTeacher(DiffusersTeacher):
                           beta_schedule=schedule, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)))
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=self.device, do_classifier_free_guidance=False)
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=self.text_device,
+                                                  do_classifier_free_guidance=False)
         return {"encoder_hidden_states": embeds, "text_embeds": pooled}
 
     def teacher_levels(self, num_steps: int) -> list[float]:

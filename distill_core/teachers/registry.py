@@ -1,27 +1,47 @@
 """Pick and load the teacher a config names."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..config import Config, TeacherSection, choices
 from ..errors import ConfigError
-from .base import Teacher
+from .base import PromptBank, Teacher
 
 DTYPES = {name: getattr(torch, name) for name in choices(TeacherSection, "dtype")}
 
 
 def load_teacher(cfg: Config, device: torch.device | str = "cpu") -> Teacher:
     """The frozen teacher of a resolved config, on ``device``."""
+    teacher = _build(cfg)
+    teacher.network.to(device)
+    return teacher
+
+
+def load_teacher_with_prompts(cfg: Config, device: torch.device | str,
+                              prompts: Sequence[str]) -> tuple[Teacher, PromptBank]:
+    """The teacher on ``device`` and its encoded, cached training prompts.
+
+    The prompts are encoded on ``device`` while the denoiser still waits on the
+    CPU, and the text encoders are freed before it moves: the two never share
+    the accelerator (SD3.5: 11 GB of text encoders, 5 GB of transformer).
+    """
+    teacher = _build(cfg)
+    bank = teacher.prompt_bank(prompts, device)
+    teacher.network.to(device)
+    return teacher, bank
+
+
+def _build(cfg: Config) -> Teacher:
+    """The frozen teacher, on the CPU."""
     t = cfg.teacher
     dtype = DTYPES[t.dtype]
     if t.family == "builtin":
         from .builtin import BuiltinTeacher
-        teacher: Teacher = BuiltinTeacher(t.path, shift=t.shift, dtype=dtype, kind=t.builtin)
-    else:
-        try:
-            from . import diffusers_teachers
-        except ImportError as e:  # pragma: no cover - present once the real-teacher adapters land
-            raise ConfigError(f"teacher.family = {t.family!r} is not available in this build ({e})") from None
-        teacher = diffusers_teachers.load(cfg, dtype)
-    teacher.network.to(device)
-    return teacher
+        return BuiltinTeacher(t.path, shift=t.shift, dtype=dtype, kind=t.builtin)
+    try:
+        from . import diffusers_teachers
+    except ImportError as e:  # pragma: no cover - present once the real-teacher adapters land
+        raise ConfigError(f"teacher.family = {t.family!r} is not available in this build ({e})") from None
+    return diffusers_teachers.load(cfg, dtype)

@@ -5,6 +5,7 @@ export or a ComfyUI node never imports peft.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,18 +37,27 @@ def trainable_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if ".lora_" in k}
 
 
-def merged_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The teacher-layout float32 state dict of a LoRA network's state: W + B A (alpha = rank, scale 1)."""
+def merged_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+    """A LoRA network's state in the teacher's layout, one tensor at a time: W + B A (alpha = rank, scale 1) in
+    float32, then cast to ``dtype``; a full-size export holds one merged copy in its own dtype, no float32 twin."""
+    factors = adapter_factors(state)
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        module = key.removesuffix(".weight")
+        if key.endswith(".weight") and module in factors:
+            a, b = factors[module]
+            yield key, (value.float() + b @ a).to(dtype)
+        else:
+            yield key, value.to(dtype)
+
+
+def merged_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The teacher-layout state dict of a LoRA network's state (merged_tensors), or a full network's as it is."""
     if not is_lora_state(state):
         return state
-    out = {k.replace(".base_layer.", "."): v.float() for k, v in state.items() if ".lora_" not in k}
-    suffix = f".lora_A.{ADAPTER}.weight"
-    for key in state:
-        if key.endswith(suffix):
-            module = key[: -len(suffix)]
-            a, b = state[key].float(), state[f"{module}.lora_B.{ADAPTER}.weight"].float()
-            out[f"{module}.weight"] = out[f"{module}.weight"] + b @ a
-    return out
+    return dict(merged_tensors(state, dtype))
 
 
 def adapter_factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

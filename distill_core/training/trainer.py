@@ -26,7 +26,7 @@ from ..errors import ConfigError, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from ..runfolder import RunFolder
-from ..teachers import load_teacher
+from ..teachers import load_teacher_with_prompts
 from ..teachers.base import cond_to
 from . import checkpoint as ckpt
 from .adapters import merged_state_dict
@@ -69,7 +69,8 @@ class Trainer:
         self.reference: Reference | None = None  # the teacher's measurement for the finish, if a caller took it
 
         c = self.cfg
-        self.teacher = load_teacher(c, self.acc.device)
+        # prompts first: the text encoders come and go before the denoiser and the trainable copies take memory
+        self.teacher, self.bank = load_teacher_with_prompts(c, self.acc.device, c.data.prompts)
         sched, m = self.teacher.schedule, c.method
         self.anchor_target = first_step_target(sched, m.anchor_target)
         self.student_levels = self.teacher.student_levels(c.student.num_steps)
@@ -81,8 +82,6 @@ class Trainer:
             renoise_shifted=m.renoise_shift == "shifted", normalizer=m.dmd_normalizer,
             fake_t_shifted=m.fake_t_shift == "shifted")
 
-        # prompts first: the text encoders come and go before the trainable copies take their memory
-        self.bank = self.teacher.prompt_bank(c.data.prompts)
         self.sharded = is_sharded(self.acc)  # FSDP: each process holds a shard of the student and the fake score
         student, fake = self._trainable_networks()
         if self.sharded:  # before the optimisers, which then step the shards

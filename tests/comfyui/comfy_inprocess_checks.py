@@ -187,10 +187,10 @@ def distill_core_samples(path, levels, state_dict_change=None) -> torch.Tensor:
     return sample_grid(teacher, net, ["p"], SEEDS, levels)  # (len(SEEDS), 16, 8, 8)
 
 
-def comfy_samples(model, sampler, sigmas, positive, seeds=SEEDS) -> torch.Tensor:
-    """SamplerCustom (add noise from each seed, cfg 1) for each seed, in model space."""
+def comfy_samples(model, sampler, sigmas, positive, seeds=SEEDS, latent=(16, 8, 8)) -> torch.Tensor:
+    """SamplerCustom (add noise from each seed, cfg 1) for each seed, in model space; ``latent``: (C, H, W)."""
     out = [SamplerCustom.execute(model, True, seed, 1.0, positive, positive, sampler, sigmas,
-                                 {"samples": torch.zeros(1, 16, 8, 8)}).result[0]["samples"] for seed in seeds]
+                                 {"samples": torch.zeros(1, *latent)}).result[0]["samples"] for seed in seeds]
     return model.get_model_object("latent_format").process_in(torch.cat(out))
 
 

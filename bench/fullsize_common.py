@@ -1,0 +1,261 @@
+"""Full-size random-weight teachers and measured DP-DMD iterations: the code fullsize_cpu.py and gpu_check.py share.
+
+A teacher folder is a real diffusers folder: the public SD3.5-Medium transformer or SDXL-base UNet config
+(distill_core.plan) with random bf16 weights, the real VAE config, and text encoders of one layer whose
+outputs have the real shapes (CLIP-L 768, CLIP-G 1280, pooled 2048; T5 4096; SDXL 2048 + pooled 1280), so
+the prompt embeddings the trainer caches are what the real pipelines produce in shape. The iterations are the
+project's own Trainer (its fake_update and student_update, optimiser steps included); each phase's seconds and
+peak memory are recorded by a Meter (host RSS on a CPU, torch.cuda.max_memory_allocated on a GPU) and set
+against ``dpdmd plan``'s parts for the same config.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny tokenizers of tests/tiny_diffusers.py
+
+from distill_core import method as method_module  # noqa: E402
+from distill_core import plan as planning  # noqa: E402
+from distill_core import presets  # noqa: E402
+from distill_core.config import Config, resolve  # noqa: E402
+from distill_core.runfolder import atomic_write_text  # noqa: E402
+
+GB = 1e9
+PROMPTS = ["a photo of a cat", "the dog", "a painting of the sea"]
+# A few-layer network of the same class and widths where the text meets it: the same code path in seconds
+# (SD3: width 64 x depth, as ComfyUI infers the depth).
+TINY = {"sd3.5-medium": {"num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128,
+                         "dual_attention_layers": [0]},
+        "sdxl": {"block_out_channels": [32, 64, 64], "transformer_layers_per_block": [1, 1, 1],
+                 "attention_head_dim": [2, 4, 4], "norm_num_groups": 16}}
+VAE_FACTORS = {"sd3": {"scaling_factor": 1.5305, "shift_factor": 0.0609}, "sdxl": {"scaling_factor": 0.13025}}
+
+
+def network_config(name: str, tiny: bool = False) -> dict:
+    ref = planning.REFERENCES[name]
+    return {**ref["network"], **(TINY[name] if tiny else {})}
+
+
+def _text_encoders(family: str) -> dict:
+    """One-layer CLIP-L / CLIP-G (and T5) whose hidden and pooled widths are the real ones."""
+    from tiny_diffusers import tiny_clip_tokenizer, tiny_t5_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def clip(cls, width: int):
+        tok = tiny_clip_tokenizer()
+        config = CLIPTextConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id, vocab_size=len(tok), hidden_size=width,
+                                intermediate_size=64, num_attention_heads=8, num_hidden_layers=1,
+                                projection_dim=width, hidden_act="gelu")
+        return cls(config), tok
+
+    first, tok = clip(CLIPTextModelWithProjection if family == "sd3" else CLIPTextModel, 768)
+    second, tok2 = clip(CLIPTextModelWithProjection, 1280)
+    parts = {"text_encoder": first, "tokenizer": tok, "text_encoder_2": second, "tokenizer_2": tok2}
+    if family == "sd3":
+        t5_tok = tiny_t5_tokenizer()
+        parts["text_encoder_3"] = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=4096, d_kv=64, d_ff=64,
+                                                          num_layers=1, num_heads=2, decoder_start_token_id=0,
+                                                          relative_attention_num_buckets=8))
+        parts["tokenizer_3"] = t5_tok
+    return parts
+
+
+def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 0) -> Path:
+    """Write a random-weight diffusers teacher folder of a reference architecture (skipped if it exists)."""
+    import diffusers
+
+    if (path / "model_index.json").is_file():
+        return path
+    ref = planning.REFERENCES[name]
+    family = ref["family"]
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16: no fp32 copy of 2.5 B parameters on the way
+    try:
+        net = getattr(diffusers, ref["network_class"]).from_config(network_config(name, tiny))
+    finally:
+        torch.set_default_dtype(previous)
+    vae = diffusers.AutoencoderKL.from_config({**ref["vae"], **VAE_FACTORS[family]})
+    if family == "sd3":
+        pipe = diffusers.StableDiffusion3Pipeline(transformer=net, vae=vae, **_text_encoders(family),
+                                                  scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    else:
+        scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                                     beta_schedule="scaled_linear", timestep_spacing="leading")
+        pipe = diffusers.StableDiffusionXLPipeline(unet=net, vae=vae, scheduler=scheduler, **_text_encoders(family))
+    tmp = path.with_name(path.name + ".tmp")
+    pipe.save_pretrained(str(tmp))
+    tmp.rename(path)
+    return path
+
+
+def bench_config(folder: Path, name: str, out: Path, resolution: int, preset: str, device: str,
+                 fake_updates: int = 1, teacher_steps: int = 8, anchor_step: int = 2, batch_size: int = 1) -> Config:
+    """A DP-DMD run of a preset (its batch if it names one, else ``batch_size``); previews and evaluation off."""
+    cfg = Config()
+    cfg.teacher.family, cfg.teacher.path = planning.REFERENCES[name]["family"], str(folder)
+    cfg.teacher.resolution, cfg.teacher.num_steps, cfg.method.anchor_step = resolution, teacher_steps, anchor_step
+    cfg.method.fake_updates = fake_updates
+    cfg.data.prompts, cfg.data.batch_size = list(PROMPTS), batch_size
+    presets.apply(cfg, preset)
+    cfg.run.output_dir, cfg.run.device, cfg.run.max_steps, cfg.run.checkpoint_every = str(out), device, 1, 1
+    cfg.eval.diversity_every, cfg.eval.grid_every, cfg.eval.features = 0, 0, ""
+    cfg.eval.prompts, cfg.eval.max_prompts = PROMPTS[:1], 1
+    return resolve(cfg)
+
+
+# ---- meters ---------------------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class HostMeter:
+    """Peak resident memory of this process per phase, sampled every 20 ms in a thread."""
+
+    kind = "peak RSS"
+
+    def __init__(self) -> None:
+        self.baseline = rss_bytes()  # the interpreter and its libraries, before any model
+        self._peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, rss_bytes())
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        self._peak = rss_bytes()
+
+    def peak(self) -> int:
+        time.sleep(0.05)
+        return max(self._peak, rss_bytes())
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class CudaMeter:
+    """torch.cuda.max_memory_allocated per phase (what the planner estimates, without the context)."""
+
+    kind = "max_memory_allocated"
+    baseline = 0
+
+    def start(self) -> None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> int:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+
+    def close(self) -> None:
+        pass
+
+
+class Phases:
+    """Seconds and peak memory of named phases (a phase entered twice keeps its total time and larger peak)."""
+
+    def __init__(self, meter) -> None:
+        self.meter = meter
+        self.rows: dict[str, dict] = {}
+        self._active: list[str] = []
+
+    @contextmanager
+    def phase(self, name: str):
+        if self._active:  # nested: the outer phase keeps its own peak running
+            t0 = time.perf_counter()
+            yield
+            self._add(name, time.perf_counter() - t0, None)
+            return
+        self._active.append(name)
+        self.meter.start()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._add(name, time.perf_counter() - t0, self.meter.peak())
+            self._active.pop()
+
+    def _add(self, name: str, seconds: float, peak: int | None) -> None:
+        row = self.rows.setdefault(name, {"seconds": 0.0, "peak_gb": None, "count": 0})
+        row["seconds"] += seconds
+        row["count"] += 1
+        if peak is not None:
+            row["peak_gb"] = max(row["peak_gb"] or 0.0, peak / GB)
+
+
+def _timed(phases: Phases, name: str, fn):
+    def wrapped(*args, **kwargs):
+        with phases.phase(name):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+# ---- the measured run -------------------------------------------------------------------------------------------
+def measure(cfg: Config, meter, iterations: int = 1, checkpoint: bool = True) -> dict:
+    """Build the run's Trainer, train ``iterations`` DP-DMD steps, write a checkpoint (``checkpoint``); seconds and
+    peaks per phase; seconds per iteration from the last one (the first also warms kernels up).
+
+    Phases: 'load + prompts' (teacher, prompt cache, the two adapters, optimisers), 'fake update' (student sample,
+    fake-score loss, backward, AdamW step), 'student update' (anchor rollout, student rollout, DMD and diversity
+    losses, backward, AdamW step), with 'anchor rollout' (the teacher's k CFG steps) timed inside it.
+    """
+    from distill_core.training.recorder import Recorder
+    from distill_core.training.trainer import Trainer
+
+    phases = Phases(meter)
+    original_anchor = method_module.teacher_anchor
+    method_module.teacher_anchor = _timed(phases, "anchor rollout (in student update)", original_anchor)
+    try:
+        with phases.phase("load + prompts"):
+            trainer = Trainer(cfg, progress=False)
+            trainer.run.create()
+            atomic_write_text(trainer.run.config_path, trainer.cfg.to_toml())
+        trainer.fake_update = _timed(phases, "fake update", trainer.fake_update)
+        trainer.student_update = _timed(phases, "student update", trainer.student_update)
+        logs = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            logs.append(trainer.train_step())
+            seconds_per_iteration = time.perf_counter() - t0
+        if checkpoint:
+            with phases.phase("checkpoint"):
+                trainer.save_checkpoint(Recorder())
+    finally:
+        method_module.teacher_anchor = original_anchor
+    del trainer
+    gc.collect()
+    return {"phases": phases.rows, "sec_per_iter": seconds_per_iteration, "baseline_gb": meter.baseline / GB,
+            "meter": meter.kind, "logs": logs}
+
+
+def planned(cfg: Config, host: bool) -> dict:
+    """The planner's parts and peak for the same config. ``host``: no CUDA context or allocator fragmentation (a
+    CPU run: what the process holds beyond its baseline), and no VAE (previews are off in the bench)."""
+    report = planning.plan(cfg)
+    e = report.planner.estimate(report.options)
+    parts = {k: v / GB for k, v in e.parts.items()}
+    if host:
+        parts["VAE (previews)"] = 0.0
+    out = {"parts_gb": parts, "parts_sum_gb": sum(parts.values()), "prompt_gb": e.encode_peak / GB}
+    return out if host else {**out, "peak_gb": e.peak / GB, "train_peak_gb": e.train_peak / GB}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
