@@ -109,3 +109,15 @@ def test_the_old_name_eval_every_still_reads_as_diversity_every():
     from distill_core.config import loads_config
 
     assert loads_config("[eval]\nevery = 7\n").eval.diversity_every == 7
+
+
+def test_the_digits_example_config_trains_the_teacher_the_comfyui_examples_name():
+    """examples/configs/builtin_digits.toml: the digits student that example_workflows/ load (the default is shapes)."""
+    from pathlib import Path
+
+    from distill_core.builtin.kinds import data_module
+
+    cfg = resolve(load_config(Path(__file__).resolve().parent.parent / "examples" / "configs" / "builtin_digits.toml"))
+    assert cfg.teacher.builtin == "digits" and cfg.optim.student_lr == 1e-4 and cfg.data.batch_size == 64
+    for prompt in cfg.data.prompts + cfg.eval.prompts:
+        data_module("digits").parse_prompt(prompt)
