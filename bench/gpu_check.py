@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arch:<13}{name:<32}{peak:7.2f} GB measured  {plan['parts_sum_gb']:7.2f} GB planned parts  "
                   f"{peak / plan['parts_sum_gb']:.3f}  planned peak {plan['peak_gb']:6.2f} GB  "
                   f"{out['sec_per_iter']:6.2f} s/iter", flush=True)
-    print(f"\n| architecture | preset | max_memory_allocated GB | planned parts GB | measured / planned | planned peak "
-          f"(+context, +10 %) GB | s/iter |\n|---|---|---|---|---|---|---|")
+    print("\n| architecture | preset | max_memory_allocated GB | planned parts GB | measured / planned | planned peak "
+          "(+context, +10 %) GB | s/iter |\n|---|---|---|---|---|---|---|")
     for arch, name, out, plan, peak in rows:
         print(f"| {arch} | {name} | {peak:.2f} | {plan['parts_sum_gb']:.2f} | {peak / plan['parts_sum_gb']:.3f} | "
               f"{plan['peak_gb']:.2f} | {out['sec_per_iter']:.2f} |")
