@@ -7,7 +7,6 @@ shown as missing.
 """
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
