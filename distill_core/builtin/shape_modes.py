@@ -12,15 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .modes import agreement, histogram_divergence
+from .modes import agreement, histogram_divergence, prompt_histograms
 from .shapes import MODE_PROBS, MODES, decode, is_valid, mode_name
 
 MIN_FRACTION = 0.25  # a mode counts as reached with at least this share of its data probability (as for digits)
-
-
-def histograms(modes: np.ndarray, per_prompt: int) -> np.ndarray:
-    """(prompts, 8) share of each prompt's samples per mode; ``modes`` is prompt-major."""
-    return np.stack([np.bincount(g, minlength=len(MODES)) / per_prompt for g in modes.reshape(-1, per_prompt)])
 
 
 def coverage(hist: np.ndarray, data: np.ndarray) -> float:
@@ -32,7 +27,7 @@ def model_metrics(images: torch.Tensor, labels: torch.Tensor, per_prompt: int) -
     """The counted metrics of one model's prompt-major samples, and each sample's mode."""
     decoded = decode(images)
     modes = decoded.mode.numpy()
-    hist = histograms(modes, per_prompt)
+    hist = np.array(prompt_histograms(modes, per_prompt, len(MODES)))
     data = np.tile(np.array(MODE_PROBS), (len(hist), 1))
     return {"mode_coverage": coverage(hist, data),
             "validity": float(is_valid(decoded, labels).float().mean()),

@@ -89,16 +89,13 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device, reference
     ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
     if "diversity" in t:
         ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)
-    if isinstance(extractor, DigitsExtractor):
+    if isinstance(extractor, (DigitsExtractor, ShapesExtractor)):  # the built-in teachers' modes
         per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
         labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
-        t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels, per_prompt)
-        t.update(t_modes)
-        s.update(s_modes)
-    if isinstance(extractor, ShapesExtractor):  # modes counted by the decoder
-        per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
-        labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
-        t_modes, s_modes = shape_modes.mode_metrics(t_images, s_images, labels, per_prompt)
+        if isinstance(extractor, ShapesExtractor):  # counted by the decoder
+            t_modes, s_modes = shape_modes.mode_metrics(t_images, s_images, labels, per_prompt)
+        else:  # the real digits' style clusters
+            t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels, per_prompt)
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}
