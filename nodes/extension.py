@@ -7,10 +7,10 @@ from . import library
 from .grid import Diversity, SeedGrid
 from .loader import LoadBuiltinTeacher, StudentLoader
 from .routes import register_routes
-from .sampling import HybridSampler, Sample, StudentSampler, StudentSigmas
+from .sampling import HybridSampler, Sample, StudentSampler, StudentSigmas, TeacherStudentSampler
 
 NODES: list[type[io.ComfyNode]] = [StudentLoader, LoadBuiltinTeacher, StudentSigmas, StudentSampler, Sample, SeedGrid,
-                                   Diversity, HybridSampler]
+                                   Diversity, HybridSampler, TeacherStudentSampler]
 
 
 class DPDMDExtension(ComfyExtension):

@@ -147,3 +147,37 @@ class HybridSampler(io.ComfyNode):
         text = (f"teacher {first.steps} steps at cfg {first.guidance:g}: {first.nfe} NFE, then student "
                 f"{second.steps} steps from level {second.levels[0]:.3f}: {second.nfe} NFE; {hybrid.nfe} per image")
         return io.NodeOutput(hybrid, ui={"text": [text]})
+
+
+class TeacherStudentSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DPDMDTeacherStudentSampler",
+            display_name="DP-DMD Hybrid Sampler (SAMPLER)",
+            category=CATEGORY,
+            description="The hybrid for SD3 / SDXL models, as a SAMPLER for SamplerCustom / SamplerCustomAdvanced: "
+                        "the teacher MODEL does the student's first interval (sigmas[0] to sigmas[handover]) in k "
+                        "Euler steps with its CFG on the positive / negative here, then the student MODEL "
+                        "connected to SamplerCustom takes Euler steps on the remaining sigmas. Use SamplerCustom "
+                        "with the student, cfg 1 and the Student Sigmas; teacher and student must share a latent "
+                        "space. k = 0: the plain Student Sampler.",
+            inputs=[
+                io.Model.Input("teacher", tooltip="the teacher MODEL (e.g. UNETLoader / Load Checkpoint)"),
+                io.Conditioning.Input("positive", tooltip="the teacher's positive (CLIP Text Encode)"),
+                io.Conditioning.Input("negative", tooltip="the teacher's negative (CLIP Text Encode)"),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, tooltip="the teacher's cfg"),
+                io.Int.Input("k", default=4, min=0, max=200,
+                             tooltip="teacher steps before the hand-over; 0 = the student alone"),
+                io.Int.Input("handover", default=1, min=1, max=50,
+                             tooltip="the student takes over at sigmas[handover] (1 = its second sigma)"),
+            ],
+            outputs=[io.Sampler.Output(tooltip="for SamplerCustom / SamplerCustomAdvanced with the student, cfg 1")],
+        )
+
+    @classmethod
+    def execute(cls, teacher, positive, negative, cfg: float, k: int, handover: int) -> io.NodeOutput:
+        from .teacher_student import nfe_text, teacher_student_sampler
+
+        return io.NodeOutput(teacher_student_sampler(teacher, positive, negative, cfg, k, handover),
+                             ui={"text": [nfe_text(k, cfg)]})

@@ -9,7 +9,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const LOADER = "DPDMDStudentLoader";
-const TEXT_NODES = [LOADER, "DPDMDDiversity", "DPDMDHybridSampler"]; // nodes whose output carries `text`
+const TEXT_NODES = [LOADER, "DPDMDDiversity", "DPDMDHybridSampler", "DPDMDTeacherStudentSampler"]; // nodes whose output carries `text`
 const TEXT = "dpdmd_text";
 const LINE = 15;
 const WIDTH = 380;

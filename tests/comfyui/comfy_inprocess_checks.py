@@ -108,7 +108,8 @@ class FixedCondTeacher(Teacher):
 def test_node_ids_and_category(pack):
     ids = nodes_by_id(pack)
     assert set(ids) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler", "DPDMDSample",
-                        "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler"}
+                        "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler",
+                        "DPDMDTeacherStudentSampler"}
     assert {n.GET_SCHEMA().category for n in ids.values()} == {"DP-DMD"}
 
 
@@ -394,3 +395,58 @@ def test_comfy_registry_config_parses():
     assert icon.startswith(repo.replace("github.com", "raw.githubusercontent.com") + "/main/"), icon
     assert (ROOT / icon.split("/main/", 1)[1]).is_file(), icon
     assert config.tool_comfy.web is None  # WEB_DIRECTORY serves the JS; both would load it twice
+
+
+def test_teacher_student_sampler_node(pack, models):
+    """The hybrid SAMPLER on ComfyUI MODELs: k = 0 is the Student Sampler exactly; teacher == student at cfg 1
+    is plain Euler over the concatenated sigmas; a different teacher at cfg 2 equals the hand-composed
+    teacher leg (SamplerCustom, cfg 2, the teacher's k sigmas) followed by the student's Euler steps."""
+    from comfy_extras.nodes_custom_sampler import BasicGuider, SamplerCustomAdvanced
+
+    ids = nodes_by_id(pack)
+    model, sigmas, _ = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
+    teacher, _, _ = run(ids["DPDMDStudentLoader"], student_name="student_in_diffusion_models.safetensors").result
+    _, positive = fixed_condition()
+    negative = [[torch.zeros_like(positive[0][0]), {"pooled_output": torch.zeros_like(positive[0][1]["pooled_output"])}]]
+    node = ids["DPDMDTeacherStudentSampler"]
+    plain = comfy_samples(model, run(ids["DPDMDStudentSampler"]).result[0], sigmas, positive)
+
+    alone = run(node, teacher=teacher, positive=positive, negative=negative, cfg=2.0, k=0, handover=1).result[0]
+    assert torch.equal(comfy_samples(model, alone, sigmas, positive), plain)
+
+    same = run(node, teacher=model, positive=positive, negative=negative, cfg=1.0, k=3, handover=1).result[0]
+    joined = torch.cat([torch.linspace(float(sigmas[0]), float(sigmas[1]), 4), sigmas[2:]])
+    euler = comfy_samples(model, run(ids["DPDMDStudentSampler"]).result[0], joined, positive)
+    assert torch.allclose(comfy_samples(model, same, sigmas, positive), euler, atol=1e-5, rtol=1e-5)
+
+    out = run(node, teacher=teacher, positive=positive, negative=negative, cfg=2.0, k=2, handover=1)
+    assert "4 NFE" in out.ui["text"][0], out.ui
+    ours = comfy_samples(model, out.result[0], sigmas, positive)
+    assert torch.isfinite(ours).all() and not torch.allclose(ours, plain, atol=1e-3)
+    latent_format = model.get_model_object("latent_format")
+    euler_sampler = run(ids["DPDMDStudentSampler"]).result[0]
+    leg = torch.linspace(float(sigmas[0]), float(sigmas[1]), 3)
+
+    ms = teacher.get_model_object("model_sampling")
+
+    class StartHere:  # CONST noise scaling: s * n + (1 - s) * x == x when n == x (continue from the latent)
+        seed = 0
+
+        def __init__(self, x):
+            self.x = x
+
+        def generate_noise(self, latent):
+            return self.x
+
+    reference = []
+    for seed in SEEDS:
+        mid = SamplerCustom.execute(teacher, True, seed, 2.0, positive, negative, euler_sampler, leg,
+                                    {"samples": torch.zeros(1, 16, 8, 8)}).result[0]["samples"]
+        mid = latent_format.process_in(mid)
+        if hasattr(ms, "inverse_noise_scaling"):  # undo the division by 1 - sigma at the end of a flow leg
+            mid = ms.noise_scaling(leg[-1], torch.zeros_like(mid), mid)
+        guider = BasicGuider.execute(model, positive).result[0]
+        reference.append(SamplerCustomAdvanced.execute(StartHere(mid), guider, euler_sampler, sigmas[1:],
+                                                       {"samples": latent_format.process_out(mid)}).result[0]["samples"])
+    reference = latent_format.process_in(torch.cat(reference))
+    assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-5), (ours - reference).abs().max()

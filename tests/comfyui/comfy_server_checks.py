@@ -73,7 +73,8 @@ def test_nodes_registered_js_served_and_metadata_route(comfy):
     _, info = comfy.get_json("/object_info")
     ours = {k: v for k, v in info.items() if v["category"] == "DP-DMD"}
     assert set(ours) == {"DPDMDStudentLoader", "DPDMDBuiltinTeacher", "DPDMDStudentSigmas", "DPDMDStudentSampler",
-                         "DPDMDSample", "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler"}
+                         "DPDMDSample", "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler",
+                         "DPDMDTeacherStudentSampler"}
     names = ours["DPDMDStudentLoader"]["input"]["required"]["student_name"][1]["options"]
     assert {"dpdmd_digits_student.safetensors", "dpdmd_sd3.5_medium_student.safetensors"} <= set(names)
     assert "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors" not in names
