@@ -10,11 +10,11 @@ from PIL import Image
 
 METRICS = [  # key, column title, format, higher is better
     ("diversity", "diversity (Eq. 9)", "{:.4f}", True),
-    ("mode_coverage", "style coverage", "{:.3f}", True),
-    ("mode_divergence_from_teacher", "KL to teacher styles", "{:.3f}", False),
+    ("mode_coverage", "mode coverage", "{:.3f}", True),
+    ("mode_divergence_from_teacher", "KL to teacher modes", "{:.3f}", False),
     ("mode_agreement_with_teacher", "same-noise agreement", "{:.3f}", True),
     ("frechet_distance", "Frechet distance", "{:.2f}", False),
-    ("class_accuracy", "class accuracy", "{:.3f}", True),
+    ("validity", "validity", "{:.3f}", True),
 ]
 INVESTIGATION = Path(__file__).resolve().parent.parent / "docs" / "investigation.md"
 LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD, no detach"}
@@ -57,11 +57,15 @@ def targets(results: dict) -> list[str]:
     t = results["teacher"]
     div_dmd, div_dp = mean("dmd", "diversity"), mean("dpdmd", "diversity")
     fd_dmd, fd_dp = mean("dmd", "frechet_distance"), mean("dpdmd", "frechet_distance")
+    cov_dmd, cov_dp = mean("dmd", "mode_coverage"), mean("dpdmd", "mode_coverage")
+    val_gap = mean("dpdmd", "validity") - mean("dmd", "validity")
     rows = [
+        ("DP-DMD mode coverage / DMD's", cov_dp / cov_dmd, ">= 1.4", cov_dp / cov_dmd >= 1.4),
         ("DP-DMD diversity / DMD diversity", div_dp / div_dmd, ">= 1.4 (paper, SD3.5-M: 1.31)", div_dp / div_dmd >= 1.4),
         ("DP-DMD diversity / teacher diversity", div_dp / t["diversity"], ">= 0.85 (paper: 0.75)",
          div_dp / t["diversity"] >= 0.85),
         ("DP-DMD Frechet distance / DMD's", fd_dp / fd_dmd, "<= 1.10", fd_dp / fd_dmd <= 1.10),
+        ("DP-DMD validity - DMD's (points of share)", val_gap, ">= -0.05", val_gap >= -0.05),
     ]
     if "no_detach" in groups:
         nd = mean("no_detach", "diversity")
@@ -99,7 +103,7 @@ def plots(results: dict, out: Path) -> list[str]:
     for i, (method, ms) in enumerate(groups.items()):
         ax.scatter([m["frechet_distance"] for m in ms], [m["diversity"] for m in ms], color=f"C{i}",
                    label=f"{LABEL.get(method, method)} (4 NFE)")
-    ax.set_xlabel("Frechet distance to held-out digits (lower = better quality)")
+    ax.set_xlabel("Frechet distance to the data (lower = better quality)")
     ax.set_ylabel("diversity, Eq. 9 (higher = more varied)")
     ax.legend(fontsize=8)
     fig.savefig(out / "scatter.png", dpi=110, bbox_inches="tight")
@@ -150,16 +154,17 @@ def write_results(results: dict, docs: Path, work: Path) -> Path:
              f"How the setting was chosen, and what else was tried, is in [investigation.md]({rel(INVESTIGATION)}).", ""]
     a, s = meta["args"], meta["setting"]
     t = results["teacher"]
-    lines += [f"Setting: the built-in digits teacher ({t['steps']} Euler steps, CFG {t['guidance']:g}, flow shift "
+    lines += [f"Setting: the built-in shapes teacher ({t['steps']} Euler steps, CFG {t['guidance']:g}, flow shift "
               f"{s['shift']:g}) distilled into {s['student_steps']}-step students for {a['steps']} student updates "
               f"(each after {s['fake_updates']} fake-score updates), batch {a['batch']}, AdamW lr {a['lr']:g}; DP-DMD "
               f"with k = {s['k']}, lambda = {s['lambda']:g}. Every model is sampled from the same noises: "
               f"{s['prompts']} prompts x {s['seeds']} seeds for diversity, x {a['samples']} for the rest.", ""]
     if results.get("runs"):
         lines += ["## Main table", ""] + main_table(results) + [""]
-        lines += ["Style coverage: share of the real digits' per-class style clusters the samples reach; KL to teacher "
-                  "styles: divergence of the style histogram from the teacher's; same-noise agreement: share of noises "
-                  "whose sample lands in the same style cluster as the teacher's sample from that noise.", ""]
+        lines += [("Counted by the shapes decoder: mode coverage is the share of a prompt's 8 modes (position x size) "
+                   "the samples reach; KL to teacher modes: divergence of the mode histogram from the teacher's; "
+                   "same-noise agreement: share of noises whose sample lands in the teacher's mode from that noise; "
+                   "validity: share of samples that are a clean member of the prompt's class."), ""]
         tl = targets(results)
         if tl:
             lines += ["## Against the targets", ""] + tl + [""]
