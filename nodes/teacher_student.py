@@ -75,11 +75,8 @@ def teacher_student_sampler(teacher_model, positive, negative, cfg: float, k: in
     return comfy.samplers.KSAMPLER(sample)
 
 
-def nfe_text(k: int, cfg: float, student_steps: int | None = None) -> str:
-    teacher = 0 if k <= 0 else k * (1 if cfg == 1.0 else 2)
+def nfe_text(k: int, cfg: float) -> str:
+    """The teacher's network evaluations per image (CFG runs it twice a step); the student adds 1 per step."""
+    teacher = k * (1 if cfg == 1.0 else 2)
     text = f"teacher {k} steps at cfg {cfg:g}: {teacher} NFE" + ("" if cfg != 1.0 or k == 0 else " (cfg 1: no uncond)")
-    if student_steps is not None:
-        text += f", then student {student_steps} steps: {student_steps} NFE; {teacher + student_steps} per image"
-    else:
-        text += ", then the student's remaining steps (1 NFE each, cfg 1)"
-    return text
+    return text + ", then the student's remaining steps (1 NFE each, cfg 1)"
