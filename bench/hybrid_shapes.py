@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from distill_core.builtin import shape_modes  # noqa: E402
-from distill_core.config import load_config, resolve  # noqa: E402
+from distill_core.config import load_run_config, resolve  # noqa: E402
 from distill_core.evaluation.compare import prompt_labels  # noqa: E402
 from distill_core.evaluation.evaluate import evaluate_images, load_extractor  # noqa: E402
 from distill_core.hybrid import Leg, hybrid_legs, sample_legs  # noqa: E402
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("run", type=Path)
     parser.add_argument("--k", type=int, default=0, help="teacher steps before the hand-over (0: the run's k)")
     args = parser.parse_args(argv)
-    cfg = resolve(load_config(args.run / "config.toml"))
+    cfg = resolve(load_run_config(args.run / "config.toml"))
     trainer = Trainer(cfg, progress=False)
     if not trainer.try_resume():
         raise SystemExit(f"{args.run}: no usable checkpoint to sample")

@@ -298,11 +298,29 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {shown(str(path))} does not exist; write one (see examples/) "
                           "or run `dpdmd demo` to get a working config.toml")
-    return from_dict(parse_toml(read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)"), str(path)))
+    return from_dict(_config_table(path))
+
+
+def _config_table(path: Path) -> dict:
+    return parse_toml(read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)"), str(path))
 
 
 def loads_config(text: str) -> Config:
     return from_dict(parse_toml(text, "the config"))
+
+
+def load_run_config(path: str | Path) -> Config:
+    """A run folder's own config.toml, read as the run that wrote it meant it.
+
+    A run writes every field of its config, so a field its config.toml lacks is
+    one that did not exist yet: such a run trained with that field's old default
+    (``teacher.builtin`` arrived with the shapes teacher; runs before it are digits runs).
+    """
+    data = _config_table(Path(path))
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("family", "builtin") == "builtin" and "builtin" not in teacher:
+        teacher["builtin"] = "digits"
+    return from_dict(data)
 
 
 # ---- resolution and validation ------------------------------------------------------------

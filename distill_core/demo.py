@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config, load_config, resolve
+from .config import Config, load_run_config, resolve
 from .runfolder import RunFolder, atomic_write_text
 
 STUDENTS = {"dmd": "DMD", "dpdmd": "DP-DMD"}
@@ -44,7 +44,7 @@ def finished_metrics(cfg: Config) -> dict | None:
     status, metrics = run.read_status(), run.read_json(run.metrics_path)
     if status.get("state") != "finished" or "student" not in metrics or not run.config_path.is_file():
         return None
-    old, new = resolve(load_config(run.config_path)), resolve(cfg)
+    old, new = resolve(load_run_config(run.config_path)), resolve(cfg)
     old.run.output_dir = new.run.output_dir  # the same folder, however it was spelt
     if old.to_toml() != new.to_toml() or status.get("step") != new.run.max_steps:
         return None

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import load_config
+from .config import load_config, load_run_config
 from .errors import exit_code
 from .training.trainer import train
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def command() -> None:
-        cfg = load_config(args.config)
         folder = _own_run_folder(Path(args.config))
+        cfg = load_config(args.config) if folder is None else load_run_config(args.config)
         if args.output_dir:
             cfg.run.output_dir = args.output_dir
         elif folder is not None and Path(cfg.run.output_dir).resolve() != folder.resolve():

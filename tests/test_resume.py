@@ -201,3 +201,19 @@ def test_a_folder_whose_checkpoints_are_all_damaged_stops_and_restart_starts_ove
     assert events.count("start") == 2 and "resume" not in events  # started over, from step 0
     assert ckpt.latest(run / "checkpoints").name == "step_00000004"
     assert ckpt.check(run / "checkpoints" / "step_00000002") is None  # rewritten, checksums and all
+
+
+def test_a_run_folder_from_before_the_shapes_teacher_resumes_as_the_digits_run_it_is(tiny):
+    """Its config.toml has no teacher.builtin (the field came with shapes, now the default): it stays digits."""
+    from distill_core.cli import main
+    from distill_core.config import load_run_config
+
+    cfg = tiny(run__max_steps=2)
+    train(cfg, progress=False, finish=False)
+    config = run_dir(cfg) / "config.toml"
+    lines = config.read_text().splitlines()
+    config.write_text("\n".join(line for line in lines if not line.startswith("builtin = ")) + "\n")
+    assert load_run_config(config).teacher.builtin == "digits"
+    assert main(["train", str(config), "--max-steps", "4", "--no-finish"]) == 0
+    events = [json.loads(line)["event"] for line in (run_dir(cfg) / "events.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 1 and ckpt.latest(run_dir(cfg) / "checkpoints").name == "step_00000004"

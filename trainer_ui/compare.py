@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill_core.config import Config, load_config, resolve
+from distill_core.config import Config, load_run_config, resolve
 from distill_core.errors import DPDMDError
 from distill_core.runfolder import RunFolder
 
@@ -139,7 +139,7 @@ def _run_config(run: RunFolder) -> Config:
     path = run.file(run.config_path)
     if path is None:
         raise DPDMDError(f"{run.root.name!r} is not a run folder (no config.toml)")
-    return resolve(load_config(path))
+    return resolve(load_run_config(path))
 
 
 def default_prompts(run_dirs: list[Path]) -> list[str]:

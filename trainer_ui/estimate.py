@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill_core.config import Config, field_value, load_config, resolve
+from distill_core.config import Config, field_value, load_run_config, resolve
 from distill_core.errors import DPDMDError
 from distill_core.runfolder import RunFolder
 
@@ -48,7 +48,7 @@ def measured_speed(cfg: Config, roots: Roots) -> Speed | None:
         if d.name == own or config is None:
             continue
         try:
-            if _speed_key(resolve(load_config(config))) != want:
+            if _speed_key(resolve(load_run_config(config))) != want:
                 continue
         except (DPDMDError, OSError):
             continue

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import distill_core
-from distill_core.config import Config, config_differences, load_config, parse_toml, resolve
+from distill_core.config import Config, config_differences, load_run_config, parse_toml, resolve
 from distill_core.errors import ConfigError, DPDMDError
 from distill_core.run_queue import Entry, RunQueue, device_of
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
@@ -93,7 +93,7 @@ def existing_run_note(cfg: Config) -> str:
     config = run.file(run.config_path)
     if config is None:
         return ""
-    diff = config_differences(resolve(load_config(config)), cfg)
+    diff = config_differences(resolve(load_run_config(config)), cfg)
     if diff:
         raise ConfigError(f"run {name!r} already exists with another config (differs in {', '.join(diff)}); "
                           "choose a new run name, or delete that folder to start over")
@@ -151,7 +151,7 @@ def run_config(run_dir: Path, why: str = "resumed") -> Config:
     config = run.file(run.config_path)
     if config is None:
         raise ConfigError(f"{run.root.name!r} has no config.toml, so it cannot be {why}")
-    cfg = resolve(load_config(config))
+    cfg = resolve(load_run_config(config))
     cfg.run.output_dir = str(run.root)
     return cfg
 

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import Config, load_config, resolve
+from ..config import Config, load_run_config, resolve
 from ..errors import CheckpointError, ConfigError, shown
 from ..integrity import file_tensors, nonfinite_message, scan, tensors_sha256
 from ..runfolder import RunFolder, atomic_target
@@ -150,7 +150,7 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
     run = RunFolder(Path(run_dir))
     if not run.config_path.exists():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.toml)")
-    cfg = resolve(load_config(run.config_path))
+    cfg = resolve(load_run_config(run.config_path))
     say = partial(print, file=sys.stderr)
     if step is not None:
         folder = run.checkpoints / ckpt.step_dir_name(step)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, load_config, resolve
+from ..config import Config, config_differences, load_run_config, resolve
 from ..errors import ConfigError, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
@@ -288,7 +288,7 @@ class Trainer:
     def try_resume(self) -> bool:
         """Resume from the newest complete checkpoint of this run folder (or run.branch_from's), if there is one."""
         if self.run.config_path.exists():
-            old = resolve(load_config(self.run.config_path))
+            old = resolve(load_run_config(self.run.config_path))
             diff = config_differences(old, self.cfg)
             untrained = self.run.read_status().get("step") == 0 and not ckpt.list_complete(self.run.checkpoints)
             if diff and not untrained:  # a start that failed before step 1 (a batch too large) holds nothing
