@@ -115,7 +115,7 @@ def from_comfy_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def upscale(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-neighbour upscale of (B, C, h, w) images to height ``size``: 8x8 digits stay crisp."""
+    """Nearest-neighbour upscale of (B, C, h, w) images to height ``size``: 16x16 shapes stay crisp."""
     factor = max(1, size // images.shape[-2])
     return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
@@ -128,8 +128,8 @@ def grid_image(images: torch.Tensor, cols: int, row_labels: Sequence[str] | None
     return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).unsqueeze(0)
 
 
-def to_digit_space(images: torch.Tensor, size: int = 8) -> torch.Tensor:
-    """(B, 3, H, W) images back to the built-in classifier's 8x8 input (area average undoes the upscale)."""
+def to_teacher_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) images back to a built-in teacher's size (area average undoes the upscale)."""
     return F.interpolate(images, size=(size, size), mode="area") if images.shape[-1] != size else images
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
+from distill_core.builtin.kinds import DEFAULT_KIND, KINDS
 from distill_core.errors import DPDMDError
 
 from . import library, student
@@ -67,17 +68,20 @@ class LoadBuiltinTeacher(io.ComfyNode):
             node_id="DPDMDBuiltinTeacher",
             display_name="DP-DMD Built-in Teacher",
             category=CATEGORY,
-            description="The built-in digits teacher that ships with DP-DMD Studio, sampled with its own many "
-                        "steps and CFG: connect it to a Seed Grid next to a student's grid to compare them on "
-                        "the same seeds.",
+            description="A built-in teacher that ships with DP-DMD Studio (shapes: coloured shapes with 8 exactly "
+                        "known modes, what `dpdmd demo` distils; digits: handwritten digits), sampled with its own "
+                        "many steps and CFG: connect it to a Seed Grid next to a student's grid to compare them on "
+                        "the same seeds, or to the Hybrid Sampler with a student of the same teacher.",
             inputs=[
                 io.Int.Input("steps", default=30, min=2, max=200, tooltip="sampling steps (the teacher needs many)"),
                 io.Float.Input("cfg", default=2.0, min=1.0, max=20.0, step=0.1,
                                tooltip="classifier-free guidance (2 is what students are distilled from)"),
+                io.Combo.Input("teacher", options=list(KINDS), default=DEFAULT_KIND,
+                               tooltip="; ".join(f"{name}: {kind.label}" for name, kind in KINDS.items())),
             ],
             outputs=[STUDENT.Output(display_name="teacher", tooltip="for DP-DMD Sample / Seed Grid")],
         )
 
     @classmethod
-    def execute(cls, steps: int, cfg: float) -> io.NodeOutput:
-        return io.NodeOutput(student.builtin_teacher(steps, cfg))
+    def execute(cls, steps: int, cfg: float, teacher: str = DEFAULT_KIND) -> io.NodeOutput:
+        return io.NodeOutput(student.builtin_teacher(steps, cfg, teacher))

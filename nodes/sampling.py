@@ -21,7 +21,7 @@ def size_inputs() -> list:
         io.Int.Input("width", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
         io.Int.Input("height", default=1024, min=64, max=8192, step=8, tooltip="SD3 / SDXL only"),
         io.Int.Input("display_size", default=64, min=8, max=1024, step=8,
-                     tooltip="built-in students: upscale the 8x8 digits to this size"),
+                     tooltip="built-in students: upscale their small images (shapes 16x16, digits 8x8) to this size"),
     ]
 
 
@@ -90,15 +90,16 @@ class Sample(io.ComfyNode):
             display_name="DP-DMD Sample",
             category=CATEGORY,
             description="Sample a student on its own schedule, cfg 1. Image i uses seed + i (the same image that "
-                        "seed gives alone). Built-in students read 'prompt' (it names a digit); SD3 / SDXL students "
-                        "need 'positive' and a 'vae'.",
+                        "seed gives alone). Built-in students read 'prompt' (it names a class of their teacher, "
+                        "e.g. a shape or a digit); SD3 / SDXL students need 'positive' and a 'vae'.",
             inputs=[
                 STUDENT.Input("student", tooltip="a student from the loader, or the built-in teacher"),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="image i uses seed + i"),
                 io.Int.Input("batch_size", default=4, min=1, max=256, tooltip="images (consecutive seeds)"),
-                io.String.Input("prompt", default="a handwritten 7",
-                                tooltip="built-in students only: the digit to draw (e.g. 'a handwritten 7')"),
+                io.String.Input("prompt", default=students.DEFAULT_PROMPT,
+                                tooltip="built-in students only: the class to draw (shapes: 'a red square', "
+                                        "'a green circle', 'a blue triangle'; digits: 'a handwritten 7')"),
                 *size_inputs(),
                 io.Conditioning.Input("positive", optional=True, tooltip="SD3 / SDXL students: CLIP Text Encode "
                                       "with the teacher's text encoders (no negative: cfg is 1)"),

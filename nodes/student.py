@@ -15,6 +15,7 @@ import comfy.model_sampling
 import comfy.sd
 import torch
 
+from distill_core.builtin.kinds import DEFAULT_KIND, data_module
 from distill_core.errors import CheckpointError, ConfigError, DPDMDError
 from distill_core.export.student_file import StudentInfo
 from distill_core.families import COMFY_NATIVE, FAMILIES
@@ -24,6 +25,7 @@ WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
                  "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
                  "fp8_e5m2": {"dtype": torch.float8_e5m2}}
 PARAMETRIZATION = {"flow": comfy.model_sampling.CONST, "epsilon": comfy.model_sampling.EPS}  # by prediction type
+DEFAULT_PROMPT = data_module(DEFAULT_KIND).canonical_prompt(0)  # the built-in sampling nodes' default
 
 
 @dataclass
@@ -68,17 +70,17 @@ class NotAComfyModel:
             "loader's 'student' output to 'DP-DMD Sample' or 'DP-DMD Seed Grid' instead of its MODEL output")
 
 
-def builtin_teacher(steps: int, cfg: float) -> Student:
-    """The shipped built-in teacher as a handle the pack's samplers understand (multi-step, with CFG)."""
+def builtin_teacher(steps: int, cfg: float, kind: str = DEFAULT_KIND) -> Student:
+    """A shipped built-in teacher as a handle the pack's samplers understand (multi-step, with CFG)."""
     from distill_core.teachers.builtin import BuiltinTeacher
 
-    teacher = BuiltinTeacher()
+    teacher = BuiltinTeacher(kind=kind)
     levels = teacher.teacher_levels(steps)
     info = StudentInfo(family="builtin", prediction_type="flow", levels=levels,
                        sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
                        network_config=teacher.network_config(), method="teacher", teacher_guidance=cfg,
-                       teacher="builtin", title=f"built-in teacher: {steps} steps, cfg {cfg:g}")
-    return Student("built-in teacher", info, teacher=teacher, net=teacher.network, guidance=cfg)
+                       teacher="builtin", title=f"built-in {kind} teacher: {steps} steps, cfg {cfg:g}")
+    return Student(f"built-in {kind} teacher", info, teacher=teacher, net=teacher.network, guidance=cfg)
 
 
 def hybrid(teacher: Student, student: Student, k: int, handover: float | None) -> Student:
@@ -89,6 +91,10 @@ def hybrid(teacher: Student, student: Student, k: int, handover: float | None) -
     if teacher.native or student.native:
         raise ConfigError("the hybrid sampler runs built-in students and the built-in teacher; connect DP-DMD "
                           "Built-in Teacher and a built-in student")
+    if teacher.teacher.kind != student.teacher.kind:
+        raise ConfigError(f"{student.name} was distilled from the built-in {student.teacher.kind} teacher but the "
+                          f"connected teacher is {teacher.teacher.kind}: set the Built-in Teacher's 'teacher' to "
+                          f"{student.teacher.kind}")
     k = k or student.info.anchor_step
     legs = hybrid_legs(teacher.net, teacher.info.levels, teacher.guidance, k, student.net, student.info.levels,
                        handover)

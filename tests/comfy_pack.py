@@ -42,8 +42,8 @@ def pack_module(name: str):
     return importlib.import_module(f"{PACK}.{name}")
 
 
-def builtin_student(path: Path) -> Path:
-    """A 4-step built-in-teacher student file: the shipped teacher's weights with student metadata.
+def builtin_student(path: Path, kind: str = "shapes") -> Path:
+    """A 4-step student file of the built-in teacher ``kind``: that teacher's weights with student metadata.
 
     Untrained as a student, but a valid one: what the loader, samplers and grids need.
     """
@@ -51,9 +51,9 @@ def builtin_student(path: Path) -> Path:
     from distill_core.export.exporters import save_student, student_info
     from distill_core.teachers.builtin import BuiltinTeacher
 
-    teacher = BuiltinTeacher()  # the digits teacher, the nodes' default
+    teacher = BuiltinTeacher(kind=kind)
     cfg = Config()
-    cfg.teacher.builtin = "digits"
+    cfg.teacher.builtin = kind
     info = student_info(teacher, resolve(cfg), steps_trained=0)
     return save_student(teacher.network.state_dict(), info, path)
 

@@ -86,11 +86,12 @@ def test_grid_tiles_rows_and_columns():
     assert grey.shape[-1] == 3
 
 
-def test_upscale_and_back_to_digit_space():
-    x = torch.rand(2, 3, 8, 8)
+def test_upscale_and_back_to_the_teacher_size():
+    x = torch.rand(2, 3, 16, 16)
     up = compute.upscale(x, 64)
-    assert up.shape == (2, 3, 64, 64) and torch.equal(up[..., ::8, ::8], x)
-    assert torch.allclose(compute.to_digit_space(up), x)
+    assert up.shape == (2, 3, 64, 64) and torch.equal(up[..., ::4, ::4], x)
+    assert torch.allclose(compute.to_teacher_size(up, 16), x)
+    assert compute.to_teacher_size(up, 8).shape == (2, 3, 8, 8)
 
 
 def test_batch_diversity_is_eq9():

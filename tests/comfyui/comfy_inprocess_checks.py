@@ -49,7 +49,8 @@ def models(tmp_path_factory, pack):
     dpdmd.mkdir()
     diffusion.mkdir()
     sd3 = sd3_student(dpdmd / "tiny_sd3_student.safetensors")
-    builtin_student(dpdmd / "digits_student.safetensors")
+    builtin_student(dpdmd / "shapes_student.safetensors")
+    builtin_student(dpdmd / "digits_student.safetensors", kind="digits")
     plain_safetensors(dpdmd / "not_a_student.safetensors")
     truncated_copy(sd3, dpdmd / "truncated_student.safetensors")
     sd3_student(diffusion / "student_in_diffusion_models.safetensors", seed=1)
@@ -288,23 +289,29 @@ def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
     assert torch.allclose(comfy_x0, ours, atol=1e-4, rtol=1e-4), (comfy_x0 - ours).abs().max()
 
 
-def test_builtin_student_grid_and_diversity(pack, models):
+@pytest.mark.parametrize("kind, prompts", [("shapes", ["a red square", "triangle"]), ("digits", ["a handwritten 7", "three"])])
+def test_builtin_student_grid_and_diversity(pack, models, kind, prompts):
+    """Each built-in teacher's student draws exactly distill_core's samples; Diversity measures them with that
+    teacher's measure (the shapes decoder's features, the digits classifier's)."""
+    from distill_core.evaluation.evaluate import diversity, load_extractor
+
     ids = nodes_by_id(pack)
-    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
-    grid, images = run(ids["DPDMDSeedGrid"], prompts="a handwritten 7\nthree", seeds=3, first_seed=5, title="",
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name=f"{kind}_student.safetensors").result
+    assert student.teacher.kind == kind
+    grid, images = run(ids["DPDMDSeedGrid"], prompts="\n".join(prompts), seeds=3, first_seed=5, title="",
                        width=64, height=64, display_size=32, student=student).result
     assert images.shape == (6, 32, 32, 3) and grid.shape[0] == 1 and grid.shape[-1] == 3
     assert 0 <= float(images.min()) and float(images.max()) <= 1
-    lat = sample_grid(student.teacher, student.net, ["a handwritten 7", "three"], [5, 6, 7], student.info.levels)
-    expected = student.teacher.decode(lat).repeat_interleave(4, -2).repeat_interleave(4, -1).permute(0, 2, 3, 1)
+    lat = sample_grid(student.teacher, student.net, prompts, [5, 6, 7], student.info.levels)
+    decoded = student.teacher.decode(lat)
+    factor = 32 // decoded.shape[-1]
+    expected = decoded.repeat_interleave(factor, -2).repeat_interleave(factor, -1).permute(0, 2, 3, 1)
     assert torch.allclose(images, expected, atol=1e-6)
 
-    out = run(ids["DPDMDDiversity"], images=images, per_prompt=3)
-    from distill_core.evaluation.evaluate import DigitsExtractor, diversity
-
-    feats = DigitsExtractor().features(student.teacher.decode(lat))
-    assert out.result[0] == pytest.approx(diversity(feats, 3), abs=1e-6)
-    assert "diversity" in out.ui.as_dict()["text"][0]
+    out = run(ids["DPDMDDiversity"], images=images, per_prompt=3, builtin=kind)
+    extractor = load_extractor("builtin", kind)
+    assert out.result[0] == pytest.approx(diversity(extractor.features(decoded), 3), abs=1e-6)
+    assert "diversity" in out.ui.as_dict()["text"][0] and extractor.name in out.ui.as_dict()["text"][0]
     # the MODEL output of a built-in student is not a ComfyUI model: using it says so
     with pytest.raises(AttributeError, match="built-in-teacher student"):
         model.get_model_object("latent_format")
@@ -340,18 +347,24 @@ def test_hybrid_sampler_node(pack, models):
     from distill_core.hybrid import hybrid_legs, sample_legs
 
     ids = nodes_by_id(pack)
-    _, _, student = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
-    teacher = run(ids["DPDMDBuiltinTeacher"], steps=30, cfg=2.0).result[0]
+    _, _, student = run(ids["DPDMDStudentLoader"], student_name="shapes_student.safetensors").result
+    teacher = run(ids["DPDMDBuiltinTeacher"], steps=30, cfg=2.0, teacher="shapes").result[0]
     out = run(ids["DPDMDHybridSampler"], teacher=teacher, student=student, k=0, handover=0.0)
     (hybrid,) = out.result
     k = student.info.anchor_step
     legs = hybrid_legs(teacher.net, teacher.teacher.teacher_levels(30), 2.0, k, student.net, student.info.levels)
     assert [leg.levels for leg in hybrid.legs] == [leg.levels for leg in legs]
     assert out.ui["text"][0].endswith(f"; {2 * k + legs[1].steps} per image"), out.ui
-    grid, images = run(ids["DPDMDSeedGrid"], prompts="3\n7", seeds=2, first_seed=1, title="", width=64,
-                       height=64, display_size=8, student=hybrid).result
-    expected = student.teacher.decode(sample_legs(student.teacher, legs, ["3", "7"], [1, 2])).permute(0, 2, 3, 1)
+    grid, images = run(ids["DPDMDSeedGrid"], prompts="red\nblue", seeds=2, first_seed=1, title="", width=64,
+                       height=64, display_size=16, student=hybrid).result
+    expected = student.teacher.decode(sample_legs(student.teacher, legs, ["red", "blue"], [1, 2])).permute(0, 2, 3, 1)
     assert torch.allclose(images, expected, atol=1e-6)
+    _, _, digits = run(ids["DPDMDStudentLoader"], student_name="digits_student.safetensors").result
+    with pytest.raises(DPDMDError, match="distilled from the built-in digits teacher .* set the Built-in Teacher's "
+                                         "'teacher' to digits"):
+        run(ids["DPDMDHybridSampler"], teacher=teacher, student=digits, k=0, handover=0.0)
+    digits_teacher = run(ids["DPDMDBuiltinTeacher"], steps=30, cfg=2.0, teacher="digits").result[0]
+    assert digits_teacher.teacher.kind == "digits" and digits_teacher.net.config.in_channels == 1
     _, _, sd3 = run(ids["DPDMDStudentLoader"], student_name="tiny_sd3_student.safetensors").result
     with pytest.raises(DPDMDError, match="hybrid sampler runs built-in students"):
         run(ids["DPDMDHybridSampler"], teacher=teacher, student=sd3, k=0, handover=0.0)

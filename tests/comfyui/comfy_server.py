@@ -131,7 +131,8 @@ def prepare_base(base: Path) -> Path:
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
                                     "Comfy.Workflow.Persist": False}))
     models = base / "models"
-    builtin_student(models / "dpdmd" / "dpdmd_digits_student.safetensors")
+    builtin_student(models / "dpdmd" / "dpdmd_shapes_student.safetensors")  # what the examples load
+    builtin_student(models / "dpdmd" / "dpdmd_digits_student.safetensors", kind="digits")
     sd3 = sd3_student(models / "dpdmd" / "dpdmd_sd3.5_medium_student.safetensors")
     plain_safetensors(models / "dpdmd" / "not_a_student.safetensors")
     truncated_copy(sd3, models / "dpdmd" / "truncated_student.safetensors")

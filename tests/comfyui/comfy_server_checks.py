@@ -76,7 +76,8 @@ def test_nodes_registered_js_served_and_metadata_route(comfy):
                          "DPDMDSample", "DPDMDSeedGrid", "DPDMDDiversity", "DPDMDHybridSampler",
                          "DPDMDTeacherStudentSampler"}
     names = ours["DPDMDStudentLoader"]["input"]["required"]["student_name"][1]["options"]
-    assert {"dpdmd_digits_student.safetensors", "dpdmd_sd3.5_medium_student.safetensors"} <= set(names)
+    assert {"dpdmd_shapes_student.safetensors", "dpdmd_digits_student.safetensors",
+            "dpdmd_sd3.5_medium_student.safetensors"} <= set(names)
     assert "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors" not in names
     _, extensions = comfy.get_json("/extensions")
     js = f"/extensions/{PACK_DIR}/dpdmd.js"
