@@ -111,8 +111,8 @@ def test_the_old_name_eval_every_still_reads_as_diversity_every():
     assert loads_config("[eval]\nevery = 7\n").eval.diversity_every == 7
 
 
-def test_the_digits_example_config_trains_the_teacher_the_comfyui_examples_name():
-    """examples/configs/builtin_digits.toml: the digits student that example_workflows/ load (the default is shapes)."""
+def test_the_digits_example_config_trains_the_digits_teacher():
+    """examples/configs/builtin_digits.toml: the digits student (the default teacher, and the examples', is shapes)."""
     from pathlib import Path
 
     from distill_core.builtin.kinds import data_module

@@ -8,7 +8,7 @@ runs it there and lays it out at the sizes its nodes have after the run (images
 shown), then saves the graph the frontend builds, so widget order and links are
 exactly the frontend's. ComfyUI's template browser lists the pack's
 example_workflows/ with the .jpg of the same name. --student FILE shows a trained
-built-in student (e.g. runs/demo/student.safetensors) in the previews instead of
+shapes student (e.g. runs/demo/dpdmd/student.safetensors) in the previews instead of
 the tests' untrained one. The SD3 example runs on a tiny random model, so its
 preview shows the graph without its (noise) image.
 """
@@ -35,10 +35,12 @@ WORKFLOWS = ROOT / "example_workflows"
 NOISE_OUTPUT = {"sd3_student_samplercustom"}  # tiny random models: the graph is the preview, not the image
 NOTES = {
     "builtin_seed_grid": (
-        "Built-in student seed grid. Copy the student that `dpdmd demo` exports (runs/demo/student.safetensors) "
-        "to ComfyUI/models/dpdmd/dpdmd_digits_student.safetensors, or pick yours in the loader. Rows are prompts "
-        "(each names a digit), columns are seeds. DP-DMD Diversity shows the paper's Eq. 9 over each row's seeds "
-        "(built-in digits classifier features) on the node after a run."),
+        "Built-in student seed grid. Copy the DP-DMD student that `dpdmd demo` exports "
+        "(runs/demo/dpdmd/student.safetensors) to ComfyUI/models/dpdmd/dpdmd_shapes_student.safetensors, or pick "
+        "yours in the loader. Rows are prompts (each names a coloured shape), columns are seeds: a DP-DMD student "
+        "puts the shape in different corners and sizes, a DMD student (runs/demo/dmd/) mostly in one. DP-DMD "
+        "Diversity shows the paper's Eq. 9 over each row's seeds (the shapes decoder's features) after a run. "
+        "For a digits student set Diversity's 'builtin' to digits and use digit prompts."),
     "sd3_student_samplercustom": (
         "SD3.5 Medium DP-DMD student with ComfyUI's own SamplerCustom. Put the student in ComfyUI/models/dpdmd "
         "(or diffusion_models); text encoders and VAE come from the teacher's checkpoint. Sample with cfg 1, the "
@@ -46,10 +48,10 @@ NOTES = {
         "Sampler. ComfyUI's 'simple' scheduler is NOT the student's schedule. LoRAs: put LoraLoaderModelOnly "
         "between the loader's MODEL and SamplerCustom."),
     "hybrid_seed_grid": (
-        "DP-DMD Hybrid Sampler on the built-in teacher: the teacher's first k steps with cfg 2 (k 0 = the student's "
-        "own anchor step), then the student from the level they reach. Rows of the saved image: student, hybrid, "
-        "teacher on the same seeds; the Diversity nodes show Eq. 9 for each, the Hybrid node its network "
-        "evaluations per image (student 4, teacher 60)."),
+        "DP-DMD Hybrid Sampler on the built-in shapes teacher: the teacher's first k steps with cfg 2 (k 0 = the "
+        "student's own anchor step), then the student from the level they reach. Rows of the saved image: "
+        "student, hybrid, teacher on the same seeds; the Diversity nodes show Eq. 9 for each, the Hybrid node its "
+        "network evaluations per image (student 4, hybrid 14 at k 5, teacher 60)."),
     "teacher_vs_student_grid": (
         "Teacher vs student on the same prompts and seeds: the built-in teacher (30 steps, cfg 2) on the left, "
         "the 4-step DP-DMD student on the right. The two DP-DMD Diversity nodes show Eq. 9 for each after a run: "
@@ -66,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = prepare_base(Path(tmp))
         if args.student:
-            shutil.copy2(args.student, base / "models" / "dpdmd" / "dpdmd_digits_student.safetensors")
+            shutil.copy2(args.student, base / "models" / "dpdmd" / "dpdmd_shapes_student.safetensors")
         server = Comfy(base)
         try:
             server.wait_started()
