@@ -204,6 +204,21 @@ def plan_ablations(args, work: Path) -> list[tuple[str, str, Config]]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name: training runs are chaotic, so the same seed can end elsewhere on another CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
+def threads_per_run(jobs: int) -> int:
+    import os
+
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def pretrain(configs: list[Config], work: Path, jobs: int) -> None:
     """Train runs in parallel processes (one thread each when the cores are shared); finished runs are skipped."""
     import os
@@ -215,8 +230,7 @@ def pretrain(configs: list[Config], work: Path, jobs: int) -> None:
             seen.add(cfg.run.output_dir)
             todo.append(cfg)
     (work / "configs").mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads_per_run(jobs))}
     running: list[tuple[subprocess.Popen, Path]] = []
     started = 0
     while todo or running:
@@ -294,7 +308,8 @@ def main() -> None:
     bench.results["meta"] = {
         "setting": setting,
         "command": "python bench/paper_table.py " + " ".join(sys.argv[1:]), "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{cpu_model()}, {platform.machine()}, {threads_per_run(args.jobs)} thread(s) per run, "
+                   f"torch {torch.__version__}",
         "wall_seconds": round(time.time() - started), "args": vars(args),
     }
     from results_page import write_results  # noqa: E402  (bench/results_page.py)

@@ -25,6 +25,9 @@ EXPLANATION = (
     "What should change: DP-DMD's grid keeps the variety of the teacher's grid, its mode histograms stay "
     "close to the teacher's (higher mode coverage) and its diversity stays higher during training, "
     "at about DMD's validity and the same 4 network evaluations per image.")
+SEED_NOTE = ("One training seed per student. How far plain DMD collapses varies from seed to seed, and with the "
+             "machine (the order of floating-point sums changes a training trajectory): some DMD runs lose most "
+             "modes, some only a few. docs/results.md measures three training seeds of each.")
 
 
 def numbers(m: dict) -> str:
@@ -109,6 +112,7 @@ def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: 
              "<h1>DP-DMD demo: the teacher, DMD and DP-DMD</h1>",
              f"<p>{html.escape(EXPLANATION)}</p>",
              f"<p><b>{html.escape(ratio_line(metrics))}</b></p>",
+             f"<p>{html.escape(SEED_NOTE)}</p>",
              "<h2>Seed grids</h2><p>Rows are prompts, columns seeds: the same noises in all three grids.</p>",
              "<div class='row' id='grids'>"]
     for who, label in LABELS.items():
