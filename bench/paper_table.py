@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -214,14 +215,12 @@ def cpu_model() -> str:
 
 
 def threads_per_run(jobs: int) -> int:
-    import os
-
+    """Threads each of ``jobs`` parallel training processes gets (the cores shared out)."""
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def pretrain(configs: list[Config], work: Path, jobs: int) -> None:
     """Train runs in parallel processes (one thread each when the cores are shared); finished runs are skipped."""
-    import os
     import subprocess
 
     todo, seen = [], set()
