@@ -38,10 +38,13 @@ def test_decoder_refuses_other_classes_and_non_shapes():
 
 
 def test_modes_follow_the_stated_probabilities_including_the_rare_ones():
-    _, _, modes = data(6000)
-    share = np.bincount(modes.numpy(), minlength=len(shapes.MODES)) / 6000
-    assert np.abs(share - np.array(shapes.MODE_PROBS)).max() < 0.015
-    assert min(shapes.MODE_PROBS) == 0.05 and abs(sum(shapes.MODE_PROBS) - 1) < 1e-9
+    _, labels, modes = data(9000)
+    for c in range(shapes.NUM_CLASSES):
+        share = np.bincount(modes[labels == c].numpy(), minlength=len(shapes.MODES)) / 3000
+        assert np.abs(share - np.array(shapes.MODE_PROBS[c])).max() < 0.025
+        assert min(shapes.MODE_PROBS[c]) == 0.05 and abs(sum(shapes.MODE_PROBS[c]) - 1) < 1e-9
+    favourite = [int(np.argmax(p)) for p in shapes.MODE_PROBS]
+    assert len({shapes.MODES[m][0] for m in favourite}) == shapes.NUM_CLASSES  # the layout tells the classes apart
 
 
 def test_counted_metrics_of_the_data_itself():

@@ -1,7 +1,7 @@
 """Counted mode metrics of the shapes teacher: every sample's mode comes from the decoder.
 
 Per eval prompt, the histogram over its class's 8 modes is compared with the data's
-known probabilities (MODE_PROBS) and, for a student, with the teacher's histogram
+known probabilities (MODE_PROBS of its class) and, for a student, with the teacher's histogram
 from the same noises; agreement is the share of noises whose mode is the same under
 both models. Keys as in notes of issue 13 (modes_interface): mode_coverage,
 validity, mode_histogram, mode_names, data_histogram, mode_divergence_from_*,
@@ -28,7 +28,7 @@ def model_metrics(images: torch.Tensor, labels: torch.Tensor, per_prompt: int) -
     decoded = decode(images)
     modes = decoded.mode.numpy()
     hist = np.array(prompt_histograms(modes, per_prompt, len(MODES)))
-    data = np.tile(np.array(MODE_PROBS), (len(hist), 1))
+    data = np.array(MODE_PROBS)[labels[::per_prompt].numpy()]
     return {"mode_coverage": coverage(hist, data),
             "validity": float(is_valid(decoded, labels).float().mean()),
             "mode_histogram": hist.tolist(),
