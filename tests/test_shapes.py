@@ -80,6 +80,7 @@ def test_the_shipped_teacher_draws_every_mode_of_every_prompt():
                           teacher.teacher_levels(cfg.teacher.num_steps), cfg.teacher.guidance_scale, 90, "cpu")
     labels = teacher.encode_prompts(cfg.eval.prompts)["class_labels"].repeat_interleave(per_prompt)
     m, _ = shape_modes.model_metrics(teacher.decode(latents), labels, per_prompt)
-    # measured at CFG 2: coverage 1.0, validity 0.79, KL to the data's mode probabilities about 0.17
+    # measured at CFG 2 (class-dependent modes): coverage 0.958 (one rare prompt-mode of 24 under a quarter of its
+    # share at 60 seeds), validity 0.74, KL to the data's mode probabilities 0.11
     assert m["mode_coverage"] >= 0.95 and m["validity"] >= 0.7, m
     assert m["mode_divergence_from_data"] < 0.3, m
