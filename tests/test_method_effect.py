@@ -57,7 +57,7 @@ def test_on_the_shapes_teacher_too(tiny):
         before = first_step_error(trainer)
         trainer.fit()
         errors[name] = first_step_error(trainer)
-    # measured: before 0.050; after 10 steps dmd 6.84, dpdmd 0.90, dpdmd with lambda = 0 (the detach alone) 2.98
+    # measured (class-dependent modes): before 0.054; after 10 steps dmd 4.22, dpdmd 1.19, lambda = 0 (detach alone) 2.86
     assert errors["dpdmd"] < 0.3 * errors["dmd"], errors
     assert errors["dpdmd"] < 0.5 * errors["detach_only"], errors  # the diversity loss holds the first step
     assert errors["detach_only"] < 0.7 * errors["dmd"], errors  # so does the detach, less
