@@ -82,6 +82,9 @@ class TeacherSection:
 @dataclass
 class StudentSection:
     num_steps: int = 4
+    # flow teachers: the student's own schedule shift (None: the teacher's). Below the teacher's, steps 2-N start
+    # at lower noise, so the first step (the one DP-DMD anchors) decides more of the layout
+    shift: float | None = None
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0 = full fine-tune
     # LoRA's frozen base: shared (the teacher's, with a student and a fake adapter) | copies (one per network) |
@@ -383,7 +386,7 @@ def resolve(cfg: Config) -> Config:
     _check_teacher(cfg.teacher)
     _check_simple_fields(cfg)
     _check_method(cfg.method, cfg.teacher)
-    _check_student(cfg.student)
+    _check_student(cfg.student, cfg.teacher)
     _check_optim(cfg.optim)
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
@@ -481,7 +484,10 @@ def _check_method(m: MethodSection, t: TeacherSection) -> None:
                           f"timesteps); a {t.family} teacher samples on its flow sigmas, remove the field")
 
 
-def _check_student(s: StudentSection) -> None:
+def _check_student(s: StudentSection, t: TeacherSection) -> None:
+    if s.shift is not None and (s.shift <= 0 or FAMILIES[t.family].prediction_type != "flow"):
+        raise ConfigError(f"student.shift = {s.shift} must be positive and applies to flow (builtin / sd3) "
+                          "teachers only; remove it for an sdxl teacher")
     if not 0.0 <= s.ema_decay < 1.0:
         raise ConfigError(f"student.ema_decay = {s.ema_decay} must lie in [0, 1) (0 = no EMA; e.g. 0.99)")
     if s.init_lora and not s.lora_rank:

@@ -103,6 +103,10 @@ class FlowSchedule(NoiseSchedule):
         self.shift = float(shift)
         self.num_train_timesteps = int(num_train_timesteps)
 
+    def with_shift(self, shift: float) -> "FlowSchedule":
+        """The same schedule under another shift (a student sampling on its own levels)."""
+        return FlowSchedule(shift, self.num_train_timesteps)
+
     def alpha_sigma(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(levels, dtype=torch.float32)
         return 1.0 - t, t

@@ -44,6 +44,7 @@ def test_toml_round_trip():
     ("[eval]\nseeds = 1", ["eval.seeds", "pairwise"]),
     ("[method]\nname = 'dmd'\nbackprop = 'one_step'", ["method.backprop", "'dpdmd'"]),
     ("[student]\nema_decay = 1.0", ["student.ema_decay"]),
+    ("[student]\nshift = 0.0", ["student.shift", "positive"]),
     ("[run]\nkeep_checkpoints = 0", ["run.keep_checkpoints = 0 must be at least 1"]),
     ("[run]\noutput_dir = ''", ["run.output_dir is empty"]),
     ("[optim]\ngrad_clip = 0", ["optim.grad_clip = 0.0 must be positive"]),

@@ -39,6 +39,19 @@ def test_round_trip_keeps_weights_and_schedule(tiny, tmp_path, teacher):
     torch.testing.assert_close(a, b)
 
 
+def test_a_student_shift_moves_the_students_levels_not_the_teachers(tiny, tmp_path, teacher):
+    """student.shift gives the student its own flow levels (stored in the file, so ComfyUI samples them)."""
+    from distill_core.schedules import FlowSchedule
+    from distill_core.training.trainer import Trainer
+
+    cfg = resolve(tiny(student__shift=0.5))
+    levels = student_info(teacher, cfg, 0).levels
+    assert levels == FlowSchedule(0.5).sampling_levels(4) and levels[1] == pytest.approx(0.5, abs=1e-3)
+    assert levels != teacher.student_levels(4) and teacher.teacher_levels(30) == FlowSchedule(1.0).sampling_levels(30)
+    trainer = Trainer(cfg)
+    assert trainer.method.student_levels == levels and trainer.method.teacher_levels == teacher.teacher_levels(8)
+
+
 def test_metadata_has_modelspec_keys(tiny, tmp_path, teacher):
     path = save_student(teacher.network.state_dict(), student_info(teacher, resolve(tiny()), 0), tmp_path / "s.safetensors")
     from distill_core.export.student_file import read_metadata

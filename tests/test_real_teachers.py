@@ -117,6 +117,8 @@ def test_sdxl_leading_spacing_is_the_folders_own_sampler(folders, tmp_path):
     assert teacher.teacher_levels(50)[:-1] == [float(t) for t in theirs.timesteps]
     assert teacher.student_levels(4) == VPSchedule().sampling_levels(4)  # the student keeps trailing
     assert student_info(teacher, cfg, 0).teacher_timestep_spacing == "leading"
+    with pytest.raises(ConfigError, match="student.shift = 2.0 must be positive and applies to flow"):
+        resolve(tiny_run_config("sdxl", folders["sdxl"], tmp_path / "run", student__shift=2.0))  # VP: no shift
     levels = teacher.teacher_levels(8)
     ours = sample_grid(teacher, teacher.network, [PROMPT], [3], levels, guidance=8.0)
     default = pipeline("sdxl", folders["sdxl"])(PROMPT, height=32, width=32, num_inference_steps=8, guidance_scale=8.0,
@@ -192,7 +194,8 @@ def test_prompts_are_cached_and_encoders_freed_before_the_denoiser_moves(folders
 # ---- training, resume, export, reload --------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["sd3", "sdxl"])
 def test_train_resume_export_and_reload_in_diffusers(family, folders, tmp_path, monkeypatch):
-    cfg = tiny_run_config(family, folders[family], tmp_path / "run")
+    own_shift = {"student__shift": 2.0} if family == "sd3" else {}  # the exported scheduler must follow it
+    cfg = tiny_run_config(family, folders[family], tmp_path / "run", **own_shift)
     config = write_config(cfg, tmp_path / "run.toml")
     assert cli(["train", str(config), "--no-finish"]) == 0  # 2 steps, prompts encoded into the run folder
     assert (tmp_path / "run" / "prompt_cache" / "index.json").is_file()
@@ -208,7 +211,7 @@ def test_train_resume_export_and_reload_in_diffusers(family, folders, tmp_path, 
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "finished"
 
     if family == "sd3":  # resume is bit-exact: same checkpoint as an uninterrupted 3-step run
-        straight = tiny_run_config(family, folders[family], tmp_path / "straight", run__max_steps=3)
+        straight = tiny_run_config(family, folders[family], tmp_path / "straight", run__max_steps=3, **own_shift)
         assert cli(["train", str(write_config(straight, tmp_path / "straight.toml")), "--no-finish"]) == 0
         for name in ("student", "fake", "optim_student", "optim_fake"):
             a = load_file(str(tmp_path / "run/checkpoints/step_00000003" / f"{name}.safetensors"))

@@ -23,7 +23,7 @@ class Snapshots:
         self.grid_seeds = list(range(e.grid_seeds))
         self.eval_prompts = e.prompts
         self.eval_seeds = list(range(e.seeds))
-        self.student_levels = teacher.student_levels(cfg.student.num_steps)
+        self.student_levels = teacher.student_levels(cfg.student.num_steps, cfg.student.shift)
         self.teacher_levels = teacher.teacher_levels(cfg.teacher.num_steps)
         self.batch = max(cfg.data.batch_size, 16)
 

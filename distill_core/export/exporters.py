@@ -42,7 +42,7 @@ from .student_file import CHECKSUM, StudentInfo, check_complete, read_metadata, 
 
 
 def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentInfo:
-    levels = teacher.student_levels(cfg.student.num_steps)
+    levels = teacher.student_levels(cfg.student.num_steps, cfg.student.shift)
     return StudentInfo(
         family=teacher.family, prediction_type=teacher.schedule.prediction_type, levels=levels,
         sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
@@ -187,7 +187,7 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
     if teacher.family == "sd3":
         source = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
-            {**source, "shift": sched["shift"], "use_dynamic_shifting": False})
+            {**source, "shift": student.cfg.student.shift or sched["shift"], "use_dynamic_shifting": False})
         scheduler.set_timesteps(len(levels) - 1)
         got = [float(s) for s in scheduler.sigmas]
     else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain

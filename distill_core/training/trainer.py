@@ -73,7 +73,7 @@ class Trainer:
         self.teacher, self.bank = load_teacher_with_prompts(c, self.acc.device, c.data.prompts)
         sched, m = self.teacher.schedule, c.method
         self.anchor_target = first_step_target(sched, m.anchor_target)
-        self.student_levels = self.teacher.student_levels(c.student.num_steps)
+        self.student_levels = self.teacher.student_levels(c.student.num_steps, c.student.shift)
         self.teacher_levels = self.teacher.teacher_levels(c.teacher.num_steps)
         self.method = DPDMD(
             sched, self.student_levels, self.teacher_levels, diversity_weight=c.lam, anchor_step=m.anchor_step,
