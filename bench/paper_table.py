@@ -41,18 +41,19 @@ from distill_core.evaluation.compare import measure, seconds_per_image  # noqa: 
 METHODS = ("dmd", "dpdmd", "no_detach")
 LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD without detach", "teacher": "teacher"}
 KS = (1, 3, 5, 10, 20)
-LAMBDAS = (0.01, 0.05, 0.08, 0.1)
+LAMBDAS = (0.05, 0.1, 0.5, 2.0)
 
 
 def base_config(args, work: Path, name: str, method: str, seed: int) -> Config:
     cfg = demo_config(work / name, method=method)
     cfg.run.seed = seed
-    cfg.run.max_steps = args.steps
-    cfg.run.checkpoint_every = args.steps
+    cfg.run.max_steps = args.steps or cfg.run.max_steps
+    cfg.run.checkpoint_every = cfg.run.max_steps
     cfg.run.keep_checkpoints = 1
-    cfg.data.batch_size = args.batch
-    cfg.optim.student_lr = cfg.optim.fake_lr = args.lr
-    cfg.eval.diversity_every = max(1, args.steps // 8)  # diversity over training (the paper's Fig. 5)
+    cfg.data.batch_size = args.batch or cfg.data.batch_size
+    cfg.optim.student_lr = args.lr or cfg.optim.student_lr
+    cfg.optim.fake_lr = args.fake_lr or cfg.optim.fake_lr or args.lr
+    cfg.eval.diversity_every = max(1, cfg.run.max_steps // 8)  # diversity over training (the paper's Fig. 5)
     cfg.eval.grid_every = 0
     for assignment in args.set:
         apply_override(cfg, assignment)
@@ -271,9 +272,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["table", "ablations", "cost", "all"], default="all")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, help="student updates (default: the demo's)")
+    p.add_argument("--batch", type=int, help="batch size (default: the demo's)")
+    p.add_argument("--lr", type=float, help="student learning rate (default: the demo's)")
+    p.add_argument("--fake-lr", type=float, help="fake-score learning rate (default: the demo's, else --lr)")
     p.add_argument("--samples", type=int, default=50, help="samples per prompt for FD and mode statistics")
     p.add_argument("--cost-rounds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="train this many runs at once (separate processes)")
@@ -303,7 +305,8 @@ def main() -> None:
     c = bench.eval_cfg
     setting = {"shift": bench.teacher_shift, "student_steps": c.student.num_steps, "fake_updates": c.method.fake_updates,
                "k": c.method.anchor_step, "lambda": c.method.diversity_weight, "prompts": len(c.eval.prompts),
-               "seeds": c.eval.seeds}
+               "seeds": c.eval.seeds, "steps": c.run.max_steps, "batch": c.data.batch_size, "lr": c.optim.student_lr,
+               "fake_lr": c.optim.fake_lr}
     bench.results["meta"] = {
         "setting": setting,
         "command": "python bench/paper_table.py " + " ".join(sys.argv[1:]), "date": datetime.date.today().isoformat(),

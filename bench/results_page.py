@@ -155,8 +155,9 @@ def write_results(results: dict, docs: Path, work: Path) -> Path:
     a, s = meta["args"], meta["setting"]
     t = results["teacher"]
     lines += [f"Setting: the built-in shapes teacher ({t['steps']} Euler steps, CFG {t['guidance']:g}, flow shift "
-              f"{s['shift']:g}) distilled into {s['student_steps']}-step students for {a['steps']} student updates "
-              f"(each after {s['fake_updates']} fake-score updates), batch {a['batch']}, AdamW lr {a['lr']:g}; DP-DMD "
+              f"{s['shift']:g}) distilled into {s['student_steps']}-step students for {s['steps']} student updates "
+              f"(each after {s['fake_updates']} fake-score updates), batch {s['batch']}, AdamW lr {s['lr']:g} "
+              f"(fake score {s['fake_lr']:g}); DP-DMD "
               f"with k = {s['k']}, lambda = {s['lambda']:g}. Every model is sampled from the same noises: "
               f"{s['prompts']} prompts x {s['seeds']} seeds for diversity, x {a['samples']} for the rest.", ""]
     if results.get("runs"):

@@ -27,7 +27,12 @@ def demo_config(output_dir: str | Path = "runs/demo", quick: bool = False, metho
     cfg = Config()
     cfg.run.output_dir = str(output_dir)
     cfg.method.name = method
-    cfg.run.max_steps = 200  # setting E1 of docs/investigation.md (the built-in family's lr, batch and CFG)
+    # setting E2 of docs/investigation.md: the built-in family's lr 1e-3, batch 32 and CFG 2, 200 steps, a fake
+    # score at half the student's lr (it lags, so plain DMD loses modes) and lambda 0.5 (the anchor holds DP-DMD's
+    # first step against that pull)
+    cfg.run.max_steps = 200
+    cfg.optim.fake_lr = 5e-4
+    cfg.method.diversity_weight = 0.5
     if quick:
         cfg.run.max_steps = 12
         cfg.run.checkpoint_every = 6
@@ -70,7 +75,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bo
     stopped (Ctrl-C, a UI's Stop): its checkpoint is written, and the same command continues it.
     """
     from .evaluation.compare import measure_teacher
-    from .evaluation.demo_report import write_demo_report
+    from .evaluation.demo_report import setting_line, write_demo_report
     from .teachers import load_teacher
     from .training.trainer import Trainer, run_trainer
 
@@ -108,6 +113,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bo
     metrics = {"teacher": done["dmd"]["teacher"], **{method: done[method]["student"] for method in STUDENTS}}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     report = write_demo_report(out, {m: Path(c.run.output_dir) for m, c in cfgs.items()}, metrics,
-                               first.eval.prompts)
+                               first.eval.prompts, setting_line(resolve(cfgs["dpdmd"])))
     log(f"demo 4/4 report: {report}")
     return metrics

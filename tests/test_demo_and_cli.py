@@ -82,6 +82,9 @@ def test_demo_report_shows_three_grids_mode_bars_and_diversity_curves(quick_demo
         caption = report.split(f"id='grid-{who}'>", 1)[1].split("</figure>", 1)[0]
         assert f"diversity {metrics[who]['diversity']:.4f}" in caption and f"{metrics[who]['nfe']} NFE" in caption
     assert report.count("data:image/png;base64,") == 5
+    c = resolve(demo_config())  # the budget and DP-DMD's k and lambda are stated, as trained
+    setting = report.split("id='setting'>", 1)[1].split("</p>", 1)[0]
+    assert f"fake-score lr {c.optim.fake_lr:g}" in setting and f"lambda = {c.method.diversity_weight:g}" in setting
 
 
 def test_a_second_demo_reuses_the_finished_runs(quick_demo):

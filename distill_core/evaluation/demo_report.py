@@ -30,6 +30,14 @@ SEED_NOTE = ("One training seed per student. How far plain DMD collapses varies 
              "modes, some only a few. docs/results.md measures three training seeds of each.")
 
 
+def setting_line(cfg) -> str:
+    """The budget both students trained with, and DP-DMD's k and lambda (from the DP-DMD run's resolved config)."""
+    o, m, t = cfg.optim, cfg.method, cfg.teacher
+    return (f"Setting: {cfg.run.max_steps} student updates at batch {cfg.data.batch_size}, student lr {o.student_lr:g}, "
+            f"fake-score lr {o.fake_lr:g} ({m.fake_updates} fake updates per student update), teacher {t.num_steps} "
+            f"steps at CFG {t.guidance_scale:g}; DP-DMD with k = {m.anchor_step}, lambda = {m.diversity_weight:g}.")
+
+
 def numbers(m: dict) -> str:
     """A model's headline numbers, one line (what the report prints under its grid)."""
     parts = [f"diversity {m['diversity']:.4f}" if "diversity" in m else "",
@@ -103,8 +111,9 @@ def ratio_line(metrics: dict) -> str:
     return "DP-DMD over DMD: " + ", ".join(parts) if parts else ""
 
 
-def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: list[str]) -> Path:
-    """Write ``out``/report.html for the demo's two runs (``runs``: 'dmd' and 'dpdmd' run folders)."""
+def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: list[str], setting: str) -> Path:
+    """Write ``out``/report.html for the demo's two runs (``runs``: 'dmd' and 'dpdmd' run folders); ``setting``:
+    the budget in words (``setting_line``)."""
     grids = grid_paths(runs)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>DP-DMD demo: DMD vs DP-DMD</title>"
              f"<style>{STYLE} figure{{margin:0;flex:1;min-width:260px}} figcaption{{font-size:13px;padding:4px 0}}"
@@ -112,6 +121,7 @@ def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: 
              "<h1>DP-DMD demo: the teacher, DMD and DP-DMD</h1>",
              f"<p>{html.escape(EXPLANATION)}</p>",
              f"<p><b>{html.escape(ratio_line(metrics))}</b></p>",
+             f"<p id='setting'>{html.escape(setting)}</p>",
              f"<p>{html.escape(SEED_NOTE)}</p>",
              "<h2>Seed grids</h2><p>Rows are prompts, columns seeds: the same noises in all three grids.</p>",
              "<div class='row' id='grids'>"]
