@@ -134,7 +134,9 @@ def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: 
     bars = mode_bars_png(metrics, prompts)
     if bars:
         parts += ["<h2>Modes per prompt</h2><p>Each mode's share of a prompt's samples: the data, the teacher and "
-                  "both students (same prompts, same seeds). A mode a student drops has a missing bar.</p>",
+                  "both students (same prompts, same seeds). A mode a student drops has a missing bar. The decoder "
+                  "reads an image with no shape in it (a sample faded to black) as the first mode, top-left "
+                  "small, so a tall bar there can be blank images: the grids and the validity say which.</p>",
                   f"<div id='mode-bars'>{png_img(bars)}</div>"]
     curve = diversity_png({LABELS[w]: RunFolder(root).read_events() for w, root in runs.items()},
                           metrics["teacher"].get("diversity"), COLORS)
