@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, student = trainer.teacher, trainer.sampling_student()
     k = args.k or cfg.method.anchor_step
     t_levels = teacher.teacher_levels(cfg.teacher.num_steps)
-    models = {"student": [Leg(student, teacher.student_levels(cfg.student.num_steps, cfg.student.shift))],
-              f"hybrid k={k}": hybrid_legs(teacher.network, t_levels, cfg.teacher.guidance_scale, k, student,
-                                           teacher.student_levels(cfg.student.num_steps, cfg.student.shift)),
+    s_levels = teacher.student_levels(cfg.student.num_steps, cfg.student.shift)
+    models = {"student": [Leg(student, s_levels)],
+              f"hybrid k={k}": hybrid_legs(teacher.network, t_levels, cfg.teacher.guidance_scale, k, student, s_levels),
               "teacher": [Leg(teacher.network, t_levels, cfg.teacher.guidance_scale)]}
     e = cfg.eval
     per_prompt = max(e.seeds, e.fd_samples_per_prompt)

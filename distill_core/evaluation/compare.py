@@ -84,8 +84,8 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device, reference
     """
     ref = reference or measure_teacher(cfg, teacher, device)
     extractor, t, t_images = ref.extractor, dict(ref.metrics), ref.images
-    s, s_images = measure(teacher, student, cfg, extractor, levels=teacher.student_levels(cfg.student.num_steps, cfg.student.shift),
-                          guidance=1.0, device=device)
+    levels = teacher.student_levels(cfg.student.num_steps, cfg.student.shift)
+    s, s_images = measure(teacher, student, cfg, extractor, levels=levels, guidance=1.0, device=device)
     ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
     if "diversity" in t:
         ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)

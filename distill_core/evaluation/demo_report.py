@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from ..config import Config
 from ..runfolder import RunFolder, atomic_write_text
 from .report import STYLE, diversity_png, fig_png, png_img, pyplot
 
@@ -30,12 +31,12 @@ SEED_NOTE = ("One training seed per student. How far plain DMD collapses varies 
              "modes, some only a few. docs/results.md measures three training seeds of each.")
 
 
-def setting_line(cfg) -> str:
+def setting_line(cfg: Config) -> str:
     """The budget both students trained with, and DP-DMD's k and lambda (from the DP-DMD run's resolved config)."""
     o, m, t = cfg.optim, cfg.method, cfg.teacher
-    return (f"Setting: {cfg.run.max_steps} student updates at batch {cfg.data.batch_size}, student lr {o.student_lr:g}, "
-            f"fake-score lr {o.fake_lr:g} ({m.fake_updates} fake updates per student update), teacher {t.num_steps} "
-            f"steps at CFG {t.guidance_scale:g}; DP-DMD with k = {m.anchor_step}, lambda = {m.diversity_weight:g}.")
+    return (f"Setting: {cfg.run.max_steps} student updates at batch {cfg.data.batch_size}, student lr "
+            f"{o.student_lr:g}, fake-score lr {o.fake_lr:g} ({m.fake_updates} fake updates per student update), "
+            f"teacher {t.num_steps} steps at CFG {t.guidance_scale:g}; DP-DMD with k = {m.anchor_step}, lambda = {m.diversity_weight:g}.")
 
 
 def numbers(m: dict) -> str:

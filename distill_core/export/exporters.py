@@ -186,8 +186,9 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
     sched = teacher.schedule.describe()
     if teacher.family == "sd3":
         source = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
+        shift = teacher.student_schedule(student.cfg.student.shift).shift  # the schedule the levels came from
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
-            {**source, "shift": student.cfg.student.shift or sched["shift"], "use_dynamic_shifting": False})
+            {**source, "shift": shift, "use_dynamic_shifting": False})
         scheduler.set_timesteps(len(levels) - 1)
         got = [float(s) for s in scheduler.sigmas]
     else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain

@@ -129,10 +129,12 @@ class Teacher(ABC):
         c, u = both.chunk(2)
         return u + scale * (c - u)
 
+    def student_schedule(self, shift: float | None = None) -> NoiseSchedule:
+        """The schedule the student samples on: the teacher's, or (flow) the same under the student's own shift."""
+        return self.schedule if shift is None else self.schedule.with_shift(shift)
+
     def student_levels(self, num_steps: int, shift: float | None = None) -> list[float]:
-        """The student's levels: the teacher's sampler at ``num_steps``, under the student's own flow shift if set."""
-        schedule = self.schedule if shift is None else self.schedule.with_shift(shift)
-        return schedule.sampling_levels(num_steps)
+        return self.student_schedule(shift).sampling_levels(num_steps)
 
     def teacher_levels(self, num_steps: int) -> list[float]:
         return self.schedule.sampling_levels(num_steps)
