@@ -105,7 +105,11 @@ class RunFolder:
     root: Path
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
+        # One absolute root, fixed at construction: every path below is built from it, so a relative
+        # run.output_dir means the same folder to every reader, whatever the working directory is later.
+        if "\0" in str(self.root):
+            raise ConfigError(f"run.output_dir {str(self.root)!r} contains a NUL byte; give a plain folder path")
+        self.root = Path(os.path.abspath(os.path.expanduser(self.root)))
 
     # paths
     @property
@@ -138,9 +142,9 @@ class RunFolder:
             raise ConfigError(f"run.output_dir {str(self.root)!r} is not writable; give a folder you can write to")
 
     def file(self, path: Path | str) -> Path | None:
-        """The resolved path of an existing file of this run (absolute or relative to the root), or None when
-        it is missing or resolves outside the run folder (a planted symlink reads as missing)."""
-        found = within(self.root / path, [self.root])
+        """The resolved path of an existing file of this run (absolute, or relative to the run folder), or None
+        when it is missing or resolves outside the run folder (a planted symlink reads as missing)."""
+        found = within(self.root / path, [self.root])  # an absolute ``path`` replaces the root in the join
         return found if found is not None and found.is_file() else None
 
     def student_grids(self) -> list[Path]:
