@@ -52,6 +52,17 @@ def effective_diversity_weight(method: str, weight: float | None) -> float | Non
     return 0.0 if method in METHODS and not METHODS[method].diversity else weight
 
 
+class _Reads:
+    """The mark of a field that names a file or folder the run reads ("" or "builtin" name none)."""
+
+    def __repr__(self) -> str:
+        return "reads a file or folder"
+
+
+READS = _Reads()
+ReadPath = typing.Annotated[str, READS]  # a str to TOML and the checks; the mark is for read_path_fields()
+
+
 @dataclass
 class RunSection:
     """Where the run lives and how often it saves."""
@@ -63,13 +74,13 @@ class RunSection:
     log_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"
-    branch_from: str = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
+    branch_from: ReadPath = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
 
 
 @dataclass
 class TeacherSection:
     family: FamilyName = "builtin"
-    path: str = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
+    path: ReadPath = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
     builtin: BuiltinName = DEFAULT_KIND  # builtin family: shapes (generated, exactly known modes) | digits
     guidance_scale: float | None = None  # teacher ("real score") CFG
     num_steps: int | None = None  # the teacher's own multi-step schedule (anchor rollout, reference samples)
@@ -91,7 +102,7 @@ class StudentSection:
     # auto: shared for sd3 / sdxl where it can be (no EMA, no FSDP, bf16 autocast for a bf16 teacher)
     lora_mode: Literal["auto", "shared", "copies"] = "auto"
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
-    init_lora: str = ""  # a LoRA file the student adapter starts from (as `dpdmd export --format lora` writes)
+    init_lora: ReadPath = ""  # a LoRA file the student adapter starts from (as `dpdmd export --format lora` writes)
 
 
 @dataclass
@@ -124,7 +135,7 @@ class OptimSection:
 @dataclass
 class DataSection:
     prompts: list[str] = field(default_factory=list)  # inline prompts
-    prompts_file: str = ""  # one prompt per line (added to `prompts`)
+    prompts_file: ReadPath = ""  # one prompt per line (added to `prompts`)
     batch_size: int | None = None  # per process
 
 
@@ -137,7 +148,7 @@ class EvalSection:
     grid_every: int = 50  # fixed-seed sample grid every N steps (0 = only at the end)
     grid_prompts: int = 4
     grid_seeds: int = 6
-    features: str = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
+    features: ReadPath = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
     fd_samples_per_prompt: int = 50  # samples per prompt for the final Frechet distance (built-in)
 
 
@@ -166,6 +177,16 @@ class Config:
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
+
+
+def read_path_fields() -> tuple[str, ...]:
+    """Every "section.field" that names a file or folder a run reads, from the annotations (``ReadPath``): what
+    a UI checks against its allowed roots, so a new path field is checked the day it is added."""
+    out = []
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(type(getattr(Config(), section.name)), include_extras=True)
+        out += [f"{section.name}.{name}" for name, hint in hints.items() if READS in typing.get_args(hint)]
+    return tuple(out)
 
 
 def field_value(cfg: Config, key: str) -> Any:

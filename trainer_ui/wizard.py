@@ -19,7 +19,7 @@ from typing import Any
 from distill_core import presets
 from distill_core.config import METHODS as CORE_METHODS
 from distill_core.config import (Config, MethodSection, TeacherSection, choices, dumps_toml, field_value, from_dict,
-                                 parse_toml, resolve)
+                                 parse_toml, read_path_fields, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
 
@@ -239,17 +239,14 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
     return _check_paths(data, roots)
 
 
-# Config fields that name files or folders to read; "builtin" and "" name none.
-PATH_FIELDS = {("teacher", "path"): "teacher.path", ("data", "prompts_file"): "data.prompts_file",
-               ("eval", "features"): "eval.features"}
-
-
 def _check_paths(data: dict, roots: Roots) -> dict:
-    """Resolve every path field (from the form or the advanced box) inside the allowed roots."""
-    for (section, name), label in PATH_FIELDS.items():
+    """Resolve every field that names a file or folder to read (the config's ``ReadPath`` fields, from the form
+    or the advanced box) inside the allowed roots; "" and "builtin" name none."""
+    for key in read_path_fields():
+        section, name = key.split(".")
         value = data[section].get(name) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and value.strip() and value != "builtin":
-            data[section][name] = str(roots.inside(value, label))
+            data[section][name] = str(roots.inside(value, key))
     return data
 
 

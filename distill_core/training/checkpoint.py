@@ -133,6 +133,21 @@ def _listed(folder: Path) -> dict[str, dict]:
     return {name: v if isinstance(v, dict) else {"size": v} for name, v in info["files"].items()}
 
 
+def copy_listed(source: Path, target: Path) -> None:
+    """Copy a complete checkpoint's own files (those its marker lists, and the marker) into ``target``.
+
+    Nothing else in the folder travels, and a listed name that is not a plain file of ``source`` (a path with
+    a separator, a symlink) refuses the copy: a branch must not carry other files into the run folder.
+    """
+    names = [*_listed(source), MARKER]
+    target.mkdir(parents=True)
+    for name in names:
+        path = source / name
+        if Path(name).name != name or name in (".", "..") or path.is_symlink() or not path.is_file():
+            raise CheckpointError(f"its marker lists {name!r}, which is not a plain file of the checkpoint folder")
+        shutil.copyfile(path, target / name)
+
+
 def is_complete(folder: Path) -> bool:
     """True when the marker exists and every file it lists has its recorded size and readable header.
 

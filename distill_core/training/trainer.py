@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import Config, config_differences, load_run_config, resolve
-from ..errors import ConfigError, RunRefused, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from ..runfolder import RunFolder
@@ -320,7 +320,11 @@ class Trainer:
         if self.is_main:
             staging = self.run.checkpoints / f".{source.name}.branch"
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
+            try:
+                ckpt.copy_listed(source, staging)
+            except CheckpointError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise ConfigError(f"run.branch_from {str(source)!r}: {e}; give a checkpoint the trainer wrote") from None
             os.replace(staging, target)
             print(f"branching from {source} (step {ckpt.read_state(source)['step']})", file=sys.stderr)
         self.acc.wait_for_everyone()
