@@ -21,13 +21,14 @@ import json
 import sys
 from pathlib import Path
 
-from .config import SEED_LIMIT, TeacherSection, choices
+from .config import AT_MOST, SEED_LIMIT, TeacherSection, choices
 from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
 
 # Commands whose module owns their options: main() hands them the rest of the command line. Other
 # packages add commands to the entry-point group (the trainer UI registers `dpdmd ui` in pyproject.toml).
 COMMAND_GROUP = "dpdmd.commands"
+MAX_GPUS = 4096  # `dpdmd plan --fsdp`: more GPUs than any cluster shards one run over is a typo
 TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAND_GROUP)
 
 
@@ -95,6 +96,8 @@ def _image_out(out: str) -> Path:
     """``--out`` of an image, checked before any model loads: a file name Pillow can write, in a folder that exists."""
     from PIL import Image
 
+    if not out.strip():
+        raise ConfigError("--out is empty; give an image file name such as samples.png")
     path = Path(out).expanduser()
     if path.is_dir():
         raise ConfigError(f"--out {shown(out)} is a folder; give an image file name such as samples.png")
@@ -108,9 +111,11 @@ def _image_out(out: str) -> Path:
     return path
 
 
-def _at_least(flag: str, value: int, least: int, why: str = "") -> None:
+def _at_least(flag: str, value: int, least: int, why: str = "", most: int | None = None) -> None:
     if value < least:
         raise ConfigError(f"{flag} {value} must be at least {least}{why}")
+    if most is not None and value > most:
+        raise ConfigError(f"{flag} {value} is too large: at most {most:,}")
 
 
 def _cmd_sample(args) -> None:
@@ -118,7 +123,7 @@ def _cmd_sample(args) -> None:
     from .grids import seed_grid
     from .sampling import sample_grid
 
-    _at_least("--seeds", args.seeds, 1, " (one column per seed)")
+    _at_least("--seeds", args.seeds, 1, " (one column per seed)", most=AT_MOST["eval.grid_seeds"])
     if not -SEED_LIMIT < args.first_seed <= SEED_LIMIT - args.seeds:
         raise ConfigError(f"--first-seed {args.first_seed} is too large; use a whole number below 2**32 in size")
     out = _image_out(args.out)
@@ -140,7 +145,7 @@ def _cmd_evaluate(args) -> None:
     from .evaluation.compare import compare
     from .export.exporters import load_student
 
-    _at_least("--seeds", args.seeds, 2, ": diversity compares samples pairwise (paper: 9)")
+    _at_least("--seeds", args.seeds, 2, ": diversity compares samples pairwise (paper: 9)", most=AT_MOST["eval.seeds"])
     teacher, info = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())
     cfg = Config()
@@ -178,6 +183,7 @@ def _cmd_plan(args) -> None:
     from .config import load_config
     from .plan import plan
 
+    _at_least("--fsdp", args.fsdp, 1, " (1 = one GPU)", most=MAX_GPUS)
     cfg = load_config(args.config) if args.config else None
     report = plan(cfg, architecture=args.architecture, fsdp=args.fsdp)
     print(json.dumps(report.json(), indent=1) if args.json else report.text())

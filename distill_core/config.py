@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import functools
 import json
 import math
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -313,20 +315,41 @@ def parse_toml(text: str, where: str) -> dict:
         raise ConfigError(f"{where} is not valid TOML: {e}") from None
 
 
+def path_problem(path: Path, folder_ok: bool = False) -> str | None:
+    """Why ``path`` is not a regular file (or, with ``folder_ok``, a folder), in words; None when it is one.
+
+    "does not exist" only when nothing is there: a FIFO, a device or a symlink loop is named as what it is."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOENT:
+            return "is a symlink to a missing target" if path.is_symlink() else "does not exist"
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(mode):
+        return None if folder_ok else "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
+
+
 def load_config(path: str | Path) -> Config:
     """Read a TOML run config; errors name the file, line or field."""
     path = Path(path)
-    if path.is_dir():
+    problem = path_problem(path)
+    if problem == "is a folder, not a file":
         raise ConfigError(f"config file {shown(str(path))} is a folder, not a file; give a run's TOML config (a run "
                           "folder's own config.toml continues that run)")
-    if not path.is_file():
-        raise ConfigError(f"config file {shown(str(path))} does not exist; write one (see examples/) "
+    if problem:
+        raise ConfigError(f"config file {shown(str(path))} {problem}; write one (see examples/) "
                           "or run `dpdmd demo` to get a working config.toml")
     return from_dict(_config_table(path))
 
 
 def _config_table(path: Path) -> dict:
-    return parse_toml(read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)"), str(path))
+    text = read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)")
+    return parse_toml(text.removeprefix("\ufeff"), str(path))  # a BOM, as some Windows editors write
 
 
 def loads_config(text: str) -> Config:
@@ -370,6 +393,18 @@ AT_LEAST: dict[str, tuple[int, str]] = {
     "run.max_steps": (1, ""), "run.checkpoint_every": (0, ""), "run.keep_checkpoints": (1, ""), "run.log_every": (1, ""),
 }
 
+# Upper bounds: far above any real run, low enough that nothing is allocated for an absurd value (a typo's
+# 1e12 samples would exhaust memory before any check) and that a count means what it says.
+LOOP_LIMIT = 10 ** 9  # step counts and cadences
+AT_MOST: dict[str, int] = {
+    "teacher.num_steps": 1000, "student.num_steps": 64, "student.lora_rank": 4096, "method.fake_updates": 100,
+    "data.batch_size": 4096, "eval.seeds": 256, "eval.fd_samples_per_prompt": 10_000, "eval.max_prompts": 10_000,
+    "eval.grid_prompts": 64, "eval.grid_seeds": 64, "run.keep_checkpoints": 10_000, "teacher.resolution": 8192,
+    **{name: LOOP_LIMIT for name in ("run.max_steps", "run.checkpoint_every", "run.log_every", "optim.warmup_steps",
+                                     "eval.diversity_every", "eval.grid_every")},
+}
+LR_RANGE = (1e-10, 10.0)  # a learning rate outside it is a typo (5e-324 trains nothing; 50 diverges at once)
+PROMPT_CHARS = 4096  # text encoders read a few hundred tokens; a longer line is a wrong file, not a prompt
 
 SEED_LIMIT = 2 ** 32  # the trainer derives each step's seeds from run.seed; torch takes 64-bit seeds
 
@@ -387,11 +422,15 @@ def read_text(path: Path, what: str, fix: str) -> str:
 
 def read_prompts_file(path: str) -> list[str]:
     p, fix = Path(path).expanduser(), "give a UTF-8 text file with one prompt per line"
-    if p.is_dir():
-        raise ConfigError(f"data.prompts_file {shown(path)} is a folder, not a file; {fix}")
-    if not p.is_file():
-        raise ConfigError(f"data.prompts_file {shown(path)} does not exist; {fix}")
+    problem = path_problem(p)
+    if problem:
+        raise ConfigError(f"data.prompts_file {shown(path)} {problem}; {fix}")
     lines = [line.strip() for line in read_text(p, "data.prompts_file", fix).splitlines()]
+    for number, line in enumerate(lines, 1):
+        if "\0" in line or len(line) > PROMPT_CHARS:
+            raise ConfigError(f"data.prompts_file {shown(path)} line {number} "
+                              + ("contains a NUL byte" if "\0" in line else f"is {len(line):,} characters long, more "
+                                 f"than {PROMPT_CHARS:,}") + f"; {fix}")
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ConfigError(f"data.prompts_file {shown(path)} holds no prompts (only blank or # lines); {fix}")
@@ -403,6 +442,7 @@ def resolve(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
                                       for f in dataclasses.fields(Config)})
     _check_choices(cfg)
+    _check_text(cfg)
     _fill_defaults(cfg)
     _check_teacher(cfg.teacher)
     _check_simple_fields(cfg)
@@ -427,14 +467,53 @@ def _check_choices(cfg: Config) -> None:
 def _check_simple_fields(cfg: Config) -> None:
     """The fields that must be filled in, and the whole numbers with a least value (tables above)."""
     for name, fix in REQUIRED.items():
-        if not field_value(cfg, name):
+        value = field_value(cfg, name)
+        if not (value.strip() if isinstance(value, str) else value):
             raise ConfigError(f"{name} is empty: {fix}")
     for name, (least, why) in AT_LEAST.items():
         if field_value(cfg, name) < least:
             raise ConfigError(f"{name} = {field_value(cfg, name)} must be at least {least}{why}")
+    for name, most in AT_MOST.items():
+        if field_value(cfg, name) > most:
+            raise ConfigError(f"{name} = {field_value(cfg, name)} is too large: at most {most:,}")
     if not -SEED_LIMIT < cfg.run.seed < SEED_LIMIT:
         raise ConfigError(f"run.seed = {shown(cfg.run.seed)} is too large; use a whole number below 2**32 in size "
                           "(e.g. 0)")
+
+
+# How far from its family's default a value may lie before a divergence is blamed on it rather than on the
+# learning rates: (field, the default's source, factor).
+EXTREME = (("teacher.guidance_scale", "guidance_scale", 4.0), ("teacher.shift", "shift", 4.0),
+           ("optim.student_lr", "lr", 10.0), ("optim.fake_lr", "lr", 10.0))
+EXTREME_LAMBDA = 5.0  # lambda beyond this outweighs DMD by far (paper: 0.05)
+
+
+def extreme_values(cfg: Config) -> list[str]:
+    """The resolved config's values far from their family's defaults, in words ("teacher.guidance_scale = 40
+    (default 3.5)"): what a divergence message names before it blames the learning rates."""
+    fam = builtin_family(cfg.teacher.builtin) if cfg.teacher.family == "builtin" else FAMILIES[cfg.teacher.family]
+    out = []
+    for key, default_name, factor in EXTREME:
+        value, default = field_value(cfg, key), getattr(fam, default_name)
+        if value is not None and default and not default / factor <= value <= default * factor:
+            out.append(f"{key} = {value:g} (default {default:g})")
+    if cfg.lam > EXTREME_LAMBDA:
+        out.append(f"method.diversity_weight (lambda) = {cfg.lam:g} (paper: 0.05)")
+    return out
+
+
+def _check_text(cfg: Config) -> None:
+    """No string field holds a NUL byte (no path or prompt can), and no prompt is longer than PROMPT_CHARS."""
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            value, name = getattr(getattr(cfg, section.name), f.name), f"{section.name}.{f.name}"
+            for i, text in enumerate(value if isinstance(value, list) else [value]):
+                where = f"{name}[{i}]" if isinstance(value, list) else name
+                if isinstance(text, str) and "\0" in text:
+                    raise ConfigError(f"{where} contains a NUL byte; remove it")
+                if isinstance(text, str) and name.endswith("prompts") and len(text) > PROMPT_CHARS:
+                    raise ConfigError(f"{where} is {len(text):,} characters long, more than {PROMPT_CHARS:,}; one "
+                                      "prompt per line (is data.prompts_file the right file?)")
 
 
 def _fill_defaults(cfg: Config) -> None:
@@ -469,9 +548,9 @@ def _check_teacher(t: TeacherSection) -> None:
     if t.family != "builtin" and not t.path:
         raise ConfigError(f"teacher.path is empty; a {t.family} teacher is loaded from a local diffusers folder "
                           "(the one with model_index.json), e.g. path = \"/models/stable-diffusion-3.5-medium\"")
-    if t.path and not Path(t.path).expanduser().exists():
-        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the "
-                          "teacher")
+    problem = path_problem(Path(t.path).expanduser(), folder_ok=True) if t.path else None
+    if problem:
+        raise ConfigError(f"teacher.path {shown(t.path)} {problem}; give the local folder (or file) of the teacher")
     if t.guidance_scale < 1.0:
         raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
     if t.shift is not None and t.shift <= 0:
@@ -514,14 +593,18 @@ def _check_student(s: StudentSection, t: TeacherSection) -> None:
     if s.init_lora and not s.lora_rank:
         raise ConfigError("student.init_lora starts the student's LoRA adapter from a file, so it needs "
                           "student.lora_rank > 0 (at least the file's rank)")
-    if s.init_lora and not Path(s.init_lora).expanduser().is_file():
-        raise ConfigError(f"student.init_lora {s.init_lora!r} does not exist; give a LoRA .safetensors file")
+    problem = path_problem(Path(s.init_lora).expanduser()) if s.init_lora else None
+    if problem:
+        raise ConfigError(f"student.init_lora {s.init_lora!r} {problem}; give a LoRA .safetensors file")
 
 
 def _check_optim(o: OptimSection) -> None:
-    for name in ("student_lr", "fake_lr", "grad_clip"):
-        if getattr(o, name) <= 0:
-            raise ConfigError(f"optim.{name} = {getattr(o, name)} must be positive")
+    if o.grad_clip <= 0:
+        raise ConfigError(f"optim.grad_clip = {o.grad_clip} must be positive")
+    for name in ("student_lr", "fake_lr"):
+        if not LR_RANGE[0] <= getattr(o, name) <= LR_RANGE[1]:
+            raise ConfigError(f"optim.{name} = {getattr(o, name)} must lie in [{LR_RANGE[0]:g}, {LR_RANGE[1]:g}] "
+                              "(the family's default is in `dpdmd config`)")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay = {o.weight_decay} must be >= 0")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):

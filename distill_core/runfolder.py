@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -54,7 +55,8 @@ def atomic_target(path: Path) -> Iterator[Path]:
     The file gets the usual umask permissions (mkstemp alone would leave it private).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid in the name: a temporary whose writer is gone is a leftover at once (writer_gone)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -88,6 +90,13 @@ def within(path: Path | str, roots: Iterable[Path | str]) -> Path | None:
         return resolved if any(resolved.is_relative_to(Path(r).resolve()) for r in roots) else None
     except (OSError, RuntimeError):  # a symlink loop
         return None
+
+
+def writer_gone(temporary: Path) -> bool:
+    """True when an atomic_target temporary names its writer's pid (".NAME.PID-XXXX.tmp") and that process is
+    gone (pids are of this host: a run folder is written by one machine)."""
+    match = re.fullmatch(r"\..+\.(\d+)-[^.]+\.tmp", temporary.name)
+    return match is not None and not pid_alive(int(match.group(1)))
 
 
 def pid_alive(pid: int) -> bool:
@@ -205,14 +214,15 @@ class RunFolder:
         """Delete the temporaries of interrupted writes; call it holding the lock.
 
         Staging folders go at once (only the lock holder writes checkpoints); other temporaries in the
-        run folder (an export or a UI may be writing one) once untouched for LEFTOVER_SECONDS.
+        run folder (an export or a UI may be writing one) once their writer's process is gone, or, where the
+        name does not say who wrote it, once untouched for LEFTOVER_SECONDS.
         """
         removed = []
         for folder, min_age in ((self.checkpoints, 0.0), (self.root, LEFTOVER_SECONDS)):
             found = {p for pattern in TEMPORARIES for p in folder.glob(pattern)} if folder.is_dir() else set()
             for path in sorted(found):
                 try:
-                    if time.time() - path.lstat().st_mtime < min_age:
+                    if time.time() - path.lstat().st_mtime < min_age and not writer_gone(path):
                         continue
                     if path.is_dir() and not path.is_symlink():
                         shutil.rmtree(path)

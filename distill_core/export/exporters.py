@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..config import Config, load_run_config, resolve
@@ -63,7 +63,7 @@ def save_student(state_dict: dict[str, torch.Tensor], info: StudentInfo, path: s
                for k, v in state_dict.items()}
     metadata = {**info.to_metadata(), CHECKSUM: tensors_sha256(sorted(tensors.items()))}
     with atomic_target(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        ckpt.save_tensors(tmp, tensors, metadata)  # a full disk: one line naming the file; the run folder is as it was
     return path
 
 
