@@ -468,10 +468,10 @@ def plan(cfg: Config | None = None, *, architecture: str | None = None, fsdp: in
         if architecture:
             arch, source = architecture_from_reference(architecture), architecture
         else:
-            from .teachers.diffusers_teachers import TEACHERS, check_folder
+            from .teachers.diffusers_base import check_folder, teacher_class
 
             path = Path(cfg.teacher.path).expanduser()
-            check_folder(path, TEACHERS[cfg.teacher.family])
+            check_folder(path, teacher_class(cfg.teacher.family))
             arch, source = architecture_from_folder(path, cfg.teacher.family), str(path)
     else:
         if not architecture:

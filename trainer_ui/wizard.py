@@ -266,9 +266,9 @@ def check_teacher_folder(cfg: Config) -> None:
     """Refuse a folder that is not a diffusers teacher of the chosen family (model_index.json, components,
     safetensors weights) with the trainer's own check, rather than a run that dies while loading it."""
     if cfg.teacher.family != "builtin":
-        from distill_core.teachers.diffusers_teachers import TEACHERS, check_folder
+        from distill_core.teachers.diffusers_base import check_folder, teacher_class
 
-        check_folder(Path(cfg.teacher.path), TEACHERS[cfg.teacher.family])
+        check_folder(Path(cfg.teacher.path), teacher_class(cfg.teacher.family))
 
 
 def build_config(form: WizardForm, roots: Roots) -> Config:
