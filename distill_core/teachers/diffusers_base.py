@@ -24,7 +24,7 @@ from ..errors import ConfigError, PromptError, shown
 from ..integrity import require_safetensors
 from ..families import FAMILIES
 from ..schedules import NoiseSchedule
-from .base import Cond, PromptBank, Teacher
+from .base import Cond, PromptBank, Teacher, pad_cat
 from .prompt_store import EmbeddingStore, StoredPromptBank
 
 ENCODE_BATCH = 16
@@ -94,8 +94,12 @@ class DiffusersTeacher(Teacher):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
+    def _patch_size(self) -> int:
+        """The network's spatial patch (pixels of latent per token side)."""
+        return int(self.network.config.get("patch_size", 1) or 1)
+
     def _check_resolution(self) -> None:
-        patch = int(self.network.config.get("patch_size", 1) or 1)
+        patch = self._patch_size()
         multiple = self.vae_scale_factor * patch * (2 ** (len(self.network.config.get("block_out_channels", [0])) - 1))
         if self.resolution % multiple:
             raise ConfigError(f"teacher.resolution = {self.resolution} must be a multiple of {multiple} for this "
@@ -142,7 +146,8 @@ class DiffusersTeacher(Teacher):
             raise PromptError(f"prompts must be strings, got {shown(bad[0])}")
         pipe = self._text_pipeline()
         parts = [self._encode_with(pipe, prompts[i:i + ENCODE_BATCH]) for i in range(0, len(prompts), ENCODE_BATCH)]
-        return {k: torch.cat([p[k] for p in parts]).to(self.dtype).cpu() for k in parts[0]}
+        joined = {k: pad_cat([p[k] for p in parts]) for k in parts[0]}
+        return {k: (v.to(self.dtype) if v.is_floating_point() else v).cpu() for k, v in joined.items()}
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         prompts = list(prompts)
