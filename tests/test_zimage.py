@@ -126,3 +126,91 @@ def test_variable_length_prompts_are_stored_with_masks(folder, tmp_path):
     one = bank.get(torch.tensor([1, 0]))
     assert torch.equal(one["prompt_embeds"][0][one["prompt_mask"][0]], theirs[1])
     assert torch.equal(one["prompt_embeds"][1][one["prompt_mask"][1]], theirs[0])
+
+
+# ---- training, resume, export, reload ------------------------------------------------------------------------
+def train_resume_and_compare(folder, tmp_path, monkeypatch, **kw):
+    """2 steps, a resume to 3 that never loads the text encoders, and a checkpoint bit-identical to a straight
+    3-step run's; returns the run's config."""
+    cfg = run_config(folder, tmp_path / "run", **kw)
+    config = write_config(cfg, tmp_path / "run.toml")
+    assert cli(["train", str(config), "--no-finish"]) == 0
+    assert (tmp_path / "run" / "prompt_cache" / "index.json").is_file()
+
+    def no_encoders(self):
+        raise AssertionError("the text encoders were loaded again on resume")
+
+    with monkeypatch.context() as m:
+        m.setattr(DiffusersTeacher, "_text_pipeline", no_encoders)
+        assert cli(["train", str(config), "--max-steps", "3"]) == 0
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("resume") == 1
+    straight = run_config(folder, tmp_path / "straight", **{**kw, "run__max_steps": 3})
+    assert cli(["train", str(write_config(straight, tmp_path / "straight.toml")), "--no-finish"]) == 0
+    for name in ("student", "fake", "optim_student", "optim_fake"):
+        a = load_file(str(tmp_path / "run/checkpoints/step_00000003" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "straight/checkpoints/step_00000003" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["dpdmd", "dmd"])
+def test_full_run_trains_resumes_exactly_and_exports_for_diffusers_and_comfy(folder, tmp_path, monkeypatch, method):
+    cfg = train_resume_and_compare(folder, tmp_path, monkeypatch, method__name=method, optim__student_lr=1e-3)
+
+    out = tmp_path / "student_diffusers"
+    assert cli(["export", str(tmp_path / "run"), "--format", "diffusers", "--out", str(out)]) == 0
+    assert cli(["export", str(tmp_path / "run"), "--format", "comfy", "--out", str(tmp_path / "c.safetensors")]) == 0
+    teacher = load_teacher(resolve(cfg))
+    student, info = load_student(tmp_path / "run" / "student.safetensors", teacher)
+    seeds = [0, 1]
+    ours = sample_grid(teacher, student, PROMPTS[:1], seeds, info.levels)  # the project's own 4-step sample
+
+    import diffusers
+
+    net = diffusers.ZImageTransformer2DModel.from_pretrained(str(out), subfolder="transformer")
+    record = json.loads((out / "dpdmd_student.json").read_text())
+    scheduler = getattr(diffusers, record["diffusers"]["scheduler"]).from_pretrained(str(out), subfolder="scheduler")
+    assert record["diffusers"]["call"] == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    pipe = pipeline(folder, transformer=net, scheduler=scheduler)
+    theirs = pipe(PROMPTS[:1] * 2, height=RESOLUTION, width=RESOLUTION, guidance_scale=0.0,  # its "no CFG"
+                  num_inference_steps=4, latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent").images
+    close(ours, theirs)
+    assert not torch.allclose(ours, sample_grid(teacher, teacher.network, PROMPTS[:1], seeds, info.levels))
+
+    comfy = read_student_info(tmp_path / "c.safetensors")
+    assert comfy.sigmas == pytest.approx(teacher.schedule.comfy_sigmas(info.levels))
+    assert comfy.schedule == {"type": "flow", "shift": 3.0, "num_train_timesteps": 1000, "sigmas": "linear"}
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(net.state_dict()) and f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", ["dpdmd", "dmd"])
+def test_lora_shared_base_trains_resumes_exactly_and_exports_an_exact_lora(folder, tmp_path, monkeypatch, method):
+    from distill_core.training.lora import AdapterView
+    from distill_core.training.trainer import Trainer
+
+    lora = {"method__name": method, "student__lora_rank": 2, "optim__student_lr": 1e-2, "optim__fake_lr": 1e-2}
+    trainer = Trainer(resolve(run_config(folder, tmp_path / "probe", **lora)), progress=False)
+    assert isinstance(trainer.student, AdapterView)  # auto: the shared base
+    del trainer
+    cfg = train_resume_and_compare(folder, tmp_path, monkeypatch, **lora)
+    saved = load_file(str(ckpt.latest(tmp_path / "run" / "checkpoints") / "student.safetensors"))
+    assert saved and all(".lora_" in k for k in saved)  # the frozen base is not duplicated into checkpoints
+
+    assert cli(["train", str(tmp_path / "run.toml")]) == 0  # finish: the student file
+    teacher = load_teacher(resolve(cfg))
+    student, info = load_student(tmp_path / "run" / "student.safetensors", teacher)
+    assert cli(["export", str(tmp_path / "run"), "--format", "lora", "--dtype", "float32",
+                "--out", str(tmp_path / "l.safetensors")]) == 0
+    lora_info = read_student_info(tmp_path / "l.safetensors")
+    assert lora_info.extra["exact"] and lora_info.extra["captured"] == pytest.approx(1.0, abs=1e-5)
+
+    pipe = pipeline(folder)
+    pipe.load_lora_weights(str(tmp_path / "l.safetensors"))
+    seeds = [4]
+    theirs = pipe(PROMPTS[0], height=RESOLUTION, width=RESOLUTION, num_inference_steps=4, guidance_scale=0.0,
+                  latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent").images
+    ours = sample_grid(teacher, student, PROMPTS[:1], seeds, info.levels)
+    close(ours, theirs)
+    assert float((ours - sample_grid(teacher, teacher.network, PROMPTS[:1], seeds, info.levels)).abs().max()) > 1e-3
