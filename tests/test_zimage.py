@@ -8,6 +8,7 @@ break any one of them and they fail.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from tiny_diffusers import tiny_run_config
 from tiny_zimage import RESOLUTION, build_tiny_zimage_pipeline
 
 from distill_core.cli import main as cli
-from distill_core.config import Config, resolve
+from distill_core.config import Config, from_dict, resolve
 from distill_core.errors import ConfigError
 from distill_core.export.exporters import load_student
 from distill_core.export.student_file import read_student_info
@@ -27,6 +28,7 @@ from distill_core.teachers import load_teacher
 from distill_core.teachers.diffusers_base import DiffusersTeacher
 from distill_core.training import checkpoint as ckpt
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a photo of a cat", "the red dog of the sea"]  # embeddings of different lengths
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -214,3 +216,51 @@ def test_lora_shared_base_trains_resumes_exactly_and_exports_an_exact_lora(folde
     ours = sample_grid(teacher, student, PROMPTS[:1], seeds, info.levels)
     close(ours, theirs)
     assert float((ours - sample_grid(teacher, teacher.network, PROMPTS[:1], seeds, info.levels)).abs().max()) > 1e-3
+
+
+# ---- planning and the surfaces a user meets ----------------------------------------------------------------------
+def test_plan_reads_the_real_config_and_a_tiny_folder(folder, tmp_path, capsys):
+    assert cli(["plan", "--architecture", "z-image", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["parameters"] == 6_154_908_736  # Z-Image's 6.15 B
+    shared = out["presets"]["shared-lora64-ckpt-onestep-b1"]
+    assert shared["peak_gb"] < out["presets"]["lora64-ckpt-onestep-b1"]["peak_gb"] < out["presets"]["full"]["peak_gb"]
+    assert shared["parts_gb"]["prompt_encoding"] == pytest.approx(4.02 * 2, abs=0.1)  # Qwen3-4B in bf16
+    assert out["best"]["80"] is not None
+    cfg = write_config(run_config(folder, tmp_path / "run"), tmp_path / "run.toml")
+    assert cli(["plan", str(cfg), "--json"]) == 0  # the folder's own configs, nothing loaded
+    assert json.loads(capsys.readouterr().out)["network_class"] == "ZImageTransformer2DModel"
+
+
+def test_config_command_example_and_wizard_show_zimages_own_guidance(folder, tmp_path, capsys):
+    import tomllib
+
+    from trainer_ui.wizard import check_teacher_folder, guidance_help
+
+    assert cli(["config", "--family", "zimage"]) == 0
+    text = capsys.readouterr().out
+    assert "# guidance_scale = 6 by default: this project's CFG uncond + s (cond - uncond), = Z-Image's own " \
+           "guidance_scale 5" in text and tomllib.loads(text)["teacher"]["family"] == "zimage"
+    assert guidance_help("zimage").endswith("the default 6 = Z-Image's own guidance_scale 5")
+    example = tomllib.loads((ROOT / "examples" / "configs" / "zimage.toml").read_text())
+    example["teacher"]["path"], example["run"]["output_dir"] = str(folder), str(tmp_path / "run")
+    example["teacher"]["resolution"] = RESOLUTION
+    (tmp_path / "prompts.txt").write_text("a photo of a cat\n")
+    example["data"]["prompts_file"] = str(tmp_path / "prompts.txt")
+    cfg = resolve(from_dict(example))
+    assert (cfg.teacher.family, cfg.teacher.guidance_scale, cfg.teacher.num_steps) == ("zimage", 6.0, 50)
+    check_teacher_folder(cfg)  # the wizard's check passes on a whole folder
+
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    shutil.rmtree(broken / "tokenizer")
+    cfg.teacher.path = str(broken)
+    with pytest.raises(ConfigError, match=r"lacks the tokenizer/ component; expected a local diffusers ZImagePipeline "
+                                          r"folder \(model_index.json, transformer/, scheduler, vae, text_encoder, "
+                                          r"tokenizer\)"):
+        check_teacher_folder(cfg)
+    cfg.teacher.family = "sd3"
+    with pytest.raises(ConfigError, match="holds a ZImagePipeline; set teacher.family = 'zimage'"):
+        check_teacher_folder(cfg)

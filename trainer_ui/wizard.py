@@ -22,6 +22,7 @@ from distill_core.config import (Config, MethodSection, TeacherSection, choices,
                                  parse_toml, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
+from distill_core.families import native_guidance
 
 from .paths import Roots
 
@@ -136,6 +137,14 @@ def in_labels(message: str) -> tuple[str, str | None]:
             if "." in alias:  # a config key: the page's word for it
                 message = re.sub(rf"(?<![\w.]){re.escape(alias)}(?![\w])", f.label, message)
     return message, min(found)[2] if found else None
+
+
+def guidance_help(family: str) -> str:
+    """The CFG field's note: the formula, and the family's own value of the default where its pipeline counts CFG
+    another way (Z-Image: 6 here is its guidance_scale 5)."""
+    note = native_guidance(family, CORE_FAMILIES[family].guidance_scale)
+    default = f"; the default {CORE_FAMILIES[family].guidance_scale:g} {note}" if note else ""
+    return f"uncond + s (cond - uncond){default}"
 
 
 def default_form(family: str = "builtin") -> WizardForm:

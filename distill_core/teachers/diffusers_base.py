@@ -54,6 +54,13 @@ class DiffusersTeacher(Teacher):
     net_class: str
     required: tuple[str, ...]  # components the folder must have (besides the network)
     max_sequence_length: int = 256  # text tokens kept (part of the prompt cache's fingerprint)
+    plan_text_tokens: int  # text tokens `dpdmd plan` measures activations with (the pipeline's longest)
+
+    @staticmethod
+    def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:
+        """Forward keyword arguments of the network (``config``) for latents ``x`` (1, C, H, W) and timestep ``t``,
+        with ``tokens`` text tokens: what `dpdmd plan` measures activations with (on the meta device)."""
+        raise NotImplementedError
 
     def __init__(self, cfg: Config, dtype: torch.dtype) -> None:
         self.cfg = cfg

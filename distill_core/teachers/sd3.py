@@ -18,6 +18,13 @@ class SD3Teacher(DiffusersTeacher):
     net_class = "SD3Transformer2DModel"
     required = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
     max_sequence_length = 256  # SD3 pipelines' T5 default
+    plan_text_tokens = 77 + 256  # CLIP, then T5 at the pipeline's default length
+
+    @staticmethod
+    def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:
+        return {"hidden_states": x, "timestep": t,
+                "encoder_hidden_states": x.new_empty(1, tokens, config["joint_attention_dim"]),
+                "pooled_projections": x.new_empty(1, config["pooled_projection_dim"]), "return_dict": False}
 
     def _schedule(self, sc: dict) -> NoiseSchedule:
         shift = self.cfg.teacher.shift

@@ -17,6 +17,14 @@ class SDXLTeacher(DiffusersTeacher):
     net_folder = "unet"
     net_class = "UNet2DConditionModel"
     required = ("scheduler", "vae", "text_encoder_2", "tokenizer_2")
+    plan_text_tokens = 77  # CLIP
+
+    @staticmethod
+    def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        return {"sample": x, "timestep": t, "encoder_hidden_states": x.new_empty(1, tokens, config["cross_attention_dim"]),
+                "added_cond_kwargs": {"text_embeds": x.new_empty(1, pooled), "time_ids": x.new_empty(1, 6)},
+                "return_dict": False}
 
     def _schedule(self, sc: dict) -> NoiseSchedule:
         where = f"teacher.path {str(self.path)!r}: scheduler/scheduler_config.json"

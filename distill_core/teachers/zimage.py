@@ -37,6 +37,12 @@ class ZImageTeacher(DiffusersTeacher):
     net_class = "ZImageTransformer2DModel"
     required = ("scheduler", "vae", "text_encoder", "tokenizer")
     max_sequence_length = 512  # ZImagePipeline.encode_prompt's default
+    plan_text_tokens = 512  # the longest prompt the pipeline keeps (padding is dropped: most prompts are shorter)
+
+    @staticmethod
+    def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:
+        return {"x": list(x.unsqueeze(2).unbind(0)), "t": t,
+                "cap_feats": [x.new_empty(tokens, config["cap_feat_dim"])], "return_dict": False}
 
     def _schedule(self, sc: dict) -> NoiseSchedule:
         shift = self.cfg.teacher.shift
