@@ -7,6 +7,7 @@ break any one of them and they fail.
 """
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -200,7 +201,9 @@ def test_lora_shared_base_trains_resumes_exactly_and_exports_an_exact_lora(folde
     saved = load_file(str(ckpt.latest(tmp_path / "run" / "checkpoints") / "student.safetensors"))
     assert saved and all(".lora_" in k for k in saved)  # the frozen base is not duplicated into checkpoints
 
-    assert cli(["train", str(tmp_path / "run.toml")]) == 0  # finish: the student file
+    assert cli(["train", str(tmp_path / "run.toml")]) == 0  # finish: the student file and the report
+    report = html.unescape((tmp_path / "run" / "report.html").read_text())
+    assert "teacher: zimage, 6 steps, CFG 6 (uncond + s (cond - uncond)) = Z-Image's own guidance_scale 5" in report
     teacher = load_teacher(resolve(cfg))
     student, info = load_student(tmp_path / "run" / "student.safetensors", teacher)
     assert cli(["export", str(tmp_path / "run"), "--format", "lora", "--dtype", "float32",
