@@ -53,6 +53,7 @@ def _cmd_demo(args) -> None:
 
 def _cmd_config(args) -> None:
     from .config import Config, resolve
+    from .families import family, native_guidance
     from .presets import apply as apply_preset
 
     cfg = Config()
@@ -62,7 +63,11 @@ def _cmd_config(args) -> None:
         cfg.data.prompts_file = "/path/to/prompts.txt"
         apply_preset(cfg, "full-ckpt")
         cfg.eval.features = ""
-        print(Config.to_toml(cfg))
+        fam = family(args.family)
+        note = native_guidance(args.family, fam.guidance_scale)
+        comment = (f"[teacher]\n# guidance_scale = {fam.guidance_scale:g} by default: this project's CFG uncond + s (cond - "
+                   f"uncond), {note}\n") if note else "[teacher]\n"
+        print(Config.to_toml(cfg).replace("[teacher]\n", comment, 1))
         return
     print(resolve(cfg).to_toml())
 
@@ -250,7 +255,7 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
 
     pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
     pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
-    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl"],
+    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl", "z-image"],
                     help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
     pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
     pl.add_argument("--json", action="store_true", help="one JSON object: every preset's peak and parts, the best "

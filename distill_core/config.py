@@ -90,6 +90,10 @@ class TeacherSection:
     dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights
     resolution: int | None = None  # image size in pixels (sd3 / sdxl)
     timestep_spacing: Literal["trailing", "leading"] = "trailing"  # sdxl teacher's levels: trailing (from pure noise) | leading (its folder's)
+    # zimage (its pipeline's arguments of the same names): CFG only where its time 1 - level is at most
+    # cfg_truncation (1: everywhere), and the CFG output's norm capped at cfg_normalization x the cond one's (0: off)
+    cfg_truncation: float = 1.0
+    cfg_normalization: float = 0.0
 
 
 @dataclass
@@ -559,6 +563,13 @@ def _check_teacher(t: TeacherSection) -> None:
     if t.family == "builtin" and t.resolution != builtin:
         raise ConfigError(f"teacher.resolution = {t.resolution} applies to sd3 / sdxl teachers; the built-in "
                           f"{t.builtin} teacher draws {builtin} x {builtin} images only, remove the field")
+    if (t.cfg_truncation != 1.0 or t.cfg_normalization) and not FAMILIES[t.family].cfg_extras:
+        raise ConfigError(f"teacher.cfg_truncation / cfg_normalization apply to teachers whose pipeline has them "
+                          f"({', '.join(n for n, f in FAMILIES.items() if f.cfg_extras)}); remove them for a "
+                          f"{t.family} teacher")
+    if t.cfg_truncation < 0 or t.cfg_normalization < 0:
+        raise ConfigError(f"teacher.cfg_truncation / cfg_normalization = {t.cfg_truncation} / {t.cfg_normalization} "
+                          "must be >= 0 (defaults 1.0 / 0.0: off)")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
 

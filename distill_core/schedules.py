@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Literal
 
 import torch
 
@@ -99,13 +100,19 @@ class FlowSchedule(NoiseSchedule):
     prediction_type = "flow"
     clean_level = 0.0
 
-    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000,
+                 sigmas: Literal["scheduler", "linear"] = "scheduler") -> None:
         self.shift = float(shift)
         self.num_train_timesteps = int(num_train_timesteps)
+        if sigmas not in ("scheduler", "linear"):
+            raise ValueError(f"sigmas {sigmas!r} is not 'scheduler' or 'linear'")
+        # scheduler: set_timesteps(N)'s own spacing (SD3 pipelines); linear: the pipeline passes
+        # sigmas = linspace(1, 1/N, N) (Z-Image); both go through the shift
+        self.sigmas = sigmas
 
     def with_shift(self, shift: float) -> "FlowSchedule":
         """The same schedule under another shift (a student sampling on its own levels)."""
-        return FlowSchedule(shift, self.num_train_timesteps)
+        return FlowSchedule(shift, self.num_train_timesteps, self.sigmas)
 
     def alpha_sigma(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(levels, dtype=torch.float32)
@@ -123,7 +130,11 @@ class FlowSchedule(NoiseSchedule):
         return eps - x0
 
     def sampling_levels(self, num_steps: int) -> list[float]:
-        """Exactly diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps) sigmas."""
+        """Exactly diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps) sigmas (or with the
+        linear ``sigmas=`` a pipeline passes)."""
+        if self.sigmas == "linear":
+            ts = torch.linspace(1, 1 / num_steps, num_steps, dtype=torch.float64)
+            return [float(s) for s in flow_shift(ts, self.shift)] + [0.0]
         n = self.num_train_timesteps
         table = flow_shift(torch.linspace(1, n, n, dtype=torch.float64).flip(0) / n, self.shift)
         t_max, t_min = float(table[0]) * n, float(table[-1]) * n
@@ -138,7 +149,8 @@ class FlowSchedule(NoiseSchedule):
         return [float(v) for v in levels]
 
     def describe(self) -> dict:
-        return {"type": "flow", "shift": self.shift, "num_train_timesteps": self.num_train_timesteps}
+        desc = {"type": "flow", "shift": self.shift, "num_train_timesteps": self.num_train_timesteps}
+        return desc if self.sigmas == "scheduler" else {**desc, "sigmas": self.sigmas}
 
 
 class VPSchedule(NoiseSchedule):

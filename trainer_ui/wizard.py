@@ -22,6 +22,7 @@ from distill_core.config import (Config, MethodSection, TeacherSection, choices,
                                  parse_toml, read_path_fields, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
+from distill_core.families import native_guidance
 
 from .paths import Roots
 
@@ -136,6 +137,14 @@ def in_labels(message: str) -> tuple[str, str | None]:
             if "." in alias:  # a config key: the page's word for it
                 message = re.sub(rf"(?<![\w.]){re.escape(alias)}(?![\w])", f.label, message)
     return message, min(found)[2] if found else None
+
+
+def guidance_help(family: str) -> str:
+    """The CFG field's note: the formula, and the family's own value of the default where its pipeline counts CFG
+    another way (Z-Image: 6 here is its guidance_scale 5)."""
+    note = native_guidance(family, CORE_FAMILIES[family].guidance_scale)
+    default = f"; the default {CORE_FAMILIES[family].guidance_scale:g} {note}" if note else ""
+    return f"uncond + s (cond - uncond){default}"
 
 
 def default_form(family: str = "builtin") -> WizardForm:
@@ -263,9 +272,9 @@ def check_teacher_folder(cfg: Config) -> None:
     """Refuse a folder that is not a diffusers teacher of the chosen family (model_index.json, components,
     safetensors weights) with the trainer's own check, rather than a run that dies while loading it."""
     if cfg.teacher.family != "builtin":
-        from distill_core.teachers.diffusers_teachers import TEACHERS, check_folder
+        from distill_core.teachers.diffusers_base import check_folder, teacher_class
 
-        check_folder(Path(cfg.teacher.path), TEACHERS[cfg.teacher.family])
+        check_folder(Path(cfg.teacher.path), teacher_class(cfg.teacher.family))
 
 
 def build_config(form: WizardForm, roots: Roots) -> Config:

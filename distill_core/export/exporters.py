@@ -184,12 +184,16 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
 
     teacher = student.teacher
     sched = teacher.schedule.describe()
-    if teacher.family == "sd3":
+    if sched["type"] == "flow":
         source = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
-        shift = teacher.student_schedule(student.cfg.student.shift).shift  # the schedule the levels came from
+        schedule = teacher.student_schedule(student.cfg.student.shift)  # the schedule the levels came from
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
-            {**source, "shift": shift, "use_dynamic_shifting": False})
-        scheduler.set_timesteps(len(levels) - 1)
+            {**source, "shift": schedule.shift, "use_dynamic_shifting": False})
+        steps = len(levels) - 1
+        if schedule.sigmas == "linear":  # what the family's pipeline passes (Z-Image), not the scheduler's spacing
+            scheduler.set_timesteps(sigmas=torch.linspace(1.0, 1 / steps, steps).tolist())
+        else:
+            scheduler.set_timesteps(steps)
         got = [float(s) for s in scheduler.sigmas]
     else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain
         scheduler = diffusers.DDIMScheduler(
@@ -225,8 +229,8 @@ The scheduler reproduces the training levels exactly: {levels}.
 
 def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
     teacher = student.teacher
-    if teacher.family not in ("sd3", "sdxl"):
-        raise ConfigError(f"--format diffusers needs an sd3 or sdxl run; this run's teacher is {teacher.family!r}")
+    if teacher.family == "builtin":
+        raise ConfigError("--format diffusers needs a run with a diffusers teacher; this run's teacher is 'builtin'")
     info = student.info()
     scheduler = diffusers_scheduler(student, info.levels)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -287,8 +291,8 @@ def _lora_modules(net: nn.Module) -> list[str]:
 def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
     """The student's difference from the teacher as LoRA factors, with the share of the change they capture."""
     family = student.teacher.family
-    if family not in ("sd3", "sdxl"):
-        raise ConfigError(f"--format lora needs an sd3 or sdxl run; this run's teacher is {family!r}")
+    if family == "builtin":
+        raise ConfigError("--format lora needs a run with a diffusers teacher; this run's teacher is 'builtin'")
     base = student.base
     factors = adapter_factors(student.adapters) if student.adapters is not None else {}
     trained_rank = max((a.shape[0] for a, _ in factors.values()), default=0)
