@@ -24,6 +24,7 @@ class Family:
     prediction_type: Literal["flow", "epsilon"]
     shift: float | None  # flow shift of the family's default schedule (SD3: its scheduler's); None: VP
     comfy_native: bool  # ComfyUI loads its students as its own MODEL
+    spacing: str = "timesteps"  # where a flow sampler's levels sit before the shift (schedules.FlowSchedule)
 
 
 FAMILIES: dict[str, Family] = {
@@ -35,6 +36,14 @@ FAMILIES: dict[str, Family] = {
                   resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True),
     "sdxl": Family("SDXL (local diffusers folder)", guidance_scale=8.0, num_steps=50, lr=1e-5, batch_size=4,
                    resolution=1024, prediction_type="epsilon", shift=None, comfy_native=True),
+    # FLUX.2 [klein] base 4B / 9B (diffusers 0.42.1 Flux2KleinPipeline): CFG 4.0 and 50 steps are __call__'s
+    # defaults, 1024 px its default_sample_size 128 x VAE factor 8; lr and batch as SD3 (paper Sec. 4). Its
+    # scheduler shifts dynamically, mu = compute_empirical_mu(image tokens, steps); at 1024 px and 50 steps
+    # mu = 2.02 (ComfyUI's Flux2 default "shift"), i.e. the static shift exp(2.02) = 7.56 written here.
+    # Its sigmas before the shift are linspace(1, 1/n, n) (the pipeline passes them): spacing "linear".
+    "flux2": Family("FLUX.2 [klein] base 4B / 9B (local diffusers folder)", guidance_scale=4.0, num_steps=50,
+                    lr=1e-5, batch_size=4, resolution=1024, prediction_type="flow", shift=7.56, comfy_native=True,
+                    spacing="linear"),
 }
 # The names as a type: teacher.family's annotation, checked at run time (config.choices reads it).
 FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]

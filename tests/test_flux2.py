@@ -1,0 +1,112 @@
+"""The FLUX.2 [klein] teacher against diffusers' own Flux2KleinPipeline, through training, resume and export.
+
+A tiny random klein-base folder is built offline once per module (tests/tiny_flux2.py). The parity
+tests are what prove the conventions (packed latents and position ids, t / 1000, the dynamic shift,
+the batch-norm latent normalisation, CFG only above 1): the project's teacher sampling N steps equals
+the pipeline's output for the same latents, prompts, steps and guidance.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_diffusers import tiny_run_config
+from tiny_flux2 import RESOLUTION, build_tiny_flux2_pipeline
+
+from distill_core.cli import main as cli
+from distill_core.config import resolve
+from distill_core.errors import ConfigError
+from distill_core.export.exporters import load_student
+from distill_core.sampling import sample_grid, seed_noise
+from distill_core.teachers import load_teacher
+from distill_core.teachers.diffusers_base import DiffusersTeacher
+
+PROMPTS = ["a photo of a cat", "the red house"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("flux2") / "klein_base"
+    build_tiny_flux2_pipeline(path)
+    return path
+
+
+def run_config(folder, out, **kw):
+    return tiny_run_config("flux2", folder, out, teacher__resolution=RESOLUTION, **kw)
+
+
+def teacher_of(folder, tmp_path, **kw):
+    return load_teacher(resolve(run_config(folder, tmp_path / "run", **kw)))
+
+
+def pipeline(folder, **components):
+    from diffusers import Flux2KleinPipeline
+
+    return Flux2KleinPipeline.from_pretrained(str(folder), **components)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
+    scale = max(float(b.abs().max()), 1.0)
+    err = float((a - b).abs().max())
+    assert err <= rel * scale, f"max diff {err} (scale {scale})"
+
+
+# ---- the teacher against its own pipeline ---------------------------------------------------------------
+def test_levels_are_the_pipelines_dynamically_shifted_sigmas(folder, tmp_path):
+    from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+    teacher = teacher_of(folder, tmp_path)
+    tokens = (RESOLUTION // 8) ** 2  # a 4x VAE, then 2 x 2 patches
+    assert teacher.latent_shape() == (128, RESOLUTION // 8, RESOLUTION // 8) and teacher.image_tokens == tokens
+    for n in (4, 6, 28):
+        theirs = pipeline(folder).scheduler
+        theirs.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=compute_empirical_mu(tokens, n))
+        assert teacher.teacher_levels(n) == pytest.approx([float(s) for s in theirs.sigmas], abs=1e-6)
+    assert teacher.schedule.shift == pytest.approx(np.exp(compute_empirical_mu(tokens, 6)))  # teacher.num_steps
+    assert "mu = 1.9301" in teacher.describe()["family_schedule"]
+    assert teacher_of(folder, tmp_path, teacher__shift=2.0).teacher_levels(2) == pytest.approx([1.0, 2 / 3, 0.0])
+
+
+@pytest.mark.parametrize("guidance", [4.0, 1.0])
+def test_teacher_sampling_equals_the_pipeline(folder, tmp_path, guidance):
+    """N steps with CFG (4: uncond + 4 (cond - uncond); 1: no CFG, as the pipeline below 1 too) from the same
+    latents: the project's rollout, through the VAE's batch-norm and unpatching, is the pipeline's output."""
+    teacher = teacher_of(folder, tmp_path, teacher__guidance_scale=guidance)
+    n, seeds = 6, [3, 4]
+    ours = sample_grid(teacher, teacher.network, PROMPTS, seeds[:1], teacher.teacher_levels(n), guidance=guidance)
+    z = seed_noise(seeds[:1], teacher.latent_shape()).repeat(2, 1, 1, 1)
+    theirs = pipeline(folder)(prompt=PROMPTS, height=RESOLUTION, width=RESOLUTION, num_inference_steps=n,
+                              guidance_scale=guidance, latents=z, output_type="latent").images
+    assert theirs.shape == (2, 32, RESOLUTION // 4, RESOLUTION // 4)
+    close(teacher.vae_latents(ours), theirs)
+    assert float((theirs[0] - theirs[1]).abs().max()) > 1e-3  # the prompts matter
+
+
+def test_decode_is_the_pipelines_image(folder, tmp_path):
+    teacher = teacher_of(folder, tmp_path)
+    z = seed_noise([5], teacher.latent_shape())
+    levels = teacher.teacher_levels(2)
+    ours = teacher.decode(sample_grid(teacher, teacher.network, PROMPTS[:1], [5], levels, guidance=4.0))
+    theirs = pipeline(folder)(prompt=PROMPTS[0], height=RESOLUTION, width=RESOLUTION, num_inference_steps=2,
+                              guidance_scale=4.0, latents=z, output_type="pt").images
+    assert ours.shape == theirs.shape == (1, 3, RESOLUTION, RESOLUTION)
+    close(ours, theirs.float(), rel=1e-4)
+
+
+def test_step_distilled_and_broken_folders_are_refused(folder, tmp_path):
+    distilled = tmp_path / "distilled"
+    shutil.copytree(folder, distilled)
+    index = json.loads((distilled / "model_index.json").read_text())
+    (distilled / "model_index.json").write_text(json.dumps({**index, "is_distilled": True}))
+    with pytest.raises(ConfigError, match="is_distilled = true\\): its CFG is baked in.*klein base"):
+        teacher_of(distilled, tmp_path)
+    shutil.rmtree(distilled / "vae")
+    with pytest.raises(ConfigError, match="lacks the vae/ component"):
+        teacher_of(distilled, tmp_path)
