@@ -150,7 +150,7 @@ def run_dir(tmp_path_factory):
     (["--format", "lora", "--rank", "0"], r"--rank 0 must be at least 1"),
     (["--out", "{tmp}/afile/s.safetensors"], r"--out .*afile/s.safetensors' cannot be written \(.*\); give a path"),
     (["--out", "/sys/s.safetensors"], r"--out '/sys/s.safetensors' cannot be written \(Permission denied: .*\)"),
-    (["--format", "diffusers", "--out", "/sys/d"], r"--format diffusers needs an sd3 or sdxl run"),
+    (["--format", "diffusers", "--out", "/sys/d"], r"--format diffusers needs a run of a diffusers teacher"),
 ])
 def test_export_arguments(capsys, tmp_path, run_dir, args, match):
     (tmp_path / "afile").write_text("")

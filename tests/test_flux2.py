@@ -110,3 +110,62 @@ def test_step_distilled_and_broken_folders_are_refused(folder, tmp_path):
     shutil.rmtree(distilled / "vae")
     with pytest.raises(ConfigError, match="lacks the vae/ component"):
         teacher_of(distilled, tmp_path)
+
+
+# ---- training, resume, export, reload ------------------------------------------------------------------
+def write_config(cfg, path: Path) -> Path:
+    path.write_text(cfg.to_toml())
+    return path
+
+
+def same_checkpoints(a: Path, b: Path) -> None:
+    for name in ("student", "fake", "optim_student", "optim_fake"):
+        x, y = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+@pytest.mark.parametrize("method, rank", [("dpdmd", 0), ("dmd", 0), ("dpdmd", 2), ("dmd", 2)])
+def test_train_resume_is_bit_identical_and_exports_reload_in_the_pipeline(folder, tmp_path, monkeypatch, method,
+                                                                             rank):
+    """2 steps, resume to 3 (no text encoder loaded again) == 3 straight steps; the exported diffusers folder,
+    loaded by Flux2KleinPipeline with its own call, reproduces the project's 4-step sample."""
+    kw = dict(method__name=method, student__lora_rank=rank, optim__student_lr=1e-3 if rank else 1e-4)
+    cfg = run_config(folder, tmp_path / "run", **kw)
+    config = write_config(cfg, tmp_path / "run.toml")
+    assert cli(["train", str(config), "--no-finish"]) == 0
+    assert (tmp_path / "run" / "prompt_cache" / "index.json").is_file()
+    cache = load_file(str(next((tmp_path / "run" / "prompt_cache").glob("shard_*.safetensors"))))
+    assert cache["encoder_hidden_states"].shape[1:] == (512, 48)  # 512 tokens x layers 9, 18, 27 of 16 wide
+
+    def no_encoders(self):
+        raise AssertionError("the text encoders were loaded again on resume")
+
+    with monkeypatch.context() as m:
+        m.setattr(DiffusersTeacher, "_text_pipeline", no_encoders)
+        assert cli(["train", str(config), "--max-steps", "3", "--no-finish"]) == 0
+    straight = run_config(folder, tmp_path / "straight", run__max_steps=3, **kw)
+    assert cli(["train", str(write_config(straight, tmp_path / "straight.toml")), "--no-finish"]) == 0
+    same_checkpoints(tmp_path / "run/checkpoints/step_00000003", tmp_path / "straight/checkpoints/step_00000003")
+    if rank:
+        saved = load_file(str(tmp_path / "run/checkpoints/step_00000003/student.safetensors"))
+        assert saved and all(".lora_" in k for k in saved)  # shared base: the adapters only
+
+    out = tmp_path / "student_diffusers"
+    assert cli(["export", str(tmp_path / "run"), "--format", "diffusers", "--out", str(out)]) == 0
+    assert cli(["export", str(tmp_path / "run"), "--out", str(tmp_path / "s.safetensors")]) == 0
+    teacher = load_teacher(resolve(cfg))
+    student, info = load_student(tmp_path / "s.safetensors", teacher)
+    seeds = [0, 1]
+    ours = sample_grid(teacher, student, PROMPTS[:1], seeds, info.levels)  # the project's own 4-step rollout
+    assert not torch.allclose(ours, sample_grid(teacher, teacher.network, PROMPTS[:1], seeds, info.levels))
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    record = json.loads((out / "dpdmd_student.json").read_text())
+    assert record["diffusers"]["call"] == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    pipe = pipeline(folder, transformer=Flux2Transformer2DModel.from_pretrained(str(out), subfolder="transformer"),
+                    scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(out), subfolder="scheduler"))
+    theirs = pipe(prompt=PROMPTS[:1] * 2, height=RESOLUTION, width=RESOLUTION,
+                  latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent",
+                  **record["diffusers"]["call"]).images
+    close(teacher.vae_latents(ours), theirs)

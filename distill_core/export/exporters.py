@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -177,6 +178,12 @@ def export_file(student: RunStudent, out: Path, dtype: torch.dtype | None = None
     return save_student(student.weights(dtype or torch.float32), student.info(), out, dtype=dtype)
 
 
+def export_comfy(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
+    """The single file in the key layout ComfyUI detects the family by (the teacher's, or its own: FLUX.2)."""
+    weights = student.teacher.comfy_state_dict(student.weights(dtype or torch.float32))
+    return save_student(weights, student.info(), out, dtype=dtype)
+
+
 # ---- diffusers folder -------------------------------------------------------------------------
 def diffusers_scheduler(student: RunStudent, levels: list[float]):
     """A diffusers scheduler whose ``set_timesteps(N)`` gives exactly the student's levels (checked here)."""
@@ -184,12 +191,16 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
 
     teacher = student.teacher
     sched = teacher.schedule.describe()
-    if teacher.family == "sd3":
+    if sched["type"] == "flow":
         source = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
         shift = teacher.student_schedule(student.cfg.student.shift).shift  # the schedule the levels came from
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
             {**source, "shift": shift, "use_dynamic_shifting": False})
-        scheduler.set_timesteps(len(levels) - 1)
+        n = len(levels) - 1
+        if sched.get("spacing") == "linear":  # what the FLUX.2 / Z-Image pipelines pass for n steps
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n))
+        else:
+            scheduler.set_timesteps(n)
         got = [float(s) for s in scheduler.sigmas]
     else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain
         scheduler = diffusers.DDIMScheduler(
@@ -215,7 +226,7 @@ from diffusers import {pipeline}, {net_class}, {scheduler}
 student = {net_class}.from_pretrained("{out}", subfolder="{net_folder}", torch_dtype=torch.bfloat16)
 pipe = {pipeline}.from_pretrained("{teacher}", {net_folder}=student, torch_dtype=torch.bfloat16).to("cuda")
 pipe.scheduler = {scheduler}.from_pretrained("{out}", subfolder="scheduler")
-image = pipe("a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
+image = pipe(prompt="a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
 ```
 
 The scheduler reproduces the training levels exactly: {levels}.
@@ -225,8 +236,8 @@ The scheduler reproduces the training levels exactly: {levels}.
 
 def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
     teacher = student.teacher
-    if teacher.family not in ("sd3", "sdxl"):
-        raise ConfigError(f"--format diffusers needs an sd3 or sdxl run; this run's teacher is {teacher.family!r}")
+    if teacher.family == "builtin":
+        raise ConfigError("--format diffusers needs a run of a diffusers teacher; this run's teacher is 'builtin'")
     info = student.info()
     scheduler = diffusers_scheduler(student, info.levels)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -287,8 +298,8 @@ def _lora_modules(net: nn.Module) -> list[str]:
 def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
     """The student's difference from the teacher as LoRA factors, with the share of the change they capture."""
     family = student.teacher.family
-    if family not in ("sd3", "sdxl"):
-        raise ConfigError(f"--format lora needs an sd3 or sdxl run; this run's teacher is {family!r}")
+    if family == "builtin":
+        raise ConfigError("--format lora needs a run of a diffusers teacher; this run's teacher is 'builtin'")
     base = student.base
     factors = adapter_factors(student.adapters) if student.adapters is not None else {}
     trained_rank = max((a.shape[0] for a, _ in factors.values()), default=0)
@@ -336,7 +347,8 @@ def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = N
     student = load_run_student(run_dir, step)
     path = Path(out) if out else default_out(Path(run_dir), fmt, student.step)
     torch_dtype = DTYPES[dtype or FORMATS[fmt].dtype]
-    write = {"diffusers": export_diffusers, "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
+    write = {"diffusers": export_diffusers, "comfy": export_comfy,
+             "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
     try:
         return write(student, path, dtype=torch_dtype), student
     except OSError as e:

@@ -100,6 +100,10 @@ class Teacher(ABC):
         """Facts about the teacher for run folders and exported metadata."""
 
     # ---- shared ------------------------------------------------------------------------
+    def comfy_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The student's weights in the key layout ComfyUI's loader detects (default: the teacher's own)."""
+        return state
+
     def make_trainable_copy(self) -> nn.Module:
         """A float32, trainable network initialised from the teacher's weights."""
         import copy

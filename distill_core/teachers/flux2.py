@@ -35,7 +35,26 @@ from ..schedules import FlowSchedule, NoiseSchedule
 from .base import Cond
 from .diffusers_base import DiffusersTeacher, check_folder
 
-TEXT_LAYERS = (9, 18, 27)  # the pipeline's default text_encoder_out_layers
+TEXT_LAYERS = (9, 18, 27)
+# diffusers -> Black Forest Labs names (the layout of the released single files, which ComfyUI detects; the
+# inverse of diffusers' convert_flux2_transformer_checkpoint_to_diffusers)
+BFL_NAMES = {"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
+             "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+             "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+             "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+             "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+             "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+             "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+             "single_stream_modulation.linear": "single_stream_modulation.lin"}
+BFL_DOUBLE = {"attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
+              "attn.to_out.0": "img_attn.proj", "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
+              "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm",
+              "attn.to_add_out": "txt_attn.proj", "ff_context.linear_in": "txt_mlp.0",
+              "ff_context.linear_out": "txt_mlp.2"}
+BFL_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+           "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+BFL_SINGLE = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2", "attn.norm_q": "norm.query_norm",
+              "attn.norm_k": "norm.key_norm"}  # the pipeline's default text_encoder_out_layers
 UNSUPPORTED_SCHEDULER = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "shift_terminal",
                          "invert_sigmas", "stochastic_sampling", "use_flow_sigmas")
 
@@ -143,6 +162,29 @@ class Flux2Teacher(DiffusersTeacher):
     def _vae_input(self, vae, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_latents(latents, vae)
 
+    def comfy_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weights in BFL names: ComfyUI 0.33 detects FLUX.2 by them and cannot convert diffusers' (it
+        expects an x_embedder bias, which FLUX.2 lacks). q, k, v are fused; the final adaLN's halves swap."""
+        out: dict[str, torch.Tensor] = {}
+        rest = dict(state)
+        for name in sorted({k.split(".")[1] for k in state if k.startswith("transformer_blocks.")}, key=int):
+            src, dst = f"transformer_blocks.{name}.", f"double_blocks.{name}."
+            for fused, parts in BFL_QKV.items():
+                out[f"{dst}{fused}.weight"] = torch.cat([rest.pop(f"{src}{p}.weight") for p in parts])
+            for k in [k for k in rest if k.startswith(src)]:
+                module, param = k[len(src):].rsplit(".", 1)
+                out[f"{dst}{BFL_DOUBLE[module]}.{_bfl_param(param, module)}"] = rest.pop(k)
+        for k in [k for k in rest if k.startswith("single_transformer_blocks.")]:
+            _, name, tail = k.split(".", 2)
+            module, param = tail.rsplit(".", 1)
+            out[f"single_blocks.{name}.{BFL_SINGLE[module]}.{_bfl_param(param, module)}"] = rest.pop(k)
+        scale, shift = rest.pop("norm_out.linear.weight").chunk(2)  # diffusers (scale, shift), BFL (shift, scale)
+        out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale])
+        for k, v in rest.items():
+            module, param = k.rsplit(".", 1)
+            out[f"{BFL_NAMES[module]}.{param}"] = v
+        return out
+
     def describe(self) -> dict:
         """Facts, with the family's own schedule values next to the project's static shift."""
         facts = super().describe()
@@ -152,6 +194,11 @@ class Flux2Teacher(DiffusersTeacher):
                                         f"{self.image_tokens} image tokens and {n} steps (ComfyUI's Flux2 'shift' is "
                                         f"this mu) = static shift exp(mu) = {self.schedule.shift:.4f}")
         return facts
+
+
+def _bfl_param(param: str, module: str) -> str:
+    """BFL's RMS norms call their weight 'scale'."""
+    return "scale" if "norm" in module and param == "weight" else param
 
 
 TEACHER = Flux2Teacher
