@@ -169,3 +169,24 @@ def test_train_resume_is_bit_identical_and_exports_reload_in_the_pipeline(folder
                   latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent",
                   **record["diffusers"]["call"]).images
     close(teacher.vae_latents(ours), theirs)
+
+    comfy = tmp_path / "c.safetensors"  # BFL names; diffusers' own converter maps them back to the student exactly
+    assert cli(["export", str(tmp_path / "run"), "--format", "comfy", "--dtype", "float32", "--out", str(comfy)]) == 0
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+    bfl = load_file(str(comfy))
+    assert "double_blocks.0.img_attn.qkv.weight" in bfl and "single_blocks.0.linear1.weight" in bfl
+    back = convert_flux2_transformer_checkpoint_to_diffusers(dict(bfl))
+    merged = student.state_dict()
+    assert back.keys() == merged.keys() and all(torch.equal(back[k], merged[k]) for k in merged)
+
+    if rank:  # the LoRA file loads in the pipeline over the teacher and is the merged student
+        assert cli(["export", str(tmp_path / "run"), "--format", "lora", "--dtype", "float32",
+                    "--out", str(tmp_path / "l.safetensors")]) == 0
+        pipe = pipeline(folder, scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(out),
+                                                                                           subfolder="scheduler"))
+        pipe.load_lora_weights(str(tmp_path / "l.safetensors"))
+        theirs = pipe(prompt=PROMPTS[:1] * 2, height=RESOLUTION, width=RESOLUTION,
+                      latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent",
+                      **record["diffusers"]["call"]).images
+        close(teacher.vae_latents(ours), theirs)
