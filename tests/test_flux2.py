@@ -180,6 +180,18 @@ def test_train_resume_is_bit_identical_and_exports_reload_in_the_pipeline(folder
     merged = student.state_dict()
     assert back.keys() == merged.keys() and all(torch.equal(back[k], merged[k]) for k in merged)
 
+    if not rank:  # a full run's LoRA: an SVD of the layers both loaders place, the share it captures recorded
+        assert cli(["export", str(tmp_path / "run"), "--format", "lora", "--rank", "4",
+                    "--out", str(tmp_path / "svd.safetensors")]) == 0
+        from distill_core.export.student_file import read_student_info
+
+        layers = {k.split(".lora_")[0].removeprefix("transformer.") for k in load_file(str(tmp_path / "svd.safetensors"))}
+        assert "transformer_blocks.0.attn.to_q" in layers and layers <= set(teacher.lora_file_modules())
+        assert not any("modulation" in k or "time_guidance" in k or "norm_out" in k for k in layers)
+        assert 0 < read_student_info(tmp_path / "svd.safetensors").extra["captured"] < 1
+        pipe = pipeline(folder)
+        pipe.load_lora_weights(str(tmp_path / "svd.safetensors"))  # diffusers places every layer
+        assert sum(name.endswith(".lora_A") for name, _ in pipe.transformer.named_modules()) == len(layers)
     if rank:  # the LoRA file loads in the pipeline over the teacher and is the merged student
         assert cli(["export", str(tmp_path / "run"), "--format", "lora", "--dtype", "float32",
                     "--out", str(tmp_path / "l.safetensors")]) == 0

@@ -291,10 +291,6 @@ def lora_keys(family: str, module: str, a: torch.Tensor, b: torch.Tensor) -> dic
     return {down: a, up: b}
 
 
-def _lora_modules(net: nn.Module) -> list[str]:
-    return [name for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
 def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
     """The student's difference from the teacher as LoRA factors, with the share of the change they capture."""
     family = student.teacher.family
@@ -309,7 +305,7 @@ def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: 
     else:
         rank = rank or 64
         full = student.weights()
-        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in _lora_modules(student.teacher.network)}
+        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in student.teacher.lora_file_modules()}
         factors = {m: svd_factors(d, rank) for m, d in deltas.items() if d.abs().max() > 0}
         weights = iter(full.items())
     covered = {f"{m}.weight": ab for m, ab in factors.items()}

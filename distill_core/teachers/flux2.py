@@ -55,6 +55,7 @@ BFL_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
            "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
 BFL_SINGLE = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2", "attn.norm_q": "norm.query_norm",
               "attn.norm_k": "norm.key_norm"}  # the pipeline's default text_encoder_out_layers
+LORA_UNPLACED = ("time_guidance_embed.", "double_stream_modulation_", "single_stream_modulation.", "norm_out.")
 UNSUPPORTED_SCHEDULER = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "shift_terminal",
                          "invert_sigmas", "stochastic_sampling", "use_flow_sigmas")
 
@@ -161,6 +162,11 @@ class Flux2Teacher(DiffusersTeacher):
 
     def _vae_input(self, vae, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_latents(latents, vae)
+
+    def lora_file_modules(self) -> list[str]:
+        """Every linear layer but the timestep embedding and the modulations (and the final adaLN, whose halves
+        BFL and diffusers order differently): ComfyUI maps no diffusers LoRA key to them ('lora key not loaded')."""
+        return [name for name in super().lora_file_modules() if not name.startswith(LORA_UNPLACED)]
 
     def comfy_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The weights in BFL names: ComfyUI 0.33 detects FLUX.2 by them and cannot convert diffusers' (it

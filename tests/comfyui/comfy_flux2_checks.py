@@ -49,7 +49,7 @@ def pack():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, pack):
     """A 2-step LoRA run's exports in models/dpdmd and models/loras, the teacher in models/diffusion_models."""
     root = tmp_path_factory.mktemp("flux2")
     build_tiny_flux2_pipeline(root / "klein")
@@ -136,3 +136,21 @@ def test_lora_export_loads_on_the_teacher_with_no_key_left(pack, exported, caplo
     print(f"max |ComfyUI LoRA on teacher - merged student| = {close(theirs, ours, 1e-4):.2e}")
     plain = comfy_samples(teacher_model, sampler, sigmas, positive(teacher), teacher.latent_shape())
     assert float((plain - ours).abs().max()) > 1e-2  # the LoRA matters (100x the tolerance)
+
+
+def test_every_layer_a_full_run_lora_may_carry_is_placed(exported, caplog):
+    """A full fine-tune's LoRA export (SVD of each layer's change) covers teacher.lora_file_modules(): ComfyUI
+    must place every one of them (it maps no diffusers key to the modulations or the timestep embedding)."""
+    teacher = exported["teacher"]
+    model = comfy.sd.load_diffusion_model(str(exported["root"] / "diffusion_models" / "flux2_teacher.safetensors"))
+    layers = dict(teacher.network.named_modules())
+    lora = {}
+    for name in teacher.lora_file_modules():
+        w = layers[name].weight
+        lora[f"transformer.{name}.lora_A.weight"] = torch.zeros(2, w.shape[1])
+        lora[f"transformer.{name}.lora_B.weight"] = torch.zeros(w.shape[0], 2)
+    assert {"x_embedder", "context_embedder", "proj_out"} <= set(teacher.lora_file_modules())
+    with caplog.at_level(logging.WARNING):
+        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(model.model, {}))
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    assert len(patches) == len(teacher.lora_file_modules())
