@@ -202,3 +202,21 @@ def test_train_resume_is_bit_identical_and_exports_reload_in_the_pipeline(folder
                       latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent",
                       **record["diffusers"]["call"]).images
         close(teacher.vae_latents(ours), theirs)
+
+
+# ---- memory plan ----------------------------------------------------------------------------------------
+def test_plan_counts_the_folder_and_the_real_klein_configs(folder, capsys):
+    from distill_core.plan import Options, Planner, architecture_from_folder, architecture_from_reference
+
+    pipe = pipeline(folder)
+    tiny = Planner(architecture_from_folder(folder, "flux2"))
+    numel = lambda m: sum(t.numel() for t in [*m.parameters(), *m.buffers()])  # noqa: E731
+    assert tiny.net_params == sum(p.numel() for p in pipe.transformer.parameters())
+    assert (tiny.text_params, tiny.vae_params) == (numel(pipe.text_encoder), numel(pipe.vae))
+    assert tiny.arch.vae_factor == 8 and tiny.estimate(Options(resolution=RESOLUTION, batch_size=1)).peak > 0
+    sizes = {name: Planner(architecture_from_reference(name)) for name in ("flux2-klein-4b", "flux2-klein-9b")}
+    assert 3.8e9 < sizes["flux2-klein-4b"].net_params < 4.0e9 and 4.0e9 < sizes["flux2-klein-4b"].text_params < 4.1e9
+    assert 9.0e9 < sizes["flux2-klein-9b"].net_params < 9.2e9 and 8.1e9 < sizes["flux2-klein-9b"].text_params < 8.3e9
+    assert cli(["plan", "--architecture", "flux2-klein-4b", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best"]["24"] == "shared-lora64-ckpt-onestep-b1" and out["best"]["16"] is None  # bf16 4B in 24 GB
