@@ -107,6 +107,11 @@ def test_step_distilled_and_broken_folders_are_refused(folder, tmp_path):
     (distilled / "model_index.json").write_text(json.dumps({**index, "is_distilled": True}))
     with pytest.raises(ConfigError, match="is_distilled = true\\): its CFG is baked in.*klein base"):
         teacher_of(distilled, tmp_path)
+    from trainer_ui.wizard import check_teacher_folder  # the wizard's folder check says the same, before a run
+
+    with pytest.raises(ConfigError, match="step-distilled FLUX.2"):
+        check_teacher_folder(resolve(run_config(distilled, tmp_path / "run")))
+    check_teacher_folder(resolve(run_config(folder, tmp_path / "run")))
     shutil.rmtree(distilled / "vae")
     with pytest.raises(ConfigError, match="lacks the vae/ component"):
         teacher_of(distilled, tmp_path)
@@ -220,3 +225,27 @@ def test_plan_counts_the_folder_and_the_real_klein_configs(folder, capsys):
     assert cli(["plan", "--architecture", "flux2-klein-4b", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["best"]["24"] == "shared-lora64-ckpt-onestep-b1" and out["best"]["16"] is None  # bf16 4B in 24 GB
+
+
+def test_example_config_and_its_stated_schedule(folder, tmp_path):
+    """examples/configs/flux2_klein.toml resolves (on a real folder) and its comment's numbers are the schedule's."""
+    import math
+    import re
+
+    from distill_core.config import load_config
+    from distill_core.plan import Options
+    from distill_core.schedules import FlowSchedule
+    from distill_core.teachers.flux2 import empirical_mu
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "configs" / "flux2_klein.toml"
+    cfg = load_config(path)
+    (tmp_path / "prompts.txt").write_text("a photo of a cat\n")
+    cfg.teacher.path, cfg.data.prompts_file = str(folder), str(tmp_path / "prompts.txt")
+    cfg = resolve(cfg)
+    assert (cfg.teacher.family, cfg.teacher.guidance_scale, cfg.teacher.num_steps) == ("flux2", 4.0, 50)
+    text = path.read_text()
+    mu = empirical_mu((1024 // 16) ** 2, 50)
+    assert f"mu = {mu:.2f}" in text and f"exp(mu) = {math.exp(mu):.2f}" in text
+    stated = [float(v) for v in re.search(r"4 levels \(([^)]*)\)", text).group(1).split(", ")]
+    assert stated == pytest.approx(FlowSchedule(math.exp(mu), spacing="linear").sampling_levels(4), abs=1e-3)
+    assert Options.from_config(cfg).describe().startswith("LoRA rank 64 on a shared base")

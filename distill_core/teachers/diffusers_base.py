@@ -75,6 +75,10 @@ class DiffusersTeacher(Teacher):
         self._vae = None
 
     # ---- family hooks ----------------------------------------------------------------------
+    @classmethod
+    def check_index(cls, index: dict, where: str) -> None:
+        """Refuse a folder of the right pipeline that this family still cannot distil (default: none)."""
+
     def _schedule(self, scheduler_config: dict) -> NoiseSchedule:
         raise NotImplementedError
 
@@ -235,6 +239,7 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
         entry = index.get(sub)
         if not (path / sub).is_dir() or not entry or entry[0] is None:
             raise ConfigError(f"{where} lacks the {sub}/ component; expected {expected}")
+    kind.check_index(index, where)
     require_safetensors(path / kind.net_folder, where)
     for sub in index:  # the other models (text encoders, VAE), not tokenizers or the scheduler
         if not sub.startswith("_") and sub != kind.net_folder and (path / sub / "config.json").is_file():

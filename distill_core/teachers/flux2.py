@@ -24,16 +24,13 @@ How the pipeline differs from SD3, and how each difference is expressed in the p
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from ..config import Config
 from ..errors import ConfigError
 from ..schedules import FlowSchedule, NoiseSchedule
 from .base import Cond
-from .diffusers_base import DiffusersTeacher, check_folder
+from .diffusers_base import DiffusersTeacher
 
 TEXT_LAYERS = (9, 18, 27)
 # diffusers -> Black Forest Labs names (the layout of the released single files, which ComfyUI detects; the
@@ -79,13 +76,12 @@ class Flux2Teacher(DiffusersTeacher):
     max_sequence_length = 512  # the pipeline's default (and what the transformer was trained with)
     patch = 2  # latents are packed in 2 x 2 patches
 
-    def __init__(self, cfg: Config, dtype: torch.dtype) -> None:
-        index = check_folder(Path(cfg.teacher.path).expanduser(), type(self))
+    @classmethod
+    def check_index(cls, index: dict, where: str) -> None:
         if index.get("is_distilled"):
-            raise ConfigError(f"teacher.path {str(cfg.teacher.path)!r} is a step-distilled FLUX.2 [klein] (its "
-                              "model_index.json has is_distilled = true): its CFG is baked in, so there is no "
-                              "guided teacher to distil; use the klein base folder (FLUX.2-klein-base-4B or -9B)")
-        super().__init__(cfg, dtype)
+            raise ConfigError(f"{where} is a step-distilled FLUX.2 [klein] (its model_index.json has is_distilled "
+                              "= true): its CFG is baked in, so there is no guided teacher to distil; use the klein "
+                              "base folder (FLUX.2-klein-base-4B or -9B)")
 
     # ---- geometry ----------------------------------------------------------------------------
     @property
