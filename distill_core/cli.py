@@ -254,8 +254,8 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     x.set_defaults(func=_cmd_export)
 
     pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
-    pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
-    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl", "z-image"],
+    pl.add_argument("config", nargs="?", help="a run config with a diffusers teacher (its folder's configs are read)")
+    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl", "z-image", "flux2-klein-4b", "flux2-klein-9b"],
                     help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
     pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
     pl.add_argument("--json", action="store_true", help="one JSON object: every preset's peak and parts, the best "

@@ -24,9 +24,7 @@ class Family:
     prediction_type: Literal["flow", "epsilon"]
     shift: float | None  # flow shift of the family's default schedule (SD3: its scheduler's); None: VP
     comfy_native: bool  # ComfyUI loads its students as its own MODEL
-    # flow sampling levels: the scheduler's own set_timesteps(N) spacing, or the linspace(1, 1/N, N) sigmas the
-    # family's pipeline passes (both shifted); see schedules.FlowSchedule
-    sigmas: Literal["scheduler", "linear"] = "scheduler"
+    spacing: str = "timesteps"  # where a flow sampler's levels sit before the shift (schedules.FlowSchedule)
     # the family's own CFG value is guidance_scale - guidance_offset: Z-Image's pipeline combines pos + w (pos - neg),
     # i.e. the standard neg + (1 + w) (pos - neg) this project (and its configs) writes
     guidance_offset: float = 0.0
@@ -49,8 +47,16 @@ FAMILIES: dict[str, Family] = {
     # Shift 3.0: ComfyUI 0.33.0 supported_models.ZImage sampling_settings (and Z-Image-Turbo's scheduler config).
     # lr and batch: the SD3 row's (the paper's settings for a transformer teacher).
     "zimage": Family("Z-Image (local diffusers folder)", guidance_scale=6.0, num_steps=50, lr=1e-5, batch_size=4,
-                     resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True, sigmas="linear",
+                     resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True, spacing="linear",
                      guidance_offset=1.0, cfg_extras=True),
+    # FLUX.2 [klein] base 4B / 9B (diffusers 0.42.1 Flux2KleinPipeline): CFG 4.0 and 50 steps are __call__'s
+    # defaults, 1024 px its default_sample_size 128 x VAE factor 8; lr and batch as SD3 (paper Sec. 4). Its
+    # scheduler shifts dynamically, mu = compute_empirical_mu(image tokens, steps); at 1024 px and 50 steps
+    # mu = 2.02 (ComfyUI's Flux2 default "shift"), i.e. the static shift exp(2.02) = 7.56 written here.
+    # Its sigmas before the shift are linspace(1, 1/n, n) (the pipeline passes them): spacing "linear".
+    "flux2": Family("FLUX.2 [klein] base 4B / 9B (local diffusers folder)", guidance_scale=4.0, num_steps=50,
+                    lr=1e-5, batch_size=4, resolution=1024, prediction_type="flow", shift=7.56, comfy_native=True,
+                    spacing="linear"),
 }
 # The names as a type: teacher.family's annotation, checked at run time (config.choices reads it).
 FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]

@@ -108,7 +108,32 @@ Z_IMAGE = {
             "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
             "use_quant_conv": False, "use_post_quant_conv": False},
 }
-REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sd3.5-large": SD35_LARGE, "sdxl": SDXL_BASE, "z-image": Z_IMAGE}
+# FLUX.2 [klein] base: transformer (5 double + 20 single blocks of 24 heads; 9B: 8 + 24 of 32) and Qwen3-4B / -8B
+# encoders as the released config.json files (and diffusers' klein-4b / klein-9b conversion configs) give them;
+# joint_attention_dim = 3 x the encoder's width (hidden states 9, 18, 27 stacked); AutoencoderKLFlux2's defaults.
+FLUX2_VAE = {"block_out_channels": [128, 256, 512, 512], "latent_channels": 32, "layers_per_block": 2,
+             "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
+QWEN3 = {"num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+         "vocab_size": 151936, "max_position_embeddings": 40960}
+FLUX2_KLEIN_4B = {
+    "family": "flux2", "network_class": "Flux2Transformer2DModel", "vae_class": "AutoencoderKLFlux2",
+    "network": {"patch_size": 1, "in_channels": 128, "num_layers": 5, "num_single_layers": 20,
+                "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 7680,
+                "timestep_guidance_channels": 256, "mlp_ratio": 3.0, "axes_dims_rope": [32, 32, 32, 32],
+                "rope_theta": 2000, "guidance_embeds": False},
+    "text_encoders": {"text_encoder": ("Qwen3ForCausalLM", {**QWEN3, "hidden_size": 2560, "intermediate_size": 9728,
+                                                           "tie_word_embeddings": True})},
+    "vae": FLUX2_VAE,
+}
+FLUX2_KLEIN_9B = {
+    **FLUX2_KLEIN_4B,
+    "network": {**FLUX2_KLEIN_4B["network"], "num_layers": 8, "num_single_layers": 24, "num_attention_heads": 32,
+                "joint_attention_dim": 12288},
+    "text_encoders": {"text_encoder": ("Qwen3ForCausalLM", {**QWEN3, "hidden_size": 4096, "intermediate_size": 12288,
+                                                           "tie_word_embeddings": False})},
+}
+REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sd3.5-large": SD35_LARGE, "sdxl": SDXL_BASE, "z-image": Z_IMAGE,
+              "flux2-klein-4b": FLUX2_KLEIN_4B, "flux2-klein-9b": FLUX2_KLEIN_9B}
 
 
 @dataclass
@@ -119,6 +144,7 @@ class Architecture:
     network: dict
     text_encoders: dict[str, tuple[str, dict]]
     vae: dict
+    vae_class: str = "AutoencoderKL"
 
     @property
     def text_tokens(self) -> int:
@@ -126,7 +152,8 @@ class Architecture:
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+        """Pixels per side of one latent position the network sees (the VAE's factor x any packing)."""
+        return 2 ** (len(self.vae["block_out_channels"]) - 1) * teacher_class(self.family).patch
 
 
 def _json(path: Path) -> dict:
@@ -143,14 +170,15 @@ def architecture_from_folder(path: Path, family: str) -> Architecture:
     encoders = {name: (entry[1], _json(path / name / "config.json")) for name, entry in index.items()
                 if name.startswith("text_encoder") and isinstance(entry, list) and entry[0] == "transformers"}
     return Architecture(family, index[net][1], _json(path / net / "config.json"), encoders,
-                        _json(path / "vae" / "config.json"))
+                        _json(path / "vae" / "config.json"), index["vae"][1])
 
 
 def architecture_from_reference(name: str) -> Architecture:
     if name not in REFERENCES:
         raise ConfigError(f"--architecture {name!r} is not one of {', '.join(REFERENCES)}")
     ref = REFERENCES[name]
-    return Architecture(ref["family"], ref["network_class"], ref["network"], ref["text_encoders"], ref["vae"])
+    return Architecture(ref["family"], ref["network_class"], ref["network"], ref["text_encoders"], ref["vae"],
+                        ref.get("vae_class", "AutoencoderKL"))
 
 
 # ---- counting on the meta device --------------------------------------------------------------------
@@ -182,10 +210,10 @@ def text_encoder_params(arch: Architecture) -> int:
 
 
 def vae_params(arch: Architecture) -> int:
-    from diffusers import AutoencoderKL
+    import diffusers
 
     with torch.device("meta"):
-        return _numel(AutoencoderKL.from_config(_clean(arch.vae)))
+        return _numel(getattr(diffusers, arch.vae_class).from_config(_clean(arch.vae)))
 
 
 def lora_params(net: nn.Module, family: str, rank: int) -> int:
@@ -210,6 +238,12 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, grad):
         q, k, v, *_ = ctx.saved_tensors
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _flash_attention(*args, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention's stand-in, called positionally (SD3) or by keyword (diffusers' dispatcher)."""
+    q, k, v = (list(args) + [kwargs[n] for n in ("query", "key", "value") if n in kwargs])[:3]
+    return _FlashAttention.apply(q, k, v)
 
 
 class _SavedBytes:
@@ -254,11 +288,7 @@ def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, ch
     if checkpointing:
         net.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
     original = F.scaled_dot_product_attention
-    def attention(*args, **kw):  # positional (SD3, SDXL) or query= / key= / value= (diffusers' dispatcher)
-        q, k, v = [*args[:3], *(kw[n] for n in ("query", "key", "value")[len(args[:3]):])]
-        return _FlashAttention.apply(q, k, v)
-
-    F.scaled_dot_product_attention = attention
+    F.scaled_dot_product_attention = _flash_attention
     try:
         with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(outside.pack, lambda t: t):
             net(**_inputs(arch, resolution, dtype))
@@ -477,8 +507,8 @@ def plan(cfg: Config | None = None, *, architecture: str | None = None, fsdp: in
     if cfg is not None:
         cfg = resolve(cfg)
         if cfg.teacher.family == "builtin":
-            raise ConfigError(f"dpdmd plan is for diffusers teachers; teacher.family = {cfg.teacher.family!r} "
-                              "trains on a CPU in minutes")
+            raise ConfigError("dpdmd plan is for diffusers teachers; teacher.family = 'builtin' trains on a CPU "
+                              "in minutes")
         options = Options.from_config(cfg, fsdp)
         if architecture:
             arch, source = architecture_from_reference(architecture), architecture

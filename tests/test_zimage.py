@@ -73,7 +73,7 @@ def test_defaults_levels_and_the_familys_own_guidance(folder, tmp_path):
     assert (cfg.teacher.guidance_scale, cfg.teacher.num_steps) == (6.0, 6)  # the row's CFG; the test's steps
     assert native_guidance("zimage", 6.0) == "= Z-Image's own guidance_scale 5"
     assert native_guidance("sd3", 3.5) == ""
-    assert teacher.schedule.shift == 3.0 and teacher.schedule.sigmas == "linear"
+    assert teacher.schedule.shift == 3.0 and teacher.schedule.spacing == "linear"
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     theirs = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler")
@@ -183,7 +183,7 @@ def test_full_run_trains_resumes_exactly_and_exports_for_diffusers_and_comfy(fol
 
     comfy = read_student_info(tmp_path / "c.safetensors")
     assert comfy.sigmas == pytest.approx(teacher.schedule.comfy_sigmas(info.levels))
-    assert comfy.schedule == {"type": "flow", "shift": 3.0, "num_train_timesteps": 1000, "sigmas": "linear"}
+    assert comfy.schedule == {"type": "flow", "shift": 3.0, "num_train_timesteps": 1000, "spacing": "linear"}
     with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:
         assert set(f.keys()) == set(net.state_dict()) and f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16
 

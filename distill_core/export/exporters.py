@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -177,6 +178,12 @@ def export_file(student: RunStudent, out: Path, dtype: torch.dtype | None = None
     return save_student(student.weights(dtype or torch.float32), student.info(), out, dtype=dtype)
 
 
+def export_comfy(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
+    """The single file in the key layout ComfyUI detects the family by (the teacher's, or its own: FLUX.2)."""
+    weights = student.teacher.comfy_state_dict(student.weights(dtype or torch.float32))
+    return save_student(weights, student.info(), out, dtype=dtype)
+
+
 # ---- diffusers folder -------------------------------------------------------------------------
 def diffusers_scheduler(student: RunStudent, levels: list[float]):
     """A diffusers scheduler whose ``set_timesteps(N)`` gives exactly the student's levels (checked here)."""
@@ -189,11 +196,11 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
         schedule = teacher.student_schedule(student.cfg.student.shift)  # the schedule the levels came from
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
             {**source, "shift": schedule.shift, "use_dynamic_shifting": False})
-        steps = len(levels) - 1
-        if schedule.sigmas == "linear":  # what the family's pipeline passes (Z-Image), not the scheduler's spacing
-            scheduler.set_timesteps(sigmas=torch.linspace(1.0, 1 / steps, steps).tolist())
+        n = len(levels) - 1
+        if sched.get("spacing") == "linear":  # what the FLUX.2 / Z-Image pipelines pass for n steps
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n))
         else:
-            scheduler.set_timesteps(steps)
+            scheduler.set_timesteps(n)
         got = [float(s) for s in scheduler.sigmas]
     else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain
         scheduler = diffusers.DDIMScheduler(
@@ -219,7 +226,7 @@ from diffusers import {pipeline}, {net_class}, {scheduler}
 student = {net_class}.from_pretrained("{out}", subfolder="{net_folder}", torch_dtype=torch.bfloat16)
 pipe = {pipeline}.from_pretrained("{teacher}", {net_folder}=student, torch_dtype=torch.bfloat16).to("cuda")
 pipe.scheduler = {scheduler}.from_pretrained("{out}", subfolder="scheduler")
-image = pipe("a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
+image = pipe(prompt="a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
 ```
 
 The scheduler reproduces the training levels exactly: {levels}.
@@ -284,10 +291,6 @@ def lora_keys(family: str, module: str, a: torch.Tensor, b: torch.Tensor) -> dic
     return {down: a, up: b}
 
 
-def _lora_modules(net: nn.Module) -> list[str]:
-    return [name for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
 def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
     """The student's difference from the teacher as LoRA factors, with the share of the change they capture."""
     family = student.teacher.family
@@ -302,7 +305,7 @@ def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: 
     else:
         rank = rank or 64
         full = student.weights()
-        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in _lora_modules(student.teacher.network)}
+        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in student.teacher.lora_file_modules()}
         factors = {m: svd_factors(d, rank) for m, d in deltas.items() if d.abs().max() > 0}
         weights = iter(full.items())
     covered = {f"{m}.weight": ab for m, ab in factors.items()}
@@ -340,7 +343,8 @@ def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = N
     student = load_run_student(run_dir, step)
     path = Path(out) if out else default_out(Path(run_dir), fmt, student.step)
     torch_dtype = DTYPES[dtype or FORMATS[fmt].dtype]
-    write = {"diffusers": export_diffusers, "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
+    write = {"diffusers": export_diffusers, "comfy": export_comfy,
+             "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
     try:
         return write(student, path, dtype=torch_dtype), student
     except OSError as e:

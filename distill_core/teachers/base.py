@@ -118,6 +118,15 @@ class Teacher(ABC):
         """Facts about the teacher for run folders and exported metadata."""
 
     # ---- shared ------------------------------------------------------------------------
+    def lora_file_modules(self) -> list[str]:
+        """The layers a LoRA file of a full fine-tune may carry: every linear and convolution layer, unless a
+        family's loaders cannot place some of them."""
+        return [name for name, m in self.network.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    def comfy_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The student's weights in the key layout ComfyUI's loader detects (default: the teacher's own)."""
+        return state
+
     def make_trainable_copy(self) -> nn.Module:
         """A float32, trainable network initialised from the teacher's weights."""
         import copy

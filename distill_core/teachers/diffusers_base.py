@@ -53,8 +53,10 @@ class DiffusersTeacher(Teacher):
     net_folder: str  # "transformer" | "unet"
     net_class: str
     required: tuple[str, ...]  # components the folder must have (besides the network)
+    vae_class: str = "AutoencoderKL"
     max_sequence_length: int = 256  # text tokens kept (part of the prompt cache's fingerprint)
     plan_text_tokens: int  # text tokens `dpdmd plan` measures activations with (the pipeline's longest)
+    patch: int = 1  # latent pixels per side the pipeline packs into one token before the network (FLUX.2: 2)
 
     @staticmethod
     def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:
@@ -81,6 +83,10 @@ class DiffusersTeacher(Teacher):
         self._vae = None
 
     # ---- family hooks ----------------------------------------------------------------------
+    @classmethod
+    def check_index(cls, index: dict, where: str) -> None:
+        """Refuse a folder of the right pipeline that this family still cannot distil (default: none)."""
+
     def _schedule(self, scheduler_config: dict) -> NoiseSchedule:
         raise NotImplementedError
 
@@ -187,21 +193,24 @@ class DiffusersTeacher(Teacher):
 
     def _vae_model(self):
         if self._vae is None:
-            from diffusers import AutoencoderKL
+            import diffusers
 
-            vae = AutoencoderKL.from_pretrained(str(self.path), subfolder="vae", **dtype_kwarg(torch.float32),
+            vae = getattr(diffusers, self.vae_class).from_pretrained(str(self.path), subfolder="vae", **dtype_kwarg(torch.float32),
                                                 use_safetensors=True, local_files_only=True)
             self._vae = vae.requires_grad_(False).eval().to(self.device)
         return self._vae
 
+    def _vae_input(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """What the VAE decodes of the project's latents (here: undo the pipeline's scaling and shift)."""
+        return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self._vae_model()
-        scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
         chunk = max(1, (512 * 512) // (self.resolution * self.resolution))  # one 1024 px image at a time
         out = []
         for start in range(0, latents.shape[0], chunk):
-            lat = latents[start:start + chunk].to(self.device, torch.float32) / scale + shift
+            lat = self._vae_input(vae, latents[start:start + chunk].to(self.device, torch.float32))
             out.append((vae.decode(lat).sample.float() / 2 + 0.5).clamp(0, 1).cpu())
         return torch.cat(out)
 
@@ -243,6 +252,7 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
         entry = index.get(sub)
         if not (path / sub).is_dir() or not entry or entry[0] is None:
             raise ConfigError(f"{where} lacks the {sub}/ component; expected {expected}")
+    kind.check_index(index, where)
     require_safetensors(path / kind.net_folder, where)
     for sub in index:  # the other models (text encoders, VAE), not tokenizers or the scheduler
         if not sub.startswith("_") and sub != kind.net_folder and (path / sub / "config.json").is_file():

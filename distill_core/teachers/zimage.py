@@ -52,7 +52,7 @@ class ZImageTeacher(DiffusersTeacher):
                                   "(dynamic) shifting; set teacher.shift to the static shift to distil with")
             shift = float(sc.get("shift", 1.0))
         return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)),
-                            sigmas=FAMILIES[self.family].sigmas)
+                            spacing=FAMILIES[self.family].spacing)
 
     def _patch_size(self) -> int:
         return max(self.network.config.all_patch_size)
