@@ -149,18 +149,12 @@ class Teacher(ABC):
         """Classifier-free guidance u + s (c - u) in one batched forward (s = 1: cond only)."""
         if scale == 1.0:
             return self.predict(net, x, levels, cond)
-        c, u = self.cond_uncond(net, x, levels, cond, null)
-        return u + scale * (c - u)
-
-    def cond_uncond(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond,
-                    null: Cond) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conditional and unconditional predictions, from one batched forward (what CFG combines)."""
         levels = torch.as_tensor(levels, dtype=torch.float32)
         if levels.dim() == 0:
             levels = levels.expand(x.shape[0])
         both = self.call_network(net, torch.cat([x, x]), torch.cat([levels, levels]), cat_cond(cond, null))
         c, u = both.chunk(2)
-        return c, u
+        return u + scale * (c - u)
 
     def student_schedule(self, shift: float | None = None) -> NoiseSchedule:
         """The schedule the student samples on: the teacher's, or (flow) the same under the student's own shift."""

@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import ConfigError, PromptError, shown
 from ..integrity import require_safetensors
 from ..families import FAMILIES
-from ..schedules import FlowSchedule, NoiseSchedule
+from ..schedules import NoiseSchedule
 from .base import Cond, PromptBank, Teacher, pad_cat
 from .prompt_store import EmbeddingStore, StoredPromptBank
 
@@ -89,18 +89,6 @@ class DiffusersTeacher(Teacher):
 
     def _schedule(self, scheduler_config: dict) -> NoiseSchedule:
         raise NotImplementedError
-
-    def static_flow_schedule(self, sc: dict) -> FlowSchedule:
-        """A flow teacher's schedule at one static shift (teacher.shift, else its scheduler's), with the family's
-        spacing; a scheduler that shifts by resolution needs teacher.shift (the shift to distil with)."""
-        shift = self.cfg.teacher.shift
-        if shift is None:
-            if sc.get("use_dynamic_shifting"):
-                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
-                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
-            shift = float(sc.get("shift", 1.0))
-        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)),
-                            spacing=FAMILIES[self.family].spacing)
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         raise NotImplementedError

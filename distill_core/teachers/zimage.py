@@ -21,8 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..schedules import NoiseSchedule
-from .base import Cond
+from ..errors import ConfigError
+from ..families import FAMILIES
+from ..schedules import FlowSchedule, NoiseSchedule
+from .base import Cond, cat_cond
 from .diffusers_base import DiffusersTeacher
 
 
@@ -43,7 +45,14 @@ class ZImageTeacher(DiffusersTeacher):
                 "cap_feats": [x.new_empty(tokens, config["cap_feat_dim"])], "return_dict": False}
 
     def _schedule(self, sc: dict) -> NoiseSchedule:
-        return self.static_flow_schedule(sc)
+        shift = self.cfg.teacher.shift
+        if shift is None:
+            if sc.get("use_dynamic_shifting"):
+                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
+                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
+            shift = float(sc.get("shift", 1.0))
+        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)),
+                            spacing=FAMILIES[self.family].spacing)
 
     def _patch_size(self) -> int:
         return max(self.network.config.all_patch_size)
@@ -72,8 +81,11 @@ class ZImageTeacher(DiffusersTeacher):
         cfg_truncation (cond only where its time 1 - level exceeds the truncation)."""
         if scale == 1.0:
             return self.predict(net, x, levels, cond)
-        c, u = self.cond_uncond(net, x, levels, cond, null)
-        levels = torch.as_tensor(levels, dtype=torch.float32).expand(x.shape[0])
+        levels = torch.as_tensor(levels, dtype=torch.float32)
+        if levels.dim() == 0:
+            levels = levels.expand(x.shape[0])
+        both = self.call_network(net, torch.cat([x, x]), torch.cat([levels, levels]), cat_cond(cond, null))
+        c, u = both.chunk(2)
         out = u + scale * (c - u)
         t = self.cfg.teacher
         if t.cfg_normalization > 0:
