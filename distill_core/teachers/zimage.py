@@ -57,6 +57,16 @@ class ZImageTeacher(DiffusersTeacher):
     def _patch_size(self) -> int:
         return max(self.network.config.all_patch_size)
 
+    def _check_resolution(self) -> None:
+        """Also within the network's position table (axes_lens: image tokens per side), which it indexes unchecked."""
+        super()._check_resolution()
+        side = self.resolution // (self.vae_scale_factor * self._patch_size())
+        most = min(self.network.config.axes_lens[1:])
+        if side > most:
+            raise ConfigError(f"teacher.resolution = {self.resolution} is {side} tokens per side; this Z-Image "
+                              f"network's position table (axes_lens) covers {most}: use at most "
+                              f"{most * self.vae_scale_factor * self._patch_size()} px")
+
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         embeds, _ = pipe.encode_prompt(prompt=list(prompts), device=self.text_device, do_classifier_free_guidance=False,
                                        max_sequence_length=self.max_sequence_length)
