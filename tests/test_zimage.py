@@ -113,6 +113,12 @@ def test_cfg_truncation_and_normalization_match_the_pipeline(folder, tmp_path):
         resolve(bad)
 
 
+def test_a_resolution_past_the_position_table_is_refused_in_one_line(folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"teacher.resolution = 1024 is 128 tokens per side; this Z-Image network's "
+                                          r"position table \(axes_lens\) covers 32: use at most 256 px"):
+        teacher_of(folder, tmp_path, teacher__resolution=1024)
+
+
 def test_variable_length_prompts_are_stored_with_masks(folder, tmp_path):
     teacher = teacher_of(folder, tmp_path)
     pipe = pipeline(folder)
