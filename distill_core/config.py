@@ -77,6 +77,10 @@ class TeacherSection:
     dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights
     resolution: int | None = None  # image size in pixels (sd3 / sdxl)
     timestep_spacing: Literal["trailing", "leading"] = "trailing"  # sdxl teacher's levels: trailing (from pure noise) | leading (its folder's)
+    # the frozen base's linear weights (teacher, LoRA bases, text encoders): as teacher.dtype | fp8 (float8_e4m3fn,
+    # a scale per output channel, upcast layer by layer to teacher.dtype / the autocast dtype). Exports always merge
+    # into the full-precision base
+    quantize: Literal["none", "fp8"] = "none"
 
 
 @dataclass
@@ -461,6 +465,9 @@ def _check_teacher(t: TeacherSection) -> None:
                           f"{t.builtin} teacher draws {builtin} x {builtin} images only, remove the field")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
+    if t.quantize != "none" and t.family == "builtin":
+        raise ConfigError(f"teacher.quantize = {t.quantize!r} shrinks a large teacher's frozen weights; the built-in "
+                          "teacher is a few MB, remove the field")
 
 
 

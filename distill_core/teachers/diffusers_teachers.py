@@ -99,8 +99,9 @@ class DiffusersTeacher(Teacher):
                               f"{self.family} teacher (VAE factor {self.vae_scale_factor}, patch {patch})")
 
     def _fingerprint(self) -> dict:
+        quantized = {"quantize": self.cfg.teacher.quantize} if self.cfg.teacher.quantize != "none" else {}
         return {"family": self.family, "path": str(self.path.resolve()), "dtype": str(self.dtype),
-                "max_sequence_length": MAX_SEQUENCE_LENGTH, "format": 1}
+                "max_sequence_length": MAX_SEQUENCE_LENGTH, "format": 1, **quantized}
 
     def make_trainable_copy(self) -> nn.Module:
         """A float32 copy read from disk (not upcast from a bf16 teacher), on the CPU until prepared."""
@@ -122,6 +123,11 @@ class DiffusersTeacher(Teacher):
             cls = getattr(diffusers, self.pipeline_class)
             pipe = cls.from_pretrained(str(self.path), **{self.net_folder: None, "vae": None}, **dtype_kwarg(self.dtype),
                                        use_safetensors=True, local_files_only=True)
+            if self.cfg.teacher.quantize == "fp8":  # T5-XXL is most of SD3's start-up peak
+                from ..training.fp8 import quantize_linears
+                for name, module in pipe.components.items():
+                    if name.startswith("text_encoder") and module is not None:
+                        quantize_linears(module.requires_grad_(False))
             self._text_pipe = pipe.to(self.text_device)
         return self._text_pipe
 

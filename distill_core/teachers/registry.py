@@ -44,4 +44,8 @@ def _build(cfg: Config) -> Teacher:
         from . import diffusers_teachers
     except ImportError as e:  # pragma: no cover - present once the real-teacher adapters land
         raise ConfigError(f"teacher.family = {t.family!r} is not available in this build ({e})") from None
-    return diffusers_teachers.load(cfg, dtype)
+    teacher = diffusers_teachers.load(cfg, dtype)
+    if t.quantize == "fp8":  # on the CPU, a layer at a time, before the network moves to the accelerator
+        from ..training.fp8 import quantize_linears
+        quantize_linears(teacher.network)
+    return teacher

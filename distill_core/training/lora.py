@@ -45,8 +45,9 @@ def target_modules(net: nn.Module, family: str) -> list[str]:
 
 
 def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.float32, seed: int = 0,
-             names: Sequence[str] = (ADAPTER,)) -> nn.Module:
-    """Freeze ``net`` (cast to ``dtype``) and inject trainable float32 rank-``rank`` adapters ``names`` in place.
+             names: Sequence[str] = (ADAPTER,), fp8: bool = False) -> nn.Module:
+    """Freeze ``net`` (cast to ``dtype``; ``fp8``: its linear layers quantised, see fp8.py) and inject trainable
+    float32 rank-``rank`` adapters ``names`` in place.
 
     Each adapter's random A matrices are drawn from ``seed`` (not the global RNG), so a run and its resumed
     twin start from the same adapters, and the adapters of a shared base start as the copies' do.
@@ -57,6 +58,9 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
     if not targets:
         raise CheckpointError(f"no LoRA target layers found in the {family} network")
     nn.Module.to(net.requires_grad_(False), dtype)  # nn.Module's: diffusers' .to warns on dtype casts
+    if fp8:  # before the adapters, as a shared base is (the teacher's, quantised at load)
+        from .fp8 import quantize_linears
+        quantize_linears(net)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=True, lora_dropout=0.0)
     for name in names:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
