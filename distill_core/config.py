@@ -99,6 +99,14 @@ class StudentSection:
 
 
 @dataclass
+class FakeSection:
+    """The fake score (the student's distribution's score network)."""
+    # a LoRA file its adapter starts from (needs student.lora_rank; e.g. the `dpdmd extract-lora` delta the student
+    # starts from, so the fake score starts at the student's distribution instead of the teacher's)
+    init_lora: str = ""
+
+
+@dataclass
 class MethodSection:
     name: MethodName = "dpdmd"  # see METHODS
     anchor_step: int = 5  # k: teacher steps of the anchor rollout (k = teacher.num_steps: its full sample)
@@ -150,6 +158,7 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
+    fake: FakeSection = field(default_factory=FakeSection)
     method: MethodSection = field(default_factory=MethodSection)
     optim: OptimSection = field(default_factory=OptimSection)
     data: DataSection = field(default_factory=DataSection)
@@ -391,6 +400,7 @@ def resolve(cfg: Config) -> Config:
     _check_simple_fields(cfg)
     _check_method(cfg.method, cfg.teacher)
     _check_student(cfg.student, cfg.teacher)
+    _check_init_lora("fake.init_lora", cfg.fake.init_lora, cfg.student)
     _check_optim(cfg.optim)
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
@@ -497,11 +507,15 @@ def _check_student(s: StudentSection, t: TeacherSection) -> None:
                           "teachers only; remove it for an sdxl teacher")
     if not 0.0 <= s.ema_decay < 1.0:
         raise ConfigError(f"student.ema_decay = {s.ema_decay} must lie in [0, 1) (0 = no EMA; e.g. 0.99)")
-    if s.init_lora and not s.lora_rank:
-        raise ConfigError("student.init_lora starts the student's LoRA adapter from a file, so it needs "
-                          "student.lora_rank > 0 (at least the file's rank)")
-    if s.init_lora and not Path(s.init_lora).expanduser().is_file():
-        raise ConfigError(f"student.init_lora {s.init_lora!r} does not exist; give a LoRA .safetensors file")
+    _check_init_lora("student.init_lora", s.init_lora, s)
+
+
+def _check_init_lora(name: str, path: str, s: StudentSection) -> None:
+    if path and not s.lora_rank:
+        raise ConfigError(f"{name} starts a LoRA adapter from a file, so it needs student.lora_rank > 0 (at least "
+                          "the file's rank)")
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"{name} {path!r} does not exist; give a LoRA .safetensors file")
 
 
 def _check_optim(o: OptimSection) -> None:

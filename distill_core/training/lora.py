@@ -200,7 +200,7 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]
 
 
-def init_from_lora(net: nn.Module, path: str, family: str) -> None:
+def init_from_lora(net: nn.Module, path: str, family: str, field: str = "student.init_lora") -> None:
     """Start ``net``'s adapter (a LoRA copy's, or a view's) from a LoRA file: B A equals the file's product.
 
     A file of lower rank fills the first rows of A and columns of B; the other B columns keep peft's zero start
@@ -212,13 +212,13 @@ def init_from_lora(net: nn.Module, path: str, family: str) -> None:
     layers = {k: m for k, m in root.named_modules() if hasattr(m, "lora_A") and name in m.lora_A}
     rank = next(iter(layers.values())).lora_A[name].weight.shape[0]
     with torch.no_grad():
-        for module, (a, b) in read_lora_file(path, family, list(layers)).items():
+        for module, (a, b) in read_lora_file(path, family, list(layers), field).items():
             if a.shape[0] > rank:
-                raise ConfigError(f"student.init_lora {path!r} has rank {a.shape[0]}; set student.lora_rank to "
+                raise ConfigError(f"{field} {path!r} has rank {a.shape[0]}; set student.lora_rank to "
                                   f"at least {a.shape[0]} (now {rank})")
             layer, r = layers[module], a.shape[0]
             if a.shape[1:] != layer.lora_A[name].weight.shape[1:] or b.shape[0] != layer.lora_B[name].weight.shape[0]:
-                raise ConfigError(f"student.init_lora {path!r} does not fit this teacher: layer {module} has "
+                raise ConfigError(f"{field} {path!r} does not fit this teacher: layer {module} has "
                                   f"factors {tuple(b.shape)} x {tuple(a.shape)}; give a LoRA of this teacher")
             layer.lora_A[name].weight[:r] = a
             layer.lora_B[name].weight[:, :r] = b  # its other columns keep their zero start

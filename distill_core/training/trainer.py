@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, load_run_config, resolve
+from ..config import Config, config_differences, field_value, load_run_config, resolve
 from ..errors import ConfigError, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
@@ -134,9 +134,11 @@ class Trainer:
         else:
             nets = [self.teacher.make_trainable_copy() for _ in range(2)]
             views = nets[0], nets[1]
-        if c.student.init_lora:
-            from .lora import init_from_lora
-            init_from_lora(views[0], c.student.init_lora, self.teacher.family)
+        for view, field in zip(views, ("student.init_lora", "fake.init_lora")):
+            path = field_value(c, field)
+            if path:
+                from .lora import init_from_lora
+                init_from_lora(view, path, self.teacher.family, field)
         if c.student.gradient_checkpointing:
             for net in nets:
                 if hasattr(net, "enable_gradient_checkpointing"):
