@@ -81,6 +81,9 @@ class TeacherSection:
     # a scale per output channel, upcast layer by layer to teacher.dtype / the autocast dtype). Exports always merge
     # into the full-precision base
     quantize: Literal["none", "fp8"] = "none"
+    # LoRAs merged into the teacher at load, in order: [{ path = "style.safetensors", weight = 0.8 }] (kohya,
+    # diffusers / PEFT keys); the student trains on (and its LoRA applies on top of) the merged base
+    loras: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +200,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table (teacher.loras entries)
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -243,6 +248,13 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return _check_type(name, value, inner)
     if typing.get_origin(annotation) is Literal:  # a string here; which one is checked by resolve()
         return _check_type(name, value, str)
+    if annotation == list[dict]:
+        return [_lora_entry(f"{name}[{i}]", x) for i, x in enumerate(_check_type(name, value, list))]
+    if annotation is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, e.g. {name.split('.')[-1]} = [{{ path = \"a.safetensors\", "
+                              "weight = 1.0 }]")
+        return list(value)
     if typing.get_origin(annotation) is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise ConfigError(f"{name} must be a list of strings, e.g. {name.split('.')[-1]} = [\"a\", \"b\"]")
@@ -266,6 +278,15 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{name} must be a string, not {shown(value)}")
         return value
     raise TypeError(annotation)
+
+
+def _lora_entry(name: str, value: Any) -> dict:
+    """One teacher.loras entry: { path = "...", weight = 1.0 } (weight optional)."""
+    if not isinstance(value, dict) or "path" not in value or set(value) - {"path", "weight"}:
+        raise ConfigError(f"{name} must be a table {{ path = \"file.safetensors\", weight = 1.0 }} (weight "
+                          f"optional), not {shown(value)}")
+    return {"path": _check_type(f"{name}.path", value["path"], str),
+            "weight": _check_type(f"{name}.weight", value.get("weight", 1.0), float)}
 
 
 def _unknown(name: str, known: list[str]) -> ConfigError:
@@ -475,6 +496,12 @@ def _check_teacher(t: TeacherSection) -> None:
                           f"{t.builtin} teacher draws {builtin} x {builtin} images only, remove the field")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
+    for i, lora in enumerate(t.loras):
+        if not Path(lora["path"]).expanduser().is_file():
+            raise ConfigError(f"teacher.loras[{i}].path {shown(lora['path'])} does not exist; give a LoRA "
+                              ".safetensors file")
+    if t.loras and t.family == "builtin":
+        raise ConfigError("teacher.loras merges LoRAs into an sd3 / sdxl teacher; remove it for the built-in one")
     if t.quantize != "none" and t.family == "builtin":
         raise ConfigError(f"teacher.quantize = {t.quantize!r} shrinks a large teacher's frozen weights; the built-in "
                           "teacher is a few MB, remove the field")

@@ -37,6 +37,7 @@ from ..training import checkpoint as ckpt
 from ..training.adapters import (adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict,
                                  merged_tensors)
 from ..training.fp8 import full_precision_base
+from ..training.merge import lora_records
 from .formats import DTYPES as DTYPE_NAMES
 from .formats import FORMATS
 from .student_file import CHECKSUM, StudentInfo, check_complete, read_metadata, read_student_info
@@ -52,7 +53,9 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         teacher_timestep_spacing=cfg.teacher.timestep_spacing, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
-        extra={"resolution": cfg.teacher.resolution},  # the image size it was trained at
+        # the image size it was trained at; the LoRAs merged into its teacher (its base: load them first, in order)
+        extra={"resolution": cfg.teacher.resolution,
+               **({"teacher_loras": lora_records(cfg.teacher.loras)} if cfg.teacher.loras else {})},
     )
 
 

@@ -21,6 +21,7 @@ from ..config import Config
 from ..errors import ConfigError, PromptError, shown
 from ..integrity import require_safetensors
 from ..schedules import FlowSchedule, NoiseSchedule, VPSchedule
+from ..training.merge import merge_loras
 from .base import Cond, PromptBank, Teacher
 from .prompt_store import EmbeddingStore, StoredPromptBank
 
@@ -60,8 +61,9 @@ class DiffusersTeacher(Teacher):
         self.resolution = int(cfg.teacher.resolution)
         self.max_sample_batch = int(cfg.data.batch_size)  # what fits in training fits in sampling (no grad)
         self.vae_config = _read_json(self.path / "vae" / "config.json")
-        network = self._network_class().from_pretrained(
-            str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True)
+        network = merge_loras(self._network_class().from_pretrained(
+            str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True),
+            cfg.teacher.loras, self.family)
         self.scheduler_config = _read_json(self.path / "scheduler" / "scheduler_config.json")
         super().__init__(network, self._schedule(self.scheduler_config))
         self._check_resolution()
@@ -104,11 +106,12 @@ class DiffusersTeacher(Teacher):
                 "max_sequence_length": MAX_SEQUENCE_LENGTH, "format": 1, **quantized}
 
     def make_trainable_copy(self) -> nn.Module:
-        """A float32 copy read from disk (not upcast from a bf16 teacher), on the CPU until prepared."""
+        """A float32 copy read from disk (not upcast from a bf16 teacher; teacher.loras merged), on the CPU until
+        prepared."""
         net = self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(torch.float32), use_safetensors=True,
             local_files_only=True)
-        return net.requires_grad_(True).eval()
+        return merge_loras(net, self.cfg.teacher.loras, self.family).requires_grad_(True).eval()
 
     # ---- prompts ---------------------------------------------------------------------------
     @property
