@@ -263,6 +263,62 @@ def test_lora_on_the_native_model(pack, models):
     assert not torch.allclose(ours, distill_core_samples(path, student.info.levels), atol=1e-3)  # the LoRA matters
 
 
+def test_base_then_user_lora_then_student_lora_is_distill_cores_merge(pack, models, tmp_path):
+    """LoraLoaderModelOnly twice (a user's kohya LoRA, then a student LoRA as `dpdmd export --format lora` writes it)
+    on the base == distill_core's teacher.loras merge plus the student's adapter (issue 27), to 1e-3."""
+    import folder_paths
+    import nodes as comfy_nodes
+    from safetensors.torch import load_file, save_file
+
+    from distill_core.export.exporters import lora_keys
+    from distill_core.training.merge import merge_loras
+
+    ids = nodes_by_id(pack)
+    base_file = models / "dpdmd" / "tiny_sd3_student.safetensors"
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name=base_file.name).result
+    g = torch.Generator().manual_seed(9)
+    base = load_file(str(base_file))
+    user, ours_student = {}, {}
+    for module in ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"):
+        out_f, in_f = base[f"{module}.weight"].shape
+        stem = "lora_transformer_" + module.replace(".", "_")  # kohya / OneTrainer keys, alpha 1 of rank 2
+        user.update({f"{stem}.lora_down.weight": torch.randn(2, in_f, generator=g) * 0.2,
+                     f"{stem}.lora_up.weight": torch.randn(out_f, 2, generator=g) * 0.2, f"{stem}.alpha": torch.tensor(1.0)})
+    student_file = {}
+    for module in ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.0.proj"):
+        out_f, in_f = base[f"{module}.weight"].shape
+        a, b = torch.randn(2, in_f, generator=g) * 0.2, torch.randn(out_f, 2, generator=g) * 0.2
+        ours_student[module] = (a, b)
+        student_file.update(lora_keys("sd3", module, a, b))
+    save_file(student_file, str(tmp_path / "student.safetensors"))
+    save_file(user, str(tmp_path / "user.safetensors"))
+    saved = folder_paths.folder_names_and_paths["loras"]
+    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], {".safetensors"})
+    try:
+        loader = comfy_nodes.LoraLoaderModelOnly()
+        patched = loader.load_lora_model_only(model, "user.safetensors", 0.6)[0]
+        patched = loader.load_lora_model_only(patched, "student.safetensors", 1.0)[0]
+    finally:
+        folder_paths.folder_names_and_paths["loras"] = saved
+    _, positive = fixed_condition()
+    theirs = comfy_samples(patched, run(ids["DPDMDStudentSampler"]).result[0], sigmas, positive)
+
+    def merged(sd):
+        from comfy_pack import tiny_sd3_transformer
+
+        net = tiny_sd3_transformer()
+        net.load_state_dict(sd)
+        merge_loras(net, [{"path": str(tmp_path / "user.safetensors"), "weight": 0.6}], "sd3")
+        out = dict(net.state_dict())
+        for module, (a, b) in ours_student.items():
+            out[f"{module}.weight"] = out[f"{module}.weight"] + b @ a
+        return out
+
+    ours = distill_core_samples(base_file, student.info.levels, merged)
+    assert (theirs - ours).abs().max() < 1e-3, (theirs - ours).abs().max()
+    assert (ours - distill_core_samples(base_file, student.info.levels)).abs().max() > 2e-2  # the LoRAs matter
+
+
 def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
     """SDXL (epsilon): the student's timesteps -> sigmas -> ComfyUI timesteps, and euler == distill_core DDIM."""
     compute = pack_module("nodes.compute")
