@@ -442,11 +442,12 @@ class Report:
                      "(text encoders alone, before the denoiser arrives)")
         lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
+        width = max(map(len, presets.PRESETS)) + 1
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",
-                  f"  {'preset':<30}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
+                  f"  {'preset':<{width}}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
         for name in presets.PRESETS:
             e = self.estimate(name)
-            lines.append(f"  {name:<30}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
+            lines.append(f"  {name:<{width}}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
                                                                      for b in BUDGETS))
         lines.append("")
         for budget in BUDGETS:
