@@ -113,3 +113,20 @@ def test_a_run_warm_started_from_the_extraction_starts_at_the_turbos_samples(tin
     assert gaps[4] < 1e-4  # full rank: the turbo's samples at step 0
     assert 0 < gaps[1] < 1.0 and gaps[1] > 100 * gaps[4]  # rank 1 leaves its extraction error in the samples
     assert printed["all covered layers"] > 0.05
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tiny_pipelines, turbo, tmp_path, capsys):
+    sdxl = tiny_pipelines["sdxl"]
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    cases = [(["--base", str(sdxl), "--tuned", str(turbo), "--rank", "2"], "not the same architecture"),
+             (["--base", str(tmp_path / "none"), "--tuned", str(turbo), "--rank", "2"], "--base"),
+             (["--base", str(tiny_pipelines["sd3"]), "--tuned", str(turbo), "--rank", "0"], "--rank 0"),
+             (["--base", str(bare), "--tuned", str(bare), "--rank", "2"], "--family is needed"),
+             (["--base", str(bare), "--tuned", str(bare), "--rank", "2", "--family", "sd3"], "none of the sd3 layers")]
+    for args, message in cases:
+        capsys.readouterr()
+        assert cli(["extract-lora", *args, "--out", str(tmp_path / "x.safetensors")]) == 2, args
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]  # (after the progress bar)
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err

@@ -77,8 +77,10 @@ def test_a_file_matching_no_layer_or_only_some_is_refused(tiny_pipelines, tmp_pa
     partial["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(2, 32)
     save_file(partial, str(tmp_path / "partial.safetensors"))
     sdxl, _ = user_lora(tmp_path / "sdxl.safetensors", "sdxl", "kohya")
+    ldm = tmp_path / "ldm.safetensors"
+    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(2, 8)}, str(ldm))
     for file, message in ((tmp_path / "partial.safetensors", "only 3 layers matched; 1 of its 7 tensors"),
-                          (sdxl, "no key matched a layer; 9 of its 9 tensors")):
+                          (sdxl, "no key matched a layer; 9 of its 9 tensors"), (ldm, "original \\(LDM / SGM\\)")):
         cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
                               teacher__loras=[{"path": str(file), "weight": 1.0}])
         with pytest.raises(ConfigError, match=message) as err:

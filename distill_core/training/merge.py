@@ -38,6 +38,9 @@ KEY_FORMATS: dict[str, tuple[KeyFormat, ...]] = {
 }
 
 
+LDM_BLOCKS = ("input_blocks", "middle_block", "output_blocks", "joint_blocks")  # original-checkpoint layer names
+
+
 def expected_prefixes(family: str) -> str:
     return " or ".join(f"'{f.prefix}' ({f.name})" for f in KEY_FORMATS[family])
 
@@ -94,6 +97,10 @@ def read_deltas(path: str, family: str, net: nn.Module, field: str) -> dict[str,
             used |= {key, up_key, alpha_key}
             break
     rest = sorted(k for k in tensors if k not in used)
+    if rest and any(part in rest[0] for part in LDM_BLOCKS):
+        raise ConfigError(f"{field} {shown(path)} names its layers by the original (LDM / SGM) block names "
+                          f"(e.g. {rest[0]!r}), which teacher.loras does not map yet; give a LoRA with diffusers layer "
+                          f"names, keys starting with {expected_prefixes(family)}")
     if rest:
         matched = f"only {len(deltas)} layers matched" if deltas else "no key matched a layer"
         prefix = re.match(r"[a-z_]+[._]?", rest[0])
