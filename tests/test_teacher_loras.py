@@ -24,6 +24,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 LAYERS = {"sd3": ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"],
           "sdxl": ["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k",
                    "up_blocks.0.attentions.0.proj_out", "time_embedding.linear_1"]}
+# the same SDXL layers by the original (LDM / SGM) checkpoint's names, as kohya and ComfyUI write them (derived by
+# hand for the tiny UNet: one resnet per block, a downsampler after the first; tests/comfyui checks the table
+# against ComfyUI's own on the real SDXL)
+ORIGINAL = {"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k": "input_blocks.3.1.transformer_blocks.0.attn1.to_k",
+            "up_blocks.0.attentions.0.proj_out": "output_blocks.0.1.proj_out", "time_embedding.linear_1": "time_embed.0"}
 
 
 def user_lora(path, family: str, fmt: str, seed: int = 0, rank: int = 2, alpha: float = 1.0):
@@ -32,15 +37,16 @@ def user_lora(path, family: str, fmt: str, seed: int = 0, rank: int = 2, alpha: 
     tensors, deltas = {}, {}
     for module, (out_f, in_f) in LORA_SHAPES[family].items():
         down, up = torch.randn(rank, in_f, generator=g) * 0.3, torch.randn(out_f, rank, generator=g) * 0.3
-        deltas[module] = up @ down * (alpha / rank if fmt == "kohya" else 1.0)
-        if fmt == "kohya":
-            stem = {"sd3": "lora_transformer_", "sdxl": "lora_unet_"}[family] + module.replace(".", "_")
+        deltas[module] = up @ down * (alpha / rank if fmt.startswith("kohya") else 1.0)
+        name = ORIGINAL[module] if fmt.endswith("original") else module
+        if fmt.startswith("kohya"):
+            stem = {"sd3": "lora_transformer_", "sdxl": "lora_unet_"}[family] + name.replace(".", "_")
             tensors.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
                             f"{stem}.alpha": torch.tensor(alpha)})
         else:
             prefix = {"diffusers": {"sd3": "transformer.", "sdxl": "unet."}[family], "peft": "base_model.model.",
-                      "comfyui": "diffusion_model."}[fmt]
-            tensors.update({f"{prefix}{module}.lora_A.weight": down, f"{prefix}{module}.lora_B.weight": up})
+                      "comfyui": "diffusion_model.", "comfyui_original": "diffusion_model."}[fmt]
+            tensors.update({f"{prefix}{name}.lora_A.weight": down, f"{prefix}{name}.lora_B.weight": up})
     save_file(tensors, str(path))
     return path, deltas
 
@@ -55,8 +61,8 @@ def shapes(tiny_pipelines):
         LORA_SHAPES[family] = {m: tuple(weights[f"{m}.weight"].shape) for m in LAYERS[family]}
 
 
-@pytest.mark.parametrize("family", ["sd3", "sdxl"])
-@pytest.mark.parametrize("fmt", ["diffusers", "peft", "kohya", "comfyui"])
+@pytest.mark.parametrize("family, fmt", [(f, x) for f in ("sd3", "sdxl") for x in ("diffusers", "peft", "kohya", "comfyui")]
+                         + [("sdxl", "kohya_original"), ("sdxl", "comfyui_original")])
 def test_each_key_format_merges_its_layers_exactly(tiny_pipelines, tmp_path, family, fmt):
     path, deltas = user_lora(tmp_path / "user.safetensors", family, fmt, alpha=0.5)
     cfg = resolve(tiny_run_config(family, tiny_pipelines[family], tmp_path / "run",
@@ -77,10 +83,10 @@ def test_a_file_matching_no_layer_or_only_some_is_refused(tiny_pipelines, tmp_pa
     partial["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(2, 32)
     save_file(partial, str(tmp_path / "partial.safetensors"))
     sdxl, _ = user_lora(tmp_path / "sdxl.safetensors", "sdxl", "kohya")
-    ldm = tmp_path / "ldm.safetensors"
-    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(2, 8)}, str(ldm))
+    ldm = tmp_path / "ldm.safetensors"  # SD3 by MMDiT names (fused qkv): not mapped
+    save_file({"diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight": torch.zeros(2, 8)}, str(ldm))
     for file, message in ((tmp_path / "partial.safetensors", "only 3 layers matched; 1 of its 7 tensors"),
-                          (sdxl, "no key matched a layer; 9 of its 9 tensors"), (ldm, "original \\(LDM / SGM\\)")):
+                          (sdxl, "no key matched a layer; 9 of its 9 tensors"), (ldm, "original \\(LDM / MMDiT\\)")):
         cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
                               teacher__loras=[{"path": str(file), "weight": 1.0}])
         with pytest.raises(ConfigError, match=message) as err:

@@ -28,21 +28,73 @@ class KeyFormat:
     name: str
     prefix: str  # before the layer name
     underscores: bool  # the layer name's dots written as underscores (kohya)
+    original: bool = False  # the layer named as in the original (LDM / SGM) checkpoint, not as in diffusers
 
 
 KEY_FORMATS: dict[str, tuple[KeyFormat, ...]] = {
     "sd3": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
             KeyFormat("kohya / OneTrainer", "lora_transformer_", True), KeyFormat("ComfyUI", "diffusion_model.", False)),
     "sdxl": (KeyFormat("diffusers", "unet.", False), KeyFormat("PEFT", "base_model.model.", False),
-             KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI", "diffusion_model.", False)),
+             KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
+             KeyFormat("kohya, original names", "lora_unet_", True, original=True),
+             KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
 }
+# a ResNet block's layers in the original UNet
+_RESNET = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
+           "conv_shortcut": "skip_connection"}
+_UNET_BASIC = {"conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.linear_1": "time_embed.0",
+               "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+               "add_embedding.linear_2": "label_emb.0.2"}
 
 
-LDM_BLOCKS = ("input_blocks", "middle_block", "output_blocks", "joint_blocks")  # original-checkpoint layer names
+def original_unet_names(net: nn.Module) -> dict[str, str]:
+    """diffusers UNet module prefix -> its original (LDM / SGM, kohya's and ComfyUI's) name, read off the network's
+    own blocks (the numbering ComfyUI's unet_to_diffusers uses)."""
+    names, n = dict(_UNET_BASIC), 1
+    for b, block in enumerate(getattr(net, "down_blocks", [])):
+        for i in range(len(block.resnets)):
+            names[f"down_blocks.{b}.resnets.{i}"] = f"input_blocks.{n}.0"
+            if getattr(block, "attentions", None):
+                names[f"down_blocks.{b}.attentions.{i}"] = f"input_blocks.{n}.1"
+            n += 1
+        if getattr(block, "downsamplers", None):
+            names[f"down_blocks.{b}.downsamplers.0.conv"] = f"input_blocks.{n}.0.op"
+            n += 1
+    mid = getattr(net, "mid_block", None)
+    if mid is not None:
+        names.update({"mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
+                      "mid_block.resnets.1": "middle_block.2"})
+    n = 0
+    for u, block in enumerate(getattr(net, "up_blocks", [])):
+        attentions = bool(getattr(block, "attentions", None))
+        for i in range(len(block.resnets)):
+            names[f"up_blocks.{u}.resnets.{i}"] = f"output_blocks.{n}.0"
+            if attentions:
+                names[f"up_blocks.{u}.attentions.{i}"] = f"output_blocks.{n}.1"
+            if i == len(block.resnets) - 1 and getattr(block, "upsamplers", None):
+                names[f"up_blocks.{u}.upsamplers.0.conv"] = f"output_blocks.{n}.{2 if attentions else 1}.conv"
+            n += 1
+    return names
+
+
+def original_name(module: str, names: dict[str, str]) -> str | None:
+    """A diffusers module's original name (None where the table has no block for it)."""
+    parts = module.split(".")
+    for cut in range(len(parts), 0, -1):
+        head = ".".join(parts[:cut])
+        if head in names:
+            tail = parts[cut:]
+            if ".resnets." in head and tail:
+                tail = _RESNET.get(tail[0], tail[0]).split(".") + tail[1:]
+            return ".".join([names[head], *tail])
+    return None
+
+
+LDM_BLOCKS = ("input_blocks", "middle_block", "output_blocks", "joint_blocks")  # layer names of original checkpoints
 
 
 def expected_prefixes(family: str) -> str:
-    return " or ".join(f"'{f.prefix}' ({f.name})" for f in KEY_FORMATS[family])
+    return " or ".join(f"'{f.prefix}' ({f.name})" for f in KEY_FORMATS[family] if not f.original)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -60,11 +112,18 @@ def lora_records(loras: list[dict]) -> list[dict]:
 
 def _layer_names(net: nn.Module, family: str) -> dict[str, str]:
     """Every way a key format may name a mergeable layer -> the layer's module name."""
-    names = {}
+    names, original = {}, None
     for name, m in net.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in name:
             for fmt in KEY_FORMATS[family]:
-                names[fmt.prefix + (name.replace(".", "_") if fmt.underscores else name)] = name
+                if fmt.original:
+                    original = original_unet_names(net) if original is None else original
+                    spelt = original_name(name, original)
+                    if spelt is None:
+                        continue
+                else:
+                    spelt = name
+                names[fmt.prefix + (spelt.replace(".", "_") if fmt.underscores else spelt)] = name
     return names
 
 
@@ -97,10 +156,10 @@ def read_deltas(path: str, family: str, net: nn.Module, field: str) -> dict[str,
             used |= {key, up_key, alpha_key}
             break
     rest = sorted(k for k in tensors if k not in used)
-    if rest and any(part in rest[0] for part in LDM_BLOCKS):
-        raise ConfigError(f"{field} {shown(path)} names its layers by the original (LDM / SGM) block names "
-                          f"(e.g. {rest[0]!r}), which teacher.loras does not map yet; give a LoRA with diffusers layer "
-                          f"names, keys starting with {expected_prefixes(family)}")
+    if rest and any(part in rest[0] for part in LDM_BLOCKS) and not any(f.original for f in KEY_FORMATS[family]):
+        raise ConfigError(f"{field} {shown(path)} names its layers by the original (LDM / MMDiT) block names "
+                          f"(e.g. {rest[0]!r}), which teacher.loras does not map for {family} yet; give a LoRA with "
+                          f"diffusers layer names, keys starting with {expected_prefixes(family)}")
     if rest:
         matched = f"only {len(deltas)} layers matched" if deltas else "no key matched a layer"
         prefix = re.match(r"[a-z_]+[._]?", rest[0])

@@ -319,6 +319,26 @@ def test_base_then_user_lora_then_student_lora_is_distill_cores_merge(pack, mode
     assert (ours - distill_core_samples(base_file, student.info.levels)).abs().max() > 2e-2  # the LoRAs matter
 
 
+def test_original_sdxl_layer_names_are_comfyuis(pack):
+    """teacher.loras reads kohya / ComfyUI SDXL LoRAs by the original (LDM / SGM) layer names: distill_core's table
+    (read off the diffusers UNet) names every mergeable layer of the real SDXL UNet as comfy.utils does."""
+    import comfy.utils
+
+    from distill_core.plan import SDXL_BASE, Architecture, build_meta_network
+    from distill_core.training.merge import original_name, original_unet_names
+
+    net = build_meta_network(Architecture("sdxl", SDXL_BASE["network_class"], SDXL_BASE["network"], {}, {}))
+    config = {"num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
+              "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10}
+    theirs = {k.removesuffix(".weight"): v.removesuffix(".weight")
+              for k, v in comfy.utils.unet_to_diffusers(config).items() if k.endswith(".weight")}
+    ours = original_unet_names(net)
+    layers = [name for name, m in net.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    compared = [name for name in layers if name in theirs]
+    assert len(compared) > 0.9 * len(layers)  # comfy's table lacks only a few (e.g. attention norms are not layers)
+    assert {name: original_name(name, ours) for name in compared} == {name: theirs[name] for name in compared}
+
+
 def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
     """SDXL (epsilon): the student's timesteps -> sigmas -> ComfyUI timesteps, and euler == distill_core DDIM."""
     compute = pack_module("nodes.compute")
