@@ -77,16 +77,45 @@ def test_each_key_format_merges_its_layers_exactly(tiny_pipelines, tmp_path, fam
             assert torch.allclose(ours[key], expected, atol=1e-6), key
 
 
+@pytest.mark.parametrize("prefix", ["lora_unet_", "diffusion_model."])  # kohya (sd-scripts), ComfyUI
+def test_sd3_files_by_mmdit_names_split_fused_qkv_and_swap_adaln_halves(tiny_pipelines, tmp_path, prefix):
+    """The original MMDiT names: one fused q/k/v weight for three diffusers layers, and the final adaLN layers'
+    (scale, shift) rows where diffusers has (shift, scale); derived by hand here, checked against ComfyUI's own
+    table in tests/comfyui."""
+    weights = load_file(str(tiny_pipelines["sd3"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    h = weights["transformer_blocks.0.attn.to_q.weight"].shape[0]
+    g = torch.Generator().manual_seed(1)
+    layers = {"joint_blocks.0.x_block.attn.qkv": (3 * h, h), "final_layer.adaLN_modulation.1":
+              tuple(weights["norm_out.linear.weight"].shape), "joint_blocks.1.context_block.adaLN_modulation.1":
+              tuple(weights["transformer_blocks.1.norm1_context.linear.weight"].shape)}
+    tensors, fused = {}, {}
+    for name, (out_f, in_f) in layers.items():
+        down, up = torch.randn(2, in_f, generator=g), torch.randn(out_f, 2, generator=g)
+        spelt = name.replace(".", "_") if prefix == "lora_unet_" else name
+        tensors.update({f"{prefix}{spelt}.lora_down.weight": down, f"{prefix}{spelt}.lora_up.weight": up})
+        fused[name] = up @ down
+    save_file(tensors, str(tmp_path / "mmdit.safetensors"))
+    expected = {f"transformer_blocks.0.attn.{m}.weight": fused["joint_blocks.0.x_block.attn.qkv"][j * h:(j + 1) * h]
+                for j, m in enumerate(("to_q", "to_k", "to_v"))}
+    for module, name in (("norm_out.linear", "final_layer.adaLN_modulation.1"),
+                         ("transformer_blocks.1.norm1_context.linear", "joint_blocks.1.context_block.adaLN_modulation.1")):
+        scale, shift = fused[name].chunk(2)
+        expected[f"{module}.weight"] = torch.cat([shift, scale])
+    cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
+                          teacher__loras=[{"path": str(tmp_path / "mmdit.safetensors"), "weight": 1.0}])
+    merged = load_teacher(resolve(cfg)).network.state_dict()
+    for key in weights:
+        assert torch.allclose(merged[key], weights[key] + expected.get(key, 0), atol=1e-5), key
+
+
 def test_a_file_matching_no_layer_or_only_some_is_refused(tiny_pipelines, tmp_path):
     path, _ = user_lora(tmp_path / "user.safetensors", "sd3", "diffusers")
     partial = dict(load_file(str(path)))
     partial["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(2, 32)
     save_file(partial, str(tmp_path / "partial.safetensors"))
     sdxl, _ = user_lora(tmp_path / "sdxl.safetensors", "sdxl", "kohya")
-    ldm = tmp_path / "ldm.safetensors"  # SD3 by MMDiT names (fused qkv): not mapped
-    save_file({"diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight": torch.zeros(2, 8)}, str(ldm))
     for file, message in ((tmp_path / "partial.safetensors", "only 3 layers matched; 1 of its 7 tensors"),
-                          (sdxl, "no key matched a layer; 9 of its 9 tensors"), (ldm, "original \\(LDM / MMDiT\\)")):
+                          (sdxl, "no key matched a layer; 9 of its 9 tensors")):
         cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
                               teacher__loras=[{"path": str(file), "weight": 1.0}])
         with pytest.raises(ConfigError, match=message) as err:

@@ -33,7 +33,9 @@ class KeyFormat:
 
 KEY_FORMATS: dict[str, tuple[KeyFormat, ...]] = {
     "sd3": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
-            KeyFormat("kohya / OneTrainer", "lora_transformer_", True), KeyFormat("ComfyUI", "diffusion_model.", False)),
+            KeyFormat("kohya / OneTrainer", "lora_transformer_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
+            KeyFormat("kohya, original names", "lora_unet_", True, original=True),
+            KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
     "sdxl": (KeyFormat("diffusers", "unet.", False), KeyFormat("PEFT", "base_model.model.", False),
              KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
              KeyFormat("kohya, original names", "lora_unet_", True, original=True),
@@ -77,6 +79,60 @@ def original_unet_names(net: nn.Module) -> dict[str, str]:
     return names
 
 
+@dataclass(frozen=True)
+class Part:
+    """Where rows of an original layer's weight go: ``module``'s rows (all, or ``size`` from ``start`` of a fused
+    q/k/v weight); ``swap``: the original stores (scale, shift) where diffusers stores (shift, scale)."""
+    module: str
+    start: int = 0
+    size: int | None = None
+    swap: bool = False
+
+
+_MMDIT_BASIC = {"context_embedder": "context_embedder", "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+                "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2", "x_embedder.proj": "pos_embed.proj",
+                "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+                "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2", "final_layer.linear": "proj_out"}
+_MMDIT_BLOCK = {"context_block.adaLN_modulation.1": "norm1_context.linear", "context_block.attn.proj": "attn.to_add_out",
+                "context_block.mlp.fc1": "ff_context.net.0.proj", "context_block.mlp.fc2": "ff_context.net.2",
+                "x_block.adaLN_modulation.1": "norm1.linear", "x_block.attn.proj": "attn.to_out.0",
+                "x_block.attn2.proj": "attn2.to_out.0", "x_block.mlp.fc1": "ff.net.0.proj", "x_block.mlp.fc2": "ff.net.2"}
+_MMDIT_QKV = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+              "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+              "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}
+
+
+def original_mmdit_names(net: nn.Module) -> dict[str, list[Part]]:
+    """SD3 MMDiT original layer name -> the diffusers layers it holds (the numbering of ComfyUI's mmdit_to_diffusers):
+    q, k and v fused in one weight, adaLN rows of the final layers in (scale, shift) order."""
+    modules = dict(net.named_modules())
+    table = {orig: [Part(module)] for orig, module in _MMDIT_BASIC.items()}
+    table["final_layer.adaLN_modulation.1"] = [Part("norm_out.linear", swap=True)]
+    for i in range(len(getattr(net, "transformer_blocks", []))):
+        block, joint = f"transformer_blocks.{i}", f"joint_blocks.{i}"
+        for orig, module in _MMDIT_BLOCK.items():
+            if f"{block}.{module}" in modules:  # the last block's context half is pre-only: fewer layers
+                swap = module == "norm1_context.linear" and getattr(modules[block], "context_pre_only", False)
+                table[f"{joint}.{orig}"] = [Part(f"{block}.{module}", swap=swap)]
+        for orig, (q, k, v) in _MMDIT_QKV.items():
+            if f"{block}.{q}" in modules:
+                h = modules[f"{block}.{q}"].out_features
+                table[f"{joint}.{orig}"] = [Part(f"{block}.{m}", j * h, h) for j, m in enumerate((q, k, v))]
+    return {orig: parts for orig, parts in table.items() if all(p.module in modules for p in parts)}
+
+
+def original_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
+    """Original (LDM / SGM / MMDiT) layer name -> the diffusers layers it holds, for the families that have one."""
+    if family == "sd3":
+        return original_mmdit_names(net)
+    blocks = original_unet_names(net)
+    out = {}
+    for name, m in net.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and (spelt := original_name(name, blocks)) is not None:
+            out[spelt] = [Part(name)]
+    return out
+
+
 def original_name(module: str, names: dict[str, str]) -> str | None:
     """A diffusers module's original name (None where the table has no block for it)."""
     parts = module.split(".")
@@ -88,9 +144,6 @@ def original_name(module: str, names: dict[str, str]) -> str | None:
                 tail = _RESNET.get(tail[0], tail[0]).split(".") + tail[1:]
             return ".".join([names[head], *tail])
     return None
-
-
-LDM_BLOCKS = ("input_blocks", "middle_block", "output_blocks", "joint_blocks")  # layer names of original checkpoints
 
 
 def expected_prefixes(family: str) -> str:
@@ -110,20 +163,15 @@ def lora_records(loras: list[dict]) -> list[dict]:
     return [{"name": Path(x["path"]).name, "sha256": file_sha256(x["path"]), "weight": x["weight"]} for x in loras]
 
 
-def _layer_names(net: nn.Module, family: str) -> dict[str, str]:
-    """Every way a key format may name a mergeable layer -> the layer's module name."""
-    names, original = {}, None
-    for name, m in net.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in name:
-            for fmt in KEY_FORMATS[family]:
-                if fmt.original:
-                    original = original_unet_names(net) if original is None else original
-                    spelt = original_name(name, original)
-                    if spelt is None:
-                        continue
-                else:
-                    spelt = name
-                names[fmt.prefix + (spelt.replace(".", "_") if fmt.underscores else spelt)] = name
+def _layer_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
+    """Every way a key format may name a mergeable layer -> the diffusers layers (rows) it holds."""
+    own = {name: [Part(name)] for name, m in net.named_modules()
+           if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in name}
+    original = original_names(net, family) if any(f.original for f in KEY_FORMATS[family]) else {}
+    names = {}
+    for fmt in KEY_FORMATS[family]:
+        for spelt, parts in (original if fmt.original else own).items():
+            names[fmt.prefix + (spelt.replace(".", "_") if fmt.underscores else spelt)] = parts
     return names
 
 
@@ -147,19 +195,19 @@ def read_deltas(path: str, family: str, net: nn.Module, field: str) -> dict[str,
                 break
             down, up = tensors[key].float(), tensors[up_key].float()
             scale = float(tensors[alpha_key]) / down.shape[0] if alpha_key in tensors else 1.0
-            weight = net.get_submodule(names[stem]).weight
-            delta = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape[0], *down.shape[1:]) * scale
-            if delta.shape != weight.shape:
-                raise ConfigError(f"{field} {shown(path)}: layer {names[stem]} has shape {tuple(weight.shape)} but the "
-                                  f"file's factors make {tuple(delta.shape)}; is it a LoRA of this {family} model?")
-            deltas[names[stem]] = delta
+            fused = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * scale
+            for part in names[stem]:
+                weight = net.get_submodule(part.module).weight
+                delta = fused[part.start: part.start + (part.size or fused.shape[0])]
+                if part.swap:  # (scale, shift) -> (shift, scale)
+                    delta = torch.cat(delta.chunk(2)[::-1])
+                if delta.shape != weight.shape:
+                    raise ConfigError(f"{field} {shown(path)}: layer {part.module} has shape {tuple(weight.shape)} but "
+                                      f"the file's factors make {tuple(delta.shape)}; is it a LoRA of this {family} model?")
+                deltas[part.module] = delta
             used |= {key, up_key, alpha_key}
             break
     rest = sorted(k for k in tensors if k not in used)
-    if rest and any(part in rest[0] for part in LDM_BLOCKS) and not any(f.original for f in KEY_FORMATS[family]):
-        raise ConfigError(f"{field} {shown(path)} names its layers by the original (LDM / MMDiT) block names "
-                          f"(e.g. {rest[0]!r}), which teacher.loras does not map for {family} yet; give a LoRA with "
-                          f"diffusers layer names, keys starting with {expected_prefixes(family)}")
     if rest:
         matched = f"only {len(deltas)} layers matched" if deltas else "no key matched a layer"
         prefix = re.match(r"[a-z_]+[._]?", rest[0])

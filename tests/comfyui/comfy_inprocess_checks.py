@@ -339,6 +339,29 @@ def test_original_sdxl_layer_names_are_comfyuis(pack):
     assert {name: original_name(name, ours) for name in compared} == {name: theirs[name] for name in compared}
 
 
+def test_original_sd3_layer_names_are_comfyuis(pack):
+    """SD3 LoRAs by MMDiT names (kohya sd-scripts, ComfyUI): distill_core's table (fused q/k/v rows, swapped adaLN
+    halves) equals comfy.utils.mmdit_to_diffusers on SD3.5-Medium's transformer."""
+    import comfy.utils
+
+    from distill_core.plan import SD35_MEDIUM, Architecture, build_meta_network
+    from distill_core.training.merge import original_mmdit_names
+
+    net = build_meta_network(Architecture("sd3", SD35_MEDIUM["network_class"], SD35_MEDIUM["network"], {}, {}))
+    theirs = {}
+    for key, value in comfy.utils.mmdit_to_diffusers({"depth": 24}).items():
+        if key.endswith(".weight") and key.removesuffix(".weight") in dict(net.named_modules()):
+            origin, rows, fn = ((value,) if isinstance(value, str) else tuple(value)) + (None,) * (
+                3 - (1 if isinstance(value, str) else len(value)))
+            theirs[key.removesuffix(".weight")] = (origin.removesuffix(".weight"), rows and rows[1:], fn is not None)
+    ours = {p.module: (orig, p.size and (p.start, p.size), p.swap)
+            for orig, parts in original_mmdit_names(net).items() for p in parts}
+    linear = {n for n, m in net.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert set(ours) == set(theirs) & linear == linear
+    assert ours == {k: theirs[k] for k in ours}
+    assert sum(swap for *_, swap in ours.values()) == 2 and sum(bool(rows) for _, rows, _ in ours.values()) == 24 * 6 + 13 * 3
+
+
 def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
     """SDXL (epsilon): the student's timesteps -> sigmas -> ComfyUI timesteps, and euler == distill_core DDIM."""
     compute = pack_module("nodes.compute")
