@@ -1,7 +1,9 @@
 """``teacher.loras``: LoRA files merged into the frozen teacher at load, W += weight * (alpha / rank) * up @ down.
 
 Family-generic: a file's keys are matched to the layers of any ``nn.Module`` by name, through the per-family
-key formats of ``KEY_FORMATS`` (the prefixes LoRA trainers write); a new family adds its row. A file is
+key formats of ``KEY_FORMATS`` (the prefixes LoRA trainers write); a new family adds its row, and where its
+trainers use the original checkpoint's layer names, a table in ``original_names`` (SDXL's UNet blocks, SD3's
+MMDiT with fused q/k/v; both read off the network and checked against ComfyUI's own tables). A file is
 merged whole or not at all: keys that match no layer (a text-encoder part, another family's names, a format
 this table lacks) refuse the file, naming how many matched and the prefix expected, so a LoRA is never
 silently half applied. Merging is done in float32 and cast back to the layer's dtype.
