@@ -226,6 +226,9 @@ def read_deltas(path: str, family: str, net: nn.Module, field: str) -> dict[str,
 @torch.no_grad()
 def merge_loras(net: nn.Module, loras: list[dict], family: str) -> nn.Module:
     """Merge ``loras`` ([{path, weight}], in order) into ``net``'s weights in place; returns ``net``."""
+    if loras and family not in KEY_FORMATS:
+        raise ConfigError(f"teacher.loras is not available for {family} teachers yet (no key formats for it in "
+                          "distill_core/training/merge.py KEY_FORMATS); remove it")
     for i, lora in enumerate(loras):
         field = f"teacher.loras[{i}].path"
         for module, delta in read_deltas(lora["path"], family, net, field).items():
