@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, field_value, load_run_config, resolve
-from ..errors import ConfigError, RunRefused, TrainingDiverged
+from ..config import Config, config_differences, extreme_values, field_value, load_run_config, resolve
+from ..errors import CheckpointError, ConfigError, DiskFull, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from ..runfolder import RunFolder
@@ -67,6 +67,7 @@ class Trainer:
         self.run = RunFolder(Path(self.cfg.run.output_dir))
         self.progress = progress and self.is_main
         self._stop = threading.Event()
+        self.stop_signal: int | None = None  # the signal that asked for the stop (the CLI exits 128 + it)
         self.reference: Reference | None = None  # the teacher's measurement for the finish, if a caller took it
 
         c = self.cfg
@@ -229,6 +230,10 @@ class Trainer:
         """What went wrong, the checkpoint a resume continues from (only finite ones are written), the fix."""
         last = ckpt.latest(self.run.checkpoints)
         where = (f"{last.name} is the newest checkpoint and is kept" if last else "no checkpoint was written yet")
+        extreme = [v for v in extreme_values(self.cfg) if not v.startswith("optim.")]
+        if extreme:  # a value far from its default is the likelier cause; changing it makes another run
+            return (f"{what}; {where}. This config has extreme values: {', '.join(extreme)}; bring them nearer "
+                    "the default in a new run (run.branch_from = a checkpoint of this one keeps its progress)")
         return (f"{what}; {where}. Lower optim.student_lr / optim.fake_lr in the config (or use "
                 "run.mixed_precision = 'no') and run the same command again: it "
                 + ("resumes from that checkpoint with the new rates." if last else "starts over."))
@@ -250,9 +255,15 @@ class Trainer:
         if self._agree(bool(broken)):
             raise TrainingDiverged(self._diverged(f"the {' and '.join(broken) or 'replicated'} weights became "
                                                   f"non-finite by step {self.step}"))
-        for name, (tensors, meta) in files.items():
-            ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
-        ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
+        try:
+            for name, (tensors, meta) in files.items():
+                ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
+            ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
+        except DiskFull as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = ckpt.list_complete(self.run.checkpoints)
+            kept = f"the previous checkpoint {last[-1].name} is intact" if last else "no checkpoint was written yet"
+            raise DiskFull(f"{e}; {kept}: free some space and run the same command again to resume") from None
         acc.wait_for_everyone()
         if self.is_main:
             state = {"step": self.step, "world_size": acc.num_processes, "config": self.cfg.to_dict(),
@@ -322,7 +333,11 @@ class Trainer:
         if self.is_main:
             staging = self.run.checkpoints / f".{source.name}.branch"
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
+            try:
+                ckpt.copy_listed(source, staging)
+            except CheckpointError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise ConfigError(f"run.branch_from {str(source)!r}: {e}; give a checkpoint the trainer wrote") from None
             os.replace(staging, target)
             print(f"branching from {source} (step {ckpt.read_state(source)['step']})", file=sys.stderr)
         self.acc.wait_for_everyone()
@@ -340,6 +355,7 @@ class Trainer:
         def handler(signum, frame):
             if self._stop.is_set():  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
+            self.stop_signal = signum
             self._stop.set()
             if self.is_main:
                 print("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort",
@@ -402,6 +418,8 @@ class Trainer:
                 every = c.run.checkpoint_every
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
                     self.save_checkpoint(recorder)
+        if state == "finished" and not finish_after:  # trained, but no student, metrics or report yet
+            state = "stopped"
         self._close(recorder, "finishing" if finish_after and state == "finished" else state)
         return state
 
