@@ -9,6 +9,8 @@
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
   dpdmd export RUN_DIR            write the student of a run's newest (or a chosen) checkpoint
                                   (--format file | comfy | diffusers | lora)
+  dpdmd extract-lora --base B --tuned T --rank R --out F
+                                  an existing fine-tune (a turbo) as a LoRA a run starts from (student.init_lora)
   dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 16 / 24 / 48 / 80 GB
   dpdmd report RUN_DIR            (re)build a run's report.html
   dpdmd ui [--runs-dir DIR]       the Gradio trainer UI (wizard, monitor, compare); `dpdmd ui --help`
@@ -184,6 +186,17 @@ def _cmd_export(args) -> None:
         print(f"diffusers: see {path / 'README.md'}")
 
 
+def _cmd_extract_lora(args) -> None:
+    from .export.extract import extract_lora
+    from .export.exporters import DTYPES as TORCH_DTYPES
+
+    result = extract_lora(args.base, args.tuned, args.rank, args.out, family=args.family,
+                          dtype=TORCH_DTYPES[args.dtype])
+    print(f"wrote {args.out} (rank {args.rank}, {len(result.factors)} layers)")
+    print("relative Frobenius error ||D - BA|| / ||D|| of the delta D = tuned - base:")
+    print("\n".join(result.lines()))
+
+
 def _cmd_plan(args) -> None:
     from .config import load_config
     from .plan import plan
@@ -252,6 +265,19 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     x.add_argument("--dtype", choices=DTYPES, help="weights dtype (default per format)")
     x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
+
+    xl = sub.add_parser("extract-lora", help="the change of a fine-tune (a turbo) from its base as a LoRA of the "
+                        "layers the student trains (truncated SVD), with the error it leaves")
+    xl.add_argument("--base", required=True, help="the base: a diffusers folder, its transformer/ or unet/ folder, "
+                    "or a .safetensors file")
+    xl.add_argument("--tuned", required=True, help="the fine-tune of that base (same forms; e.g. a student file)")
+    xl.add_argument("--rank", type=int, required=True, help="the LoRA rank (the student's lora_rank must be at least "
+                    "this to start from it)")
+    xl.add_argument("--out", required=True, help="the LoRA .safetensors to write")
+    xl.add_argument("--family", choices=choices(TeacherSection, "family"),
+                    help="default: read from the folder's model_index.json or the file's metadata")
+    xl.add_argument("--dtype", choices=DTYPES, default="float32", help="the factors' dtype (default float32)")
+    xl.set_defaults(func=_cmd_extract_lora)
 
     pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
     pl.add_argument("config", nargs="?", help="a run config with a diffusers teacher (its folder's configs are read)")

@@ -63,6 +63,7 @@ class _Reads:
 
 READS = _Reads()
 ReadPath = typing.Annotated[str, READS]  # a str to TOML and the checks; the mark is for read_path_fields()
+ReadPathTables = typing.Annotated[list[dict], READS]  # a list of tables, each naming a file by its ``path`` key
 
 
 @dataclass
@@ -94,6 +95,13 @@ class TeacherSection:
     # cfg_truncation (1: everywhere), and the CFG output's norm capped at cfg_normalization x the cond one's (0: off)
     cfg_truncation: float = 1.0
     cfg_normalization: float = 0.0
+    # the frozen base's linear weights (teacher, LoRA bases, text encoders): as teacher.dtype | fp8 (float8_e4m3fn,
+    # a scale per output channel, upcast layer by layer to teacher.dtype / the autocast dtype). Exports always merge
+    # into the full-precision base
+    quantize: Literal["none", "fp8"] = "none"
+    # LoRAs merged into the teacher at load, in order: [{ path = "style.safetensors", weight = 0.8 }] (kohya,
+    # diffusers / PEFT keys); the student trains on (and its LoRA applies on top of) the merged base
+    loras: ReadPathTables = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +117,14 @@ class StudentSection:
     lora_mode: Literal["auto", "shared", "copies"] = "auto"
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
     init_lora: ReadPath = ""  # a LoRA file the student adapter starts from (as `dpdmd export --format lora` writes)
+
+
+@dataclass
+class FakeSection:
+    """The fake score (the student's distribution's score network)."""
+    # a LoRA file its adapter starts from (needs student.lora_rank; e.g. the `dpdmd extract-lora` delta the student
+    # starts from, so the fake score starts at the student's distribution instead of the teacher's)
+    init_lora: ReadPath = ""
 
 
 @dataclass
@@ -163,6 +179,7 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
+    fake: FakeSection = field(default_factory=FakeSection)
     method: MethodSection = field(default_factory=MethodSection)
     optim: OptimSection = field(default_factory=OptimSection)
     data: DataSection = field(default_factory=DataSection)
@@ -185,14 +202,38 @@ class Config:
         return dumps_toml(self.to_dict())
 
 
-def read_path_fields() -> tuple[str, ...]:
-    """Every "section.field" that names a file or folder a run reads, from the annotations (``ReadPath``): what
-    a UI checks against its allowed roots, so a new path field is checked the day it is added."""
-    out = []
+def _read_path_hints() -> dict[str, Any]:
+    """"section.field" -> annotation of every field marked as naming files a run reads."""
+    out = {}
     for section in dataclasses.fields(Config):
         hints = typing.get_type_hints(type(getattr(Config(), section.name)), include_extras=True)
-        out += [f"{section.name}.{name}" for name, hint in hints.items() if READS in typing.get_args(hint)]
-    return tuple(out)
+        out.update({f"{section.name}.{name}": hint for name, hint in hints.items() if READS in typing.get_args(hint)})
+    return out
+
+
+def read_path_fields() -> tuple[str, ...]:
+    """Every "section.field" that names a file or folder a run reads, from the annotations (``ReadPath``, and
+    ``ReadPathTables`` for a list of tables with a ``path`` each): what a UI checks against its allowed roots
+    (through read_path_places), so a new path field is checked the day it is added."""
+    return tuple(_read_path_hints())
+
+
+def read_path_places(data: dict) -> list[tuple[str, dict, str]]:
+    """Where config tables (as TOML reads them, before any check) name a file or folder a run reads: (the name
+    errors show, the table holding the value, its key), for each ``ReadPath`` field and each entry's ``path`` of a
+    ``ReadPathTables`` field (``teacher.loras[0].path``). Values of the wrong type are left to the type check."""
+    places = []
+    for key, hint in _read_path_hints().items():
+        section, name = key.split(".")
+        table = data.get(section)
+        value = table.get(name) if isinstance(table, dict) else None
+        if hint == ReadPathTables:
+            entries = value if isinstance(value, list) else []
+            places += [(f"{key}[{i}].path", entry, "path") for i, entry in enumerate(entries)
+                       if isinstance(entry, dict) and "path" in entry]
+        elif value is not None:
+            places.append((key, table, name))
+    return places
 
 
 def field_value(cfg: Config, key: str) -> Any:
@@ -211,6 +252,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table (teacher.loras entries)
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -257,6 +300,13 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return _check_type(name, value, inner)
     if typing.get_origin(annotation) is Literal:  # a string here; which one is checked by resolve()
         return _check_type(name, value, str)
+    if annotation == list[dict]:
+        return [_lora_entry(f"{name}[{i}]", x) for i, x in enumerate(_check_type(name, value, list))]
+    if annotation is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, e.g. {name.split('.')[-1]} = [{{ path = \"a.safetensors\", "
+                              "weight = 1.0 }]")
+        return list(value)
     if typing.get_origin(annotation) is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise ConfigError(f"{name} must be a list of strings, e.g. {name.split('.')[-1]} = [\"a\", \"b\"]")
@@ -280,6 +330,15 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{name} must be a string, not {shown(value)}")
         return value
     raise TypeError(annotation)
+
+
+def _lora_entry(name: str, value: Any) -> dict:
+    """One teacher.loras entry: { path = "...", weight = 1.0 } (weight optional)."""
+    if not isinstance(value, dict) or "path" not in value or set(value) - {"path", "weight"}:
+        raise ConfigError(f"{name} must be a table {{ path = \"file.safetensors\", weight = 1.0 }} (weight "
+                          f"optional), not {shown(value)}")
+    return {"path": _check_type(f"{name}.path", value["path"], str),
+            "weight": _check_type(f"{name}.weight", value.get("weight", 1.0), float)}
 
 
 def _unknown(name: str, known: list[str]) -> ConfigError:
@@ -452,6 +511,7 @@ def resolve(cfg: Config) -> Config:
     _check_simple_fields(cfg)
     _check_method(cfg.method, cfg.teacher)
     _check_student(cfg.student, cfg.teacher)
+    _check_init_lora("fake.init_lora", cfg.fake.init_lora, cfg.student)
     _check_optim(cfg.optim)
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
@@ -572,6 +632,15 @@ def _check_teacher(t: TeacherSection) -> None:
                           "must be >= 0 (defaults 1.0 / 0.0: off)")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
+    for i, lora in enumerate(t.loras):
+        problem = path_problem(Path(lora["path"]).expanduser())
+        if problem:
+            raise ConfigError(f"teacher.loras[{i}].path {shown(lora['path'])} {problem}; give a LoRA .safetensors file")
+    if t.loras and t.family == "builtin":
+        raise ConfigError("teacher.loras merges LoRAs into an sd3 / sdxl teacher; remove it for the built-in one")
+    if t.quantize != "none" and t.family == "builtin":
+        raise ConfigError(f"teacher.quantize = {t.quantize!r} shrinks a large teacher's frozen weights; the built-in "
+                          "teacher is a few MB, remove the field")
 
 
 
@@ -601,12 +670,16 @@ def _check_student(s: StudentSection, t: TeacherSection) -> None:
                           "teachers only; remove it for an sdxl teacher")
     if not 0.0 <= s.ema_decay < 1.0:
         raise ConfigError(f"student.ema_decay = {s.ema_decay} must lie in [0, 1) (0 = no EMA; e.g. 0.99)")
-    if s.init_lora and not s.lora_rank:
-        raise ConfigError("student.init_lora starts the student's LoRA adapter from a file, so it needs "
-                          "student.lora_rank > 0 (at least the file's rank)")
-    problem = path_problem(Path(s.init_lora).expanduser()) if s.init_lora else None
+    _check_init_lora("student.init_lora", s.init_lora, s)
+
+
+def _check_init_lora(name: str, path: str, s: StudentSection) -> None:
+    if path and not s.lora_rank:
+        raise ConfigError(f"{name} starts a LoRA adapter from a file, so it needs student.lora_rank > 0 (at least "
+                          "the file's rank)")
+    problem = path_problem(Path(path).expanduser()) if path else None
     if problem:
-        raise ConfigError(f"student.init_lora {s.init_lora!r} {problem}; give a LoRA .safetensors file")
+        raise ConfigError(f"{name} {shown(path)} {problem}; give a LoRA .safetensors file")
 
 
 def _check_optim(o: OptimSection) -> None:

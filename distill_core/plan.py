@@ -14,7 +14,9 @@ arithmetic on the training loop:
   (the two updates alternate); LoRA keeps a frozen base in the base dtype and
   trains only the adapters; a shared base (student.lora_mode) is the teacher's
   own weights, so the two frozen copies disappear; FSDP divides these across GPUs;
-- the frozen teacher in teacher.dtype; the VAE (float32) for previews;
+- the frozen teacher in teacher.dtype; the VAE (float32) for previews; with teacher.quantize = "fp8" the
+  linear weights of every frozen base and of the text encoders take one byte (+ a float32 scale per output
+  channel) and the rest stays in its dtype (the upcast happens one layer at a time: a transient, not counted);
 - activations: the student update keeps N graphs alive (the first step for the
   diversity loss and N-1 steps after the detach), one-step backprop keeps 2;
   the fake-score update keeps 1;
@@ -198,15 +200,26 @@ def _numel(module: nn.Module, buffers: bool = True) -> int:
     return n + (sum(b.numel() for b in module.buffers()) if buffers else 0)
 
 
-def text_encoder_params(arch: Architecture) -> int:
+def linear_params(module: nn.Module) -> tuple[int, int]:
+    """(weights, output channels) of the linear layers ``teacher.quantize = "fp8"`` stores in one byte each, with a
+    float32 scale per output channel."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears)
+
+
+def text_encoder_params(arch: Architecture) -> tuple[int, int, int]:
+    """(all parameters and buffers, linear weights, linear output channels) of the text encoders."""
     import transformers
 
-    total = 0
+    total = linear = channels = 0
     for cls_name, config in arch.text_encoders.values():
         cls = getattr(transformers, cls_name)
         with torch.device("meta"):
-            total += _numel(cls(cls.config_class(**_clean(config))))
-    return total
+            model = cls(cls.config_class(**_clean(config)))
+        total += _numel(model)
+        weights, outs = linear_params(model)
+        linear, channels = linear + weights, channels + outs
+    return total, linear, channels
 
 
 def vae_params(arch: Architecture) -> int:
@@ -306,7 +319,7 @@ OPTION_FIELDS = {"teacher.resolution": "resolution", "data.batch_size": "batch_s
                  "student.num_steps": "student_steps", "method.backprop": "backprop",
                  "student.lora_rank": "lora_rank", "student.gradient_checkpointing": "gradient_checkpointing",
                  "run.mixed_precision": "mixed_precision", "teacher.dtype": "teacher_dtype",
-                 "student.lora_mode": "lora_mode"}
+                 "student.lora_mode": "lora_mode", "teacher.quantize": "quantize"}
 
 
 @dataclass
@@ -321,6 +334,7 @@ class Options:
     mixed_precision: str = "bf16"  # bf16 | no
     teacher_dtype: str = "bfloat16"
     lora_mode: str = "auto"  # auto | shared | copies (auto: shared, as for sd3 / sdxl runs on one GPU or DDP)
+    quantize: str = "none"  # none | fp8 (the frozen bases' and text encoders' linear weights)
     fsdp: int = 1  # FSDP shards the networks' states over this many GPUs (1 = one GPU, or DDP)
 
     @classmethod
@@ -371,7 +385,8 @@ class Planner:
         self.net = build_meta_network(arch)
         self.net_params = _numel(self.net, buffers=False)
         self.net_buffers = sum(b.numel() for b in self.net.buffers())
-        self.text_params = text_encoder_params(arch)
+        self.linear_params, self.linear_channels = linear_params(self.net)
+        self.text_params, self.text_linear, self.text_channels = text_encoder_params(arch)
         self.vae_params = vae_params(arch)
         self._activations: dict[tuple, int] = {}
 
@@ -381,21 +396,29 @@ class Planner:
             self._activations[key] = activation_bytes(self.arch, resolution, dtype, checkpointing, self.net)
         return self._activations[key]
 
+    def frozen_bytes(self, o: Options, dtype_bytes: int, params: int, linear: int, channels: int) -> float:
+        """Bytes of frozen weights in ``dtype_bytes`` each, their linear weights one byte (+ a float32 scale per
+        output channel) under fp8."""
+        if o.quantize != "fp8":
+            return params * dtype_bytes
+        return (params - linear) * dtype_bytes + linear + channels * 4
+
     def estimate(self, o: Options) -> Estimate:
         p, buffers = self.net_params, self.net_buffers
         teacher_bytes = BYTES[o.teacher_dtype]
+        net_linear = (self.linear_params, self.linear_channels)
         shard = max(1, o.fsdp)
         if o.lora_rank:
             base = BYTES["bfloat16" if (o.teacher_dtype == "bfloat16" and o.mixed_precision == "bf16") else "float32"]
             trainable = lora_params(self.net, self.arch.family, o.lora_rank)
-            frozen = 0.0 if o.shared else (p * base + buffers * 4) / shard  # shared: the teacher's weights
+            frozen = 0.0 if o.shared else (self.frozen_bytes(o, base, p, *net_linear) + buffers * 4) / shard
         else:
             trainable, frozen = p, buffers * 4 / shard
         act_dtype = torch.bfloat16 if o.mixed_precision == "bf16" else torch.float32
         graphs = 2 if o.backprop == "one_step" else o.student_steps
         per_sample = self.activations(o.resolution, act_dtype, o.gradient_checkpointing)
         parts = {
-            "teacher weights": (p + buffers) * teacher_bytes,
+            "teacher weights": self.frozen_bytes(o, teacher_bytes, p + buffers, *net_linear),
             "student + fake weights": 2 * (trainable * 4 / shard + (0.0 if o.lora_rank else frozen)),
             "frozen LoRA copies": 2 * frozen if o.lora_rank else 0.0,
             "AdamW states (both)": 2 * trainable * 8 / shard,
@@ -410,7 +433,10 @@ class Planner:
         notes = {"activations": f"{graphs} graphs x batch {o.batch_size} x {per_sample / GB:.2f} GB"}
         if o.shared:
             notes["teacher weights"] = "the shared base: teacher, student and fake score"
-        return Estimate(parts, self.text_params * teacher_bytes, notes)
+        if o.quantize == "fp8":
+            notes["teacher weights"] = notes.get("teacher weights", "the frozen base") + "; linear weights in fp8"
+        encode = self.frozen_bytes(o, teacher_bytes, self.text_params, self.text_linear, self.text_channels)
+        return Estimate(parts, encode, notes)
 
 
 def summary(o: Options, e: Estimate) -> dict[str, float]:
@@ -461,11 +487,12 @@ class Report:
                      "(text encoders alone, before the denoiser arrives)")
         lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
+        width = max(map(len, presets.PRESETS)) + 1
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",
-                  f"  {'preset':<30}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
+                  f"  {'preset':<{width}}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
         for name in presets.PRESETS:
             e = self.estimate(name)
-            lines.append(f"  {name:<30}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
+            lines.append(f"  {name:<{width}}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
                                                                      for b in BUDGETS))
         lines.append("")
         for budget in BUDGETS:

@@ -57,14 +57,21 @@ def test_typed_paths_outside_the_roots_are_refused(tmp_path):
 
 def test_every_path_field_of_the_config_is_checked_against_the_roots(settings):
     """The wizard checks the config's ReadPath fields (one list, from the annotations): each, set outside the
-    roots in the advanced box, is refused naming the field."""
-    from distill_core.config import read_path_fields
+    roots in the advanced box, is refused naming the field; in a list of tables (teacher.loras), every entry's
+    path, not only the first."""
+    from distill_core.config import field_value, read_path_fields
 
-    assert {"teacher.path", "run.branch_from", "student.init_lora", "data.prompts_file"} <= set(read_path_fields())
+    assert {"teacher.path", "run.branch_from", "student.init_lora", "data.prompts_file", "fake.init_lora",
+            "teacher.loras"} <= set(read_path_fields())
+    inside = settings.roots.extra[0] / "style.safetensors"
     for key in read_path_fields():
         section, name = key.split(".")
-        with pytest.raises(PathRefused, match=f"{key} '/etc' .* is outside the folders"):
-            build_config(replace(tiny_form("w1"), extra_toml=f'[{section}]\n{name} = "/etc"'), settings.roots)
+        if isinstance(field_value(Config(), key), list):
+            value, shown = f'[{{ path = "{inside}" }}, {{ path = "/etc", weight = 0.5 }}]', f"{key}[1].path"
+        else:
+            value, shown = '"/etc"', key
+        with pytest.raises(PathRefused, match=re.escape(f"{shown} '/etc'") + " .* is outside the folders"):
+            build_config(replace(tiny_form("w1"), extra_toml=f"[{section}]\n{name} = {value}"), settings.roots)
 
 
 def test_run_names_are_plain_folder_names_in_the_runs_folder(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 from distill_core import presets
 from distill_core.config import METHODS as CORE_METHODS
 from distill_core.config import (Config, MethodSection, TeacherSection, choices, dumps_toml, field_value, from_dict,
-                                 parse_toml, read_path_fields, resolve)
+                                 parse_toml, read_path_places, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
 from distill_core.families import native_guidance
@@ -249,13 +249,13 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
 
 
 def _check_paths(data: dict, roots: Roots) -> dict:
-    """Resolve every field that names a file or folder to read (the config's ``ReadPath`` fields, from the form
-    or the advanced box) inside the allowed roots; "" and "builtin" name none."""
-    for key in read_path_fields():
-        section, name = key.split(".")
-        value = data[section].get(name) if isinstance(data.get(section), dict) else None
+    """Resolve every value that names a file or folder to read (the config's ``ReadPath`` fields and the
+    ``path`` of each ``ReadPathTables`` entry, from the form or the advanced box) inside the allowed roots; ""
+    and "builtin" name none."""
+    for name, table, key in read_path_places(data):
+        value = table[key]
         if isinstance(value, str) and value.strip() and value != "builtin":
-            data[section][name] = str(roots.inside(value, key))
+            table[key] = str(roots.inside(value, name))
     return data
 
 

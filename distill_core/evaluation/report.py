@@ -160,6 +160,10 @@ def write_report(run_dir: str | Path) -> Path:
     teacher = _teacher_line(config_text)
     if teacher:
         parts.append(f"<p>{html.escape(teacher)}</p>")
+    if info.get("teacher_loras"):  # merged into the teacher: the student's base, to load before its LoRA
+        parts.append("<p>teacher LoRAs merged (in order): " + ", ".join(
+            f"<b>{html.escape(x['name'])}</b> x {x['weight']:g} (sha256 {x['sha256'][:12]}...)"
+            for x in info["teacher_loras"]) + "</p>")
     if metrics:
         parts += ["<h2>Teacher vs student (same prompts, same seeds)</h2>", _metrics_table(metrics)]
     teacher_grid = run.file(run.samples / "teacher.png")

@@ -37,6 +37,8 @@ from ..teachers.base import Teacher
 from ..training import checkpoint as ckpt
 from ..training.adapters import (adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict,
                                  merged_tensors)
+from ..training.fp8 import full_precision_base
+from ..training.merge import lora_records
 from .formats import DTYPES as DTYPE_NAMES
 from .formats import FORMATS
 from .student_file import CHECKSUM, StudentInfo, check_complete, read_metadata, read_student_info
@@ -52,7 +54,9 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         teacher_timestep_spacing=cfg.teacher.timestep_spacing, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
-        extra={"resolution": cfg.teacher.resolution},  # the image size it was trained at
+        # the image size it was trained at; the LoRAs merged into its teacher (its base: load them first, in order)
+        extra={"resolution": cfg.teacher.resolution,
+               **({"teacher_loras": lora_records(cfg.teacher.loras)} if cfg.teacher.loras else {})},
     )
 
 
@@ -129,13 +133,11 @@ class RunStudent:
     @property
     def base(self) -> dict[str, torch.Tensor]:
         """The teacher's weights as the student started from them, in the base's dtype (LoRA runs: bf16 where the
-        run's base was). Taken from the loaded teacher where it holds them exactly (float32, or the base's own
-        dtype): a full-size export then keeps no float32 copy of the network."""
+        run's base was; never an fp8 base's rounded weights). Taken from the loaded teacher where it holds them exactly:
+        a full-size export then keeps no float32 copy of the network."""
         if self._base is None:
             dtype = base_dtype(self.cfg) if self.adapters is not None else torch.float32
-            teacher_dtype = next(self.teacher.network.parameters()).dtype
-            net = self.teacher.network if teacher_dtype in (dtype, torch.float32) else self.teacher.make_trainable_copy()
-            self._base = {k: v.detach().to(dtype) for k, v in net.state_dict().items()}
+            self._base = full_precision_base(self.teacher, dtype)
         return self._base
 
     def weights(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from ..errors import ConfigError, PromptError, shown
 from ..families import FAMILIES
 from ..integrity import require_safetensors
 from ..schedules import FlowSchedule, NoiseSchedule
+from ..training.merge import merge_loras
 from .base import Cond, PromptBank, Teacher, pad_cat
 from .prompt_store import EmbeddingStore, StoredPromptBank
 
@@ -72,8 +73,9 @@ class DiffusersTeacher(Teacher):
         self.resolution = int(cfg.teacher.resolution)
         self.max_sample_batch = int(cfg.data.batch_size)  # what fits in training fits in sampling (no grad)
         self.vae_config = read_json(self.path / "vae" / "config.json")
-        network = self._network_class().from_pretrained(
-            str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True)
+        network = merge_loras(self._network_class().from_pretrained(
+            str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True),
+            cfg.teacher.loras, self.family)
         self.scheduler_config = read_json(self.path / "scheduler" / "scheduler_config.json")
         super().__init__(network, self._schedule(self.scheduler_config))
         self._check_resolution()
@@ -131,15 +133,17 @@ class DiffusersTeacher(Teacher):
                               f"{self.family} teacher (VAE factor {self.vae_scale_factor}, patch {patch})")
 
     def _fingerprint(self) -> dict:
+        quantized = {"quantize": self.cfg.teacher.quantize} if self.cfg.teacher.quantize != "none" else {}
         return {"family": self.family, "path": str(self.path.resolve()), "dtype": str(self.dtype),
-                "max_sequence_length": self.max_sequence_length, "format": 1}
+                "max_sequence_length": self.max_sequence_length, "format": 1, **quantized}
 
     def make_trainable_copy(self) -> nn.Module:
-        """A float32 copy read from disk (not upcast from a bf16 teacher), on the CPU until prepared."""
+        """A float32 copy read from disk (not upcast from a bf16 teacher; teacher.loras merged), on the CPU until
+        prepared."""
         net = self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(torch.float32), use_safetensors=True,
             local_files_only=True)
-        return net.requires_grad_(True).eval()
+        return merge_loras(net, self.cfg.teacher.loras, self.family).requires_grad_(True).eval()
 
     # ---- prompts ---------------------------------------------------------------------------
     @property
@@ -154,6 +158,11 @@ class DiffusersTeacher(Teacher):
             cls = getattr(diffusers, self.pipeline_class)
             pipe = cls.from_pretrained(str(self.path), **{self.net_folder: None, "vae": None}, **dtype_kwarg(self.dtype),
                                        use_safetensors=True, local_files_only=True)
+            if self.cfg.teacher.quantize == "fp8":  # T5-XXL is most of SD3's start-up peak
+                from ..training.fp8 import quantize_linears
+                for name, module in pipe.components.items():
+                    if name.startswith("text_encoder") and module is not None:
+                        quantize_linears(module.requires_grad_(False))
             self._text_pipe = pipe.to(self.text_device)
         return self._text_pipe
 

@@ -41,4 +41,8 @@ def _build(cfg: Config) -> Teacher:
         return BuiltinTeacher(t.path, shift=t.shift, dtype=dtype, kind=t.builtin)
     from .diffusers_base import teacher_class
 
-    return teacher_class(t.family)(cfg, dtype)
+    teacher = teacher_class(t.family)(cfg, dtype)
+    if t.quantize == "fp8":  # on the CPU, a layer at a time, before the network moves to the accelerator
+        from ..training.fp8 import quantize_linears
+        quantize_linears(teacher.network)
+    return teacher

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, extreme_values, load_run_config, resolve
+from ..config import Config, config_differences, extreme_values, field_value, load_run_config, resolve
 from ..errors import CheckpointError, ConfigError, DiskFull, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
@@ -29,9 +29,10 @@ from ..runfolder import RunFolder
 from ..teachers import load_teacher_with_prompts
 from ..teachers.base import cond_to
 from . import checkpoint as ckpt
-from .adapters import merged_state_dict
+from .adapters import base_dtype, is_lora_state, merged_state_dict, trainable_state
 from .memory import batch_fits
 from .ema import StudentEMA
+from .fp8 import full_precision_base, is_quantized
 from .lora import AdapterView, average_gradients, trainable_parameters, training
 from .recorder import Recorder, RunRecorder
 from .sharding import is_sharded, shard
@@ -119,25 +120,26 @@ class Trainer:
         adapters on the teacher's own network (student.lora_mode 'shared')."""
         c = self.cfg
         if c.student.lora_rank:
-            from .adapters import base_dtype
             from .lora import FAKE, STUDENT, AdapterView, add_lora, lora_mode
 
-            dtype = base_dtype(c)
+            dtype, fp8 = base_dtype(c), c.teacher.quantize == "fp8"
             if lora_mode(c, self.sharded) == "shared":
                 base = self.teacher.network  # in the base dtype already (lora_mode checks it)
-                add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE))
+                add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE), fp8=fp8)
                 nets = [base]
                 views = AdapterView(base, STUDENT), AdapterView(base, FAKE)
             else:
                 nets = [add_lora(self.teacher.make_trainable_copy(), c.student.lora_rank, self.teacher.family, dtype,
-                                 c.run.seed) for _ in range(2)]
+                                 c.run.seed, fp8=fp8) for _ in range(2)]
                 views = nets[0], nets[1]
         else:
             nets = [self.teacher.make_trainable_copy() for _ in range(2)]
             views = nets[0], nets[1]
-        if c.student.init_lora:
-            from .lora import init_from_lora
-            init_from_lora(views[0], c.student.init_lora, self.teacher.family)
+        for view, field in zip(views, ("student.init_lora", "fake.init_lora")):
+            path = field_value(c, field)
+            if path:
+                from .lora import init_from_lora
+                init_from_lora(view, path, self.teacher.family, field)
         if c.student.gradient_checkpointing:
             for net in nets:
                 if hasattr(net, "enable_gradient_checkpointing"):
@@ -463,9 +465,10 @@ class Trainer:
 
     def student_state_dict(self) -> dict:
         """The student's weights in the teacher's layout (LoRA adapters merged)."""
-        if self.ema is not None:
-            return merged_state_dict(self.ema.model.state_dict())
-        return merged_state_dict(full_state(self.acc, self.student))
+        state = self.ema.model.state_dict() if self.ema is not None else full_state(self.acc, self.student)
+        if is_lora_state(state) and is_quantized(self.teacher.network):  # the fp8 base only trains: merge into
+            state = {**full_precision_base(self.teacher, base_dtype(self.cfg)), **trainable_state(state)}  # the full one
+        return merged_state_dict(state)
 
 
 def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
