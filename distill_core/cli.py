@@ -224,7 +224,7 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     s.add_argument("--prompt", action="append", required=True, help="repeat for several rows")
     s.add_argument("--seeds", type=int, default=6)
     s.add_argument("--first-seed", type=int, default=0)
-    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for sd3 / sdxl students)")
+    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for students of diffusers teachers)")
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=_cmd_sample)
 
@@ -248,7 +248,7 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     x.set_defaults(func=_cmd_export)
 
     pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
-    pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
+    pl.add_argument("config", nargs="?", help="a run config with a diffusers teacher (its folder's configs are read)")
     pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl", "z-image"],
                     help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
     pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
