@@ -243,7 +243,7 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     s.add_argument("--prompt", action="append", required=True, help="repeat for several rows")
     s.add_argument("--seeds", type=int, default=6)
     s.add_argument("--first-seed", type=int, default=0)
-    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for sd3 / sdxl students)")
+    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for students of diffusers teachers)")
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=_cmd_sample)
 

@@ -83,13 +83,13 @@ class RunSection:
 @dataclass
 class TeacherSection:
     family: FamilyName = "builtin"
-    path: ReadPath = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
+    path: ReadPath = ""  # sd3 / sdxl / zimage / flux2: a local diffusers folder; builtin: "" = the shipped weights
     builtin: BuiltinName = DEFAULT_KIND  # builtin family: shapes (generated, exactly known modes) | digits
     guidance_scale: float | None = None  # teacher ("real score") CFG
     num_steps: int | None = None  # the teacher's own multi-step schedule (anchor rollout, reference samples)
     shift: float | None = None  # flow-time shift; None = the teacher scheduler's
     dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights
-    resolution: int | None = None  # image size in pixels (sd3 / sdxl)
+    resolution: int | None = None  # image size in pixels (diffusers teachers)
     timestep_spacing: Literal["trailing", "leading"] = "trailing"  # sdxl teacher's levels: trailing (from pure noise) | leading (its folder's)
     # zimage (its pipeline's arguments of the same names): CFG only where its time 1 - level is at most
     # cfg_truncation (1: everywhere), and the CFG output's norm capped at cfg_normalization x the cond one's (0: off)
