@@ -107,6 +107,26 @@ def test_rollouts_are_euler_by_hand(backprop, pick):
     torch.testing.assert_close(ddim_sample(predict, sched, z, levels), xs[-1].float())
 
 
+def test_student_rollout_steps_on_the_students_own_levels():
+    """student.shift 1 under a shift-3 teacher: every step, the first included, lands on the student's levels."""
+    sched = FlowSchedule(shift=3.0)
+    levels = FlowSchedule(shift=1.0).sampling_levels(4)  # diffusers' sigmas: 1, 0.667, 0.334, 0.001, 0
+    assert levels[1] == pytest.approx(0.667) and sched.sampling_levels(4)[1] == pytest.approx(0.8577, abs=1e-4)
+    w, z = 0.7, torch.randn(2, 1, 2, 2)
+    seen = []
+
+    def predict(x, lv):
+        seen.append((float(lv[0]), x.double()))
+        return w * x
+
+    roll = student_rollout(predict, sched, z, levels, detach_first=True)
+    x1 = z.double() * (1 + (0.667 - 1.0) * w)  # Euler from 1 to the student's 0.667
+    assert [t for t, _ in seen] == pytest.approx([1.0, 0.667, 0.334, 0.001])
+    torch.testing.assert_close(seen[1][1], x1)
+    factor = (1 - 0.333 * w) ** 3 * (1 - 0.001 * w)  # Euler steps of 0.333, 0.333, 0.333, 0.001
+    torch.testing.assert_close(roll.x0.double(), z.double() * factor)
+
+
 def test_euler_equals_ddim_for_flow_models():
     """x + (t' - t) v == (1 - t') x0_hat + t' eps_hat: the sampler is the teacher's Euler sampler."""
     sched = FlowSchedule(shift=3.0)

@@ -65,3 +65,37 @@ def test_options_are_recorded_in_the_run_config_and_the_student(tiny, options):
     for name, value in expected.items():
         assert getattr(recorded.method, name) == value == getattr(info, name)
     assert recorded.teacher.timestep_spacing == info.teacher_timestep_spacing == "trailing"
+
+
+def test_an_ema_run_samples_and_exports_the_ema_weights(tiny):
+    """student.ema_decay > 0: the finish's export and `dpdmd export` of a checkpoint both hold the EMA's weights."""
+    from safetensors.torch import load_file
+
+    trainer = Trainer(tiny(student__ema_decay=0.5, run__max_steps=2, run__checkpoint_every=0), progress=False)
+    trainer.fit()
+    raw, ema = trainer.acc.unwrap_model(trainer.student).state_dict(), trainer.ema.model.state_dict()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # two steps at decay 0.5 leave them apart
+    assert trainer.sampling_student() is trainer.ema.model
+    exported = load_file(str(export(trainer.run.root)[0]))
+    for state in (trainer.student_state_dict(), exported):
+        assert state.keys() == ema.keys() and all(torch.equal(state[k], ema[k]) for k in ema)
+
+
+def test_the_fake_score_is_never_guided(tiny):
+    """CFG belongs to the teacher alone (DMD's real score): the fake score sees only the prompts' own labels."""
+    trainer = Trainer(tiny(teacher__guidance_scale=4.0, run__max_steps=1, run__checkpoint_every=0), progress=False)
+    null = int(trainer.teacher.null_condition()["class_labels"][0])
+    labels = {"fake": [], "teacher": []}
+    call = trainer.teacher.call_network
+
+    def recording(net, x, levels, cond):
+        who = "fake" if net is trainer.fake else "teacher" if net is trainer.teacher.network else None
+        if who:
+            labels[who].append(cond["class_labels"].flatten().tolist())
+        return call(net, x, levels, cond)
+
+    trainer.teacher.call_network = recording
+    trainer.train_step()
+    assert len(labels["fake"]) == 3  # two fake updates and the student update's DMD term
+    assert all(len(ls) == 8 and null not in ls for ls in labels["fake"])  # batch 8, no unconditional half
+    assert any(null in ls for ls in labels["teacher"])  # the teacher is guided: its calls hold the null label

@@ -168,8 +168,8 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
         folder = ckpt.latest(run.checkpoints, report=say)
         if folder is None:
             raise CheckpointError(f"no usable checkpoint in {run.checkpoints}")
-    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]),
-                      load_file(str(folder / "student.safetensors")))
+    weights = folder / ("ema.safetensors" if cfg.student.ema_decay else "student.safetensors")  # as finish_run's
+    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]), load_file(str(weights)))
 
 
 # ---- single files ----------------------------------------------------------------------------
