@@ -54,8 +54,6 @@ def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExt
     if extractor is not None:
         out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
                                    diversity_seeds=e.seeds))
-    if "class_accuracy" in out:  # the digits teacher's valid samples: those of the prompt's class
-        out["validity"] = out["class_accuracy"]
     return out, images
 
 

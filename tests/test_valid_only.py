@@ -1,0 +1,52 @@
+"""Blank share and valid-only metrics (evaluation/valid_only.py), by hand and on the shapes decoder."""
+import numpy as np
+import pytest
+import torch
+
+from distill_core.builtin import shape_modes
+from distill_core.builtin.shapes import generate
+from distill_core.evaluation.evaluate import evaluate_images, load_extractor
+from distill_core.evaluation.valid_only import valid_only_metrics
+
+
+def test_valid_only_metrics_by_hand():
+    """Prompt 0: 3 valid of 4 (modes 0, 0, 1); prompt 1: 1 valid and 1 blank of 4 (marked, not averaged)."""
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, 5.0],
+                      [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    valid = torch.tensor([True, True, True, False, True, True, False, False])  # a classifier may call a blank valid
+    blank = torch.tensor([False, False, False, False, False, True, False, False])
+    modes = np.array([0, 0, 1, 1, 1, -1, 0, 0])
+    reference = np.array([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]])
+    out = valid_only_metrics(f, valid, blank, modes, reference, per_prompt=4)
+    c = 1 / 2 ** 0.5  # cos between (1, 0) or (0, 1) and (1, 1); 0 between (1, 0) and (0, 1)
+    assert out["diversity_valid"] == pytest.approx(1 - (0 + c + c) / 3)
+    # valid histogram of prompt 0: (2/3, 1/3, 0) against 0.25 x (0.5, 0.3, 0.2): modes 0 and 1 reached
+    assert out["mode_histogram_valid"][0] == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert out["mode_coverage_valid"] == pytest.approx(2 / 3)
+    assert out["valid_per_prompt"] == [3, 1] and out["prompts_few_valid"] == [1]
+    assert out["mode_histogram_valid"][1] is None and out["blank_share"] == pytest.approx(1 / 8)
+    none = valid_only_metrics(f, torch.zeros(8, dtype=torch.bool), blank, modes, reference, per_prompt=4)
+    assert none["diversity_valid"] is None and none["mode_coverage_valid"] is None and none["prompts_few_valid"] == [0, 1]
+
+
+def test_blank_images_are_never_booked_as_a_mode():
+    """Half of "a red square"'s samples faded to black: its histogram loses their share instead of giving it
+    to the first mode (top-left small), the blank share reads 0.5 and the valid-only numbers are those of the
+    other half."""
+    labels = torch.zeros(40, dtype=torch.long)
+    images, true_modes = generate(labels, torch.Generator().manual_seed(0))
+    images = (images + 1) / 2
+    faded = images.clone()
+    faded[20:] = 0.02  # near-black, below the decoder's ink level
+    hist = np.array(shape_modes.model_metrics(faded, labels, 40)[0]["mode_histogram"][0])
+    expected = np.bincount(true_modes[:20].numpy(), minlength=8) / 40
+    np.testing.assert_allclose(hist, expected)
+    assert hist.sum() == pytest.approx(0.5)
+    out = evaluate_images(faded, 40, load_extractor("builtin", "shapes"), labels, diversity_seeds=9)
+    half = evaluate_images(images[:20], 20, load_extractor("builtin", "shapes"), labels[:20], diversity_seeds=9)
+    assert out["blank_share"] == 0.5 and half["blank_share"] == 0.0 and out["validity"] == pytest.approx(0.5)
+    assert out["valid_per_prompt"] == [20] and out["prompts_few_valid"] == []
+    assert out["diversity_valid"] == pytest.approx(half["diversity_valid"])
+    assert out["mode_histogram_valid"] == half["mode_histogram_valid"]
+    assert out["mode_coverage_valid"] == half["mode_coverage_valid"]
+    assert half["mode_histogram_valid"][0] == pytest.approx((expected * 2).tolist())
