@@ -28,15 +28,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from distill_core.builtin import shape_modes  # noqa: E402
-from distill_core.builtin.modes import mode_metrics  # noqa: E402
 from distill_core.config import Config, resolve  # noqa: E402
 from distill_core.demo import demo_config  # noqa: E402
 from distill_core.evaluation.evaluate import load_extractor  # noqa: E402
 from distill_core.grids import seed_grid  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
 from distill_core.training.trainer import Trainer  # noqa: E402
-from distill_core.evaluation.compare import measure, seconds_per_image  # noqa: E402
+from distill_core.evaluation.compare import builtin_mode_metrics, measure, seconds_per_image  # noqa: E402
 
 METHODS = ("dmd", "dpdmd", "no_detach")
 LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD without detach", "teacher": "teacher"}
@@ -114,12 +112,7 @@ class Bench:
         c, teacher = self.eval_cfg, trainer.teacher
         net = trainer.sampling_student()
         m, images = measure(teacher, net, c, self.extractor, levels=trainer.student_levels, guidance=1.0, device="cpu")
-        per_prompt = images.shape[0] // len(c.eval.prompts)
-        labels = teacher.encode_prompts(c.eval.prompts)["class_labels"].repeat_interleave(per_prompt)
-        if self.kind == "shapes":  # modes counted by the decoder
-            t_modes, s_modes = shape_modes.mode_metrics(self.teacher_images, images, labels, per_prompt)
-        else:
-            t_modes, s_modes = mode_metrics(self.extractor, self.teacher_images, images, labels)
+        t_modes, s_modes = builtin_mode_metrics(self.extractor, teacher, c.eval.prompts, self.teacher_images, images)
         m.update(s_modes)
         self.results["teacher"].update(t_modes)
         events = trainer.run.read_events()

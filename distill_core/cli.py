@@ -32,7 +32,9 @@ TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAN
 
 
 def _cmd_demo(args) -> None:
-    from .demo import STUDENTS, run_demo
+    from .config import resolve
+    from .demo import STUDENTS, demo_config, run_demo
+    from .evaluation.report import num
 
     out = Path(args.out_option or args.out)
     metrics = run_demo(out, quick=args.quick)
@@ -41,12 +43,15 @@ def _cmd_demo(args) -> None:
     t = metrics["teacher"]
     rows = [(f"teacher ({t['steps']} steps, CFG {t['guidance']:g})", t)]
     rows += [(f"{label} student ({metrics[m]['steps']} steps)", metrics[m]) for m, label in STUDENTS.items()]
-    print(f"\n{'':30} {'diversity':>9} {'mode coverage':>13} {'validity':>8} {'NFE':>4}")
+    print(f"\n{'':30} {'diversity':>9} {'mode coverage':>13} {'validity':>8} {'blank':>6} {'valid-only: coverage':>20} "
+          f"{'diversity':>9} {'NFE':>4}")
     for name, m in rows:
-        print(f"{name:30} {m['diversity']:9.4f} {m['mode_coverage']:13.2f} {m['validity']:8.3f} {m['nfe']:4d}")
-    from .evaluation.demo_report import ratio_line
+        cov, div = num(m["mode_coverage_valid"], "{:.2f}"), num(m["diversity_valid"], "{:.4f}")
+        print(f"{name:30} {m['diversity']:9.4f} {m['mode_coverage']:13.2f} {m['validity']:8.3f} "
+              f"{m['blank_share']:6.1%} {cov:>20} {div:>9} {m['nfe']:4d}")
+    from .evaluation.demo_report import finding, ratio_line
 
-    print(f"{ratio_line(metrics)}\nreport: {out / 'report.html'}\nstudents: "
+    print(f"{ratio_line(metrics)}\n{finding(metrics, resolve(demo_config()).eval.prompts)}\nreport: {out / 'report.html'}\nstudents: "
           + ", ".join(str(out / m / "student.safetensors") for m in STUDENTS))
 
 

@@ -50,3 +50,23 @@ def test_blank_images_are_never_booked_as_a_mode():
     assert out["mode_histogram_valid"] == half["mode_histogram_valid"]
     assert out["mode_coverage_valid"] == half["mode_coverage_valid"]
     assert half["mode_histogram_valid"][0] == pytest.approx((expected * 2).tolist())
+
+
+def _student(validity, blank, coverage, diversity, few=()):
+    return {"validity": validity, "blank_share": blank, "mode_coverage_valid": coverage, "diversity_valid": diversity,
+            "prompts_few_valid": list(few)}
+
+
+def test_the_demo_reports_words_follow_the_valid_only_numbers():
+    """DMD mostly blank with valid samples as varied as DP-DMD's: the words say so; a real mode loss: the paper."""
+    from distill_core.evaluation.demo_report import finding
+
+    prompts = ["a red square", "a green circle", "a blue triangle"]
+    faded = {"dmd": _student(0.55, 0.32, 0.80, 0.83, few=[0]), "dpdmd": _student(0.98, 0.0, 0.85, 0.80)}
+    words = finding(faded, prompts)
+    assert "Most of what DMD loses here is valid samples: 45% of its samples" in words and "(32% are blank)" in words
+    assert "'a red square'" in words and "1.06x DMD's and its diversity 0.96x" in words
+    assert "avoiding DMD's fade to invalid samples" in words and "the paper's effect." not in words
+    seeking = {"dmd": _student(0.95, 0.0, 0.50, 0.40), "dpdmd": _student(0.97, 0.0, 0.80, 0.60)}
+    words = finding(seeking, prompts)
+    assert words.startswith("Over valid samples only") and "1.60x" in words and "the paper's effect." in words
