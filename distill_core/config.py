@@ -37,13 +37,21 @@ class Method:
     label: str  # how the wizard names it
     diversity: bool  # the first step trains on the diversity loss (lambda counts)
     detach: bool  # the gradient stops after the first step (DMD trains the later steps only)
+    objective: str | None = None  # what trains the steps DMD trains: one of OBJECTIVES, None = method.refine's
 
 
 METHODS: dict[str, Method] = {
     "dpdmd": Method("DP-DMD", "DP-DMD (paper): diversity loss on step 1, detach, DMD on the rest", diversity=True, detach=True),
-    "dmd": Method("DMD", "DMD (baseline): DMD on every step, no diversity loss", diversity=False, detach=False),
+    "dmd": Method("DMD", "DMD (baseline): DMD on every step, no diversity loss", diversity=False, detach=False,
+                  objective="dmd"),
+    "decoupled_dmd": Method("Decoupled-DMD", "Decoupled-DMD (Z-Image-Turbo's): CFG augmentation and distribution "
+                            "matching at their own noise levels, every step", diversity=False, detach=False,
+                            objective="decoupled_dmd"),
     "no_detach": Method("No-detach", "No-detach ablation: diversity loss, DMD through every step", diversity=True, detach=False),
 }
+# The objectives that refine the steps after DP-DMD's first (method.refine): CFG-DMD's one gradient (DMD, DMD2)
+# or Decoupled-DMD's two terms (arXiv 2511.22677; docs/method.md)
+OBJECTIVES = ("dmd", "decoupled_dmd")
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
@@ -108,6 +116,9 @@ class MethodSection:
     renoise_max: float = 0.98
     renoise_shift: Literal["shifted", "unshifted"] = "shifted"  # shifted (through the teacher's flow shift) | unshifted (DMD2: t ~ U[min, max])
     fake_t_shift: Literal["shifted", "unshifted"] = "shifted"  # the fake score's t ~ U[0, 1]: shifted (authors' script) | unshifted (DMD2)
+    # dpdmd / no_detach: the objective of the steps after the first: dmd (the paper's) | decoupled_dmd (CA + DM at
+    # their own levels); dmd and decoupled_dmd are their own objective
+    refine: Literal[OBJECTIVES] = "dmd"  # type: ignore[valid-type]
 
 
 @dataclass
@@ -156,6 +167,11 @@ class Config:
     def lam(self) -> float:
         """The effective diversity weight (plain DMD has none)."""
         return effective_diversity_weight(self.method.name, self.method.diversity_weight)
+
+    @property
+    def objective(self) -> str:
+        """What trains the steps the DMD loss reaches: the method's own objective, or DP-DMD's method.refine."""
+        return METHODS[self.method.name].objective or self.method.refine
 
     @property
     def detach_first(self) -> bool:
@@ -473,6 +489,10 @@ def _check_method(m: MethodSection, t: TeacherSection) -> None:
     if m.backprop == "one_step" and not METHODS[m.name].detach:
         raise ConfigError(f"method.backprop = 'one_step' trains one step after the detach, so it needs method.name = "
                           f"'dpdmd' (got {m.name!r}); use backprop = 'all' for {m.name!r}")
+    own = METHODS[m.name].objective
+    if own is not None and m.refine != "dmd":
+        raise ConfigError(f"method.refine = {m.refine!r} chooses what refines DP-DMD's later steps; method.name = "
+                          f"{m.name!r} is its own objective: remove method.refine, or use method.name = 'dpdmd'")
     if m.anchor_target == "velocity" and FAMILIES[t.family].prediction_type != "flow":
         raise ConfigError(f"method.anchor_target = 'velocity' (Eq. 6) needs a flow teacher; the {t.family} teacher "
                           "predicts noise, use 'x0' (Appendix C) or 'auto'")

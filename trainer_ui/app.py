@@ -526,7 +526,7 @@ def _cards_html(panels: list[cmp.Panel]) -> str:
     return f"<div class='compare-cards'>{''.join(cards)}</div>"
 
 
-CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#a66bd3")))
+CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#3aa37a", "#a66bd3")))
 
 
 def _bars(rows: list[tuple[str, float, str]]) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill_core.config import Config, load_run_config, resolve
+from distill_core.config import METHODS, Config, load_run_config, resolve
 from distill_core.errors import DPDMDError
 from distill_core.runfolder import RunFolder
 
@@ -45,7 +45,7 @@ WHAT_TO_LOOK_FOR = (
 
 
 # What a bar's colour says: the data, the teacher, or a student by its method.
-KINDS = ("data", "teacher", "dpdmd", "dmd", "no_detach")
+KINDS = ("data", "teacher", *METHODS)
 
 
 def _bar_rows(groups: list[tuple[str, list[tuple[str, float, str]]]]) -> list[tuple[str, float, str]]:

@@ -48,6 +48,7 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
         network_config=teacher.network_config(), method=cfg.method.name, anchor_step=cfg.method.anchor_step,
         diversity_weight=cfg.lam, renoise_shift=cfg.method.renoise_shift, fake_t_shift=cfg.method.fake_t_shift,
+        refine=cfg.objective,
         teacher_timestep_spacing=cfg.teacher.timestep_spacing, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
