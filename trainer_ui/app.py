@@ -144,7 +144,7 @@ def check(settings: Settings, *values) -> CheckView:
         note = launcher.existing_run_note(cfg)
     except DPDMDError as e:
         return CheckView("", *_refused_field(e, form))
-    lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    lam = f"lambda = {cfg.lam:g}" if cfg.lam else "no diversity loss"
     busy = _queue_note(settings, cfg)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_core.config import effective_diversity_weight, parse_toml
+from distill_core.config import METHODS, effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
 from distill_core.run_queue import QueueError, RunQueue
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
@@ -76,7 +76,7 @@ def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummar
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
     return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
-                      method=name, k=None if name == "dmd" else method.get("anchor_step"),  # DMD has no anchor
+                      method=name, k=None if name in METHODS and not METHODS[name].diversity else method.get("anchor_step"),  # no anchor
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
                       has_student=run.file(run.student_path) is not None)
 
