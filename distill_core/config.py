@@ -150,6 +150,10 @@ class EvalSection:
     grid_seeds: int = 6
     features: str = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
     fd_samples_per_prompt: int = 50  # samples per prompt for the final Frechet distance (built-in)
+    # > 0: the collapse guard (training/collapse.py): warn when the student's diversity is below this fraction of
+    # the teacher's (measured once at the start, same prompts and seeds) at two evaluations in a row
+    collapse_fraction: float = 0.0
+    collapse_stop: bool = False  # and then stop the run with a checkpoint
 
 
 @dataclass
@@ -404,6 +408,7 @@ def resolve(cfg: Config) -> Config:
     _check_method(cfg.method, cfg.teacher)
     _check_student(cfg.student, cfg.teacher)
     _check_optim(cfg.optim)
+    _check_eval(cfg.eval)
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
 
@@ -515,6 +520,18 @@ def _check_student(s: StudentSection, t: TeacherSection) -> None:
                           "student.lora_rank > 0 (at least the file's rank)")
     if s.init_lora and not Path(s.init_lora).expanduser().is_file():
         raise ConfigError(f"student.init_lora {s.init_lora!r} does not exist; give a LoRA .safetensors file")
+
+
+def _check_eval(e: EvalSection) -> None:
+    if not 0.0 <= e.collapse_fraction <= 1.0:
+        raise ConfigError(f"eval.collapse_fraction = {e.collapse_fraction} must lie in [0, 1] (0 = no collapse guard; "
+                          "e.g. 0.6: warn below 60 % of the teacher's diversity)")
+    if e.collapse_fraction and not e.diversity_every:
+        raise ConfigError("eval.collapse_fraction watches the diversity measured during training; set "
+                          "eval.diversity_every > 0 (e.g. 25) or remove it")
+    if e.collapse_stop and not e.collapse_fraction:
+        raise ConfigError("eval.collapse_stop stops a run the collapse guard warns about; set eval.collapse_fraction "
+                          "(e.g. 0.6) as well")
 
 
 def _check_optim(o: OptimSection) -> None:

@@ -403,7 +403,7 @@ def _report_html(path: Path | None, state: str = "") -> str:
 
 
 LOSS_COLORS = dict(zip(runs.LOSSES.values(), ("#2f6fb5", "#e8862a", "#c9372c")))
-DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a"}
+DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a", "collapse warning": "#d62728"}
 
 
 def _frame(rows: list[tuple], columns: list[str], series: dict[str, str]) -> pd.DataFrame:

@@ -62,6 +62,10 @@ def diversity_png(series: dict[str, list[dict]], teacher_diversity: float | None
     for name, evals in lines.items():
         ax.plot([e["step"] for e in evals], [e["diversity"] for e in evals], marker="o", label=name,
                 color=(colors or {}).get(name))
+    warned = [e for events in series.values() for e in events if e.get("event") == "collapse_warning"]
+    if warned:  # the collapse guard's warnings (training/collapse.py)
+        ax.scatter([e["step"] for e in warned], [e["diversity"] for e in warned], marker="x", s=70, color="red",
+                   zorder=3, label="collapse warning")
     if teacher_diversity is not None:
         ax.axhline(teacher_diversity, color="gray", ls="--", label="teacher")
     top = max([e["diversity"] for evals in lines.values() for e in evals]
