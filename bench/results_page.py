@@ -19,9 +19,11 @@ METRICS = [  # key, column title, format, higher is better
     ("mode_coverage_valid", "coverage, valid only", "{:.3f}", True),
     ("diversity_valid", "diversity, valid only", "{:.4f}", True),
     ("prompts_few_valid", "prompts < 2 valid", "{}", False),
+    ("sec_per_step_median", "s / training step", "{:.3f}", False),
 ]
 INVESTIGATION = Path(__file__).resolve().parent.parent / "docs" / "investigation.md"
-LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD, no detach"}
+LABEL = {"dmd": "DMD", "decoupled_dmd": "Decoupled-DMD", "dpdmd": "DP-DMD (DMD refine)",
+         "dpdmd_decoupled": "DP-DMD (decoupled refine)", "no_detach": "DP-DMD, no detach"}
 
 
 def _mean_std(values: list, fmt: str) -> str:
@@ -146,7 +148,7 @@ def plots(results: dict, out: Path) -> list[str]:
 
 
 def grids(work: Path, out: Path) -> str | None:
-    names = ["teacher", "dmd_s0", "dpdmd_s0", "no_detach_s0"]
+    names = ["teacher", *(f"{m}_s0" for m in LABEL)]
     paths = [work / "grids" / f"{n}.png" for n in names]
     paths = [p for p in paths if p.exists()]
     if len(paths) < 2:
@@ -194,8 +196,9 @@ def write_results(results: dict, docs: Path, work: Path) -> Path:
             lines += [f"![{img}](results/{img})", ""]
         g = grids(work, out)
         if g:
-            lines += ["## Seed grids (same prompts, same seeds)", "", "Left to right: teacher, DMD, DP-DMD, "
-                      "DP-DMD without the detach (training seed 0).", "", f"![grids](results/{g})", ""]
+            shown = [LABEL[m] for m in LABEL if (work / "grids" / f"{m}_s0.png").exists()]
+            lines += ["## Seed grids (same prompts, same seeds)", "", f"Left to right: teacher, {', '.join(shown)} "
+                      "(training seed 0).", "", f"![grids](results/{g})", ""]
     for prefix, title in (("k=", "anchor step k"), ("lambda=", "lambda")):
         tab = ablation_table(results, prefix, title)
         if tab:
