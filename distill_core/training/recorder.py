@@ -22,36 +22,6 @@ class Recorder:
 
     def open(self, step: int, resumed: bool, start_info: dict) -> None: ...
     def after_step(self, step: int, logs: dict[str, float]) -> None: ...
-    def _start_guard(self, step: int) -> None:
-        """The collapse guard's teacher diversity (measured once per run, kept in the events) and, on a resume,
-        its count of low evaluations so far."""
-        fraction = self.cfg.eval.collapse_fraction
-        if not fraction or not self.can_sample:
-            return
-        events = self.run.read_events()
-        known = [e["diversity"] for e in events if e.get("event") == "teacher_eval"]
-        if not known:
-            measured = self.snaps.teacher_metrics().get("diversity")
-            if measured is None:  # no feature extractor: no diversity to watch
-                return
-            known = [measured]
-            self.run.append_event("teacher_eval", step=step, diversity=measured)
-        self.guard = CollapseGuard(fraction, known[-1])
-        for e in events:
-            if e.get("event") == "eval" and "diversity" in e:
-                self.guard.observe(e["diversity"])
-
-    def _watch(self, step: int, diversity: float) -> None:
-        if self.guard is None or not self.guard.observe(diversity):
-            return
-        line = self.guard.warning(step, diversity, self.cfg)
-        print(line, file=sys.stderr, flush=True)
-        self.run.append_event("collapse_warning", step=step, diversity=diversity,
-                              teacher_diversity=self.guard.teacher_diversity, fraction=self.guard.fraction,
-                              advice=advice(self.cfg), message=line)
-        if self.cfg.eval.collapse_stop:
-            self.collapse_stop = line
-
     def checkpoint(self, step: int, path: str) -> None: ...
     def close(self, state: str, step: int) -> None: ...
 
