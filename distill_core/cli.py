@@ -46,12 +46,15 @@ def _cmd_demo(args) -> None:
     print(f"\n{'':30} {'diversity':>9} {'mode coverage':>13} {'validity':>8} {'blank':>6} {'valid-only: coverage':>20} "
           f"{'diversity':>9} {'NFE':>4}")
     for name, m in rows:
-        cov, div = num(m["mode_coverage_valid"], "{:.2f}"), num(m["diversity_valid"], "{:.4f}")
+        # n/a: no prompt with 2 valid samples, or a demo run evaluated before the valid-only measures
+        cov, div, blank = (num(m.get(k), f) for k, f in (("mode_coverage_valid", "{:.2f}"),
+                                                          ("diversity_valid", "{:.4f}"), ("blank_share", "{:.1%}")))
         print(f"{name:30} {m['diversity']:9.4f} {m['mode_coverage']:13.2f} {m['validity']:8.3f} "
-              f"{m['blank_share']:6.1%} {cov:>20} {div:>9} {m['nfe']:4d}")
+              f"{blank:>6} {cov:>20} {div:>9} {m['nfe']:4d}")
     from .evaluation.demo_report import finding, ratio_line
 
-    print(f"{ratio_line(metrics)}\n{finding(metrics, resolve(demo_config()).eval.prompts)}\nreport: {out / 'report.html'}\nstudents: "
+    words = finding(metrics, resolve(demo_config()).eval.prompts)
+    print(f"{ratio_line(metrics)}\n{words}\nreport: {out / 'report.html'}\nstudents: "
           + ", ".join(str(out / m / "student.safetensors") for m in STUDENTS))
 
 
