@@ -75,7 +75,8 @@ def chart(panels: list[Panel]) -> tuple[list[tuple[str, float, str]], str]:
                 ("coverage, valid only", lambda p: p.evaluation.get("mode_coverage_valid")),
                 ("validity", lambda p: p.evaluation.get("validity", p.evaluation.get("class_accuracy"))))
     groups = [(name, [(p.label, get(p), _kind(p)) for p in panels if get(p) is not None]) for name, get in measures]
-    return _bar_rows([g for g in groups if g[1]]), "Diversity (these samples), mode coverage (all and valid samples) and validity (run evaluations)"
+    return (_bar_rows([g for g in groups if g[1]]),
+            "Diversity (these samples), mode coverage (all and valid samples) and validity (run evaluations)")
 
 
 class ModelCache:

@@ -76,7 +76,8 @@ def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummar
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
     return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
-                      method=name, k=None if name in METHODS and not METHODS[name].diversity else method.get("anchor_step"),  # no anchor
+                      method=name,  # a method without the diversity loss has no anchor
+                      k=None if name in METHODS and not METHODS[name].diversity else method.get("anchor_step"),
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
                       has_student=run.file(run.student_path) is not None)
 

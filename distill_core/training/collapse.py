@@ -45,4 +45,5 @@ class CollapseGuard:
     def warning(self, step: int, diversity: float, cfg: Config) -> str:
         return (f"warning: diversity collapse at step {step}: the student's diversity {diversity:.4f} is "
                 f"{diversity / self.teacher_diversity:.0%} of the teacher's {self.teacher_diversity:.4f}, below "
-                f"eval.collapse_fraction = {self.fraction:g} at {self.low} evaluations in a row. Advice: {advice(cfg)}.")
+                f"eval.collapse_fraction = {self.fraction:g} at {self.low} evaluations in a row. "
+                f"Advice: {advice(cfg)}.")
