@@ -71,3 +71,17 @@ def test_the_demo_reports_words_follow_the_valid_only_numbers():
     seeking = {"dmd": _student(0.95, 0.0, 0.50, 0.40), "dpdmd": _student(0.97, 0.0, 0.80, 0.60)}
     words = finding(seeking, prompts)
     assert words.startswith("Over valid samples only") and "1.60x" in words and "the paper's effect." in words
+
+
+def test_valid_only_ratios_compare_the_prompts_both_students_draw():
+    """The demo at E2 (2026-12-07): DMD has no valid 'a red square'; the ratios use the two other prompts only."""
+    from distill_core.evaluation.demo_report import common_ratios, finding
+
+    dmd = {**_student(0.24, 0.27, 0.875, 0.857, few=[0]), "mode_coverage_valid_per_prompt": [None, 0.75, 1.0],
+           "diversity_valid_per_prompt": [None, 0.9, 0.8]}
+    dp = {**_student(0.53, 0.0, 0.625, 0.789), "mode_coverage_valid_per_prompt": [0.75, 0.5, 0.625],
+          "diversity_valid_per_prompt": [0.8, 0.7, 0.9]}
+    cov, div, both = common_ratios(dmd, dp)
+    assert both == 2 and cov == pytest.approx(1.125 / 1.75) and div == pytest.approx(1.6 / 1.7)
+    assert "(on the 2 prompts where both draw 2 or more), DP-DMD's mode coverage is 0.64x" in finding(
+        {"dmd": dmd, "dpdmd": dp}, ["a red square", "a green circle", "a blue triangle"])

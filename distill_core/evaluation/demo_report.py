@@ -127,6 +127,19 @@ PAPER_MARGIN = 1.3  # valid-only coverage and diversity ratios that count as the
 VALIDITY_GAP = 0.10  # DMD this many points less valid than DP-DMD: its loss is mostly invalid samples
 
 
+def common_ratios(d: dict, p: dict) -> tuple[float | None, float | None, int | None]:
+    """DP-DMD over DMD on valid-only coverage and diversity, over the prompts where both have 2 valid samples
+    (their count when that is not every prompt); None where there are none or the numbers are missing."""
+    per = [(d.get(f"{k}_per_prompt"), p.get(f"{k}_per_prompt")) for k in ("mode_coverage_valid", "diversity_valid")]
+    if any(a is None or b is None for a, b in per):  # an evaluation from before the per-prompt lists
+        return (*(p[k] / d[k] if d.get(k) and p.get(k) is not None else None
+                  for k in ("mode_coverage_valid", "diversity_valid")), None)
+    common = [i for i, (a, b) in enumerate(zip(*per[1])) if a is not None and b is not None]
+    ratios = [sum(b[i] for i in common) / sum(a[i] for i in common) if common and sum(a[i] for i in common) else None
+              for a, b in per]
+    return ratios[0], ratios[1], (len(common) if len(common) < len(per[1][0]) else None)
+
+
 def finding(metrics: dict, prompts: list[str]) -> str:
     """What this comparison shows, in words that follow its numbers: DMD's loss of variety among its valid
     samples (the paper's claim) or mostly invalid (blank, off-class) samples."""
@@ -134,8 +147,7 @@ def finding(metrics: dict, prompts: list[str]) -> str:
     if "validity" not in d or "mode_coverage_valid" not in d:
         return ""
     gap = p["validity"] - d["validity"]
-    cov, div = (p[k] / d[k] if d.get(k) and p.get(k) is not None else None
-                for k in ("mode_coverage_valid", "diversity_valid"))
+    cov, div, both = common_ratios(d, p)
     lost = [prompts[i] if i < len(prompts) else f"prompt {i + 1}" for i in d.get("prompts_few_valid", [])]
     words = []
     if gap >= VALIDITY_GAP:
@@ -147,7 +159,9 @@ def finding(metrics: dict, prompts: list[str]) -> str:
                      "are left out of its valid-only numbers.")
     if cov is not None and div is not None:
         paper = cov >= PAPER_MARGIN and div >= PAPER_MARGIN
-        words.append(f"Over valid samples only, DP-DMD's mode coverage is {cov:.2f}x DMD's and its diversity {div:.2f}x"
+        where = "" if both is None else f" (on the {both} prompts where both draw 2 or more)"
+        words.append(f"Over valid samples only{where}, DP-DMD's mode coverage is {cov:.2f}x DMD's and its diversity "
+                     f"{div:.2f}x"
                      + (": DMD's valid samples also cover fewer modes, the paper's effect." if paper else
                         f", below the {PAPER_MARGIN:g}x that would show the paper's effect (DMD keeping quality but "
                         "seeking fewer modes)" + (": what this run shows is DP-DMD avoiding DMD's fade to "

@@ -26,21 +26,25 @@ def valid_only_metrics(features: torch.Tensor, valid: torch.Tensor, blank: torch
     valid = valid & ~blank  # a blank image is never a valid one
     groups = zip(features.reshape(-1, per_prompt, features.shape[-1]), valid.reshape(-1, per_prompt),
                  modes.reshape(-1, per_prompt), reference)
-    counts, diversities, reached, histograms, few = [], [], [], [], []
+    counts, diversities, coverages, histograms, few = [], [], [], [], []
     for p, (f, ok, m, ref) in enumerate(groups):
         n = int(ok.sum())
         counts.append(n)
         if n < MIN_VALID:
             few.append(p)
             histograms.append(None)
+            diversities.append(None)
+            coverages.append(None)
             continue
         hist = np.bincount(m[ok.numpy()], minlength=len(ref)) / n
         histograms.append(hist.tolist())
-        reached.append(hist >= MIN_FRACTION * np.asarray(ref))
+        coverages.append(float((hist >= MIN_FRACTION * np.asarray(ref)).mean()))
         diversities.append(pairwise_diversity(f[ok]))
+    have = [i for i, d in enumerate(diversities) if d is not None]
     return {"blank_share": float(blank.float().mean()),
-            "diversity_valid": float(np.mean(diversities)) if diversities else None,
-            "mode_coverage_valid": float(np.mean(reached)) if reached else None,
+            "diversity_valid": float(np.mean([diversities[i] for i in have])) if have else None,
+            "mode_coverage_valid": float(np.mean([coverages[i] for i in have])) if have else None,
+            "diversity_valid_per_prompt": diversities, "mode_coverage_valid_per_prompt": coverages,
             "mode_histogram_valid": histograms, "valid_per_prompt": counts, "prompts_few_valid": few}
 
 
