@@ -52,6 +52,7 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
         network_config=teacher.network_config(), method=cfg.method.name, anchor_step=cfg.method.anchor_step,
         diversity_weight=cfg.lam, renoise_shift=cfg.method.renoise_shift, fake_t_shift=cfg.method.fake_t_shift,
+        refine=cfg.objective,
         teacher_timestep_spacing=cfg.teacher.timestep_spacing, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
@@ -172,8 +173,8 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
         folder = ckpt.latest(run.checkpoints, report=say)
         if folder is None:
             raise CheckpointError(f"no usable checkpoint in {run.checkpoints}")
-    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]),
-                      load_file(str(folder / "student.safetensors")))
+    weights = folder / ("ema.safetensors" if cfg.student.ema_decay else "student.safetensors")  # as finish_run's
+    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]), load_file(str(weights)))
 
 
 # ---- single files ----------------------------------------------------------------------------
