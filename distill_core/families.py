@@ -18,7 +18,10 @@ class Family:
     label: str  # how the wizard names it
     guidance_scale: float  # teacher CFG (baked into the student)
     num_steps: int  # the teacher's own sampling steps (anchor rollout, reference samples)
-    lr: float  # student and fake-score learning rate
+    lr: float  # student learning rate (and the fake score's, unless fake_lr)
+    fake_lr: float | None  # the fake score's learning rate; None: lr
+    diversity_weight: float  # lambda
+    max_steps: int  # student updates
     batch_size: int  # per process
     resolution: int  # image size in pixels
     prediction_type: Literal["flow", "epsilon"]
@@ -28,13 +31,19 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     # The default built-in teacher's values (shapes); the digits teacher's own differences are in builtin/kinds.py.
-    # Shapes: strong updates (lr 1e-3, batch 32), where plain DMD loses modes (docs/investigation.md, shapes).
+    # Shapes: the measured setting E2 of docs/investigation.md, which `dpdmd demo` trains: strong updates (lr 1e-3,
+    # batch 32), a fake score at half the student's lr (it lags, so plain DMD loses modes) and lambda 0.5 (the anchor
+    # holds DP-DMD's first step against that pull), 200 steps.
     "builtin": Family("Built-in teacher: shapes or digits (runs on a CPU)", guidance_scale=2.0, num_steps=30, lr=1e-3,
-                      batch_size=32, resolution=16, prediction_type="flow", shift=1.0, comfy_native=False),
-    "sd3": Family("SD3 / SD3.5 (local diffusers folder)", guidance_scale=3.5, num_steps=30, lr=1e-5, batch_size=4,
-                  resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True),
-    "sdxl": Family("SDXL (local diffusers folder)", guidance_scale=8.0, num_steps=50, lr=1e-5, batch_size=4,
-                   resolution=1024, prediction_type="epsilon", shift=None, comfy_native=True),
+                      fake_lr=5e-4, diversity_weight=0.5, max_steps=200, batch_size=32, resolution=16,
+                      prediction_type="flow", shift=1.0, comfy_native=False),
+    # The paper's (lambda 0.05, one lr for both networks).
+    "sd3": Family("SD3 / SD3.5 (local diffusers folder)", guidance_scale=3.5, num_steps=30, lr=1e-5, fake_lr=None,
+                  diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024, prediction_type="flow",
+                  shift=3.0, comfy_native=True),
+    "sdxl": Family("SDXL (local diffusers folder)", guidance_scale=8.0, num_steps=50, lr=1e-5, fake_lr=None,
+                   diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024, prediction_type="epsilon",
+                   shift=None, comfy_native=True),
 }
 # The names as a type: teacher.family's annotation, checked at run time (config.choices reads it).
 FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]

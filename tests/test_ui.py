@@ -556,3 +556,20 @@ def test_the_quick_test_gives_a_first_result_in_a_minute_or_two(settings):
     text = _estimate(settings, form)
     seconds = float(re.search(r"= \*\*([\d.]+) s\*\*", text).group(1))
     assert seconds < 60, text
+
+
+def test_the_demo_preset_starts_the_demos_two_runs(settings, tmp_path):
+    """Issue 29: one click starts what `dpdmd demo` trains, one run per student, each with the config.toml the demo
+    writes into <out>/<method>/ (its trainer's resolved config), but for the folder."""
+    from distill_core.config import load_run_config
+    from distill_core.demo import STUDENTS, demo_config
+
+    view = app.start_demo(settings)
+    assert "Started **demo-dmd**" in view.message and "Queued **demo-dpdmd**" in view.message, view.message
+    for method in STUDENTS:
+        written = resolve(load_run_config(settings.roots.runs / f"demo-{method}" / "config.toml"))
+        demos = resolve(demo_config(tmp_path / "demo" / method, method=method))  # what run_demo trains
+        written.run.output_dir = demos.run.output_dir
+        assert written.to_toml() == demos.to_toml(), method
+    assert "lambda = 0.5" in view.message and "fake-score lr 0.0005" in view.message  # the setting, in words
+    assert "already" in app.start_demo(settings).message  # a second click starts nothing twice

@@ -16,7 +16,7 @@ from pathlib import Path
 from conftest import tiny_config
 from ports import free_port
 
-from distill_core.config import dumps_toml
+from distill_core.config import dumps_toml, resolve
 from distill_core.runfolder import RunFolder, pid_alive
 from trainer_ui.wizard import NO_PRESET, WizardForm
 
@@ -27,9 +27,10 @@ def tiny_form(name: str, **overrides) -> WizardForm:
     """The wizard filled in with conftest's tiny_config values (eval settings go in the advanced box)."""
     cfg = tiny_config("unused", **overrides)
     e = cfg.eval
-    extra = dumps_toml({"teacher": {"builtin": cfg.teacher.builtin}, "eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
+    extra = dumps_toml({"eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
                                  "grid_seeds": e.grid_seeds, "fd_samples_per_prompt": e.fd_samples_per_prompt}})
-    return WizardForm(family="builtin", teacher_path="", prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
+    return WizardForm(family="builtin", teacher_path="", resolution=None, builtin=cfg.teacher.builtin,
+                      fake_lr=resolve(cfg).optim.fake_lr, prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
                       diversity_weight=cfg.method.diversity_weight, student_steps=cfg.student.num_steps,
                       guidance_scale=2.0, teacher_steps=cfg.teacher.num_steps, max_steps=cfg.run.max_steps,
                       batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name,

@@ -7,7 +7,6 @@ shown as missing.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +118,9 @@ class RunView:
     step: int
     max_steps: int
     message: str
-    sec_per_step: float | None
+    sec_per_step: float | None  # the trainer's running median (distill_core.progress.StepClock)
+    eta: float | None = None  # seconds of training left, by the trainer's clock
+    phase: dict | None = None  # what a working process does now: {"name", "done", "total"} (status.json)
     losses: list[tuple[int, float, str]] = field(default_factory=list)  # (step, value, series)
     diversity: list[tuple[int, float, str]] = field(default_factory=list)
     teacher_grid: Path | None = None
@@ -134,9 +135,7 @@ class RunView:
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.sec_per_step is None or self.state not in TRAINING_STATES:  # 'finishing' has no steps left
-            return None
-        return max(0, self.max_steps - self.step) * self.sec_per_step
+        return self.eta if self.state in TRAINING_STATES else None  # 'finishing' has no steps left
 
 
 # Eval fields that change only when or how often it is drawn, not what the teacher's diversity is measured on.
@@ -186,7 +185,6 @@ def view(run_dir: Path) -> RunView:
     run = RunFolder(run_dir)
     status, events = run.read_status(), run.read_events()
     steps = [e for e in events if e.get("event") == "step"]
-    recent = [e["sec_per_step"] for e in steps[-20:] if "sec_per_step" in e]
     metrics = run.read_json(run.metrics_path)
     diversity = [(e["step"], e["diversity"], "student") for e in events
                  if e.get("event") == "eval" and "diversity" in e]
@@ -200,10 +198,11 @@ def view(run_dir: Path) -> RunView:
     grids, log = run.student_grids(), run.file(LOG)
     done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     queued = queue_positions(run.root.parent).get(run.root.name)
+    state = state_of(run, queued)
     return RunView(
-        name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
-        max_steps=max_steps, message=str(status.get("message") or ""),
-        sec_per_step=statistics.median(recent) if recent else None,
+        name=run.root.name, state=state, queued=queued, step=int(status.get("step") or 0),
+        max_steps=max_steps, message=str(status.get("message") or ""), sec_per_step=status.get("sec_per_step"),
+        eta=status.get("eta_seconds"), phase=status.get("phase") if state in ACTIVE_STATES else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,
         teacher_grid=run.file(run.samples / "teacher.png"), student_grid=grids[-1] if grids else None,

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import Config
 from ..grids import seed_grid
+from ..progress import phase
 from ..sampling import sample_grid
 from ..teachers.base import Teacher
 from .evaluate import FeatureExtractor, evaluate_images
@@ -31,8 +32,11 @@ class Snapshots:
         return sample_grid(self.teacher, net, prompts, seeds, self.student_levels, 1.0, self.batch, self.device)
 
     def teacher_grid(self, path: Path) -> None:
-        lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
-                          self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device)
+        total = len(self.grid_prompts) * len(self.grid_seeds)
+        with phase("sampling the teacher's seed grid", total, "img") as p:
+            lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
+                              self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device,
+                              progress=p.advance)
         title = f"teacher: {self.cfg.teacher.num_steps} steps, CFG {self.cfg.teacher.guidance_scale:g}"
         seed_grid(self.teacher.decode(lat), self.grid_prompts, self.grid_seeds, title).save(path)
 

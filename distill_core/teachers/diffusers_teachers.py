@@ -60,11 +60,11 @@ class DiffusersTeacher(Teacher):
         self.resolution = int(cfg.teacher.resolution)
         self.max_sample_batch = int(cfg.data.batch_size)  # what fits in training fits in sampling (no grad)
         self.vae_config = _read_json(self.path / "vae" / "config.json")
+        check_resolution(self.path, type(self), self.resolution)  # before the weights load: configs only
         network = self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True)
         self.scheduler_config = _read_json(self.path / "scheduler" / "scheduler_config.json")
         super().__init__(network, self._schedule(self.scheduler_config))
-        self._check_resolution()
         self.store = EmbeddingStore(self._fingerprint())
         self._text_pipe = None
         self._text_device: torch.device | None = None  # where the encoders run if not next to the network
@@ -89,14 +89,7 @@ class DiffusersTeacher(Teacher):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-
-    def _check_resolution(self) -> None:
-        patch = int(self.network.config.get("patch_size", 1) or 1)
-        multiple = self.vae_scale_factor * patch * (2 ** (len(self.network.config.get("block_out_channels", [0])) - 1))
-        if self.resolution % multiple:
-            raise ConfigError(f"teacher.resolution = {self.resolution} must be a multiple of {multiple} for this "
-                              f"{self.family} teacher (VAE factor {self.vae_scale_factor}, patch {patch})")
+        return _vae_factor(self.vae_config)
 
     def _fingerprint(self) -> dict:
         return {"family": self.family, "path": str(self.path.resolve()), "dtype": str(self.dtype),
@@ -325,6 +318,28 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
         if not sub.startswith("_") and sub != kind.net_folder and (path / sub / "config.json").is_file():
             require_safetensors(path / sub, where)
     return index
+
+
+def _vae_factor(vae_config: dict) -> int:
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def check_resolution(path: Path, kind: type[DiffusersTeacher], resolution: int) -> None:
+    """Refuse a teacher.resolution the folder's network cannot take, from its configs alone (no weights): a
+    multiple of what the VAE, the patches and the UNet's levels divide, and for SD3 no larger than its position
+    embedding covers (diffusers refuses a larger image only at the first forward pass, after minutes of loading)."""
+    vae, net = (_read_json(path / sub / "config.json") for sub in ("vae", kind.net_folder))
+    factor, patch = _vae_factor(vae), int(net.get("patch_size", 1) or 1)
+    multiple = factor * patch * (2 ** (len(net.get("block_out_channels", [0])) - 1))
+    if resolution % multiple:
+        raise ConfigError(f"teacher.resolution = {resolution} must be a multiple of {multiple} for this "
+                          f"{kind.family} teacher (VAE factor {factor}, patch {patch})")
+    if net.get("pos_embed_max_size"):
+        largest = int(net["pos_embed_max_size"]) * patch * factor
+        if resolution > largest:
+            raise ConfigError(f"teacher.resolution = {resolution} is larger than this {kind.family} teacher can "
+                              f"take ({largest} px: its pos_embed_max_size {net['pos_embed_max_size']} x patch "
+                              f"{patch} x VAE factor {factor}); give {largest} or less")
 
 
 def load(cfg: Config, dtype: torch.dtype) -> Teacher:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, load_run_config, resolve
+from .. import progress as phases
+from ..config import METHODS, Config, config_differences, load_run_config, resolve
 from ..errors import ConfigError, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
@@ -70,7 +71,8 @@ class Trainer:
 
         c = self.cfg
         # prompts first: the text encoders come and go before the denoiser and the trainable copies take memory
-        self.teacher, self.bank = load_teacher_with_prompts(c, self.acc.device, c.data.prompts)
+        with self.reporting():
+            self.teacher, self.bank = load_teacher_with_prompts(c, self.acc.device, c.data.prompts)
         sched, m = self.teacher.schedule, c.method
         self.anchor_target = first_step_target(sched, m.anchor_target)
         self.student_levels = self.teacher.student_levels(c.student.num_steps, c.student.shift)
@@ -112,6 +114,11 @@ class Trainer:
         self._seed_generators(self.acc.process_index, 0)
         self.step = 0
         self.opened = False  # the run folder records this process's attempt (a refused start leaves it alone)
+
+    def reporting(self):
+        """Where this process's long phases show: the terminal (with progress) and, on the main process, the run's
+        status.json (distill_core.progress)."""
+        return phases.reporting(self.run if self.is_main else None, self.progress)
 
     def _trainable_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The student and the fake score: copies of the teacher (LoRA-wrapped when student.lora_rank), or two
@@ -367,7 +374,7 @@ class Trainer:
         ``finish``: then export, evaluate and report (the run reads 'finishing' meanwhile). The run folder is
         locked throughout: another process training in it is refused (RunRefused).
         """
-        with self.run.locked() if self.is_main else nullcontext():
+        with self.run.locked() if self.is_main else nullcontext(), self.reporting():
             state = self._fit(finish)
             if finish and state == "finished" and self.is_main:
                 from .finish import finish_run
@@ -382,9 +389,12 @@ class Trainer:
         c = self.cfg
         recorder = self._open()
         state = "finished"
+        # time left from the running median of step times (StepClock), not tqdm's rate, which a slow first step
+        # (warm-up) skews for many steps
         bar = tqdm(total=c.run.max_steps, initial=self.step, desc="distilling", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
-        first = True
+                   disable=not self.progress, dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        clock, first = phases.StepClock(), True
         with self._signals(), closing(bar):  # closed before an error line, which then stands on its own line
             while self.step < c.run.max_steps:
                 if self._agree(self._stop.is_set() or recorder.requested("stop")):
@@ -393,15 +403,28 @@ class Trainer:
                 with batch_fits(c.data.batch_size, self.acc.device) if first else nullcontext():
                     logs = self.train_step()
                 first = False
+                clock.add(logs["sec_per_step"])
                 bar.update(1)
-                bar.set_postfix(dmd=f"{logs['loss_dmd']:.4f}", div=f"{logs['loss_div']:.4f}",
-                                fake=f"{logs['loss_fake']:.4f}")
-                recorder.after_step(self.step, logs)
+                recorder.after_step(self.step, logs, clock)
+                bar.set_postfix(self._postfix(logs, recorder, clock.left(c.run.max_steps - self.step)), refresh=False)
                 every = c.run.checkpoint_every
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
                     self.save_checkpoint(recorder)
         self._close(recorder, "finishing" if finish_after and state == "finished" else state)
         return state
+
+    def _postfix(self, logs: dict, recorder: Recorder, left: float | None) -> dict[str, str]:
+        """The bar's numbers: the losses the method trains on (plain DMD has no diversity loss), the diversity once
+        an evaluation has measured it (a 0 before then would read as none), the time left once it is known."""
+        from tqdm import tqdm
+
+        out = {"dmd": f"{logs['loss_dmd']:.4f}", "fake": f"{logs['loss_fake']:.4f}"}
+        if METHODS[self.cfg.method.name].diversity:
+            out["div_loss"] = f"{logs['loss_div']:.4f}"
+        if recorder.diversity is not None:
+            out["diversity"] = f"{recorder.diversity:.4f}"
+        out["left"] = "measuring" if left is None else tqdm.format_interval(left)
+        return out
 
     def _open(self) -> Recorder:
         """Create or resume the run folder; the recorder that writes it (silent off the main process)."""
