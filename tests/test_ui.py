@@ -352,10 +352,10 @@ def test_a_kept_form_comes_back_with_its_teacher_folder_box_shown():
     from trainer_ui.wizard import FIELDS
 
     kept = app.remember(*values(replace(tiny_form("kept"), family="sd3", teacher_path="/models/sd3")))
-    assert "run_name" not in kept  # a fresh page gets a new run name
     updates = dict(zip(FIELDS, app.restore(kept)))
     assert updates["teacher_path"] == {"__type__": "update", "visible": True, "value": "/models/sd3"}
-    assert updates["run_name"] == gr.skip() and all(u == gr.skip() for u in app.restore(None))
+    assert updates["run_name"] == {"__type__": "update", "value": "kept"}  # issue 29: the name is kept too
+    assert all(u == gr.skip() for u in app.restore(None))
 
 
 def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
@@ -573,3 +573,72 @@ def test_the_demo_preset_starts_the_demos_two_runs(settings, tmp_path):
         assert written.to_toml() == demos.to_toml(), method
     assert "lambda = 0.5" in view.message and "fake-score lr 0.0005" in view.message  # the setting, in words
     assert "already" in app.start_demo(settings).message  # a second click starts nothing twice
+
+
+def _stopped_run(settings, tmp_path_factory, name: str = "stopped") -> Path:
+    """A finished tiny run copied with its checkpoints, then made a stopped one (no student.safetensors)."""
+    import shutil
+
+    run = RunFolder(Path(shutil.copytree(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs / name)))
+    for path in (run.student_path, run.report_path, run.metrics_path):
+        path.unlink()
+    run.write_status("stopped", step=2)
+    return run.root
+
+
+def test_compare_samples_a_stopped_run_at_its_newest_checkpoint(settings, tmp_path_factory):
+    """Issue 29.6: a running or stopped run is compared at its newest checkpoint, and its card says which step."""
+    stopped = _stopped_run(settings, tmp_path_factory)
+    assert "stopped" in app.compare_choices(settings)["choices"]
+    view = app.run_compare(settings, app.cmp.ModelCache(), ["stopped"], False, "", 2, 0, progress=lambda f, desc: None)
+    assert "<figcaption>stopped (checkpoint, step 2)</figcaption>" in view.cards, view.message
+    assert (stopped / "student_step00000002.safetensors").is_file()  # exported once, as `dpdmd export` names it
+    assert "student_step00000002.safetensors" in app.refresh(settings, "stopped", None).status  # and downloadable
+
+
+def test_delete_asks_nothing_it_cannot_undo_and_refuses_a_working_run(settings, tmp_path_factory):
+    """Issue 29.7: delete only a run folder inside the runs folder, never while a process works on it."""
+    stopped = _stopped_run(settings, tmp_path_factory)
+    RunFolder(stopped).write_status("running", pid=os.getpid(), host=os.uname().nodename, step=2)
+    message, _ = app.delete_run(settings, "stopped")
+    assert message.startswith("**Refused:**") and "stop it first" in message and stopped.is_dir()
+    RunFolder(stopped).write_status("stopped", step=2)
+    (settings.roots.runs / "link").symlink_to(stopped)
+    assert app.delete_run(settings, "link")[0].startswith("**Refused:**") and stopped.is_dir()
+    assert app.delete_run(settings, "../runs")[0].startswith("**Refused:**")
+    message, choice = app.delete_run(settings, "stopped")
+    assert message.startswith("Deleted 'stopped'") and not stopped.exists()
+    assert "stopped" not in choice["choices"]
+    assert app.delete_run(settings, "") == (gr.skip(), gr.skip())  # the browser's dialog was cancelled
+
+
+def test_notes_are_kept_in_the_run_folder(settings, tmp_path_factory):
+    stopped = _stopped_run(settings, tmp_path_factory)
+    assert app.load_notes(settings, "stopped") == ""
+    assert "Notes saved" in app.save_notes(settings, "stopped", "lambda 0.5 looked best")
+    assert (stopped / "notes.md").read_text() == "lambda 0.5 looked best"
+    assert app.load_notes(settings, "stopped") == "lambda 0.5 looked best"
+    assert app.save_notes(settings, "stopped", "lambda 0.5 looked best") == gr.skip()  # unchanged: not written
+
+
+def test_export_from_the_monitor_and_its_download_link(settings, tmp_path_factory):
+    _stopped_run(settings, tmp_path_factory)
+    message = app.export_run(settings, "stopped", "comfy")
+    assert message.startswith("Exported step 2 of **stopped**"), message
+    status = app.refresh(settings, "stopped", None).status
+    assert "download='student_step00000002_comfy.safetensors'" in status
+
+
+def test_several_processes_start_through_accelerate_launch(settings, tmp_path):
+    """Issue 29.7: the wizard's process count; the command is shown, kept for a resume and the queue."""
+    form = replace(tiny_form("multi"), processes=2)
+    assert "accelerate launch --multi_gpu --num_processes 2" in app.check(settings, *values(form)).message
+    command = launcher.train_command(tmp_path / "config.toml", 2)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[command.index("--num_processes") + 1] == "2"
+    assert launcher.train_command(tmp_path / "config.toml")[1:3] == ["-m", "distill_core.cli"]
+    bad = app.check(settings, *values(replace(form, processes=0))).message
+    assert bad.startswith("**Refused:**") and "Processes = 0" in bad
+    run = settings.roots.runs / "multi"
+    run.mkdir()
+    (run / launcher.LAUNCH).write_text('{"processes": 2}')
+    assert launcher.processes_of(run) == 2 and launcher.processes_of(settings.roots.runs / "none") == 1

@@ -111,7 +111,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     lam = page.locator("#diversity-weight input[type=range]")
     lam.focus()
     lam.press("ArrowRight")
-    lam.press("ArrowRight")  # 0.05 -> 0.06
+    lam.press("ArrowRight")  # 0.5 (the built-in family's) -> 0.51
     name_box = page.locator("#run-name input, #run-name textarea").first
 
     def named() -> bool:  # the page's load event sets a fresh default name, maybe after we typed ours
@@ -123,7 +123,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     wait_for(named, 30, "the run name in the config preview")
     page.click("#check-btn")
     preview = page.locator("#config-preview")
-    wait_for(lambda: "runs/browser-run" in preview.inner_text() and "anchor_step = 3" in preview.inner_text() and "diversity_weight = 0.06" in
+    wait_for(lambda: "runs/browser-run" in preview.inner_text() and "anchor_step = 3" in preview.inner_text() and "diversity_weight = 0.51" in
              preview.inner_text() and "num_steps = 8" in preview.inner_text(), 30, "the config preview")
     assert "Ready" in page.locator("#wizard-message").inner_text()
     page.screenshot(path=shots / "wizard.png", full_page=True)

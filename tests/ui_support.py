@@ -26,14 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_form(name: str, **overrides) -> WizardForm:
     """The wizard filled in with conftest's tiny_config values (eval settings go in the advanced box)."""
     cfg = tiny_config("unused", **overrides)
-    e = cfg.eval
+    e, resolved = cfg.eval, resolve(cfg)
     extra = dumps_toml({"eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
                                  "grid_seeds": e.grid_seeds, "fd_samples_per_prompt": e.fd_samples_per_prompt}})
     return WizardForm(family="builtin", teacher_path="", resolution=None, builtin=cfg.teacher.builtin,
-                      fake_lr=resolve(cfg).optim.fake_lr, prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
-                      diversity_weight=cfg.method.diversity_weight, student_steps=cfg.student.num_steps,
+                      fake_lr=resolved.optim.fake_lr, prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
+                      diversity_weight=resolved.method.diversity_weight, student_steps=cfg.student.num_steps,
                       guidance_scale=2.0, teacher_steps=cfg.teacher.num_steps, max_steps=cfg.run.max_steps,
-                      batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name,
+                      batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name, processes=1,
                       fake_updates=cfg.method.fake_updates, seed=cfg.run.seed,
                       checkpoint_every=cfg.run.checkpoint_every, grid_every=cfg.eval.grid_every,
                       diversity_every=cfg.eval.diversity_every, extra_toml=extra)

@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from distill_core.builtin.kinds import DEFAULT_KIND
 from distill_core import demo
+from distill_core.builtin.kinds import DEFAULT_KIND
 from distill_core.config import Config, resolve
 from distill_core.errors import ConfigError, DPDMDError
+from distill_core.export.formats import FORMATS
 from distill_core.runfolder import TRAINING_STATES, RunFolder
 
 from . import compare as cmp
@@ -38,7 +39,7 @@ from .paths import Roots
 from .widgets import KEEP_TYPED_JS, TYPED_SLIDER_CLASS, TypedSlider
 from .wizard import (BUILTINS, FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
                      QUICK_TEST_NOTE, WizardForm, build_config, default_form, default_run_name, form_from_config,
-                     in_labels, is_default_run_name, quick_test)
+                     in_labels, is_default_run_name, processes, quick_test)
 
 CSS = """
 #teacher-grid img, #student-grid img, .compare-card img { image-rendering: pixelated; }
@@ -170,6 +171,9 @@ def check(settings: Settings, *values) -> CheckView:
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
+    if processes(form) > 1:
+        msg += (f"  \n{processes(form)} processes (batch {cfg.data.batch_size} each), started as "
+                f"`{launcher.terminal_command(Path(cfg.run.output_dir) / 'config.toml', processes(form))}`")
     for extra in (note, busy):
         msg += f"  \n{extra}" if extra else ""
     return CheckView(cfg.to_toml(), msg, "")
@@ -188,7 +192,7 @@ def start(settings: Settings, *values) -> StartView:
     form = WizardForm(*values)
     try:
         cfg = _checked_config(settings, form)
-        started = settings.devices.start_or_queue(cfg)
+        started = settings.devices.start_or_queue(cfg, processes(form))
     except launcher.RunBusy as e:  # this run has a process already (a double click, another tab): follow it
         name = Path(cfg.run.output_dir).name
         return StartView(f"{html.escape(str(e))}  \nThe Monitor follows **{name}**.", "", gr.skip(),
@@ -202,7 +206,8 @@ def start(settings: Settings, *values) -> StartView:
                ", also if this page is closed. The Monitor shows the queue: move it up or cancel it there.")
     else:
         msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this "
-               f"page does not stop it. The same run from a terminal: `dpdmd train {config}`")
+               f"page does not stop it. The same run from a terminal: "
+               f"`{launcher.terminal_command(config, processes(form))}`")
     summaries = runs.list_runs(settings.roots)
     msg += f"  \n{started.note}" if started.note else ""
     return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
@@ -339,8 +344,9 @@ def _state_secret(runs_dir: Path) -> str:
 
 
 def remember(*values) -> dict:
-    """The form as the browser keeps it across reloads and UI restarts (not the run name: a new run each time)."""
-    return {name: value for name, value in zip(FIELDS, values) if name != "run_name"}
+    """The form as the browser keeps it across reloads and UI restarts, the run name included (a started run's
+    name then reads as running in the verdict, which says to give a new one)."""
+    return dict(zip(FIELDS, values))
 
 
 def restore(saved: dict | None) -> list:
@@ -459,7 +465,7 @@ def _status_html(v: runs.RunView) -> str:
     if v.student:
         out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
     links = [f"<a href='{_file_url(path)}' download='{html.escape(path.name)}'>{html.escape(path.name)}</a>"
-             for path in (v.student, v.report, v.log_file) if path is not None]
+             for path in (v.student, *v.exports, v.report, v.log_file) if path is not None]
     if links:
         out.append(f"<div class='downloads'>Download: {' · '.join(links)}</div>")
     return f"<div class='run-status'>{'<br>'.join(out)}</div>"
@@ -568,7 +574,7 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
             from distill_core.training import checkpoint as ckpt
 
             resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
-            started = settings.devices.start_or_queue(launcher.run_config(run_dir))
+            started = settings.devices.start_or_queue(launcher.run_config(run_dir), launcher.processes_of(run_dir))
             if isinstance(started, launcher.Queued):
                 return f"Queued **{selected}** (#{started.position} on {started.device}): its device is busy."
             how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
@@ -582,6 +588,55 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
         return _refused(e)
 
 
+def export_run(settings: Settings, selected: str | None, fmt: str) -> str:
+    """`dpdmd export` of the run's newest checkpoint, in this process; the file appears under Download."""
+    from distill_core.export.exporters import export
+
+    if not selected:
+        return "Choose a run first."
+    try:
+        path, student = export(settings.roots.run_dir(selected), fmt)
+    except DPDMDError as e:
+        return _refused(e)
+    return (f"Exported step {student.step} of **{selected}** as `{path.name}`"
+            + ("" if path.is_file() else " (a folder: find it in the run folder)") + ".")
+
+
+def delete_run(settings: Settings, selected: str | None) -> tuple[str, Any]:
+    """Delete the chosen run (the page asked for confirmation; '' is a cancelled dialog)."""
+    if not selected:
+        return gr.skip(), gr.skip()
+    try:
+        settings.roots.run_dir(selected)  # a plain name (refused otherwise); the folder itself, not where a link leads
+        message = launcher.delete(settings.roots.runs / selected.strip(), settings.roots.runs)
+    except DPDMDError as e:
+        return _refused(e), gr.skip()
+    left = runs.list_runs(settings.roots)
+    return f"{message[0].upper()}{message[1:]}.", gr.update(choices=[r.name for r in left],
+                                                             value=runs.default_run(left))
+
+
+def load_notes(settings: Settings, selected: str | None) -> str:
+    try:
+        return runs.read_notes(settings.roots.run_dir(selected)) if selected else ""
+    except DPDMDError:
+        return ""
+
+
+def save_notes(settings: Settings, selected: str | None, text: str) -> Any:
+    """Keep the notes in the run's folder (only when they changed: a blur without typing writes nothing)."""
+    if not selected:
+        return gr.skip()
+    try:
+        run_dir = settings.roots.run_dir(selected)
+        if not run_dir.is_dir() or runs.read_notes(run_dir) == (text or ""):
+            return gr.skip()
+        runs.write_notes(run_dir, text or "")
+    except DPDMDError as e:
+        return _refused(e)
+    return f"Notes saved in **{selected}**/{runs.NOTES}."
+
+
 # ---- Compare -------------------------------------------------------------------------------------------
 class CompareView(NamedTuple):
     """What Compare shows; all but the message are gr.skip() when refused."""
@@ -593,7 +648,7 @@ class CompareView(NamedTuple):
 
 
 def compare_choices(settings: Settings):
-    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
+    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.comparable])
 
 
 def _number(value: Any) -> str:
@@ -692,6 +747,8 @@ def _wizard_page(settings: Settings):
     with gr.Row():
         max_steps = gr.Number(value=f.max_steps, precision=0, **named("max_steps", "student updates"))
         batch = gr.Number(value=f.batch_size, precision=0, **named("batch_size", "per process"))
+        procs = gr.Number(value=f.processes, precision=0, minimum=1,
+                          **named("processes", "GPUs of this machine; more than 1: accelerate launch"))
         memory = gr.Radio(list(PRESETS), value=f.memory, **named("memory"))
     memory_note = gr.Markdown(preset_note(f.memory, f.method))
     run_name = gr.Textbox(value=lambda: default_run_name(), **named("run_name", f"a folder in {settings.roots.runs}"))
@@ -709,7 +766,7 @@ def _wizard_page(settings: Settings):
                     fake_lr=fake_lr, prompts=prompts, prompts_file=prompts_file,
                     method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
                     guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
-                    memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
+                    memory=memory, run_name=run_name, processes=procs, fake_updates=fake_updates, seed=seed,
                     checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every,
                     extra_toml=extra)
     with gr.Column(elem_id="verdict-bar"):  # fixed: the verdict and Start stay in view while the form scrolls
@@ -757,7 +814,14 @@ def _monitor_page(settings: Settings):
         resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
         up_btn = gr.Button("Move up in the queue", interactive=False, visible=False, elem_id="up-btn")
         cancel_btn = gr.Button("Cancel (take out of the queue)", interactive=False, visible=False, elem_id="cancel-btn")
+    with gr.Row():
+        export_format = gr.Dropdown([(f"{name}: {f.help}", name) for name, f in FORMATS.items()], value="lora",
+                                    label="Export the newest checkpoint as", elem_id="export-format", scale=2)
+        export_btn = gr.Button("Export", elem_id="export-btn", scale=1)
+        delete_btn = gr.Button("Delete this run...", variant="stop", elem_id="delete-btn", scale=1)
     action = gr.Markdown(elem_id="monitor-message")
+    notes = gr.Textbox(label=f"Notes on this run (kept in its folder as {runs.NOTES}; saved when you leave the box)",
+                       lines=2, elem_id="run-notes")
     with gr.Row():
         teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",
                                buttons=["download", "fullscreen"], height=320)
@@ -793,12 +857,22 @@ def _monitor_page(settings: Settings):
     # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
     resume_btn.click(partial(control, settings, "resume"), run_select, action, trigger_mode="once",
                      concurrency_limit=1, concurrency_id="start", api_name="resume")
+    export_btn.click(partial(export_run, settings), [run_select, export_format], action, api_name="export")
+    # the browser asks first; a cancelled dialog sends '' and nothing is deleted
+    delete_btn.click(partial(delete_run, settings), run_select, [action, run_select], api_name="delete",
+                     js="(name) => name && confirm(`Delete the run '${name}' and all its files (checkpoints, "
+                        "student, report)? This cannot be undone.`) ? name : ''")
+    run_select.change(partial(load_notes, settings), run_select, notes, show_progress="hidden",
+                      api_visibility="private")
+    notes.blur(partial(save_notes, settings), [run_select, notes], action, show_progress="hidden",
+               api_visibility="private")
     return run_select, outputs
 
 
 def _compare_page(settings: Settings, cache: cmp.ModelCache):
     gr.Markdown("Sample the same prompts from the same seeds with each chosen student (and the teacher), "
-                "side by side. Runs appear here once they have finished and exported `student.safetensors`.")
+                "side by side. A finished run is sampled from its `student.safetensors`; a running or stopped run from "
+                "its newest checkpoint (its card says which step).")
     gr.Markdown(cmp.WHAT_TO_LOOK_FOR, elem_id="compare-explained")
     with gr.Row():
         names = gr.CheckboxGroup(choices=[], label="Runs", elem_id="compare-runs")

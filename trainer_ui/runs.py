@@ -14,7 +14,7 @@ from pathlib import Path
 from distill_core.config import effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
 from distill_core.run_queue import QueueError, RunQueue
-from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
+from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
 
 from .launcher import LOG, run_state
 from .paths import Roots
@@ -40,7 +40,7 @@ class RunSummary:
     k: int | None
     lam: float | None
     updated: float
-    has_student: bool
+    comparable: bool  # Compare can sample it (comparable())
     queued: tuple[str, int] | None = None  # (device, place in its queue)
 
     def row(self) -> list:
@@ -77,7 +77,20 @@ def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummar
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
                       method=name, k=None if name == "dmd" else method.get("anchor_step"),  # DMD has no anchor
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
-                      has_student=run.file(run.student_path) is not None)
+                      comparable=comparable(run))
+
+
+def newest_checkpoint(run: RunFolder) -> int | None:
+    """The step of the run's newest complete checkpoint (None: none yet); the step is in the folder's name."""
+    from distill_core.training import checkpoint as ckpt
+
+    done = ckpt.list_complete(run.checkpoints)
+    return int(done[-1].name.removeprefix(ckpt.PREFIX)) if done else None
+
+
+def comparable(run: RunFolder) -> bool:
+    """A run Compare can sample: its exported student, or (running, stopped) its newest checkpoint's."""
+    return run.file(run.student_path) is not None or newest_checkpoint(run) is not None
 
 
 def list_runs(roots: Roots) -> list[RunSummary]:
@@ -132,6 +145,7 @@ class RunView:
     log: str = ""
     log_file: Path | None = None
     queued: tuple[str, int] | None = None  # (device, place in its queue)
+    exports: list[Path] = field(default_factory=list)  # files `dpdmd export` (or Compare) wrote into the run
 
     @property
     def eta_seconds(self) -> float | None:
@@ -180,8 +194,6 @@ def signature(run_dir: Path) -> tuple:
 
 
 def view(run_dir: Path) -> RunView:
-    from distill_core.training import checkpoint as ckpt
-
     run = RunFolder(run_dir)
     status, events = run.read_status(), run.read_events()
     steps = [e for e in events if e.get("event") == "step"]
@@ -196,7 +208,6 @@ def view(run_dir: Path) -> RunView:
         level = {*range(0, span + 1, max(1, span // 20)), span, *(d[0] for d in diversity)}
         diversity += [(s, teacher_div, "teacher") for s in sorted(level)]
     grids, log = run.student_grids(), run.file(LOG)
-    done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     queued = queue_positions(run.root.parent).get(run.root.name)
     state = state_of(run, queued)
     return RunView(
@@ -206,6 +217,28 @@ def view(run_dir: Path) -> RunView:
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,
         teacher_grid=run.file(run.samples / "teacher.png"), student_grid=grids[-1] if grids else None,
-        checkpoint_step=int(done[-1].name.removeprefix(ckpt.PREFIX)) if done else None,
+        checkpoint_step=newest_checkpoint(run),
         report=run.file(run.report_path), student=run.file(run.student_path), metrics=metrics,
-        log=log_tail(log), log_file=log)
+        log=log_tail(log), log_file=log, exports=exports(run))
+
+
+NOTES = "notes.md"  # a run's notes, written by the Monitor's notes box
+
+
+def exports(run: RunFolder) -> list[Path]:
+    """The student files exported from checkpoints (student_stepNNNNNNNN + a format's suffix; a diffusers export
+    is a folder, which a browser cannot download), oldest first."""
+    from distill_core.export.formats import FORMATS
+
+    files = [run.file(p) for p in sorted(run.root.glob("student_step*"))
+             if any(p.name.endswith(f.suffix) for f in FORMATS.values())]
+    return [p for p in files if p is not None]
+
+
+def read_notes(run_dir: Path) -> str:
+    path = RunFolder(run_dir).file(run_dir / NOTES)
+    return path.read_text(encoding="utf-8", errors="replace") if path else ""
+
+
+def write_notes(run_dir: Path, text: str) -> None:
+    atomic_write_text(run_dir / NOTES, text)

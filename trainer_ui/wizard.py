@@ -24,6 +24,7 @@ from distill_core.config import (Config, MethodSection, TeacherSection, builtin_
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
 
+from .launcher import check_processes
 from .paths import Roots
 
 # (label, value) choices, in the config annotations' order.
@@ -78,6 +79,7 @@ class WizardForm:
     batch_size: float | None
     memory: str
     run_name: str
+    processes: float | None  # training processes (GPUs of this machine); not a config field: how it is launched
     fake_updates: float | None
     fake_lr: float | None
     seed: float | None
@@ -120,6 +122,7 @@ FORM_FIELDS: dict[str, FormField] = {
     "batch_size": FormField("Batch size", ("data.batch_size",)),
     "memory": FormField("Memory preset", ("memory preset",)),
     "run_name": FormField("Run name", ("run name",)),
+    "processes": FormField("Processes", ("processes",)),
     "fake_updates": FormField("Fake-score updates", ("method.fake_updates",)),
     "fake_lr": FormField("Fake-score lr", ("optim.fake_lr",)),
     "seed": FormField("Seed", ("run.seed",)),
@@ -155,6 +158,7 @@ def default_form(family: str = "builtin", builtin: str = DEFAULT_KIND) -> Wizard
                       diversity_weight=fam.diversity_weight, student_steps=c.student.num_steps,
                       guidance_scale=fam.guidance_scale, teacher_steps=fam.num_steps, fake_lr=fam.fake_lr or fam.lr,
                       max_steps=fam.max_steps, batch_size=fam.batch_size, run_name=default_run_name(c.method.name),
+                      processes=1,
                       memory=NO_PRESET if family == "builtin" else REAL_TEACHER_PRESET,
                       fake_updates=c.method.fake_updates, seed=c.run.seed, checkpoint_every=c.run.checkpoint_every,
                       grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every)
@@ -208,6 +212,11 @@ def _merge(base: dict, extra: dict) -> dict:
         else:
             out[section] = values
     return out
+
+
+def processes(form: WizardForm) -> int:
+    """How many training processes Start launches (accelerate launch for more than one)."""
+    return check_processes(_whole(form, "processes"))
 
 
 def teacher_path(form: WizardForm) -> str:
@@ -289,6 +298,7 @@ def check_teacher_folder(cfg: Config) -> None:
 def build_config(form: WizardForm, roots: Roots) -> Config:
     """The resolved config the wizard will run; raises the core's errors (DPDMDError) on bad input."""
     cfg = resolve(from_dict(form_to_dict(form, roots)))
+    processes(form)
     check_teacher_folder(cfg)
     check_prompts(cfg)
     return cfg
@@ -310,6 +320,7 @@ def form_from_config(cfg: Config, run_name: str, roots: Roots) -> WizardForm:
                       method=m.name, anchor_step=m.anchor_step, diversity_weight=m.diversity_weight,
                       student_steps=cfg.student.num_steps, guidance_scale=t.guidance_scale, teacher_steps=t.num_steps,
                       max_steps=r.max_steps, batch_size=cfg.data.batch_size, memory=_preset_of(cfg), run_name=run_name,
+                      processes=1,
                       fake_updates=m.fake_updates, fake_lr=cfg.optim.fake_lr, seed=r.seed, checkpoint_every=r.checkpoint_every,
                       grid_every=e.grid_every, diversity_every=e.diversity_every, extra_toml="")
     wanted, given = cfg.to_dict(), build_config(form, roots).to_dict()
