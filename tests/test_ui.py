@@ -642,3 +642,36 @@ def test_several_processes_start_through_accelerate_launch(settings, tmp_path):
     run.mkdir()
     (run / launcher.LAUNCH).write_text('{"processes": 2}')
     assert launcher.processes_of(run) == 2 and launcher.processes_of(settings.roots.runs / "none") == 1
+
+
+def test_the_verdict_on_a_started_run_is_not_a_refusal(settings):
+    """Issue 29.2: after Start, a check of the same form (a blur, another tab) says the run is on its way."""
+    form = tiny_form("going")
+    run = RunFolder(settings.roots.runs / "going")
+    run.create()
+    run.config_path.write_text(build_config(form, settings.roots).to_toml())
+    run.write_status("running", pid=os.getpid(), host=os.uname().nodename, step=3, max_steps=4)
+    view = app.check(settings, *values(form))
+    assert "Refused" not in view.message and "**going** is running (step 3 / 4): the Monitor follows it" in view.message
+    assert view.config_toml and view.highlight == ""
+
+
+def test_a_real_teacher_at_a_size_its_network_cannot_take_is_refused(settings, tiny_pipelines):
+    """Issue 29.3: the folder's configs bound the resolution (SD3: pos_embed_max_size); the memory planner's
+    network refuses what it cannot run, so neither becomes a run that fails at step 0."""
+    from tiny_diffusers import tiny_run_config
+
+    teacher = settings.roots.extra[0] / "sd3"
+    import shutil
+    shutil.copytree(tiny_pipelines["sd3"], teacher)
+    form = replace(tiny_form("big"), family="sd3", teacher_path=str(teacher), prompts="a photo of a cat",
+                   resolution=1024)
+    view = app.check(settings, *values(form))
+    assert view.message.startswith("**Refused:** Resolution = 1024 is larger than this sd3 teacher can take (128 px")
+    assert "#resolution" in view.highlight
+    assert app.check(settings, *values(replace(form, resolution=64))).message.startswith("Ready")
+    cfg = resolve(tiny_run_config("sd3", teacher, settings.roots.runs / "big", teacher__resolution=64))
+    assert "peak per GPU" in settings.plans.estimate(cfg) and settings.plans.refusal(cfg) is None
+    cfg.teacher.resolution = 1024  # past the folder check: what the planner's network says of it
+    assert "pos_embed_max_size" in settings.plans.refusal(cfg)
+    assert "Start is refused" in settings.plans.estimate(cfg)

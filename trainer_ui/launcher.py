@@ -71,7 +71,7 @@ def _free_port() -> int:
 
 def check_processes(processes: int) -> int:
     if not 1 <= processes <= MAX_PROCESSES:
-        raise ConfigError(f"processes = {processes}: give 1 to {MAX_PROCESSES} (one per GPU of this machine)")
+        raise ConfigError(f"Processes = {processes}: give 1 to {MAX_PROCESSES} (one per GPU of this machine)")
     return processes
 
 
