@@ -65,6 +65,7 @@ class RunSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"
     branch_from: str = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
+    tensorboard: bool = False  # also log the losses and diversity to <run>/tensorboard (accelerate's tracker)
 
 
 @dataclass
@@ -200,6 +201,7 @@ def dumps_toml(data: dict) -> str:
 
 # Fields that may change when a run is resumed; any other difference (outside [eval]) means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
+                     "run.tensorboard",
                      "run.output_dir",  # a moved or copied run folder resumes where it now is
                      "run.branch_from", "optim.student_lr", "optim.fake_lr",
                      "student.lora_mode"}  # both LoRA modes write the same checkpoints
@@ -389,6 +391,9 @@ def resolve(cfg: Config) -> Config:
     _check_method(cfg.method, cfg.teacher)
     _check_student(cfg.student, cfg.teacher)
     _check_optim(cfg.optim)
+    if cfg.run.tensorboard and not tensorboard_installed():
+        raise ConfigError("run.tensorboard = true needs the tensorboard package, which is not installed; "
+                          "`pip install tensorboard`, or set run.tensorboard = false")
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
 
@@ -499,6 +504,13 @@ def _check_student(s: StudentSection, t: TeacherSection) -> None:
                           "student.lora_rank > 0 (at least the file's rank)")
     if s.init_lora and not Path(s.init_lora).expanduser().is_file():
         raise ConfigError(f"student.init_lora {s.init_lora!r} does not exist; give a LoRA .safetensors file")
+
+
+def tensorboard_installed() -> bool:
+    """TensorBoard logging is optional: the package is not a dependency (it is large)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _check_optim(o: OptimSection) -> None:

@@ -137,3 +137,16 @@ def test_the_digits_example_config_trains_the_digits_teacher():
     assert cfg.teacher.builtin == "digits" and cfg.optim.student_lr == 1e-4 and cfg.data.batch_size == 64
     for prompt in cfg.data.prompts + cfg.eval.prompts:
         data_module("digits").parse_prompt(prompt)
+
+
+def test_tensorboard_logging_is_an_option_only_where_tensorboard_is_installed():
+    """Issue 29.7: accelerate's tracker, not a dependency: without the package the config says how to get it."""
+    from distill_core.config import tensorboard_installed
+
+    cfg = loads_config("[run]\ntensorboard = true")
+    if tensorboard_installed():
+        assert resolve(cfg).run.tensorboard
+    else:
+        with pytest.raises(ConfigError, match="run.tensorboard = true needs the tensorboard package"):
+            resolve(cfg)
+    assert not resolve(Config()).run.tensorboard

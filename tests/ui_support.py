@@ -36,7 +36,7 @@ def tiny_form(name: str, **overrides) -> WizardForm:
                       batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name, processes=1,
                       fake_updates=cfg.method.fake_updates, seed=cfg.run.seed,
                       checkpoint_every=cfg.run.checkpoint_every, grid_every=cfg.eval.grid_every,
-                      diversity_every=cfg.eval.diversity_every, extra_toml=extra)
+                      diversity_every=cfg.eval.diversity_every, tensorboard=False, extra_toml=extra)
 
 
 def diffusers_skeleton(path: Path, family: str) -> Path:

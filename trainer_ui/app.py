@@ -27,7 +27,7 @@ import pandas as pd
 
 from distill_core import demo
 from distill_core.builtin.kinds import DEFAULT_KIND
-from distill_core.config import Config, resolve
+from distill_core.config import Config, resolve, tensorboard_installed
 from distill_core.errors import ConfigError, DPDMDError
 from distill_core.export.formats import FORMATS
 from distill_core.runfolder import TRAINING_STATES, RunFolder
@@ -760,6 +760,8 @@ def _wizard_page(settings: Settings):
             checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, **named("checkpoint_every", "N steps"))
             grid_every = gr.Number(value=f.grid_every, precision=0, **named("grid_every", "N steps"))
             diversity_every = gr.Number(value=f.diversity_every, precision=0, **named("diversity_every", "N steps"))
+            tensorboard = gr.Checkbox(value=f.tensorboard, visible=tensorboard_installed(),
+                                      **named("tensorboard", "log to <run>/tensorboard"))
         extra = gr.Code(value="", language=None, lines=4,
                         **named("extra_toml", "any other config field; overrides the form, e.g. [eval] seeds = 9"))
     inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, resolution=resolution, builtin=builtin,
@@ -768,7 +770,7 @@ def _wizard_page(settings: Settings):
                     guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
                     memory=memory, run_name=run_name, processes=procs, fake_updates=fake_updates, seed=seed,
                     checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every,
-                    extra_toml=extra)
+                    tensorboard=tensorboard, extra_toml=extra)
     with gr.Column(elem_id="verdict-bar"):  # fixed: the verdict and Start stay in view while the form scrolls
         with gr.Row():
             message = gr.Markdown(elem_id="wizard-message")

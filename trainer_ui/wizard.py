@@ -86,6 +86,7 @@ class WizardForm:
     checkpoint_every: float | None
     grid_every: float | None
     diversity_every: float | None
+    tensorboard: bool  # offered only where the tensorboard package is installed
     extra_toml: str
 
     def __post_init__(self) -> None:
@@ -129,6 +130,7 @@ FORM_FIELDS: dict[str, FormField] = {
     "checkpoint_every": FormField("Checkpoint every", ("run.checkpoint_every",)),
     "grid_every": FormField("Seed grid every", ("eval.grid_every",)),
     "diversity_every": FormField("Diversity every", ("eval.diversity_every",)),
+    "tensorboard": FormField("TensorBoard", ("run.tensorboard",)),
     "extra_toml": FormField("Advanced TOML", ("the advanced TOML box",)),
 }
 
@@ -161,7 +163,7 @@ def default_form(family: str = "builtin", builtin: str = DEFAULT_KIND) -> Wizard
                       processes=1,
                       memory=NO_PRESET if family == "builtin" else REAL_TEACHER_PRESET,
                       fake_updates=c.method.fake_updates, seed=c.run.seed, checkpoint_every=c.run.checkpoint_every,
-                      grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every)
+                      grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every, tensorboard=False)
 
 
 QUICK_TEST_NOTE = ("about 30 iterations at a small batch with a seed grid every 5, so a first result (grids, "
@@ -232,7 +234,8 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
     prompts = [line.strip() for line in form.prompts.splitlines() if line.strip() and not line.strip().startswith("#")]
     data: dict[str, dict[str, Any]] = {
         "run": {"output_dir": str(roots.run_dir(form.run_name)), "seed": _whole(form, "seed"),
-                "max_steps": _whole(form, "max_steps"), "checkpoint_every": _whole(form, "checkpoint_every")},
+                "max_steps": _whole(form, "max_steps"), "checkpoint_every": _whole(form, "checkpoint_every"),
+                "tensorboard": bool(form.tensorboard)},
         "teacher": {"family": form.family, "path": teacher_path(form),
                     "guidance_scale": _number(form, "guidance_scale"), "num_steps": _whole(form, "teacher_steps"),
                     **({"builtin": form.builtin} if form.family == "builtin" else
@@ -322,7 +325,8 @@ def form_from_config(cfg: Config, run_name: str, roots: Roots) -> WizardForm:
                       max_steps=r.max_steps, batch_size=cfg.data.batch_size, memory=_preset_of(cfg), run_name=run_name,
                       processes=1,
                       fake_updates=m.fake_updates, fake_lr=cfg.optim.fake_lr, seed=r.seed, checkpoint_every=r.checkpoint_every,
-                      grid_every=e.grid_every, diversity_every=e.diversity_every, extra_toml="")
+                      grid_every=e.grid_every, diversity_every=e.diversity_every, tensorboard=r.tensorboard,
+                      extra_toml="")
     wanted, given = cfg.to_dict(), build_config(form, roots).to_dict()
     extra = {section: {key: value for key, value in fields.items()
                        if value != given[section][key] and f"{section}.{key}" != "run.output_dir"}

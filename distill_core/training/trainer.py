@@ -49,11 +49,13 @@ def make_accelerator(cfg: Config):
     cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    # run.tensorboard: accelerate's own tracker, writing <run>/tensorboard (resolve() checked it is installed)
+    tracking = {"log_with": "tensorboard", "project_dir": str(Path(cfg.run.output_dir))} if cfg.run.tensorboard else {}
     try:
-        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu, **tracking)
     except ValueError:  # an earlier Accelerator in this process had other settings
         AcceleratorState._reset_state(True)
-        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu, **tracking)
 
 
 class Trainer:
@@ -406,6 +408,9 @@ class Trainer:
                 clock.add(logs["sec_per_step"])
                 bar.update(1)
                 recorder.after_step(self.step, logs, clock)
+                if c.run.tensorboard:
+                    measured = {} if recorder.diversity is None else {"diversity": recorder.diversity}
+                    self.acc.log({**logs, **measured}, step=self.step)
                 bar.set_postfix(self._postfix(logs, recorder, clock.left(c.run.max_steps - self.step)), refresh=False)
                 every = c.run.checkpoint_every
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
@@ -432,6 +437,8 @@ class Trainer:
             self.run.create()
         self.acc.wait_for_everyone()
         resumed = self.try_resume()
+        if self.cfg.run.tensorboard:
+            self.acc.init_trackers("tensorboard")  # <run>/tensorboard; only the main process writes
         if not self.is_main:
             return Recorder()
         from ..evaluation.evaluate import load_extractor
@@ -457,6 +464,8 @@ class Trainer:
         if ckpt.step_dir_name(self.step) not in {d.name for d in ckpt.list_complete(self.run.checkpoints)}:
             self.save_checkpoint(recorder)
         recorder.close(state, self.step)
+        if self.cfg.run.tensorboard:
+            self.acc.end_training()
         self.acc.wait_for_everyone()
 
     def _replica_difference(self) -> float:
