@@ -161,6 +161,9 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
 
     # ---- Compare: two finished students (DP-DMD, DMD) and the teacher, same prompts and seeds
     page.get_by_role("tab", name="Compare").click()
+    # issue 29.6: the stopped run is offered too (at its newest checkpoint); its presence says the list is in
+    wait_for(lambda: page.locator("#compare-runs").get_by_label("browser-run").count() == 1, 30,
+             "the stopped run among the runs to compare")
     for name in ("done-dpdmd", "done-dmd"):
         page.locator("#compare-runs").get_by_label(name).check()
     page.click("#compare-btn")
