@@ -51,7 +51,8 @@ class Phase:
         from tqdm import tqdm
 
         self.name, self.total, self.done, self.sink = name, total, 0, sink
-        self.bar = tqdm(total=total, desc=name, unit=unit, disable=not sink.show, dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc=name, unit=unit, disable=not sink.show, dynamic_ncols=True,
+                        bar_format=None if total else "{desc}... [{elapsed}]")  # uncounted: its time so far
         self._written = 0.0
 
     def advance(self, n: int = 1) -> None:

@@ -29,7 +29,8 @@ def tiny_form(name: str, **overrides) -> WizardForm:
     e, resolved = cfg.eval, resolve(cfg)
     extra = dumps_toml({"eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
                                  "grid_seeds": e.grid_seeds, "fd_samples_per_prompt": e.fd_samples_per_prompt}})
-    return WizardForm(family="builtin", teacher_path="", resolution=None, builtin=cfg.teacher.builtin,
+    return WizardForm(family="builtin", teacher_path="", resolution=1024,  # for the tests that switch to sd3 / sdxl
+                      builtin=cfg.teacher.builtin,
                       fake_lr=resolved.optim.fake_lr, prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
                       diversity_weight=resolved.method.diversity_weight, student_steps=cfg.student.num_steps,
                       guidance_scale=2.0, teacher_steps=cfg.teacher.num_steps, max_steps=cfg.run.max_steps,
@@ -50,6 +51,9 @@ def diffusers_skeleton(path: Path, family: str) -> Path:
         (path / sub).mkdir(parents=True)
         index[sub] = ["diffusers", "Placeholder"]
     (path / kind.net_folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (path / kind.net_folder / "config.json").write_text("{}")  # what the resolution check reads: no limits
+    (path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 1, 1, 1]}))
+    (path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     (path / "model_index.json").write_text(json.dumps(index))
     return path
 
