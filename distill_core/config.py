@@ -1,8 +1,9 @@
 """The run config: one dataclass tree, read from and written to TOML.
 
-Defaults follow the paper (k = 5, lambda = 0.05, 4 student steps, 5 fake-score
-updates per student update, teacher CFG per family). Fields left at ``None``
-take their family's default when the config is resolved; the run folder keeps
+Defaults follow the paper (k = 5, 4 student steps, 5 fake-score updates per
+student update); lambda, the learning rates, the budget and the teacher's CFG
+are the family's (families.py). Fields left at ``None`` take their family's
+default when the config is resolved; the run folder keeps
 the resolved config, so a run can always be repeated exactly. Every problem is
 reported as a ConfigError naming the field and the fix. Fields with a fixed set
 of values are ``Literal`` annotations: the checks, the CLI and the wizard read
@@ -79,13 +80,14 @@ class RunSection:
     """Where the run lives and how often it saves."""
     output_dir: str = "runs/dpdmd"
     seed: int = 0
-    max_steps: int = 400  # student updates (each preceded by method.fake_updates fake-score updates)
+    max_steps: int | None = None  # student updates (each preceded by method.fake_updates fake-score updates)
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"
     branch_from: ReadPath = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
+    tensorboard: bool = False  # also log the losses and diversity to <run>/tensorboard (accelerate's tracker)
 
 
 @dataclass
@@ -139,7 +141,7 @@ class FakeSection:
 class MethodSection:
     name: MethodName = "dpdmd"  # see METHODS
     anchor_step: int = 5  # k: teacher steps of the anchor rollout (k = teacher.num_steps: its full sample)
-    diversity_weight: float = 0.05  # lambda
+    diversity_weight: float | None = None  # lambda (the family's: paper 0.05)
     anchor_target: Literal["auto", "velocity", "x0"] = "auto"  # velocity (Eq. 6, flow) | x0 (Eq. 39, epsilon)
     backprop: Literal["all", "one_step"] = "all"  # all: DMD through every step after the detach | one_step: DMD2
     fake_updates: int = 5  # fake-score updates per student update
@@ -289,6 +291,7 @@ def dumps_toml(data: dict) -> str:
 
 # Fields that may change when a run is resumed; any other difference (outside [eval]) means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
+                     "run.tensorboard",
                      "run.output_dir",  # a moved or copied run folder resumes where it now is
                      "run.branch_from", "optim.student_lr", "optim.fake_lr",
                      "student.lora_mode"}  # both LoRA modes write the same checkpoints
@@ -534,6 +537,9 @@ def resolve(cfg: Config) -> Config:
     _check_init_lora("fake.init_lora", cfg.fake.init_lora, cfg.student)
     _check_optim(cfg.optim)
     _check_eval(cfg.eval)
+    if cfg.run.tensorboard and not tensorboard_installed():
+        raise ConfigError("run.tensorboard = true needs the tensorboard package, which is not installed; "
+                          "`pip install tensorboard`, or set run.tensorboard = false")
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
 
@@ -610,7 +616,10 @@ def _fill_defaults(cfg: Config) -> None:
     t.num_steps = fam.num_steps if t.num_steps is None else t.num_steps
     t.resolution = fam.resolution if t.resolution is None else t.resolution
     o.student_lr = fam.lr if o.student_lr is None else o.student_lr
-    o.fake_lr = fam.lr if o.fake_lr is None else o.fake_lr
+    o.fake_lr = (fam.fake_lr or fam.lr) if o.fake_lr is None else o.fake_lr
+    m = cfg.method
+    m.diversity_weight = fam.diversity_weight if m.diversity_weight is None else m.diversity_weight
+    cfg.run.max_steps = fam.max_steps if cfg.run.max_steps is None else cfg.run.max_steps
     d.batch_size = fam.batch_size if d.batch_size is None else d.batch_size
     prompts = list(d.prompts) + (read_prompts_file(d.prompts_file) if d.prompts_file else [])
     if t.family == "builtin" and not prompts:
@@ -717,6 +726,13 @@ def _check_eval(e: EvalSection) -> None:
     if e.collapse_stop and not e.collapse_fraction:
         raise ConfigError("eval.collapse_stop stops a run the collapse guard warns about; set eval.collapse_fraction "
                           "(e.g. 0.6) as well")
+
+
+def tensorboard_installed() -> bool:
+    """TensorBoard logging is optional: the package is not a dependency (it is large)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _check_optim(o: OptimSection) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..config import Config
+from ..progress import StepClock
 from ..runfolder import RunFolder, atomic_write_text
 from .collapse import CollapseGuard, advice
 
@@ -20,8 +21,10 @@ from .collapse import CollapseGuard, advice
 class Recorder:
     """What the loop tells the run folder; this base records nothing (non-main processes)."""
 
+    diversity: float | None = None  # the student's newest measured diversity (None: not measured yet)
+
     def open(self, step: int, resumed: bool, start_info: dict) -> None: ...
-    def after_step(self, step: int, logs: dict[str, float]) -> None: ...
+    def after_step(self, step: int, logs: dict[str, float], clock: StepClock) -> None: ...
     def checkpoint(self, step: int, path: str) -> None: ...
     def close(self, state: str, step: int) -> None: ...
 
@@ -56,12 +59,13 @@ class RunRecorder(Recorder):
         if not resumed:
             self.snapshot(step, grid=True, metrics=bool(c.eval.diversity_every))
 
-    def after_step(self, step: int, logs: dict[str, float]) -> None:
+    def after_step(self, step: int, logs: dict[str, float], clock: StepClock) -> None:
         e, last = self.cfg.eval, step == self.cfg.run.max_steps
         if step % self.cfg.run.log_every == 0 or last:
             self.run.append_event("step", step=step, **{k: round(v, 6) for k, v in logs.items()})
         self.snapshot(step, grid=_due(step, e.grid_every), metrics=_due(step, e.diversity_every))
-        self.run.write_status("running", step=step)
+        self.run.write_status("running", step=step, sec_per_step=clock.sec_per_step,
+                              eta_seconds=clock.left(self.cfg.run.max_steps - step))
 
     def _start_guard(self, step: int) -> None:
         """The collapse guard's teacher diversity (measured once per run, kept in the events) and, on a resume,
@@ -124,6 +128,7 @@ class RunRecorder(Recorder):
             self.run.append_event("grid", step=step, who="student", path=str(path.relative_to(self.run.root)))
         if metrics and (m := self.snaps.student_metrics(net)):
             self.run.append_event("eval", step=step, **m)
+            self.diversity = m.get("diversity", self.diversity)
             self._watch(step, m["diversity"])
 
 
