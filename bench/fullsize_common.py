@@ -40,8 +40,13 @@ PROMPTS = ["a photo of a cat", "the dog", "a painting of the sea"]
 TINY = {"sd3.5-medium": {"num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128,
                          "dual_attention_layers": [0]},
         "sdxl": {"block_out_channels": [32, 64, 64], "transformer_layers_per_block": [1, 1, 1],
-                 "attention_head_dim": [2, 4, 4], "norm_num_groups": 16}}
-VAE_FACTORS = {"sd3": {"scaling_factor": 1.5305, "shift_factor": 0.0609}, "sdxl": {"scaling_factor": 0.13025}}
+                 "attention_head_dim": [2, 4, 4], "norm_num_groups": 16},
+        "flux2-klein-4b": {"num_layers": 1, "num_single_layers": 1},
+        "flux2-klein-9b": {"num_layers": 1, "num_single_layers": 1},
+        "z-image": {"dim": 120, "n_heads": 2, "n_kv_heads": 2, "n_layers": 2, "n_refiner_layers": 1,
+                    "axes_dims": [20, 20, 20]}}
+VAE_FACTORS = {"sd3": {"scaling_factor": 1.5305, "shift_factor": 0.0609}, "sdxl": {"scaling_factor": 0.13025},
+               "zimage": {"scaling_factor": 0.3611, "shift_factor": 0.1159}}
 
 
 def network_config(name: str, tiny: bool = False) -> dict:
@@ -49,8 +54,29 @@ def network_config(name: str, tiny: bool = False) -> dict:
     return {**ref["network"], **(TINY[name] if tiny else {})}
 
 
+def _qwen3_encoder(width: int) -> dict:
+    """FLUX.2's Qwen3 at its real width with narrow layers: 28 of them, as the pipeline reads hidden states 9,
+    18 and 27 (the embeddings the transformer sees have the real 3 x width)."""
+    from tiny_flux2 import tiny_qwen_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = tiny_qwen_tokenizer()
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=width, intermediate_size=64, num_hidden_layers=28,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=128, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    return {"text_encoder": Qwen3ForCausalLM(config), "tokenizer": tok}
+
+
 def _text_encoders(family: str) -> dict:
-    """One-layer CLIP-L / CLIP-G (and T5) whose hidden and pooled widths are the real ones."""
+    """One-layer CLIP-L / CLIP-G (and T5), or Qwen3 (Z-Image), whose hidden and pooled widths are the real ones."""
+    if family == "zimage":
+        from tiny_zimage import tiny_qwen_tokenizer
+        from transformers import Qwen3Config, Qwen3Model
+
+        tok = tiny_qwen_tokenizer()
+        return {"tokenizer": tok, "text_encoder": Qwen3Model(Qwen3Config(
+            vocab_size=len(tok), hidden_size=2560, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=64, max_position_embeddings=1024, pad_token_id=tok.pad_token_id))}
     from tiny_diffusers import tiny_clip_tokenizer, tiny_t5_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -89,8 +115,17 @@ def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 
         net = getattr(diffusers, ref["network_class"]).from_config(network_config(name, tiny))
     finally:
         torch.set_default_dtype(previous)
-    vae = diffusers.AutoencoderKL.from_config({**ref["vae"], **VAE_FACTORS[family]})
-    if family == "sd3":
+    vae = getattr(diffusers, ref.get("vae_class", "AutoencoderKL")).from_config(
+        {**ref["vae"], **VAE_FACTORS.get(family, {})})
+    if family == "flux2":
+        width = ref["text_encoders"]["text_encoder"][1]["hidden_size"]
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
+                                                              time_shift_type="exponential")
+        pipe = diffusers.Flux2KleinPipeline(transformer=net, vae=vae, scheduler=scheduler, **_qwen3_encoder(width))
+    elif family == "zimage":
+        pipe = diffusers.ZImagePipeline(transformer=net, vae=vae, **_text_encoders(family),
+                                        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    elif family == "sd3":
         pipe = diffusers.StableDiffusion3Pipeline(transformer=net, vae=vae, **_text_encoders(family),
                                                   scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
     else:

@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py                       # SD3.5-M and SDXL; under 8 minutes on one H200
     python bench/gpu_check.py --arch sdxl --presets shared-lora64-ckpt-b1 --iterations 3
+    python bench/gpu_check.py --arch z-image        # Z-Image 6.15 B (80 GB: the shared-base presets)
 
 The same code as bench/fullsize_cpu.py (bench/fullsize_common.py): a random-weight teacher folder built from
 plan.py's public configs, the project's Trainer, per phase torch.cuda.max_memory_allocated and seconds. For each

@@ -43,6 +43,7 @@ def test_toml_round_trip():
     ("[data]\nprompts_file = '/no/such/prompts.txt'", ["data.prompts_file"]),
     ("[eval]\nseeds = 1", ["eval.seeds", "pairwise"]),
     ("[method]\nname = 'dmd'\nbackprop = 'one_step'", ["method.backprop", "'dpdmd'"]),
+    ("[method]\nname = 'decoupled_dmd'\nrefine = 'decoupled_dmd'", ["method.refine", "its own objective"]),
     ("[student]\nema_decay = 1.0", ["student.ema_decay"]),
     ("[student]\nshift = 0.0", ["student.shift", "positive"]),
     ("[run]\nkeep_checkpoints = 0", ["run.keep_checkpoints = 0 must be at least 1"]),

@@ -18,7 +18,7 @@ from distill_core.cli import main
 from distill_core.errors import DiskFull
 from distill_core.runfolder import RunFolder
 from distill_core.training import checkpoint as ckpt
-from distill_core.training.trainer import Trainer, train
+from distill_core.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -144,7 +144,7 @@ def check(settings: Settings, *values) -> CheckView:
         note = launcher.existing_run_note(cfg)
     except DPDMDError as e:
         return CheckView("", *_refused_field(e, form))
-    lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    lam = f"lambda = {cfg.lam:g}" if cfg.lam else "no diversity loss"
     busy = _queue_note(settings, cfg)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
@@ -404,7 +404,7 @@ def _report_html(path: Path | None, state: str = "") -> str:
 
 
 LOSS_COLORS = dict(zip(runs.LOSSES.values(), ("#2f6fb5", "#e8862a", "#c9372c")))
-DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a"}
+DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a", "collapse warning": "#d62728"}
 
 
 def _frame(rows: list[tuple], columns: list[str], series: dict[str, str]) -> pd.DataFrame:
@@ -527,7 +527,7 @@ def _cards_html(panels: list[cmp.Panel]) -> str:
     return f"<div class='compare-cards'>{''.join(cards)}</div>"
 
 
-CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#a66bd3")))
+CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#3aa37a", "#a66bd3")))
 
 
 def _bars(rows: list[tuple[str, float, str]]) -> pd.DataFrame:

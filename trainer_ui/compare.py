@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill_core.config import Config, load_run_config, resolve
+from distill_core.config import METHODS, Config, load_run_config, resolve
 from distill_core.errors import DPDMDError
 from distill_core.runfolder import RunFolder
 
@@ -45,7 +45,7 @@ WHAT_TO_LOOK_FOR = (
 
 
 # What a bar's colour says: the data, the teacher, or a student by its method.
-KINDS = ("data", "teacher", "dpdmd", "dmd", "no_detach")
+KINDS = ("data", "teacher", *METHODS)
 
 
 def _bar_rows(groups: list[tuple[str, list[tuple[str, float, str]]]]) -> list[tuple[str, float, str]]:
@@ -72,9 +72,11 @@ def chart(panels: list[Panel]) -> tuple[list[tuple[str, float, str]], str]:
         return _bar_rows(groups), f"Share of samples per mode, prompt {prompt!r} (run evaluations)"
     measures = (("diversity", lambda p: p.numbers.get("diversity (these samples)")),
                 ("coverage", lambda p: p.evaluation.get("mode_coverage")),
+                ("coverage, valid only", lambda p: p.evaluation.get("mode_coverage_valid")),
                 ("validity", lambda p: p.evaluation.get("validity", p.evaluation.get("class_accuracy"))))
     groups = [(name, [(p.label, get(p), _kind(p)) for p in panels if get(p) is not None]) for name, get in measures]
-    return _bar_rows([g for g in groups if g[1]]), "Diversity (these samples), mode coverage and validity (run evaluations)"
+    return (_bar_rows([g for g in groups if g[1]]),
+            "Diversity (these samples), mode coverage (all and valid samples) and validity (run evaluations)")
 
 
 class ModelCache:
@@ -118,8 +120,13 @@ def _run_eval(metrics: dict, who: str) -> dict:
     """The run's own end-of-training evaluation (many more samples), when it has one."""
     m = metrics.get(who, {})
     names = {"diversity": "diversity (run eval)", "frechet_distance": "Frechet distance (run eval)",
-             "class_accuracy": "class accuracy (run eval)"}
-    return {label: round(m[key], 4) for key, label in names.items() if key in m}
+             "validity": "validity (run eval)", "blank_share": "blank share (run eval)",
+             "mode_coverage_valid": "mode coverage, valid samples only (run eval)",
+             "diversity_valid": "diversity, valid samples only (run eval)"}
+    out = {label: round(m[key], 4) for key, label in names.items() if m.get(key) is not None}
+    if m.get("prompts_few_valid"):
+        out["prompts with < 2 valid samples (run eval)"] = len(m["prompts_few_valid"])
+    return out
 
 
 def _panel(label: str, title: str, teacher, net, prompts, seeds, levels, guidance, extractor, device,

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_core.config import effective_diversity_weight, parse_toml
+from distill_core.config import METHODS, effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
 from distill_core.run_queue import QueueError, RunQueue
 from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
@@ -76,7 +76,8 @@ def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummar
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
     return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
-                      method=name, k=None if name == "dmd" else method.get("anchor_step"),  # DMD has no anchor
+                      method=name,  # a method without the diversity loss has no anchor
+                      k=None if name in METHODS and not METHODS[name].diversity else method.get("anchor_step"),
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
                       has_student=run.file(run.student_path) is not None)
 
@@ -190,8 +191,11 @@ def view(run_dir: Path) -> RunView:
     metrics = run.read_json(run.metrics_path)
     diversity = [(e["step"], e["diversity"], "student") for e in events
                  if e.get("event") == "eval" and "diversity" in e]
-    teacher_div = metrics.get("teacher", {}).get("diversity")
+    measured = [e["diversity"] for e in events if e.get("event") == "teacher_eval"]  # the collapse guard's
+    teacher_div = metrics.get("teacher", {}).get("diversity", measured[-1] if measured else None)
     teacher_div = known_teacher_diversity(run) if teacher_div is None else teacher_div
+    warnings = [e for e in events if e.get("event") == "collapse_warning"]
+    diversity += [(e["step"], e["diversity"], "collapse warning") for e in warnings]
     max_steps = int(status.get("max_steps") or 0)
     if teacher_div is not None:  # a level from step 0 (when another run measured it) to the newest step, as dots
         span = plot_span([int(status.get("step") or 0), *(d[0] for d in diversity)])
@@ -202,7 +206,7 @@ def view(run_dir: Path) -> RunView:
     queued = queue_positions(run.root.parent).get(run.root.name)
     return RunView(
         name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
-        max_steps=max_steps, message=str(status.get("message") or ""),
+        max_steps=max_steps, message=str(status.get("message") or (warnings[-1]["message"] if warnings else "")),
         sec_per_step=statistics.median(recent) if recent else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,

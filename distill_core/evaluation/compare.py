@@ -54,8 +54,6 @@ def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExt
     if extractor is not None:
         out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
                                    diversity_seeds=e.seeds))
-    if "class_accuracy" in out:  # the digits teacher's valid samples: those of the prompt's class
-        out["validity"] = out["class_accuracy"]
     return out, images
 
 
@@ -89,13 +87,20 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device, reference
     ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
     if "diversity" in t:
         ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)
-    if isinstance(extractor, (DigitsExtractor, ShapesExtractor)):  # the built-in teachers' modes
-        per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
-        labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
-        if isinstance(extractor, ShapesExtractor):  # counted by the decoder
-            t_modes, s_modes = shape_modes.mode_metrics(t_images, s_images, labels, per_prompt)
-        else:  # the real digits' style clusters
-            t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels, per_prompt)
+    if "diversity_valid" in t and t["diversity_valid"] and s["diversity_valid"] is not None:
+        ratios["diversity_valid_student_over_teacher"] = s["diversity_valid"] / t["diversity_valid"]
+    if isinstance(extractor, (DigitsExtractor, ShapesExtractor)):
+        t_modes, s_modes = builtin_mode_metrics(extractor, teacher, cfg.eval.prompts, t_images, s_images)
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}
+
+
+def builtin_mode_metrics(extractor: DigitsExtractor | ShapesExtractor, teacher: Teacher, prompts: list[str],
+                         teacher_images: torch.Tensor, student_images: torch.Tensor) -> tuple[dict, dict]:
+    """The built-in teachers' mode metrics of teacher and student from the same noises (prompt-major images)."""
+    per_prompt = teacher_images.shape[0] // len(prompts)
+    labels = prompt_labels(teacher, prompts, per_prompt)
+    if isinstance(extractor, ShapesExtractor):  # counted by the decoder
+        return shape_modes.mode_metrics(teacher_images, student_images, labels, per_prompt)
+    return mode_metrics(extractor, teacher_images, student_images, labels, per_prompt)  # the digits' style clusters

@@ -44,6 +44,14 @@ class Snapshots:
         title = f"student: {self.cfg.student.num_steps} steps, step {step}"
         seed_grid(self.teacher.decode(lat), self.grid_prompts, self.grid_seeds, title).save(path)
 
+    def teacher_metrics(self) -> dict:
+        """The teacher's diversity (Eq. 9) on the same eval prompts x R seeds as ``student_metrics``."""
+        if self.extractor is None:
+            return {}
+        lat = sample_grid(self.teacher, self.teacher.network, self.eval_prompts, self.eval_seeds, self.teacher_levels,
+                          self.cfg.teacher.guidance_scale, self.batch, self.device)
+        return evaluate_images(self.teacher.decode(lat), len(self.eval_seeds), self.extractor)
+
     def student_metrics(self, net: nn.Module) -> dict:
         """Diversity (Eq. 9) of the student on the eval prompts x R seeds."""
         if self.extractor is None:

@@ -154,6 +154,10 @@ class Teacher(ABC):
             levels = levels.expand(x.shape[0])
         both = self.call_network(net, torch.cat([x, x]), torch.cat([levels, levels]), cat_cond(cond, null))
         c, u = both.chunk(2)
+        return self.guide(c, u, scale, levels)
+
+    def guide(self, c: torch.Tensor, u: torch.Tensor, scale: float, levels: torch.Tensor) -> torch.Tensor:
+        """How the two predictions combine: u + s (c - u); a family whose pipeline adds to it overrides this."""
         return u + scale * (c - u)
 
     def student_schedule(self, shift: float | None = None) -> NoiseSchedule:

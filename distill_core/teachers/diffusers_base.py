@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gc
 import json
-from importlib import import_module
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -21,9 +21,9 @@ from torch import nn
 
 from ..config import Config
 from ..errors import ConfigError, PromptError, shown
-from ..integrity import require_safetensors
 from ..families import FAMILIES
-from ..schedules import NoiseSchedule
+from ..integrity import require_safetensors
+from ..schedules import FlowSchedule, NoiseSchedule
 from ..training.merge import merge_loras
 from .base import Cond, PromptBank, Teacher, pad_cat
 from .prompt_store import EmbeddingStore, StoredPromptBank
@@ -94,6 +94,18 @@ class DiffusersTeacher(Teacher):
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         raise NotImplementedError
+
+    def _flow_schedule(self, sc: dict) -> FlowSchedule:
+        """A flow family's schedule: teacher.shift, else the scheduler's static shift (dynamic shifting is refused);
+        levels spaced as the family's pipeline spaces them (its row's ``spacing``)."""
+        shift = self.cfg.teacher.shift
+        if shift is None:
+            if sc.get("use_dynamic_shifting"):
+                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
+                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
+            shift = float(sc.get("shift", 1.0))
+        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)),
+                            spacing=FAMILIES[self.family].spacing)
 
     # ---- loading ---------------------------------------------------------------------------
     def _network_class(self):

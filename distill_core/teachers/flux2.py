@@ -177,27 +177,7 @@ class Flux2Teacher(DiffusersTeacher):
         return [name for name in super().lora_file_modules() if not name.startswith(LORA_UNPLACED)]
 
     def comfy_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The weights in BFL names: ComfyUI 0.33 detects FLUX.2 by them and cannot convert diffusers' (it
-        expects an x_embedder bias, which FLUX.2 lacks). q, k, v are fused; the final adaLN's halves swap."""
-        out: dict[str, torch.Tensor] = {}
-        rest = dict(state)
-        for name in sorted({k.split(".")[1] for k in state if k.startswith("transformer_blocks.")}, key=int):
-            src, dst = f"transformer_blocks.{name}.", f"double_blocks.{name}."
-            for fused, parts in BFL_QKV.items():
-                out[f"{dst}{fused}.weight"] = torch.cat([rest.pop(f"{src}{p}.weight") for p in parts])
-            for k in [k for k in rest if k.startswith(src)]:
-                module, param = k[len(src):].rsplit(".", 1)
-                out[f"{dst}{BFL_DOUBLE[module]}.{_bfl_param(param, module)}"] = rest.pop(k)
-        for k in [k for k in rest if k.startswith("single_transformer_blocks.")]:
-            _, name, tail = k.split(".", 2)
-            module, param = tail.rsplit(".", 1)
-            out[f"single_blocks.{name}.{BFL_SINGLE[module]}.{_bfl_param(param, module)}"] = rest.pop(k)
-        scale, shift = rest.pop("norm_out.linear.weight").chunk(2)  # diffusers (scale, shift), BFL (shift, scale)
-        out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale])
-        for k, v in rest.items():
-            module, param = k.rsplit(".", 1)
-            out[f"{BFL_NAMES[module]}.{param}"] = v
-        return out
+        return bfl_state_dict(state)
 
     def describe(self) -> dict:
         """Facts, with the family's own schedule values next to the project's static shift."""
@@ -208,6 +188,30 @@ class Flux2Teacher(DiffusersTeacher):
                                         f"{self.image_tokens} image tokens and {n} steps (ComfyUI's Flux2 'shift' is "
                                         f"this mu) = static shift exp(mu) = {self.schedule.shift:.4f}")
         return facts
+
+
+def bfl_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights in BFL names: ComfyUI 0.33 detects FLUX.2 by them and cannot convert diffusers' (it
+    expects an x_embedder bias, which FLUX.2 lacks). q, k, v are fused; the final adaLN's halves swap."""
+    out: dict[str, torch.Tensor] = {}
+    rest = dict(state)
+    for name in sorted({k.split(".")[1] for k in state if k.startswith("transformer_blocks.")}, key=int):
+        src, dst = f"transformer_blocks.{name}.", f"double_blocks.{name}."
+        for fused, parts in BFL_QKV.items():
+            out[f"{dst}{fused}.weight"] = torch.cat([rest.pop(f"{src}{p}.weight") for p in parts])
+        for k in [k for k in rest if k.startswith(src)]:
+            module, param = k[len(src):].rsplit(".", 1)
+            out[f"{dst}{BFL_DOUBLE[module]}.{_bfl_param(param, module)}"] = rest.pop(k)
+    for k in [k for k in rest if k.startswith("single_transformer_blocks.")]:
+        _, name, tail = k.split(".", 2)
+        module, param = tail.rsplit(".", 1)
+        out[f"single_blocks.{name}.{BFL_SINGLE[module]}.{_bfl_param(param, module)}"] = rest.pop(k)
+    scale, shift = rest.pop("norm_out.linear.weight").chunk(2)  # diffusers (scale, shift), BFL (shift, scale)
+    out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale])
+    for k, v in rest.items():
+        module, param = k.rsplit(".", 1)
+        out[f"{BFL_NAMES[module]}.{param}"] = v
+    return out
 
 
 def _bfl_param(param: str, module: str) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..schedules import FlowSchedule, NoiseSchedule
+from ..schedules import NoiseSchedule
 from .base import Cond
 from .diffusers_base import DiffusersTeacher
 
@@ -27,13 +26,7 @@ class SD3Teacher(DiffusersTeacher):
                 "pooled_projections": x.new_empty(1, config["pooled_projection_dim"]), "return_dict": False}
 
     def _schedule(self, sc: dict) -> NoiseSchedule:
-        shift = self.cfg.teacher.shift
-        if shift is None:
-            if sc.get("use_dynamic_shifting"):
-                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
-                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
-            shift = float(sc.get("shift", 1.0))
-        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)))
+        return self._flow_schedule(sc)
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=self.text_device,

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..families import FAMILIES
-from ..schedules import FlowSchedule, NoiseSchedule
-from .base import Cond, cat_cond
+from ..schedules import NoiseSchedule
+from .base import Cond
 from .diffusers_base import DiffusersTeacher
 
 
@@ -45,17 +44,20 @@ class ZImageTeacher(DiffusersTeacher):
                 "cap_feats": [x.new_empty(tokens, config["cap_feat_dim"])], "return_dict": False}
 
     def _schedule(self, sc: dict) -> NoiseSchedule:
-        shift = self.cfg.teacher.shift
-        if shift is None:
-            if sc.get("use_dynamic_shifting"):
-                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
-                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
-            shift = float(sc.get("shift", 1.0))
-        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)),
-                            spacing=FAMILIES[self.family].spacing)
+        return self._flow_schedule(sc)
 
     def _patch_size(self) -> int:
         return max(self.network.config.all_patch_size)
+
+    def _check_resolution(self) -> None:
+        """Also within the network's position table (axes_lens: image tokens per side), which it indexes unchecked."""
+        super()._check_resolution()
+        side = self.resolution // (self.vae_scale_factor * self._patch_size())
+        most = min(self.network.config.axes_lens[1:])
+        if side > most:
+            raise ConfigError(f"teacher.resolution = {self.resolution} is {side} tokens per side; this Z-Image "
+                              f"network's position table (axes_lens) covers {most}: use at most "
+                              f"{most * self.vae_scale_factor * self._patch_size()} px")
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         embeds, _ = pipe.encode_prompt(prompt=list(prompts), device=self.text_device, do_classifier_free_guidance=False,
@@ -75,26 +77,18 @@ class ZImageTeacher(DiffusersTeacher):
                   [e[m] for e, m in zip(embeds, mask)], return_dict=False)[0]
         return -torch.stack(out).squeeze(2).to(x.dtype)
 
-    def predict_cfg(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond,
-                    null: Cond, scale: float) -> torch.Tensor:
-        """uncond + s (cond - uncond), with the pipeline's cfg_normalization (per-sample norm cap) and
-        cfg_truncation (cond only where its time 1 - level exceeds the truncation)."""
-        if scale == 1.0:
-            return self.predict(net, x, levels, cond)
-        levels = torch.as_tensor(levels, dtype=torch.float32)
-        if levels.dim() == 0:
-            levels = levels.expand(x.shape[0])
-        both = self.call_network(net, torch.cat([x, x]), torch.cat([levels, levels]), cat_cond(cond, null))
-        c, u = both.chunk(2)
-        out = u + scale * (c - u)
-        t = self.cfg.teacher
+    def guide(self, c: torch.Tensor, u: torch.Tensor, scale: float, levels: torch.Tensor) -> torch.Tensor:
+        """u + s (c - u), with the pipeline's cfg_normalization (a per-sample cap on the norm) and cfg_truncation
+        (cond only where its time 1 - level exceeds the truncation)."""
+        out = super().guide(c, u, scale, levels)
+        t, per_sample = self.cfg.teacher, (-1, *[1] * (c.dim() - 1))
         if t.cfg_normalization > 0:
             cap = c.flatten(1).norm(dim=1) * t.cfg_normalization
             norm = out.flatten(1).norm(dim=1)
-            out = out * torch.where(norm > cap, cap / norm, torch.ones_like(norm)).view(-1, *[1] * (x.dim() - 1))
+            out = out * torch.where(norm > cap, cap / norm, torch.ones_like(norm)).view(per_sample)
         if t.cfg_truncation <= 1:
-            off = ((1000 - self.schedule.model_timestep(levels)) / 1000 > t.cfg_truncation).to(x.device)
-            out = torch.where(off.view(-1, *[1] * (x.dim() - 1)), c, out)
+            off = ((1000 - self.schedule.model_timestep(levels)) / 1000 > t.cfg_truncation).to(c.device)
+            out = torch.where(off.view(per_sample), c, out)
         return out
 
 

@@ -18,7 +18,7 @@ def finish_run(trainer) -> dict:
     metrics = compare(cfg, teacher, student, trainer.acc.device, trainer.reference)
     events = run.read_events()
     train_seconds = sum(e.get("sec_per_step", 0.0) for e in events if e.get("event") == "step")
-    metrics["run"] = {"method": cfg.method.name, "anchor_step": cfg.method.anchor_step,
+    metrics["run"] = {"method": cfg.method.name, "refine": cfg.objective, "anchor_step": cfg.method.anchor_step,
                       "diversity_weight": cfg.lam, "steps": trainer.step, "train_seconds": round(train_seconds, 1),
                       "batch_size": cfg.data.batch_size, "fake_updates": cfg.method.fake_updates,
                       "teacher_guidance": cfg.teacher.guidance_scale, "student_levels": info.levels,

@@ -24,7 +24,7 @@ import torch
 from ..config import Config, config_differences, extreme_values, field_value, load_run_config, resolve
 from ..errors import CheckpointError, ConfigError, DiskFull, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
-from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
+from ..method import DPDMD, TeacherSplit, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from ..runfolder import RunFolder
 from ..teachers import load_teacher_with_prompts
 from ..teachers.base import cond_to
@@ -82,7 +82,7 @@ class Trainer:
             anchor_target=self.anchor_target, detach_first=c.detach_first, backprop=m.backprop,
             renoise_low=m.renoise_min, renoise_high=m.renoise_max, renoise_per_sample=m.renoise_per == "sample",
             renoise_shifted=m.renoise_shift == "shifted", normalizer=m.dmd_normalizer,
-            fake_t_shifted=m.fake_t_shift == "shifted")
+            fake_t_shifted=m.fake_t_shift == "shifted", objective=c.objective)
 
         self.sharded = is_sharded(self.acc)  # FSDP: each process holds a shard of the student and the fake score
         student, fake = self._trainable_networks()
@@ -168,6 +168,11 @@ class Trainer:
         w = self.cfg.teacher.guidance_scale
         return lambda x, lv: self.teacher.predict_cfg(self.teacher.network, x, lv, cond, null, w)
 
+    def _split(self, cond, null) -> TeacherSplit:
+        """The teacher with the prompt and without, unguided (Decoupled-DMD's two terms)."""
+        net = self.teacher.network
+        return TeacherSplit(self._pred(net, cond), self._pred(net, null), self.cfg.teacher.guidance_scale)
+
     # ---- the two updates -------------------------------------------------------------------------
     def fake_update(self) -> float:
         """One fake-score step on its loss (method.fake_update_loss) for a fresh batch."""
@@ -188,7 +193,8 @@ class Trainer:
         pick = one_step_pick(self.method, self.generators["data"])
         with self.acc.autocast():
             out = dpdmd_student_loss(self.method, self._pred(self.student, cond), self._real(cond, null),
-                                     self._pred(self.fake, cond), z, self.generators["noise"], pick)
+                                     self._pred(self.fake, cond), z, self.generators["noise"], pick,
+                                     self._split(cond, null) if self.method.objective == "decoupled_dmd" else None)
         self._check(out.loss, "student")
         self._backward(out.loss, self.student)
         self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
@@ -440,7 +446,8 @@ class Trainer:
                                self.sampling_student, can_sample=not self.sharded, processes=self.acc.num_processes)
         self.opened = True
         recorder.open(self.step, resumed, {
-            "teacher": self.teacher.describe(), "method": c.method.name, "student_levels": self.student_levels,
+            "teacher": self.teacher.describe(), "method": c.method.name, "refine": c.objective,
+            "student_levels": self.student_levels,
             "anchor_level": self.teacher_levels[c.method.anchor_step]})
         return recorder
 

@@ -154,3 +154,21 @@ def test_every_layer_a_full_run_lora_may_carry_is_placed(exported, caplog):
         patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(model.model, {}))
     assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
     assert len(patches) == len(teacher.lora_file_modules())
+
+
+@pytest.mark.parametrize("name, heads, depths, context", [("flux2-klein-4b", 24, (5, 20), 7680),
+                                                          ("flux2-klein-9b", 32, (8, 24), 12288)])
+def test_full_size_klein_exports_are_detected_as_flux2(name, heads, depths, context):
+    """The comfy export of the real 4B / 9B shapes (meta tensors: no weights) is ComfyUI's FLUX.2 of that size."""
+    import comfy.model_detection
+
+    from distill_core.plan import architecture_from_reference, build_meta_network
+    from distill_core.teachers.flux2 import bfl_state_dict
+
+    net = build_meta_network(architecture_from_reference(name))
+    sd = bfl_state_dict(net.state_dict())  # what Flux2Teacher.comfy_state_dict writes
+    config = comfy.model_detection.detect_unet_config(sd, "")
+    assert (config["image_model"], config["hidden_size"], config["num_heads"]) == ("flux2", heads * 128, heads)
+    assert (config["depth"], config["depth_single_blocks"], config["context_in_dim"]) == (*depths, context)
+    model_config = comfy.model_detection.model_config_from_unet(sd, "")
+    assert type(model_config).__name__ == "Flux2"
