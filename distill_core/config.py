@@ -667,7 +667,7 @@ def _check_teacher(t: TeacherSection) -> None:
         if problem:
             raise ConfigError(f"teacher.loras[{i}].path {shown(lora['path'])} {problem}; give a LoRA .safetensors file")
     if t.loras and t.family == "builtin":
-        raise ConfigError("teacher.loras merges LoRAs into an sd3 / sdxl teacher; remove it for the built-in one")
+        raise ConfigError("teacher.loras merges LoRAs into a diffusers teacher; remove it for the built-in one")
     if t.quantize != "none" and t.family == "builtin":
         raise ConfigError(f"teacher.quantize = {t.quantize!r} shrinks a large teacher's frozen weights; the built-in "
                           "teacher is a few MB, remove the field")

@@ -65,6 +65,19 @@ def tiny_pipelines(tmp_path_factory):
     return {"sd3": root / "sd3", "sdxl": root / "sdxl"}
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_pipelines(tmp_path_factory):
+    """Tiny random Z-Image and FLUX.2 [klein] base folders (Qwen3 prompts), built offline once per session:
+    {'zimage': path, 'flux2': path}."""
+    from tiny_flux2 import build_tiny_flux2_pipeline
+    from tiny_zimage import build_tiny_zimage_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_qwen_pipelines")
+    build_tiny_zimage_pipeline(root / "zimage")
+    build_tiny_flux2_pipeline(root / "flux2")
+    return {"zimage": root / "zimage", "flux2": root / "flux2"}
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's tests: on a shared 2-core machine extra threads only wait for each other."""

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 BF16 = {"teacher__dtype": "bfloat16", "run__mixed_precision": "bf16"}
 # relative L2 error of the guided prediction against the float32 teacher, measured on the tiny teachers (seed 0,
-# level 0.7, two prompts): fp8 sd3 0.068 / sdxl 0.082; the bf16 teacher's own is 0.029 / 0.092
-FP8_TOLERANCE = 0.10
+# level 0.7, two prompts): fp8 sd3 0.068 / sdxl 0.082 / zimage 0.100 / flux2 0.043; the bf16 teacher's own is
+# 0.029 / 0.092 / 0.031 / 0.017
+FP8_TOLERANCE = 0.12
 
 
 def test_fp8_linear_rounds_once_and_keeps_no_upcast_copy():
@@ -54,11 +55,12 @@ def test_fp8_linear_rounds_once_and_keeps_no_upcast_copy():
     assert torch.equal(layer.weight, bits) and torch.equal(layer.dequantized(torch.bfloat16).float(), w)
 
 
-@pytest.mark.parametrize("family", ["sd3", "sdxl"])
-def test_fp8_teacher_predicts_within_the_stated_tolerance(tiny_pipelines, tmp_path, family):
+@pytest.mark.parametrize("family", ["sd3", "sdxl", "zimage", "flux2"])
+def test_fp8_teacher_predicts_within_the_stated_tolerance(tiny_pipelines, tiny_qwen_pipelines, tmp_path, family):
     preds = {}
+    folder = {**tiny_pipelines, **tiny_qwen_pipelines}[family]
     for name, kw in (("fp32", {}), ("fp8", {**BF16, "teacher__quantize": "fp8"})):
-        cfg = resolve(tiny_run_config(family, tiny_pipelines[family], tmp_path / name, **kw))
+        cfg = resolve(tiny_run_config(family, folder, tmp_path / name, **kw))
         teacher = load_teacher(cfg)
         fp8 = [m for m in teacher.network.modules() if isinstance(m, FP8Linear)]
         plain = [m for m in teacher.network.modules() if type(m) is nn.Linear]
@@ -103,6 +105,28 @@ def test_fp8_run_trains_as_copies_resumes_exactly_and_exports_the_full_base(tiny
         expected = full[key].to(torch.bfloat16).float() + b @ a
         assert torch.allclose(exported[key], expected, atol=1e-6), key
     assert any(b.abs().max() > 0 for _, b in factors.values())  # trained
+
+
+@pytest.mark.parametrize("family", ["zimage", "flux2"])
+def test_fp8_runs_of_the_qwen_families_train_and_export_the_full_base(tiny_qwen_pipelines, tmp_path, family):
+    """A two-step fp8 LoRA run of Z-Image / FLUX.2 (their own layer layouts, all linear layers quantised) trains
+    and exports the bf16 base plus the trained factors, never the fp8 rounding."""
+    cfg = tiny_run_config(family, tiny_qwen_pipelines[family], tmp_path / "run", teacher__quantize="fp8",
+                          student__lora_rank=2, optim__student_lr=1e-2, optim__fake_lr=1e-2, **BF16)
+    trainer = Trainer(cfg, progress=False)
+    for net in (trainer.teacher.network, trainer.student, trainer.fake):  # one shared base or copies: all fp8
+        assert not [n for n, m in net.named_modules() if type(m) is nn.Linear and ".lora_" not in n]
+    trainer.fit()
+    factors = adapter_factors(checkpoint_states(tmp_path / "run")["student"])
+    out = tmp_path / "student.safetensors"
+    assert cli(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    exported = load_file(str(out))
+    full = load_file(str(tiny_qwen_pipelines[family] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert factors and set(exported) == set(full)
+    for module, (a, b) in factors.items():
+        key = f"{module}.weight"
+        assert torch.allclose(exported[key], full[key].to(torch.bfloat16).float() + b @ a, atol=1e-6), key
+    assert any(b.abs().max() > 0 for _, b in factors.values())
 
 
 def test_fp8_is_refused_where_it_does_not_apply(tmp_path):

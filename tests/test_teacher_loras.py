@@ -23,7 +23,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # layers a user LoRA touches: attention / feed-forward (the student's too) and one the student's adapter lacks
 LAYERS = {"sd3": ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"],
           "sdxl": ["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k",
-                   "up_blocks.0.attentions.0.proj_out", "time_embedding.linear_1"]}
+                   "up_blocks.0.attentions.0.proj_out", "time_embedding.linear_1"],
+          "zimage": ["layers.0.attention.to_out.0", "layers.1.feed_forward.w2", "noise_refiner.0.adaLN_modulation.0"],
+          "flux2": ["transformer_blocks.0.attn.add_k_proj", "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+                    "x_embedder"]}
+DIFFUSERS_PREFIX = {"sd3": "transformer.", "sdxl": "unet.", "zimage": "transformer.", "flux2": "transformer."}
+KOHYA_PREFIX = {"sd3": "lora_transformer_", "sdxl": "lora_unet_", "zimage": "lora_unet_"}
 # the same SDXL layers by the original (LDM / SGM) checkpoint's names, as kohya and ComfyUI write them (derived by
 # hand for the tiny UNet: one resnet per block, a downsampler after the first; tests/comfyui checks the table
 # against ComfyUI's own on the real SDXL)
@@ -40,11 +45,11 @@ def user_lora(path, family: str, fmt: str, seed: int = 0, rank: int = 2, alpha: 
         deltas[module] = up @ down * (alpha / rank if fmt.startswith("kohya") else 1.0)
         name = ORIGINAL[module] if fmt.endswith("original") else module
         if fmt.startswith("kohya"):
-            stem = {"sd3": "lora_transformer_", "sdxl": "lora_unet_"}[family] + name.replace(".", "_")
+            stem = KOHYA_PREFIX[family] + name.replace(".", "_")
             tensors.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
                             f"{stem}.alpha": torch.tensor(alpha)})
         else:
-            prefix = {"diffusers": {"sd3": "transformer.", "sdxl": "unet."}[family], "peft": "base_model.model.",
+            prefix = {"diffusers": DIFFUSERS_PREFIX[family], "peft": "base_model.model.",
                       "comfyui": "diffusion_model.", "comfyui_original": "diffusion_model."}[fmt]
             tensors.update({f"{prefix}{name}.lora_A.weight": down, f"{prefix}{name}.lora_B.weight": up})
     save_file(tensors, str(path))
@@ -54,20 +59,27 @@ def user_lora(path, family: str, fmt: str, seed: int = 0, rank: int = 2, alpha: 
 LORA_SHAPES: dict[str, dict[str, tuple[int, int]]] = {}  # family -> module -> (out, in), read from the tiny teachers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shapes(tiny_pipelines):
-    for family, folder in (("sd3", "transformer"), ("sdxl", "unet")):
-        weights = load_file(str(tiny_pipelines[family] / folder / "diffusion_pytorch_model.safetensors"))
+@pytest.fixture(scope="module")
+def folders(tiny_pipelines, tiny_qwen_pipelines):
+    """family -> tiny diffusers folder (the four families); fills LORA_SHAPES from their weights."""
+    out = {**tiny_pipelines, **tiny_qwen_pipelines}
+    for family, path in out.items():
+        weights = load_file(str(next((path / ("unet" if family == "sdxl" else "transformer")).glob("*.safetensors"))))
         LORA_SHAPES[family] = {m: tuple(weights[f"{m}.weight"].shape) for m in LAYERS[family]}
+    return out
 
 
-@pytest.mark.parametrize("family, fmt", [(f, x) for f in ("sd3", "sdxl") for x in ("diffusers", "peft", "kohya", "comfyui")]
-                         + [("sdxl", "kohya_original"), ("sdxl", "comfyui_original")])
-def test_each_key_format_merges_its_layers_exactly(tiny_pipelines, tmp_path, family, fmt):
+SAME_NAMES = ("diffusers", "peft", "kohya", "comfyui")  # formats that spell the diffusers layer names
+
+
+@pytest.mark.parametrize("family, fmt", [(f, x) for f in ("sd3", "sdxl", "zimage") for x in SAME_NAMES]
+                         + [("sdxl", "kohya_original"), ("sdxl", "comfyui_original")]
+                         + [("flux2", x) for x in ("diffusers", "peft", "comfyui")])
+def test_each_key_format_merges_its_layers_exactly(folders, tmp_path, family, fmt):
     path, deltas = user_lora(tmp_path / "user.safetensors", family, fmt, alpha=0.5)
-    cfg = resolve(tiny_run_config(family, tiny_pipelines[family], tmp_path / "run",
+    cfg = resolve(tiny_run_config(family, folders[family], tmp_path / "run",
                                   teacher__loras=[{"path": str(path), "weight": 0.8}]))
-    plain = resolve(tiny_run_config(family, tiny_pipelines[family], tmp_path / "plain"))
+    plain = resolve(tiny_run_config(family, folders[family], tmp_path / "plain"))
     merged, base = load_teacher(cfg), load_teacher(plain)
     for net in (merged.network, merged.make_trainable_copy()):  # the teacher and the copies the student starts as
         ours, theirs = net.state_dict(), base.network.state_dict()
@@ -78,11 +90,11 @@ def test_each_key_format_merges_its_layers_exactly(tiny_pipelines, tmp_path, fam
 
 
 @pytest.mark.parametrize("prefix", ["lora_unet_", "diffusion_model."])  # kohya (sd-scripts), ComfyUI
-def test_sd3_files_by_mmdit_names_split_fused_qkv_and_swap_adaln_halves(tiny_pipelines, tmp_path, prefix):
+def test_sd3_files_by_mmdit_names_split_fused_qkv_and_swap_adaln_halves(folders, tmp_path, prefix):
     """The original MMDiT names: one fused q/k/v weight for three diffusers layers, and the final adaLN layers'
     (scale, shift) rows where diffusers has (shift, scale); derived by hand here, checked against ComfyUI's own
     table in tests/comfyui."""
-    weights = load_file(str(tiny_pipelines["sd3"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    weights = load_file(str(folders["sd3"] / "transformer" / "diffusion_pytorch_model.safetensors"))
     h = weights["transformer_blocks.0.attn.to_q.weight"].shape[0]
     g = torch.Generator().manual_seed(1)
     layers = {"joint_blocks.0.x_block.attn.qkv": (3 * h, h), "final_layer.adaLN_modulation.1":
@@ -101,14 +113,50 @@ def test_sd3_files_by_mmdit_names_split_fused_qkv_and_swap_adaln_halves(tiny_pip
                          ("transformer_blocks.1.norm1_context.linear", "joint_blocks.1.context_block.adaLN_modulation.1")):
         scale, shift = fused[name].chunk(2)
         expected[f"{module}.weight"] = torch.cat([shift, scale])
-    cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
+    cfg = tiny_run_config("sd3", folders["sd3"], tmp_path / "run",
                           teacher__loras=[{"path": str(tmp_path / "mmdit.safetensors"), "weight": 1.0}])
     merged = load_teacher(resolve(cfg)).network.state_dict()
     for key in weights:
         assert torch.allclose(merged[key], weights[key] + expected.get(key, 0), atol=1e-5), key
 
 
-def test_a_file_matching_no_layer_or_only_some_is_refused(tiny_pipelines, tmp_path):
+@pytest.mark.parametrize("prefix", ["lora_unet_", "diffusion_model."])  # kohya / ComfyUI, ai-toolkit (BFL names)
+def test_flux2_files_by_bfl_names_split_fused_qkv_and_swap_adaln_halves(folders, tmp_path, prefix):
+    """Black Forest Labs names (diffusers' _convert_kohya_flux2_lora_to_diffusers and
+    _convert_non_diffusers_flux2_lora_to_diffusers read the same): a double block's fused q/k/v for three
+    diffusers layers, a single block's linear1 whole, and the final adaLN's (shift, scale) rows where diffusers
+    has (scale, shift); expected deltas derived by hand."""
+    weights = load_file(str(folders["flux2"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    h = weights["transformer_blocks.0.attn.add_q_proj.weight"].shape[0]
+    single = tuple(weights["single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight"].shape)
+    layers = {"double_blocks.0.txt_attn.qkv": (3 * h, h), "single_blocks.0.linear1": single,
+              "double_blocks.0.img_mlp.2": tuple(weights["transformer_blocks.0.ff.linear_out.weight"].shape),
+              "final_layer.adaLN_modulation.1": tuple(weights["norm_out.linear.weight"].shape),
+              "img_in": tuple(weights["x_embedder.weight"].shape)}
+    g = torch.Generator().manual_seed(2)
+    tensors, fused = {}, {}
+    for name, (out_f, in_f) in layers.items():
+        down, up = torch.randn(2, in_f, generator=g), torch.randn(out_f, 2, generator=g)
+        spelt = name.replace(".", "_") if prefix == "lora_unet_" else name
+        tensors.update({f"{prefix}{spelt}.lora_down.weight": down, f"{prefix}{spelt}.lora_up.weight": up,
+                        f"{prefix}{spelt}.alpha": torch.tensor(1.0)})
+        fused[name] = up @ down / 2  # alpha / rank
+    save_file(tensors, str(tmp_path / "bfl.safetensors"))
+    expected = {f"transformer_blocks.0.attn.{m}.weight": fused["double_blocks.0.txt_attn.qkv"][j * h:(j + 1) * h]
+                for j, m in enumerate(("add_q_proj", "add_k_proj", "add_v_proj"))}
+    expected["single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight"] = fused["single_blocks.0.linear1"]
+    expected["transformer_blocks.0.ff.linear_out.weight"] = fused["double_blocks.0.img_mlp.2"]
+    expected["x_embedder.weight"] = fused["img_in"]
+    shift, scale = fused["final_layer.adaLN_modulation.1"].chunk(2)
+    expected["norm_out.linear.weight"] = torch.cat([scale, shift])
+    cfg = tiny_run_config("flux2", folders["flux2"], tmp_path / "run",
+                          teacher__loras=[{"path": str(tmp_path / "bfl.safetensors"), "weight": 1.0}])
+    merged = load_teacher(resolve(cfg)).network.state_dict()
+    for key in weights:
+        assert torch.allclose(merged[key], weights[key] + expected.get(key, 0), atol=1e-5), key
+
+
+def test_a_file_matching_no_layer_or_only_some_is_refused(folders, tmp_path):
     path, _ = user_lora(tmp_path / "user.safetensors", "sd3", "diffusers")
     partial = dict(load_file(str(path)))
     partial["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(2, 32)
@@ -116,22 +164,22 @@ def test_a_file_matching_no_layer_or_only_some_is_refused(tiny_pipelines, tmp_pa
     sdxl, _ = user_lora(tmp_path / "sdxl.safetensors", "sdxl", "kohya")
     for file, message in ((tmp_path / "partial.safetensors", "only 3 layers matched; 1 of its 7 tensors"),
                           (sdxl, "no key matched a layer; 9 of its 9 tensors")):
-        cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
+        cfg = tiny_run_config("sd3", folders["sd3"], tmp_path / "run",
                               teacher__loras=[{"path": str(file), "weight": 1.0}])
         with pytest.raises(ConfigError, match=message) as err:
             load_teacher(resolve(cfg))
         assert "'transformer.' (diffusers)" in str(err.value) and "teacher.loras[0].path" in str(err.value)
     with pytest.raises(ConfigError, match="teacher.loras"):
-        resolve(tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run",
+        resolve(tiny_run_config("sd3", folders["sd3"], tmp_path / "run",
                                 teacher__loras=[{"path": str(tmp_path / "missing.safetensors"), "weight": 1.0}]))
 
 
-def test_base_then_user_lora_then_student_lora_in_diffusers_is_the_merged_student(tiny_pipelines, tmp_path):
+def test_base_then_user_lora_then_student_lora_in_diffusers_is_the_merged_student(folders, tmp_path):
     """Exported with a merged teacher: diffusers' load_lora_weights twice (user, then student) == our student file."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     path, _ = user_lora(tmp_path / "user.safetensors", "sd3", "diffusers", seed=3)
-    cfg = tiny_run_config("sd3", tiny_pipelines["sd3"], tmp_path / "run", student__lora_rank=2,
+    cfg = tiny_run_config("sd3", folders["sd3"], tmp_path / "run", student__lora_rank=2,
                           optim__student_lr=1e-2, optim__fake_lr=1e-2, teacher__loras=[{"path": str(path), "weight": 0.7}])
     train(cfg, progress=False)
     run = tmp_path / "run"
@@ -146,7 +194,7 @@ def test_base_then_user_lora_then_student_lora_in_diffusers_is_the_merged_studen
     student, info = load_student(run / "student.safetensors", teacher)
     seeds = [4, 5]
     ours = sample_grid(teacher, student, ["a photo of a cat"], seeds, info.levels)
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_pipelines["sd3"]), torch_dtype=torch.float32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(folders["sd3"]), torch_dtype=torch.float32)
     pipe.load_lora_weights(str(path), adapter_name="user")
     pipe.load_lora_weights(str(tmp_path / "s.safetensors"), adapter_name="student")
     pipe.set_adapters(["user", "student"], [0.7, 1.0])

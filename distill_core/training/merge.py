@@ -3,10 +3,10 @@
 Family-generic: a file's keys are matched to the layers of any ``nn.Module`` by name, through the per-family
 key formats of ``KEY_FORMATS`` (the prefixes LoRA trainers write); a new family adds its row, and where its
 trainers use the original checkpoint's layer names, a table in ``original_names`` (SDXL's UNet blocks, SD3's
-MMDiT with fused q/k/v; both read off the network and checked against ComfyUI's own tables). A file is
-merged whole or not at all: keys that match no layer (a text-encoder part, another family's names, a format
-this table lacks) refuse the file, naming how many matched and the prefix expected, so a LoRA is never
-silently half applied. Merging is done in float32 and cast back to the layer's dtype.
+MMDiT with fused q/k/v, both read off the network and checked against ComfyUI's own tables; FLUX.2's Black Forest
+Labs names, from the tables its ComfyUI export uses). A file is merged whole or not at all: keys that match no
+layer (a text-encoder part, another family's names, a format this table lacks) refuse the file, naming how many
+matched and the prefix expected, so a LoRA is never silently half applied. Merging is done in float32 and cast back to the layer's dtype.
 """
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ KEY_FORMATS: dict[str, tuple[KeyFormat, ...]] = {
              KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
              KeyFormat("kohya, original names", "lora_unet_", True, original=True),
              KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
+    # the layouts diffusers' _convert_non_diffusers_z_image_lora_to_diffusers reads: the diffusers layer names behind
+    # ComfyUI's / ai-toolkit's prefix, or kohya's with underscores. Files by the original checkpoint's names (fused
+    # attention.qkv) match no layer and are refused whole
+    "zimage": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
+               KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI / ai-toolkit", "diffusion_model.", False)),
+    # diffusers' _convert_non_diffusers_flux2_lora_to_diffusers / _convert_kohya_flux2_lora_to_diffusers: diffusers
+    # names, or Black Forest Labs' (double_blocks / single_blocks, fused q/k/v) behind ComfyUI's or kohya's prefix
+    "flux2": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
+              KeyFormat("ComfyUI / ai-toolkit", "diffusion_model.", False),
+              KeyFormat("kohya, original names", "lora_unet_", True, original=True),
+              KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
 }
 # a ResNet block's layers in the original UNet
 _RESNET = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
@@ -123,10 +134,34 @@ def original_mmdit_names(net: nn.Module) -> dict[str, list[Part]]:
     return {orig: parts for orig, parts in table.items() if all(p.module in modules for p in parts)}
 
 
+def original_flux2_names(net: nn.Module) -> dict[str, list[Part]]:
+    """FLUX.2 Black Forest Labs layer name -> the diffusers layers it holds, from the tables the ComfyUI export uses
+    (teachers/flux2.py): the double blocks' q, k and v fused in one weight, the final adaLN's rows (shift, scale)."""
+    from ..teachers.flux2 import BFL_DOUBLE, BFL_NAMES, BFL_QKV, BFL_SINGLE
+
+    modules = dict(net.named_modules())
+    table = {bfl: [Part(module)] for module, bfl in BFL_NAMES.items()}
+    table["final_layer.adaLN_modulation.1"] = [Part("norm_out.linear", swap=True)]
+    for i in range(len(getattr(net, "transformer_blocks", []))):
+        block, double = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        table.update({f"{double}.{bfl}": [Part(f"{block}.{module}")] for module, bfl in BFL_DOUBLE.items()})
+        for fused, qkv in BFL_QKV.items():
+            h = getattr(modules.get(f"{block}.{qkv[0]}"), "out_features", 0)
+            table[f"{double}.{fused}"] = [Part(f"{block}.{m}", j * h, h) for j, m in enumerate(qkv)]
+    for i in range(len(getattr(net, "single_transformer_blocks", []))):
+        table.update({f"single_blocks.{i}.{bfl}": [Part(f"single_transformer_blocks.{i}.{module}")]
+                      for module, bfl in BFL_SINGLE.items()})
+    return {orig: parts for orig, parts in table.items()
+            if all(isinstance(modules.get(p.module), nn.Linear) for p in parts)}  # not the norms
+
+
 def original_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
-    """Original (LDM / SGM / MMDiT) layer name -> the diffusers layers it holds, for the families that have one."""
+    """Original (LDM / SGM / MMDiT / BFL) layer name -> the diffusers layers it holds, for the families that have
+    one."""
     if family == "sd3":
         return original_mmdit_names(net)
+    if family == "flux2":
+        return original_flux2_names(net)
     blocks = original_unet_names(net)
     out = {}
     for name, m in net.named_modules():
