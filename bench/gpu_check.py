@@ -117,6 +117,7 @@ def schedule(args: argparse.Namespace, card_gb: float) -> tuple[list[dict], dict
             rank = picks.index(name) if name in picks else len(picks)
             dmd = report.planner.estimate(options[name].with_settings(dmd_options))
             jobs.append({"arch": arch, "preset": name, "tier": rank // 2, "order": (order, -list(PRESETS).index(name)),
+                         "planned_peak_gb": estimates[name].peak / GB,  # dpdmd plan's: context and fragmentation in
                          "planned": {"dpdmd": plan_summary(estimates[name], host=args.device == "cpu"),
                                      "dmd": plan_summary(dmd, host=args.device == "cpu")}})
     jobs.sort(key=lambda j: (j["tier"], j["order"]))
@@ -282,7 +283,7 @@ def table(state: dict) -> str:
         s, p = rec.get("summary", {}), rec["planned"]
         dp, dmd = s.get("dpdmd", {}), s.get("dmd", {})
         lines.append(
-            f"| {rec['arch']} | {rec['preset']} | {rec['status']} | {_f(p['dpdmd'].get('peak_gb'))} | "
+            f"| {rec['arch']} | {rec['preset']} | {rec['status']} | {_f(rec['planned_peak_gb'])} | "
             f"{p['dpdmd']['parts_sum_gb']:.2f} | {_f(dp.get('peak_gb'))} | {_f(dp.get('reserved_gb'))} | "
             f"{_f(dp.get('measured_over_planned'), '.3f')} | {p['dmd']['parts_sum_gb']:.2f} | {_f(dmd.get('peak_gb'))} | "
             f"{_f(dmd.get('measured_over_planned'), '.3f')} | {_f(dp.get('sec_per_iter'))} | "
