@@ -3,10 +3,10 @@
 Here (a machine with pip and a registry), once: the wheels the GPU machine's image lacks, into .whl/:
     bash bench/gpu_wheels.sh
 There (Python 3.12, torch 2.11 + CUDA, transformers, accelerate, peft, safetensors; no registry), from the repo root:
-    python3 -m pip install -q --no-index --find-links .whl diffusers importlib_metadata \\
+    python3 -m pip install -q --no-index --find-links .whl diffusers \\
       && python3 -m pip install -q --no-deps --no-build-isolation --no-index . && python3 bench/gpu_check.py
 In CI, the same code on few-layer networks on the CPU (tests/test_gpu_check.py):
-    python bench/gpu_check.py --device cpu --tiny --resolution 64 --presets shared-lora64-ckpt-onestep-b1
+    python bench/gpu_check.py --device cpu --tiny --fp32 --resolution 32 --teacher-steps 4 --presets PRESET
 
 For every architecture in `dpdmd plan`'s table (distill_core/plan.py REFERENCES: a family added there is measured
 without a change here) and every memory preset the planner says fits the card, a random-weight teacher folder

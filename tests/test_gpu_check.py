@@ -26,8 +26,11 @@ import gpu_check  # noqa: E402
 from distill_core import plan as planning  # noqa: E402
 
 PRESET = "shared-lora64-ckpt-onestep-b1"
-# One architecture per family: a family added to the planner's table is run here without a change.
-FAMILY_ARCHS = list({ref["family"]: name for name, ref in reversed(list(planning.REFERENCES.items()))}.values())[::-1]
+# The first architecture of each family in the planner's table: a family added there is run here without a change.
+FIRST_OF_FAMILY: dict[str, str] = {}
+for _name, _ref in planning.REFERENCES.items():
+    FIRST_OF_FAMILY.setdefault(_ref["family"], _name)
+FAMILY_ARCHS = list(FIRST_OF_FAMILY.values())
 CPU = ["--device", "cpu", "--tiny", "--fp32", "--resolution", "32", "--teacher-steps", "4"]
 
 
