@@ -165,6 +165,7 @@ class Supervisor:
         while self.pending and time.time() < self.deadline:
             attempt += 1
             progress = self.args.work / f"progress_{attempt}.jsonl"
+            progress.unlink(missing_ok=True)  # an earlier check's, in the same --work: not this one's events
             spec_path = self.args.work / f"spec_{attempt}.json"
             spec_path.write_text(json.dumps(self.spec(progress)))
             proc = subprocess.Popen([*self.worker, str(spec_path)], start_new_session=True)
@@ -229,6 +230,8 @@ class Supervisor:
                 self.finish(index, {"status": "not run", "note": f"its teacher build was {status}: {why}"})
 
     def finish(self, index: int, record: dict) -> None:
+        if index not in self.pending:  # recorded already (a kill racing the step's own end)
+            return
         job = self.jobs[index]
         record = {**job, **record}
         record["summary"] = summary(record)

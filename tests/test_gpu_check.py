@@ -99,6 +99,8 @@ def test_the_watchdog_kills_a_hanging_step_and_goes_on_with_the_rest(tmp_path):
     planned = {"dpdmd": {"parts_sum_gb": 1.0}, "dmd": {"parts_sum_gb": 1.0}}
     jobs = [{"arch": "sdxl", "preset": p, "sample": False, "tier": 0, "planned": planned} for p in ("a", "b")]
     state = {"started": time.time(), "builds": {}, "presets": [None, None], "device": {}}
+    stale = {"event": "done", "time": 0, "job": 0, "record": {"status": "ok"}}  # an earlier check in the same --work
+    (tmp_path / "progress_1.jsonl").write_text(json.dumps(stale) + "\n")
     t0 = time.time()
     gpu_check.Supervisor(args, jobs, state, save=lambda: None, worker=[sys.executable, str(worker)]).run()
     assert time.time() - t0 < 30
