@@ -121,9 +121,10 @@ def schedule(args: argparse.Namespace, card_gb: float) -> tuple[list[dict], dict
                          "planned": {"dpdmd": plan_summary(estimates[name], host=args.device == "cpu"),
                                      "dmd": plan_summary(dmd, host=args.device == "cpu")}})
     jobs.sort(key=lambda j: (j["tier"], j["order"]))
-    seen = set()
+    seen: set[str] = set()
     for job in jobs:  # the sampling times once per architecture, on its first preset
-        job["sample"], _ = job["arch"] not in seen, seen.add(job["arch"])
+        job["sample"] = job["arch"] not in seen
+        seen.add(job["arch"])
         del job["order"]
     for arch, entry in archs.items():
         entry["queued"] = [j["preset"] for j in jobs if j["arch"] == arch]
