@@ -1,9 +1,10 @@
 """Full-size random-weight teachers and measured DP-DMD iterations: the code fullsize_cpu.py and gpu_check.py share.
 
-A teacher folder is a real diffusers folder: the public SD3.5-Medium transformer or SDXL-base UNet config
-(distill_core.plan) with random bf16 weights, the real VAE config, and text encoders of one layer whose
-outputs have the real shapes (CLIP-L 768, CLIP-G 1280, pooled 2048; T5 4096; SDXL 2048 + pooled 1280), so
-the prompt embeddings the trainer caches are what the real pipelines produce in shape. The iterations are the
+A teacher folder is a real diffusers folder: a public network config of `dpdmd plan`'s table (distill_core.plan
+REFERENCES: SD3.5, SDXL, Z-Image, FLUX.2 [klein]) with random bf16 weights, the real VAE config, and text
+encoders whose outputs have the real shapes (one-layer CLIP-L 768, CLIP-G 1280, pooled 2048; T5 4096; SDXL
+2048 + pooled 1280; Qwen3 at its real width with as few narrow layers as the pipeline reads), so the prompt
+embeddings the trainer caches are what the real pipelines produce in shape. The iterations are the
 project's own Trainer (its fake_update and student_update, optimiser steps included); each phase's seconds and
 peak memory are recorded by a Meter (host RSS on a CPU, torch.cuda.max_memory_allocated on a GPU) and set
 against ``dpdmd plan``'s parts for the same config.
@@ -40,9 +41,12 @@ PROMPTS = ["a photo of a cat", "the dog", "a painting of the sea"]
 # seconds (SD3: width 64 x depth, as ComfyUI infers the depth).
 TINY = {"sd3": {"num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128, "dual_attention_layers": [0]},
         "sdxl": {"block_out_channels": [32, 64, 64], "transformer_layers_per_block": [1, 1, 1],
-                 "attention_head_dim": [2, 4, 4], "norm_num_groups": 16}}
+                 "attention_head_dim": [2, 4, 4], "norm_num_groups": 16},
+        "zimage": {"dim": 128, "n_heads": 1, "n_kv_heads": 1, "n_layers": 1, "n_refiner_layers": 1},  # head 128
+        "flux2": {"num_layers": 1, "num_single_layers": 1, "num_attention_heads": 1}}  # head 128, as ComfyUI reads
 TINY_VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1}  # the same 8x downsampling
-VAE_FACTORS = {"sd3": {"scaling_factor": 1.5305, "shift_factor": 0.0609}, "sdxl": {"scaling_factor": 0.13025}}
+VAE_FACTORS = {"sd3": {"scaling_factor": 1.5305, "shift_factor": 0.0609}, "sdxl": {"scaling_factor": 0.13025},
+               "zimage": {"scaling_factor": 0.3611, "shift_factor": 0.1159}}  # Z-Image: FLUX.1's VAE
 
 
 def network_config(name: str, tiny: bool = False) -> dict:
@@ -58,6 +62,20 @@ def reference_report(name: str, resolution: int, tiny: bool = False) -> planning
         arch = dataclasses.replace(arch, network=network_config(name, tiny), text_encoders={},
                                    vae={**arch.vae, **TINY_VAE})
     return planning.Report(arch, name, planning.Options(resolution=resolution), planning.Planner(arch))
+
+
+def _qwen3_encoder(width: int, layers: int, causal_lm: bool = True) -> dict:
+    """A Qwen3 at its real width with narrow layers: as many as the pipeline reads (FLUX.2: 28, for hidden
+    states 9, 18 and 27, the transformer seeing the real 3 x width; Z-Image: 2, for hidden_states[-2], a
+    Qwen3Model)."""
+    from tiny_flux2 import tiny_qwen_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    tok = tiny_qwen_tokenizer()
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=width, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=128, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    return {"text_encoder": (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config), "tokenizer": tok}
 
 
 def _text_encoders(family: str) -> dict:
@@ -102,8 +120,20 @@ def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 
             net = getattr(diffusers, ref["network_class"]).from_config(network_config(name, tiny))
     finally:
         torch.set_default_dtype(previous)
-    vae = diffusers.AutoencoderKL.from_config({**ref["vae"], **VAE_FACTORS[family], **(TINY_VAE if tiny else {})})
-    if family == "sd3":
+    vae = getattr(diffusers, ref.get("vae_class", "AutoencoderKL")).from_config(
+        {**ref["vae"], **VAE_FACTORS.get(family, {}), **(TINY_VAE if tiny else {})})
+    if family == "flux2":
+        width = ref["text_encoders"]["text_encoder"][1]["hidden_size"]
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
+                                                              time_shift_type="exponential")
+        pipe = diffusers.Flux2KleinPipeline(transformer=net, vae=vae, scheduler=scheduler,
+                                            **_qwen3_encoder(width, layers=28))
+    elif family == "zimage":
+        width = ref["text_encoders"]["text_encoder"][1]["hidden_size"]
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+        pipe = diffusers.ZImagePipeline(transformer=net, vae=vae, scheduler=scheduler,
+                                        **_qwen3_encoder(width, layers=2, causal_lm=False))
+    elif family == "sd3":
         pipe = diffusers.StableDiffusion3Pipeline(transformer=net, vae=vae, **_text_encoders(family),
                                                   scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
     else:

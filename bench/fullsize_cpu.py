@@ -98,24 +98,24 @@ def stage_diffusers(args) -> dict:
     record = json.loads((out / "dpdmd_student.json").read_text())
     d = record["diffusers"]
     t0 = time.perf_counter()
-    net = getattr(diffusers, {"transformer": "SD3Transformer2DModel", "unet": "UNet2DConditionModel"}[d["component"]]
-                  ).from_pretrained(str(out), subfolder=d["component"], torch_dtype=torch.bfloat16)
+    net = getattr(diffusers, record["network_config"]["_class_name"]).from_pretrained(
+        str(out), subfolder=d["component"], torch_dtype=torch.bfloat16)
     scheduler = getattr(diffusers, d["scheduler"]).from_pretrained(str(out), subfolder="scheduler")
     teacher = folder_of(args.work, args.arch, args.tiny)
     pipe = getattr(diffusers, d["pipeline"]).from_pretrained(str(teacher), **{d["component"]: net}, scheduler=scheduler,
                                                              torch_dtype=torch.bfloat16)
-    side = DIFFUSERS_PX // pipe.vae_scale_factor
+    side = DIFFUSERS_PX // pipe.image_processor.config.vae_scale_factor  # FLUX.2: VAE factor x 2 x 2 patches
     latents = torch.randn(1, net.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
     call = {**d["call"], "height": DIFFUSERS_PX, "width": DIFFUSERS_PX, "output_type": "latent"}
-    student = pipe("a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
+    student = pipe(prompt="a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
     loaded = time.perf_counter() - t0
     del pipe, net
     gc.collect()
     teacher_pipe = getattr(diffusers, d["pipeline"]).from_pretrained(str(teacher), scheduler=scheduler,
                                                                      torch_dtype=torch.bfloat16)
-    plain = teacher_pipe("a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
+    plain = teacher_pipe(prompt="a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
     teacher_pipe.load_lora_weights(str(export_path(args, "lora")))
-    with_lora = teacher_pipe("a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
+    with_lora = teacher_pipe(prompt="a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
     scale = float(student.abs().max())
     return {"pipeline": d["pipeline"], "network": type(teacher_pipe.components[d["component"]]).__name__,
             "scheduler": d["scheduler"], "call": call | {"output_type": "latent"}, "finite": bool(student.isfinite().all()),

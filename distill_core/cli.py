@@ -9,6 +9,8 @@
   dpdmd evaluate STUDENT ...      measure a student against its teacher (diversity, quality, speed)
   dpdmd export RUN_DIR            write the student of a run's newest (or a chosen) checkpoint
                                   (--format file | comfy | diffusers | lora)
+  dpdmd extract-lora --base B --tuned T --rank R --out F
+                                  an existing fine-tune (a turbo) as a LoRA a run starts from (student.init_lora)
   dpdmd plan CONFIG               estimate the GPU memory of a run; which preset fits 16 / 24 / 48 / 80 GB
   dpdmd report RUN_DIR            (re)build a run's report.html
   dpdmd ui [--runs-dir DIR]       the Gradio trainer UI (wizard, monitor, compare); `dpdmd ui --help`
@@ -21,13 +23,14 @@ import json
 import sys
 from pathlib import Path
 
-from .config import SEED_LIMIT, TeacherSection, choices
+from .config import AT_MOST, SEED_LIMIT, TeacherSection, choices
 from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
 
 # Commands whose module owns their options: main() hands them the rest of the command line. Other
 # packages add commands to the entry-point group (the trainer UI registers `dpdmd ui` in pyproject.toml).
 COMMAND_GROUP = "dpdmd.commands"
+MAX_GPUS = 4096  # `dpdmd plan --fsdp`: more GPUs than any cluster shards one run over is a typo
 TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAND_GROUP)
 
 
@@ -52,6 +55,7 @@ def _cmd_demo(args) -> None:
 
 def _cmd_config(args) -> None:
     from .config import Config, resolve
+    from .families import family, native_guidance
     from .presets import apply as apply_preset
 
     cfg = Config()
@@ -61,7 +65,11 @@ def _cmd_config(args) -> None:
         cfg.data.prompts_file = "/path/to/prompts.txt"
         apply_preset(cfg, "full-ckpt")
         cfg.eval.features = ""
-        print(Config.to_toml(cfg))
+        fam = family(args.family)
+        note = native_guidance(args.family, fam.guidance_scale)
+        comment = (f"[teacher]\n# guidance_scale = {fam.guidance_scale:g} by default: this project's CFG uncond + s (cond - "
+                   f"uncond), {note}\n") if note else "[teacher]\n"
+        print(Config.to_toml(cfg).replace("[teacher]\n", comment, 1))
         return
     print(resolve(cfg).to_toml())
 
@@ -95,6 +103,8 @@ def _image_out(out: str) -> Path:
     """``--out`` of an image, checked before any model loads: a file name Pillow can write, in a folder that exists."""
     from PIL import Image
 
+    if not out.strip():
+        raise ConfigError("--out is empty; give an image file name such as samples.png")
     path = Path(out).expanduser()
     if path.is_dir():
         raise ConfigError(f"--out {shown(out)} is a folder; give an image file name such as samples.png")
@@ -108,9 +118,11 @@ def _image_out(out: str) -> Path:
     return path
 
 
-def _at_least(flag: str, value: int, least: int, why: str = "") -> None:
+def _at_least(flag: str, value: int, least: int, why: str = "", most: int | None = None) -> None:
     if value < least:
         raise ConfigError(f"{flag} {value} must be at least {least}{why}")
+    if most is not None and value > most:
+        raise ConfigError(f"{flag} {value} is too large: at most {most:,}")
 
 
 def _cmd_sample(args) -> None:
@@ -118,7 +130,7 @@ def _cmd_sample(args) -> None:
     from .grids import seed_grid
     from .sampling import sample_grid
 
-    _at_least("--seeds", args.seeds, 1, " (one column per seed)")
+    _at_least("--seeds", args.seeds, 1, " (one column per seed)", most=AT_MOST["eval.grid_seeds"])
     if not -SEED_LIMIT < args.first_seed <= SEED_LIMIT - args.seeds:
         raise ConfigError(f"--first-seed {args.first_seed} is too large; use a whole number below 2**32 in size")
     out = _image_out(args.out)
@@ -140,7 +152,7 @@ def _cmd_evaluate(args) -> None:
     from .evaluation.compare import compare
     from .export.exporters import load_student
 
-    _at_least("--seeds", args.seeds, 2, ": diversity compares samples pairwise (paper: 9)")
+    _at_least("--seeds", args.seeds, 2, ": diversity compares samples pairwise (paper: 9)", most=AT_MOST["eval.seeds"])
     teacher, info = _teacher_for(Path(args.student), args.teacher)
     net, info = load_student(args.student, teacher, _device())
     cfg = Config()
@@ -174,10 +186,22 @@ def _cmd_export(args) -> None:
         print(f"diffusers: see {path / 'README.md'}")
 
 
+def _cmd_extract_lora(args) -> None:
+    from .export.extract import extract_lora
+    from .export.exporters import DTYPES as TORCH_DTYPES
+
+    result = extract_lora(args.base, args.tuned, args.rank, args.out, family=args.family,
+                          dtype=TORCH_DTYPES[args.dtype])
+    print(f"wrote {args.out} (rank {args.rank}, {len(result.factors)} layers)")
+    print("relative Frobenius error ||D - BA|| / ||D|| of the delta D = tuned - base:")
+    print("\n".join(result.lines()))
+
+
 def _cmd_plan(args) -> None:
     from .config import load_config
     from .plan import plan
 
+    _at_least("--fsdp", args.fsdp, 1, " (1 = one GPU)", most=MAX_GPUS)
     cfg = load_config(args.config) if args.config else None
     report = plan(cfg, architecture=args.architecture, fsdp=args.fsdp)
     print(json.dumps(report.json(), indent=1) if args.json else report.text())
@@ -242,9 +266,22 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     x.add_argument("--rank", type=int, help="lora: rank (default: the trained LoRA exactly, or 64 by SVD)")
     x.set_defaults(func=_cmd_export)
 
+    xl = sub.add_parser("extract-lora", help="the change of a fine-tune (a turbo) from its base as a LoRA of the "
+                        "layers the student trains (truncated SVD), with the error it leaves")
+    xl.add_argument("--base", required=True, help="the base: a diffusers folder, its transformer/ or unet/ folder, "
+                    "or a .safetensors file")
+    xl.add_argument("--tuned", required=True, help="the fine-tune of that base (same forms; e.g. a student file)")
+    xl.add_argument("--rank", type=int, required=True, help="the LoRA rank (the student's lora_rank must be at least "
+                    "this to start from it)")
+    xl.add_argument("--out", required=True, help="the LoRA .safetensors to write")
+    xl.add_argument("--family", choices=choices(TeacherSection, "family"),
+                    help="default: read from the folder's model_index.json or the file's metadata")
+    xl.add_argument("--dtype", choices=DTYPES, default="float32", help="the factors' dtype (default float32)")
+    xl.set_defaults(func=_cmd_extract_lora)
+
     pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
-    pl.add_argument("config", nargs="?", help="a run config with an sd3 / sdxl teacher (its folder's configs are read)")
-    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl"],
+    pl.add_argument("config", nargs="?", help="a run config with a diffusers teacher (its folder's configs are read)")
+    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl", "z-image", "flux2-klein-4b", "flux2-klein-9b"],
                     help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
     pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
     pl.add_argument("--json", action="store_true", help="one JSON object: every preset's peak and parts, the best "

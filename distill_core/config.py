@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import functools
 import json
 import math
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +54,18 @@ def effective_diversity_weight(method: str, weight: float | None) -> float | Non
     return 0.0 if method in METHODS and not METHODS[method].diversity else weight
 
 
+class _Reads:
+    """The mark of a field that names a file or folder the run reads ("" or "builtin" name none)."""
+
+    def __repr__(self) -> str:
+        return "reads a file or folder"
+
+
+READS = _Reads()
+ReadPath = typing.Annotated[str, READS]  # a str to TOML and the checks; the mark is for read_path_fields()
+ReadPathTables = typing.Annotated[list[dict], READS]  # a list of tables, each naming a file by its ``path`` key
+
+
 @dataclass
 class RunSection:
     """Where the run lives and how often it saves."""
@@ -63,13 +77,13 @@ class RunSection:
     log_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"
-    branch_from: str = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
+    branch_from: ReadPath = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
 
 
 @dataclass
 class TeacherSection:
     family: FamilyName = "builtin"
-    path: str = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
+    path: ReadPath = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
     builtin: BuiltinName = DEFAULT_KIND  # builtin family: shapes (generated, exactly known modes) | digits
     guidance_scale: float | None = None  # teacher ("real score") CFG
     num_steps: int | None = None  # the teacher's own multi-step schedule (anchor rollout, reference samples)
@@ -77,6 +91,17 @@ class TeacherSection:
     dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights
     resolution: int | None = None  # image size in pixels (sd3 / sdxl)
     timestep_spacing: Literal["trailing", "leading"] = "trailing"  # sdxl teacher's levels: trailing (from pure noise) | leading (its folder's)
+    # zimage (its pipeline's arguments of the same names): CFG only where its time 1 - level is at most
+    # cfg_truncation (1: everywhere), and the CFG output's norm capped at cfg_normalization x the cond one's (0: off)
+    cfg_truncation: float = 1.0
+    cfg_normalization: float = 0.0
+    # the frozen base's linear weights (teacher, LoRA bases, text encoders): as teacher.dtype | fp8 (float8_e4m3fn,
+    # a scale per output channel, upcast layer by layer to teacher.dtype / the autocast dtype). Exports always merge
+    # into the full-precision base
+    quantize: Literal["none", "fp8"] = "none"
+    # LoRAs merged into the teacher at load, in order: [{ path = "style.safetensors", weight = 0.8 }] (kohya,
+    # diffusers / PEFT keys); the student trains on (and its LoRA applies on top of) the merged base
+    loras: ReadPathTables = field(default_factory=list)
 
 
 @dataclass
@@ -91,7 +116,15 @@ class StudentSection:
     # auto: shared for sd3 / sdxl where it can be (no EMA, no FSDP, bf16 autocast for a bf16 teacher)
     lora_mode: Literal["auto", "shared", "copies"] = "auto"
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the student and export it
-    init_lora: str = ""  # a LoRA file the student adapter starts from (as `dpdmd export --format lora` writes)
+    init_lora: ReadPath = ""  # a LoRA file the student adapter starts from (as `dpdmd export --format lora` writes)
+
+
+@dataclass
+class FakeSection:
+    """The fake score (the student's distribution's score network)."""
+    # a LoRA file its adapter starts from (needs student.lora_rank; e.g. the `dpdmd extract-lora` delta the student
+    # starts from, so the fake score starts at the student's distribution instead of the teacher's)
+    init_lora: ReadPath = ""
 
 
 @dataclass
@@ -124,7 +157,7 @@ class OptimSection:
 @dataclass
 class DataSection:
     prompts: list[str] = field(default_factory=list)  # inline prompts
-    prompts_file: str = ""  # one prompt per line (added to `prompts`)
+    prompts_file: ReadPath = ""  # one prompt per line (added to `prompts`)
     batch_size: int | None = None  # per process
 
 
@@ -137,7 +170,7 @@ class EvalSection:
     grid_every: int = 50  # fixed-seed sample grid every N steps (0 = only at the end)
     grid_prompts: int = 4
     grid_seeds: int = 6
-    features: str = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
+    features: ReadPath = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
     fd_samples_per_prompt: int = 50  # samples per prompt for the final Frechet distance (built-in)
 
 
@@ -146,6 +179,7 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
+    fake: FakeSection = field(default_factory=FakeSection)
     method: MethodSection = field(default_factory=MethodSection)
     optim: OptimSection = field(default_factory=OptimSection)
     data: DataSection = field(default_factory=DataSection)
@@ -168,6 +202,40 @@ class Config:
         return dumps_toml(self.to_dict())
 
 
+def _read_path_hints() -> dict[str, Any]:
+    """"section.field" -> annotation of every field marked as naming files a run reads."""
+    out = {}
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(type(getattr(Config(), section.name)), include_extras=True)
+        out.update({f"{section.name}.{name}": hint for name, hint in hints.items() if READS in typing.get_args(hint)})
+    return out
+
+
+def read_path_fields() -> tuple[str, ...]:
+    """Every "section.field" that names a file or folder a run reads, from the annotations (``ReadPath``, and
+    ``ReadPathTables`` for a list of tables with a ``path`` each): what a UI checks against its allowed roots
+    (through read_path_places), so a new path field is checked the day it is added."""
+    return tuple(_read_path_hints())
+
+
+def read_path_places(data: dict) -> list[tuple[str, dict, str]]:
+    """Where config tables (as TOML reads them, before any check) name a file or folder a run reads: (the name
+    errors show, the table holding the value, its key), for each ``ReadPath`` field and each entry's ``path`` of a
+    ``ReadPathTables`` field (``teacher.loras[0].path``). Values of the wrong type are left to the type check."""
+    places = []
+    for key, hint in _read_path_hints().items():
+        section, name = key.split(".")
+        table = data.get(section)
+        value = table.get(name) if isinstance(table, dict) else None
+        if hint == ReadPathTables:
+            entries = value if isinstance(value, list) else []
+            places += [(f"{key}[{i}].path", entry, "path") for i, entry in enumerate(entries)
+                       if isinstance(entry, dict) and "path" in entry]
+        elif value is not None:
+            places.append((key, table, name))
+    return places
+
+
 def field_value(cfg: Config, key: str) -> Any:
     """The value of the field called "section.field"."""
     section, name = key.split(".")
@@ -184,6 +252,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table (teacher.loras entries)
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -230,6 +300,13 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return _check_type(name, value, inner)
     if typing.get_origin(annotation) is Literal:  # a string here; which one is checked by resolve()
         return _check_type(name, value, str)
+    if annotation == list[dict]:
+        return [_lora_entry(f"{name}[{i}]", x) for i, x in enumerate(_check_type(name, value, list))]
+    if annotation is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, e.g. {name.split('.')[-1]} = [{{ path = \"a.safetensors\", "
+                              "weight = 1.0 }]")
+        return list(value)
     if typing.get_origin(annotation) is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise ConfigError(f"{name} must be a list of strings, e.g. {name.split('.')[-1]} = [\"a\", \"b\"]")
@@ -253,6 +330,15 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{name} must be a string, not {shown(value)}")
         return value
     raise TypeError(annotation)
+
+
+def _lora_entry(name: str, value: Any) -> dict:
+    """One teacher.loras entry: { path = "...", weight = 1.0 } (weight optional)."""
+    if not isinstance(value, dict) or "path" not in value or set(value) - {"path", "weight"}:
+        raise ConfigError(f"{name} must be a table {{ path = \"file.safetensors\", weight = 1.0 }} (weight "
+                          f"optional), not {shown(value)}")
+    return {"path": _check_type(f"{name}.path", value["path"], str),
+            "weight": _check_type(f"{name}.weight", value.get("weight", 1.0), float)}
 
 
 def _unknown(name: str, known: list[str]) -> ConfigError:
@@ -292,20 +378,41 @@ def parse_toml(text: str, where: str) -> dict:
         raise ConfigError(f"{where} is not valid TOML: {e}") from None
 
 
+def path_problem(path: Path, folder_ok: bool = False) -> str | None:
+    """Why ``path`` is not a regular file (or, with ``folder_ok``, a folder), in words; None when it is one.
+
+    "does not exist" only when nothing is there: a FIFO, a device or a symlink loop is named as what it is."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOENT:
+            return "is a symlink to a missing target" if path.is_symlink() else "does not exist"
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(mode):
+        return None if folder_ok else "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
+
+
 def load_config(path: str | Path) -> Config:
     """Read a TOML run config; errors name the file, line or field."""
     path = Path(path)
-    if path.is_dir():
+    problem = path_problem(path)
+    if problem == "is a folder, not a file":
         raise ConfigError(f"config file {shown(str(path))} is a folder, not a file; give a run's TOML config (a run "
                           "folder's own config.toml continues that run)")
-    if not path.is_file():
-        raise ConfigError(f"config file {shown(str(path))} does not exist; write one (see examples/) "
+    if problem:
+        raise ConfigError(f"config file {shown(str(path))} {problem}; write one (see examples/) "
                           "or run `dpdmd demo` to get a working config.toml")
     return from_dict(_config_table(path))
 
 
 def _config_table(path: Path) -> dict:
-    return parse_toml(read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)"), str(path))
+    text = read_text(path, "config file", "save it as UTF-8 (TOML files are UTF-8)")
+    return parse_toml(text.removeprefix("\ufeff"), str(path))  # a BOM, as some Windows editors write
 
 
 def loads_config(text: str) -> Config:
@@ -349,6 +456,18 @@ AT_LEAST: dict[str, tuple[int, str]] = {
     "run.max_steps": (1, ""), "run.checkpoint_every": (0, ""), "run.keep_checkpoints": (1, ""), "run.log_every": (1, ""),
 }
 
+# Upper bounds: far above any real run, low enough that nothing is allocated for an absurd value (a typo's
+# 1e12 samples would exhaust memory before any check) and that a count means what it says.
+LOOP_LIMIT = 10 ** 9  # step counts and cadences
+AT_MOST: dict[str, int] = {
+    "teacher.num_steps": 1000, "student.num_steps": 64, "student.lora_rank": 4096, "method.fake_updates": 100,
+    "data.batch_size": 4096, "eval.seeds": 256, "eval.fd_samples_per_prompt": 10_000, "eval.max_prompts": 10_000,
+    "eval.grid_prompts": 64, "eval.grid_seeds": 64, "run.keep_checkpoints": 10_000, "teacher.resolution": 8192,
+    **{name: LOOP_LIMIT for name in ("run.max_steps", "run.checkpoint_every", "run.log_every", "optim.warmup_steps",
+                                     "eval.diversity_every", "eval.grid_every")},
+}
+LR_RANGE = (1e-10, 10.0)  # a learning rate outside it is a typo (5e-324 trains nothing; 50 diverges at once)
+PROMPT_CHARS = 4096  # text encoders read a few hundred tokens; a longer line is a wrong file, not a prompt
 
 SEED_LIMIT = 2 ** 32  # the trainer derives each step's seeds from run.seed; torch takes 64-bit seeds
 
@@ -366,11 +485,15 @@ def read_text(path: Path, what: str, fix: str) -> str:
 
 def read_prompts_file(path: str) -> list[str]:
     p, fix = Path(path).expanduser(), "give a UTF-8 text file with one prompt per line"
-    if p.is_dir():
-        raise ConfigError(f"data.prompts_file {shown(path)} is a folder, not a file; {fix}")
-    if not p.is_file():
-        raise ConfigError(f"data.prompts_file {shown(path)} does not exist; {fix}")
+    problem = path_problem(p)
+    if problem:
+        raise ConfigError(f"data.prompts_file {shown(path)} {problem}; {fix}")
     lines = [line.strip() for line in read_text(p, "data.prompts_file", fix).splitlines()]
+    for number, line in enumerate(lines, 1):
+        if "\0" in line or len(line) > PROMPT_CHARS:
+            raise ConfigError(f"data.prompts_file {shown(path)} line {number} "
+                              + ("contains a NUL byte" if "\0" in line else f"is {len(line):,} characters long, more "
+                                 f"than {PROMPT_CHARS:,}") + f"; {fix}")
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ConfigError(f"data.prompts_file {shown(path)} holds no prompts (only blank or # lines); {fix}")
@@ -382,11 +505,13 @@ def resolve(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
                                       for f in dataclasses.fields(Config)})
     _check_choices(cfg)
+    _check_text(cfg)
     _fill_defaults(cfg)
     _check_teacher(cfg.teacher)
     _check_simple_fields(cfg)
     _check_method(cfg.method, cfg.teacher)
     _check_student(cfg.student, cfg.teacher)
+    _check_init_lora("fake.init_lora", cfg.fake.init_lora, cfg.student)
     _check_optim(cfg.optim)
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
@@ -406,14 +531,53 @@ def _check_choices(cfg: Config) -> None:
 def _check_simple_fields(cfg: Config) -> None:
     """The fields that must be filled in, and the whole numbers with a least value (tables above)."""
     for name, fix in REQUIRED.items():
-        if not field_value(cfg, name):
+        value = field_value(cfg, name)
+        if not (value.strip() if isinstance(value, str) else value):
             raise ConfigError(f"{name} is empty: {fix}")
     for name, (least, why) in AT_LEAST.items():
         if field_value(cfg, name) < least:
             raise ConfigError(f"{name} = {field_value(cfg, name)} must be at least {least}{why}")
+    for name, most in AT_MOST.items():
+        if field_value(cfg, name) > most:
+            raise ConfigError(f"{name} = {field_value(cfg, name)} is too large: at most {most:,}")
     if not -SEED_LIMIT < cfg.run.seed < SEED_LIMIT:
         raise ConfigError(f"run.seed = {shown(cfg.run.seed)} is too large; use a whole number below 2**32 in size "
                           "(e.g. 0)")
+
+
+# How far from its family's default a value may lie before a divergence is blamed on it rather than on the
+# learning rates: (field, the default's source, factor).
+EXTREME = (("teacher.guidance_scale", "guidance_scale", 4.0), ("teacher.shift", "shift", 4.0),
+           ("optim.student_lr", "lr", 10.0), ("optim.fake_lr", "lr", 10.0))
+EXTREME_LAMBDA = 5.0  # lambda beyond this outweighs DMD by far (paper: 0.05)
+
+
+def extreme_values(cfg: Config) -> list[str]:
+    """The resolved config's values far from their family's defaults, in words ("teacher.guidance_scale = 40
+    (default 3.5)"): what a divergence message names before it blames the learning rates."""
+    fam = builtin_family(cfg.teacher.builtin) if cfg.teacher.family == "builtin" else FAMILIES[cfg.teacher.family]
+    out = []
+    for key, default_name, factor in EXTREME:
+        value, default = field_value(cfg, key), getattr(fam, default_name)
+        if value is not None and default and not default / factor <= value <= default * factor:
+            out.append(f"{key} = {value:g} (default {default:g})")
+    if cfg.lam > EXTREME_LAMBDA:
+        out.append(f"method.diversity_weight (lambda) = {cfg.lam:g} (paper: 0.05)")
+    return out
+
+
+def _check_text(cfg: Config) -> None:
+    """No string field holds a NUL byte (no path or prompt can), and no prompt is longer than PROMPT_CHARS."""
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            value, name = getattr(getattr(cfg, section.name), f.name), f"{section.name}.{f.name}"
+            for i, text in enumerate(value if isinstance(value, list) else [value]):
+                where = f"{name}[{i}]" if isinstance(value, list) else name
+                if isinstance(text, str) and "\0" in text:
+                    raise ConfigError(f"{where} contains a NUL byte; remove it")
+                if isinstance(text, str) and name.endswith("prompts") and len(text) > PROMPT_CHARS:
+                    raise ConfigError(f"{where} is {len(text):,} characters long, more than {PROMPT_CHARS:,}; one "
+                                      "prompt per line (is data.prompts_file the right file?)")
 
 
 def _fill_defaults(cfg: Config) -> None:
@@ -448,9 +612,9 @@ def _check_teacher(t: TeacherSection) -> None:
     if t.family != "builtin" and not t.path:
         raise ConfigError(f"teacher.path is empty; a {t.family} teacher is loaded from a local diffusers folder "
                           "(the one with model_index.json), e.g. path = \"/models/stable-diffusion-3.5-medium\"")
-    if t.path and not Path(t.path).expanduser().exists():
-        raise ConfigError(f"teacher.path {shown(t.path)} does not exist; give the local folder (or file) of the "
-                          "teacher")
+    problem = path_problem(Path(t.path).expanduser(), folder_ok=True) if t.path else None
+    if problem:
+        raise ConfigError(f"teacher.path {shown(t.path)} {problem}; give the local folder (or file) of the teacher")
     if t.guidance_scale < 1.0:
         raise ConfigError(f"teacher.guidance_scale = {t.guidance_scale} must be >= 1 (1 = no CFG)")
     if t.shift is not None and t.shift <= 0:
@@ -459,8 +623,24 @@ def _check_teacher(t: TeacherSection) -> None:
     if t.family == "builtin" and t.resolution != builtin:
         raise ConfigError(f"teacher.resolution = {t.resolution} applies to sd3 / sdxl teachers; the built-in "
                           f"{t.builtin} teacher draws {builtin} x {builtin} images only, remove the field")
+    if (t.cfg_truncation != 1.0 or t.cfg_normalization) and not FAMILIES[t.family].cfg_extras:
+        raise ConfigError(f"teacher.cfg_truncation / cfg_normalization apply to teachers whose pipeline has them "
+                          f"({', '.join(n for n, f in FAMILIES.items() if f.cfg_extras)}); remove them for a "
+                          f"{t.family} teacher")
+    if t.cfg_truncation < 0 or t.cfg_normalization < 0:
+        raise ConfigError(f"teacher.cfg_truncation / cfg_normalization = {t.cfg_truncation} / {t.cfg_normalization} "
+                          "must be >= 0 (defaults 1.0 / 0.0: off)")
     if t.resolution <= 0 or (t.family != "builtin" and t.resolution % 16):
         raise ConfigError(f"teacher.resolution = {t.resolution} must be a positive multiple of 16")
+    for i, lora in enumerate(t.loras):
+        problem = path_problem(Path(lora["path"]).expanduser())
+        if problem:
+            raise ConfigError(f"teacher.loras[{i}].path {shown(lora['path'])} {problem}; give a LoRA .safetensors file")
+    if t.loras and t.family == "builtin":
+        raise ConfigError("teacher.loras merges LoRAs into an sd3 / sdxl teacher; remove it for the built-in one")
+    if t.quantize != "none" and t.family == "builtin":
+        raise ConfigError(f"teacher.quantize = {t.quantize!r} shrinks a large teacher's frozen weights; the built-in "
+                          "teacher is a few MB, remove the field")
 
 
 
@@ -490,17 +670,25 @@ def _check_student(s: StudentSection, t: TeacherSection) -> None:
                           "teachers only; remove it for an sdxl teacher")
     if not 0.0 <= s.ema_decay < 1.0:
         raise ConfigError(f"student.ema_decay = {s.ema_decay} must lie in [0, 1) (0 = no EMA; e.g. 0.99)")
-    if s.init_lora and not s.lora_rank:
-        raise ConfigError("student.init_lora starts the student's LoRA adapter from a file, so it needs "
-                          "student.lora_rank > 0 (at least the file's rank)")
-    if s.init_lora and not Path(s.init_lora).expanduser().is_file():
-        raise ConfigError(f"student.init_lora {s.init_lora!r} does not exist; give a LoRA .safetensors file")
+    _check_init_lora("student.init_lora", s.init_lora, s)
+
+
+def _check_init_lora(name: str, path: str, s: StudentSection) -> None:
+    if path and not s.lora_rank:
+        raise ConfigError(f"{name} starts a LoRA adapter from a file, so it needs student.lora_rank > 0 (at least "
+                          "the file's rank)")
+    problem = path_problem(Path(path).expanduser()) if path else None
+    if problem:
+        raise ConfigError(f"{name} {shown(path)} {problem}; give a LoRA .safetensors file")
 
 
 def _check_optim(o: OptimSection) -> None:
-    for name in ("student_lr", "fake_lr", "grad_clip"):
-        if getattr(o, name) <= 0:
-            raise ConfigError(f"optim.{name} = {getattr(o, name)} must be positive")
+    if o.grad_clip <= 0:
+        raise ConfigError(f"optim.grad_clip = {o.grad_clip} must be positive")
+    for name in ("student_lr", "fake_lr"):
+        if not LR_RANGE[0] <= getattr(o, name) <= LR_RANGE[1]:
+            raise ConfigError(f"optim.{name} = {getattr(o, name)} must lie in [{LR_RANGE[0]:g}, {LR_RANGE[1]:g}] "
+                              "(the family's default is in `dpdmd config`)")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay = {o.weight_decay} must be >= 0")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):

@@ -35,6 +35,10 @@ class TrainingDiverged(DPDMDError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class DiskFull(DPDMDError):
+    """A write that ran out of space; what was written before it (the previous checkpoint) is intact."""
+
+
 class RunRefused(ConfigError):
     """A start refused before it changed the run folder: another process trains in it, or it holds another run."""
 

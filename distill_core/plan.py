@@ -14,7 +14,9 @@ arithmetic on the training loop:
   (the two updates alternate); LoRA keeps a frozen base in the base dtype and
   trains only the adapters; a shared base (student.lora_mode) is the teacher's
   own weights, so the two frozen copies disappear; FSDP divides these across GPUs;
-- the frozen teacher in teacher.dtype; the VAE (float32) for previews;
+- the frozen teacher in teacher.dtype; the VAE (float32) for previews; with teacher.quantize = "fp8" the
+  linear weights of every frozen base and of the text encoders take one byte (+ a float32 scale per output
+  channel) and the rest stays in its dtype (the upcast happens one layer at a time: a transient, not counted);
 - activations: the student update keeps N graphs alive (the first step for the
   diversity loss and N-1 steps after the detach), one-step backprop keeps 2;
   the fake-score update keeps 1;
@@ -37,6 +39,7 @@ from torch import nn
 from . import presets
 from .config import Config, field_value, resolve
 from .errors import ConfigError
+from .teachers.diffusers_base import teacher_class
 
 GB = 1e9
 BUDGETS = (16, 24, 48, 80)
@@ -44,7 +47,7 @@ CONTEXT_BYTES = 1.5 * GB
 FRAGMENTATION = 1.10
 BYTES = {"float32": 4, "bfloat16": 2}
 
-# Public configs of the two reference teachers, for planning before anything is downloaded.
+# Public configs of the reference teachers, for planning before anything is downloaded.
 SD35_MEDIUM = {
     "family": "sd3", "network_class": "SD3Transformer2DModel",
     "network": {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
@@ -88,7 +91,51 @@ SD35_LARGE = {**SD35_MEDIUM, "network": {  # 8B: 38 blocks of width 2432, no dua
     "num_attention_heads": 38, "joint_attention_dim": 4096, "caption_projection_dim": 2432,
     "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192, "dual_attention_layers": [],
     "qk_norm": "rms_norm"}}
-REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sd3.5-large": SD35_LARGE, "sdxl": SDXL_BASE}
+# Z-Image (base and Turbo share it): 6.15 B. Transformer as ComfyUI 0.33.0's model_detection reads a Z-Image file
+# (dim 3840, 30 heads, axes 32/48/48 over 1536/512/512, rope theta 256) with diffusers' defaults for the rest
+# (30 layers, 2 + 2 refiner layers); text encoder Qwen3-4B (Qwen3Model, hidden 2560, 36 layers, 32 / 8 heads);
+# VAE: FLUX.1's 16-channel AutoencoderKL.
+Z_IMAGE = {
+    "family": "zimage", "network_class": "ZImageTransformer2DModel",
+    "network": {"all_patch_size": [2], "all_f_patch_size": [1], "in_channels": 16, "dim": 3840, "n_layers": 30,
+                "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True,
+                "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": [32, 48, 48],
+                "axes_lens": [1536, 512, 512]},
+    "text_encoders": {
+        "text_encoder": ("Qwen3Model", {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                                        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                                        "vocab_size": 151936, "max_position_embeddings": 40960,
+                                        "tie_word_embeddings": True})},
+    "vae": {"block_out_channels": [128, 256, 512, 512], "latent_channels": 16, "layers_per_block": 2,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "use_quant_conv": False, "use_post_quant_conv": False},
+}
+# FLUX.2 [klein] base: transformer (5 double + 20 single blocks of 24 heads; 9B: 8 + 24 of 32) and Qwen3-4B / -8B
+# encoders as the released config.json files (and diffusers' klein-4b / klein-9b conversion configs) give them;
+# joint_attention_dim = 3 x the encoder's width (hidden states 9, 18, 27 stacked); AutoencoderKLFlux2's defaults.
+FLUX2_VAE = {"block_out_channels": [128, 256, 512, 512], "latent_channels": 32, "layers_per_block": 2,
+             "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
+QWEN3 = {"num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+         "vocab_size": 151936, "max_position_embeddings": 40960}
+FLUX2_KLEIN_4B = {
+    "family": "flux2", "network_class": "Flux2Transformer2DModel", "vae_class": "AutoencoderKLFlux2",
+    "network": {"patch_size": 1, "in_channels": 128, "num_layers": 5, "num_single_layers": 20,
+                "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 7680,
+                "timestep_guidance_channels": 256, "mlp_ratio": 3.0, "axes_dims_rope": [32, 32, 32, 32],
+                "rope_theta": 2000, "guidance_embeds": False},
+    "text_encoders": {"text_encoder": ("Qwen3ForCausalLM", {**QWEN3, "hidden_size": 2560, "intermediate_size": 9728,
+                                                           "tie_word_embeddings": True})},
+    "vae": FLUX2_VAE,
+}
+FLUX2_KLEIN_9B = {
+    **FLUX2_KLEIN_4B,
+    "network": {**FLUX2_KLEIN_4B["network"], "num_layers": 8, "num_single_layers": 24, "num_attention_heads": 32,
+                "joint_attention_dim": 12288},
+    "text_encoders": {"text_encoder": ("Qwen3ForCausalLM", {**QWEN3, "hidden_size": 4096, "intermediate_size": 12288,
+                                                           "tie_word_embeddings": False})},
+}
+REFERENCES = {"sd3.5-medium": SD35_MEDIUM, "sd3.5-large": SD35_LARGE, "sdxl": SDXL_BASE, "z-image": Z_IMAGE,
+              "flux2-klein-4b": FLUX2_KLEIN_4B, "flux2-klein-9b": FLUX2_KLEIN_9B}
 
 
 @dataclass
@@ -99,14 +146,16 @@ class Architecture:
     network: dict
     text_encoders: dict[str, tuple[str, dict]]
     vae: dict
+    vae_class: str = "AutoencoderKL"
 
     @property
     def text_tokens(self) -> int:
-        return 77 + 256 if self.family == "sd3" else 77  # CLIP (+ T5 at the pipeline's default length)
+        return teacher_class(self.family).plan_text_tokens
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+        """Pixels per side of one latent position the network sees (the VAE's factor x any packing)."""
+        return 2 ** (len(self.vae["block_out_channels"]) - 1) * teacher_class(self.family).patch
 
 
 def _json(path: Path) -> dict:
@@ -119,18 +168,19 @@ def _json(path: Path) -> dict:
 def architecture_from_folder(path: Path, family: str) -> Architecture:
     """Configs only: a folder without weights plans as well as a full one."""
     index = _json(path / "model_index.json")
-    net = "transformer" if family == "sd3" else "unet"
+    net = teacher_class(family).net_folder
     encoders = {name: (entry[1], _json(path / name / "config.json")) for name, entry in index.items()
                 if name.startswith("text_encoder") and isinstance(entry, list) and entry[0] == "transformers"}
     return Architecture(family, index[net][1], _json(path / net / "config.json"), encoders,
-                        _json(path / "vae" / "config.json"))
+                        _json(path / "vae" / "config.json"), index["vae"][1])
 
 
 def architecture_from_reference(name: str) -> Architecture:
     if name not in REFERENCES:
         raise ConfigError(f"--architecture {name!r} is not one of {', '.join(REFERENCES)}")
     ref = REFERENCES[name]
-    return Architecture(ref["family"], ref["network_class"], ref["network"], ref["text_encoders"], ref["vae"])
+    return Architecture(ref["family"], ref["network_class"], ref["network"], ref["text_encoders"], ref["vae"],
+                        ref.get("vae_class", "AutoencoderKL"))
 
 
 # ---- counting on the meta device --------------------------------------------------------------------
@@ -150,22 +200,33 @@ def _numel(module: nn.Module, buffers: bool = True) -> int:
     return n + (sum(b.numel() for b in module.buffers()) if buffers else 0)
 
 
-def text_encoder_params(arch: Architecture) -> int:
+def linear_params(module: nn.Module) -> tuple[int, int]:
+    """(weights, output channels) of the linear layers ``teacher.quantize = "fp8"`` stores in one byte each, with a
+    float32 scale per output channel."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears)
+
+
+def text_encoder_params(arch: Architecture) -> tuple[int, int, int]:
+    """(all parameters and buffers, linear weights, linear output channels) of the text encoders."""
     import transformers
 
-    total = 0
+    total = linear = channels = 0
     for cls_name, config in arch.text_encoders.values():
         cls = getattr(transformers, cls_name)
         with torch.device("meta"):
-            total += _numel(cls(cls.config_class(**_clean(config))))
-    return total
+            model = cls(cls.config_class(**_clean(config)))
+        total += _numel(model)
+        weights, outs = linear_params(model)
+        linear, channels = linear + weights, channels + outs
+    return total, linear, channels
 
 
 def vae_params(arch: Architecture) -> int:
-    from diffusers import AutoencoderKL
+    import diffusers
 
     with torch.device("meta"):
-        return _numel(AutoencoderKL.from_config(_clean(arch.vae)))
+        return _numel(getattr(diffusers, arch.vae_class).from_config(_clean(arch.vae)))
 
 
 def lora_params(net: nn.Module, family: str, rank: int) -> int:
@@ -192,6 +253,12 @@ class _FlashAttention(torch.autograd.Function):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+def _flash_attention(*args, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention's stand-in, called positionally (SD3) or by keyword (diffusers' dispatcher)."""
+    q, k, v = (list(args) + [kwargs[n] for n in ("query", "key", "value") if n in kwargs])[:3]
+    return _FlashAttention.apply(q, k, v)
+
+
 class _SavedBytes:
     """Counts distinct tensors autograd saves (parameters excluded)."""
 
@@ -209,19 +276,10 @@ class _SavedBytes:
 
 
 def _inputs(arch: Architecture, resolution: int, dtype: torch.dtype) -> dict:
+    """The forward arguments of one sample at ``resolution``, as the family's teacher passes them."""
     side = resolution // arch.vae_factor
-    n = arch.network
-    x = torch.empty(1, n["in_channels"], side, side, dtype=dtype)
-    t = torch.empty(1)
-    if arch.family == "sd3":
-        return {"hidden_states": x, "timestep": t,
-                "encoder_hidden_states": torch.empty(1, arch.text_tokens, n["joint_attention_dim"], dtype=dtype),
-                "pooled_projections": torch.empty(1, n["pooled_projection_dim"], dtype=dtype), "return_dict": False}
-    pooled = n["projection_class_embeddings_input_dim"] - 6 * n["addition_time_embed_dim"]
-    return {"sample": x, "timestep": t,
-            "encoder_hidden_states": torch.empty(1, arch.text_tokens, n["cross_attention_dim"], dtype=dtype),
-            "added_cond_kwargs": {"text_embeds": torch.empty(1, pooled, dtype=dtype),
-                                  "time_ids": torch.empty(1, 6, dtype=dtype)}, "return_dict": False}
+    x = torch.empty(1, arch.network["in_channels"], side, side, dtype=dtype)
+    return teacher_class(arch.family).plan_inputs(arch.network, x, torch.empty(1), arch.text_tokens)
 
 
 def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, checkpointing: bool,
@@ -243,7 +301,7 @@ def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, ch
     if checkpointing:
         net.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
     original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = lambda q, k, v, *a, **kw: _FlashAttention.apply(q, k, v)
+    F.scaled_dot_product_attention = _flash_attention
     try:
         with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(outside.pack, lambda t: t):
             net(**_inputs(arch, resolution, dtype))
@@ -261,7 +319,7 @@ OPTION_FIELDS = {"teacher.resolution": "resolution", "data.batch_size": "batch_s
                  "student.num_steps": "student_steps", "method.backprop": "backprop",
                  "student.lora_rank": "lora_rank", "student.gradient_checkpointing": "gradient_checkpointing",
                  "run.mixed_precision": "mixed_precision", "teacher.dtype": "teacher_dtype",
-                 "student.lora_mode": "lora_mode"}
+                 "student.lora_mode": "lora_mode", "teacher.quantize": "quantize"}
 
 
 @dataclass
@@ -276,6 +334,7 @@ class Options:
     mixed_precision: str = "bf16"  # bf16 | no
     teacher_dtype: str = "bfloat16"
     lora_mode: str = "auto"  # auto | shared | copies (auto: shared, as for sd3 / sdxl runs on one GPU or DDP)
+    quantize: str = "none"  # none | fp8 (the frozen bases' and text encoders' linear weights)
     fsdp: int = 1  # FSDP shards the networks' states over this many GPUs (1 = one GPU, or DDP)
 
     @classmethod
@@ -326,7 +385,8 @@ class Planner:
         self.net = build_meta_network(arch)
         self.net_params = _numel(self.net, buffers=False)
         self.net_buffers = sum(b.numel() for b in self.net.buffers())
-        self.text_params = text_encoder_params(arch)
+        self.linear_params, self.linear_channels = linear_params(self.net)
+        self.text_params, self.text_linear, self.text_channels = text_encoder_params(arch)
         self.vae_params = vae_params(arch)
         self._activations: dict[tuple, int] = {}
 
@@ -336,21 +396,29 @@ class Planner:
             self._activations[key] = activation_bytes(self.arch, resolution, dtype, checkpointing, self.net)
         return self._activations[key]
 
+    def frozen_bytes(self, o: Options, dtype_bytes: int, params: int, linear: int, channels: int) -> float:
+        """Bytes of frozen weights in ``dtype_bytes`` each, their linear weights one byte (+ a float32 scale per
+        output channel) under fp8."""
+        if o.quantize != "fp8":
+            return params * dtype_bytes
+        return (params - linear) * dtype_bytes + linear + channels * 4
+
     def estimate(self, o: Options) -> Estimate:
         p, buffers = self.net_params, self.net_buffers
         teacher_bytes = BYTES[o.teacher_dtype]
+        net_linear = (self.linear_params, self.linear_channels)
         shard = max(1, o.fsdp)
         if o.lora_rank:
             base = BYTES["bfloat16" if (o.teacher_dtype == "bfloat16" and o.mixed_precision == "bf16") else "float32"]
             trainable = lora_params(self.net, self.arch.family, o.lora_rank)
-            frozen = 0.0 if o.shared else (p * base + buffers * 4) / shard  # shared: the teacher's weights
+            frozen = 0.0 if o.shared else (self.frozen_bytes(o, base, p, *net_linear) + buffers * 4) / shard
         else:
             trainable, frozen = p, buffers * 4 / shard
         act_dtype = torch.bfloat16 if o.mixed_precision == "bf16" else torch.float32
         graphs = 2 if o.backprop == "one_step" else o.student_steps
         per_sample = self.activations(o.resolution, act_dtype, o.gradient_checkpointing)
         parts = {
-            "teacher weights": (p + buffers) * teacher_bytes,
+            "teacher weights": self.frozen_bytes(o, teacher_bytes, p + buffers, *net_linear),
             "student + fake weights": 2 * (trainable * 4 / shard + (0.0 if o.lora_rank else frozen)),
             "frozen LoRA copies": 2 * frozen if o.lora_rank else 0.0,
             "AdamW states (both)": 2 * trainable * 8 / shard,
@@ -365,7 +433,10 @@ class Planner:
         notes = {"activations": f"{graphs} graphs x batch {o.batch_size} x {per_sample / GB:.2f} GB"}
         if o.shared:
             notes["teacher weights"] = "the shared base: teacher, student and fake score"
-        return Estimate(parts, self.text_params * teacher_bytes, notes)
+        if o.quantize == "fp8":
+            notes["teacher weights"] = notes.get("teacher weights", "the frozen base") + "; linear weights in fp8"
+        encode = self.frozen_bytes(o, teacher_bytes, self.text_params, self.text_linear, self.text_channels)
+        return Estimate(parts, encode, notes)
 
 
 def summary(o: Options, e: Estimate) -> dict[str, float]:
@@ -416,11 +487,12 @@ class Report:
                      "(text encoders alone, before the denoiser arrives)")
         lines.append(f"  {'peak estimate':<26}{gb(est.peak)}  (+1.5 GB CUDA context, +10 % fragmentation)")
         lines.append("  fits: " + ", ".join(f"{b} GB {'yes' if est.fits(b) else 'no'}" for b in BUDGETS))
+        width = max(map(len, presets.PRESETS)) + 1
         lines += ["", f"presets (bf16 autocast with fp32 masters, bf16 teacher, batch {o.batch_size} unless named):",
-                  f"  {'preset':<30}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
+                  f"  {'preset':<{width}}{'peak':>9}  " + "  ".join(f"{b} GB" for b in BUDGETS)]
         for name in presets.PRESETS:
             e = self.estimate(name)
-            lines.append(f"  {name:<30}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
+            lines.append(f"  {name:<{width}}{gb(e.peak):>9}  " + "  ".join(f"{'yes' if e.fits(b) else ' - ':>5}"
                                                                      for b in BUDGETS))
         lines.append("")
         for budget in BUDGETS:
@@ -461,17 +533,17 @@ def plan(cfg: Config | None = None, *, architecture: str | None = None, fsdp: in
     """The memory report of a config (its teacher folder's configs), or of a reference architecture."""
     if cfg is not None:
         cfg = resolve(cfg)
-        if cfg.teacher.family not in ("sd3", "sdxl"):
-            raise ConfigError(f"dpdmd plan is for sd3 / sdxl teachers; teacher.family = {cfg.teacher.family!r} "
-                              "trains on a CPU in minutes")
+        if cfg.teacher.family == "builtin":
+            raise ConfigError("dpdmd plan is for diffusers teachers; teacher.family = 'builtin' trains on a CPU "
+                              "in minutes")
         options = Options.from_config(cfg, fsdp)
         if architecture:
             arch, source = architecture_from_reference(architecture), architecture
         else:
-            from .teachers.diffusers_teachers import TEACHERS, check_folder
+            from .teachers.diffusers_base import check_folder
 
             path = Path(cfg.teacher.path).expanduser()
-            check_folder(path, TEACHERS[cfg.teacher.family])
+            check_folder(path, teacher_class(cfg.teacher.family))
             arch, source = architecture_from_folder(path, cfg.teacher.family), str(path)
     else:
         if not architecture:

@@ -12,10 +12,11 @@ from .config import Config
 
 BASE: dict[str, Any] = {"run.mixed_precision": "bf16", "teacher.dtype": "bfloat16",
                         "student.gradient_checkpointing": False, "method.backprop": "all", "student.lora_rank": 0,
-                        "student.lora_mode": "auto"}
+                        "student.lora_mode": "auto", "teacher.quantize": "none"}
 CKPT, ONE_STEP, LORA = ({"student.gradient_checkpointing": True}, {"method.backprop": "one_step"},
                         {"student.lora_rank": 64, "student.lora_mode": "copies"})
 SHARED = {**LORA, "student.lora_mode": "shared"}  # one frozen base (the teacher's) for teacher, student and fake
+FP8 = {"teacher.quantize": "fp8"}  # that base (and the text encoders) with fp8 linear weights
 PRESETS: dict[str, dict[str, Any]] = {  # from the most memory to the least (dpdmd plan picks the first that fits)
     "full": {},
     "full-ckpt": CKPT,
@@ -27,6 +28,10 @@ PRESETS: dict[str, dict[str, Any]] = {  # from the most memory to the least (dpd
     "lora64-ckpt-onestep-b1": {**LORA, **CKPT, **ONE_STEP, "data.batch_size": 1},
     "shared-lora64-ckpt-b1": {**SHARED, **CKPT, "data.batch_size": 1},
     "shared-lora64-ckpt-onestep-b1": {**SHARED, **CKPT, **ONE_STEP, "data.batch_size": 1},
+    "fp8-shared-lora64-ckpt-b1": {**SHARED, **CKPT, **FP8, "data.batch_size": 1},
+    "fp8-shared-lora64-ckpt-onestep-b1": {**SHARED, **CKPT, **ONE_STEP, **FP8, "data.batch_size": 1},
+    "fp8-shared-lora32-ckpt-onestep-b1": {**SHARED, **CKPT, **ONE_STEP, **FP8, "student.lora_rank": 32,
+                                          "data.batch_size": 1},
 }
 
 
@@ -52,6 +57,8 @@ def describe(values: dict[str, Any]) -> list[str]:
         parts.append("gradient checkpointing")
     if values["method.backprop"] == "one_step":
         parts.append("one-step backprop")
+    if values.get("teacher.quantize", "none") != "none":
+        parts.append(f"{values['teacher.quantize']} base")
     if "data.batch_size" in values:
         parts.append(f"batch {values['data.batch_size']}")
     return parts

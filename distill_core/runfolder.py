@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -54,7 +55,8 @@ def atomic_target(path: Path) -> Iterator[Path]:
     The file gets the usual umask permissions (mkstemp alone would leave it private).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid in the name: a temporary whose writer is gone is a leftover at once (writer_gone)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -90,6 +92,13 @@ def within(path: Path | str, roots: Iterable[Path | str]) -> Path | None:
         return None
 
 
+def writer_gone(temporary: Path) -> bool:
+    """True when an atomic_target temporary names its writer's pid (".NAME.PID-XXXX.tmp") and that process is
+    gone (pids are of this host: a run folder is written by one machine)."""
+    match = re.fullmatch(r"\..+\.(\d+)-[^.]+\.tmp", temporary.name)
+    return match is not None and not pid_alive(int(match.group(1)))
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -105,7 +114,11 @@ class RunFolder:
     root: Path
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
+        # One absolute root, fixed at construction: every path below is built from it, so a relative
+        # run.output_dir means the same folder to every reader, whatever the working directory is later.
+        if "\0" in str(self.root):
+            raise ConfigError(f"run.output_dir {str(self.root)!r} contains a NUL byte; give a plain folder path")
+        self.root = Path(os.path.abspath(os.path.expanduser(self.root)))
 
     # paths
     @property
@@ -138,9 +151,9 @@ class RunFolder:
             raise ConfigError(f"run.output_dir {str(self.root)!r} is not writable; give a folder you can write to")
 
     def file(self, path: Path | str) -> Path | None:
-        """The resolved path of an existing file of this run (absolute or relative to the root), or None when
-        it is missing or resolves outside the run folder (a planted symlink reads as missing)."""
-        found = within(self.root / path, [self.root])
+        """The resolved path of an existing file of this run (absolute, or relative to the run folder), or None
+        when it is missing or resolves outside the run folder (a planted symlink reads as missing)."""
+        found = within(self.root / path, [self.root])  # an absolute ``path`` replaces the root in the join
         return found if found is not None and found.is_file() else None
 
     def student_grids(self) -> list[Path]:
@@ -201,14 +214,15 @@ class RunFolder:
         """Delete the temporaries of interrupted writes; call it holding the lock.
 
         Staging folders go at once (only the lock holder writes checkpoints); other temporaries in the
-        run folder (an export or a UI may be writing one) once untouched for LEFTOVER_SECONDS.
+        run folder (an export or a UI may be writing one) once their writer's process is gone, or, where the
+        name does not say who wrote it, once untouched for LEFTOVER_SECONDS.
         """
         removed = []
         for folder, min_age in ((self.checkpoints, 0.0), (self.root, LEFTOVER_SECONDS)):
             found = {p for pattern in TEMPORARIES for p in folder.glob(pattern)} if folder.is_dir() else set()
             for path in sorted(found):
                 try:
-                    if time.time() - path.lstat().st_mtime < min_age:
+                    if time.time() - path.lstat().st_mtime < min_age and not writer_gone(path):
                         continue
                     if path.is_dir() and not path.is_symlink():
                         shutil.rmtree(path)

@@ -94,18 +94,27 @@ def flow_shift(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 class FlowSchedule(NoiseSchedule):
-    """Rectified flow with a static shift, as diffusers' FlowMatchEulerDiscreteScheduler."""
+    """Rectified flow with a static shift, as diffusers' FlowMatchEulerDiscreteScheduler.
+
+    spacing: how a sampler of n steps places its levels before the shift. 'timesteps' is the scheduler's
+    own ``set_timesteps(n)`` (SD3 pipelines); 'linear' is sigmas = linspace(1, 1/n, n), which the FLUX.2
+    and Z-Image pipelines pass to the scheduler themselves.
+    """
 
     prediction_type = "flow"
     clean_level = 0.0
+    SPACINGS = ("timesteps", "linear")
 
-    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000, spacing: str = "timesteps") -> None:
+        if spacing not in self.SPACINGS:
+            raise ValueError(f"flow spacing {spacing!r} is not supported; use one of {', '.join(self.SPACINGS)}")
         self.shift = float(shift)
         self.num_train_timesteps = int(num_train_timesteps)
+        self.spacing = spacing
 
     def with_shift(self, shift: float) -> "FlowSchedule":
         """The same schedule under another shift (a student sampling on its own levels)."""
-        return FlowSchedule(shift, self.num_train_timesteps)
+        return FlowSchedule(shift, self.num_train_timesteps, self.spacing)
 
     def alpha_sigma(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(levels, dtype=torch.float32)
@@ -123,7 +132,11 @@ class FlowSchedule(NoiseSchedule):
         return eps - x0
 
     def sampling_levels(self, num_steps: int) -> list[float]:
-        """Exactly diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps) sigmas."""
+        """Exactly diffusers' FlowMatchEulerDiscreteScheduler sigmas: of set_timesteps(num_steps) ('timesteps'),
+        or of set_timesteps(sigmas=linspace(1, 1/n, n)) under a static shift ('linear')."""
+        if self.spacing == "linear":
+            ts = torch.linspace(1, 1 / num_steps, num_steps, dtype=torch.float64)
+            return [float(s) for s in flow_shift(ts, self.shift)] + [0.0]
         n = self.num_train_timesteps
         table = flow_shift(torch.linspace(1, n, n, dtype=torch.float64).flip(0) / n, self.shift)
         t_max, t_min = float(table[0]) * n, float(table[-1]) * n
@@ -138,7 +151,8 @@ class FlowSchedule(NoiseSchedule):
         return [float(v) for v in levels]
 
     def describe(self) -> dict:
-        return {"type": "flow", "shift": self.shift, "num_train_timesteps": self.num_train_timesteps}
+        spacing = {} if self.spacing == "timesteps" else {"spacing": self.spacing}  # (files before spacing: timesteps)
+        return {"type": "flow", "shift": self.shift, "num_train_timesteps": self.num_train_timesteps, **spacing}
 
 
 class VPSchedule(NoiseSchedule):

@@ -4,6 +4,8 @@
     accelerate launch -m distill_core.train CONFIG      # several GPUs or machines
 
 The loop itself is distill_core.training.trainer; this module only reads the command line.
+Exit codes: 0 trained (and finished, unless --no-finish); 2 bad input (one ``error:`` line); 128 + N stopped
+by signal N (130 Ctrl-C, 143 SIGTERM) after checkpointing; the same command resumes.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from .config import load_config, load_run_config
 from .errors import exit_code
-from .training.trainer import train
+from .training.trainer import Trainer, run_trainer
 
 
 def _own_run_folder(config_path: Path) -> Path | None:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     def command() -> None:
         folder = _own_run_folder(Path(args.config))
         cfg = load_config(args.config) if folder is None else load_run_config(args.config)
-        if args.output_dir:
+        if args.output_dir is not None:  # "" is refused by the config's checks, not ignored
             cfg.run.output_dir = args.output_dir
         elif folder is not None and Path(cfg.run.output_dir).resolve() != folder.resolve():
             print(f"note: {args.config} is the config of the run folder {folder} (moved or copied from "
@@ -46,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg.run.output_dir = str(folder)
         if args.max_steps is not None:  # 0 is refused by the config's checks, not ignored
             cfg.run.max_steps = args.max_steps
-        print(f"run folder: {train(cfg, finish=not args.no_finish, restart=args.restart)}")
+        trainer = Trainer(cfg, restart=args.restart)
+        print(f"run folder: {run_trainer(trainer, finish=not args.no_finish)}")
+        stopped_by.append(trainer.stop_signal)
 
-    return exit_code(command)
+    stopped_by: list[int | None] = []
+    code = exit_code(command)
+    return 128 + stopped_by[0] if code == 0 and stopped_by and stopped_by[0] else code
 
 
 if __name__ == "__main__":

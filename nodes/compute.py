@@ -27,7 +27,7 @@ def family_schedule(name: str, shift: float | None = None) -> NoiseSchedule:
     fam = families.family(name)
     if fam.prediction_type == "epsilon":
         return VPSchedule()
-    return FlowSchedule(shift=fam.shift if shift is None else shift)
+    return FlowSchedule(shift=fam.shift if shift is None else shift, spacing=fam.spacing)
 
 
 def family_sigmas(family: str, steps: int, shift: float | None = None) -> list[float]:

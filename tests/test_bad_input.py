@@ -75,8 +75,76 @@ def test_a_config_that_is_not_utf8(capsys, tmp_path):
 
 def test_a_huge_value_is_not_echoed_whole(capsys, tmp_path):
     line = refused(capsys, ["train", write_config(tmp_path, data__prompts=["x" * 5_000_000])],
-                   r"prompt 'x+\.\.\. \(5,000,002 characters\) names no digit")
+                   r"data.prompts\[0\] is 5,000,000 characters long, more than 4,096")
     assert len(line) < 500
+    line = refused(capsys, ["train", write_config(tmp_path, data__prompts=["x" * 4004])],
+                   r"prompt 'x+\.\.\. \(4,006 characters\) names no digit")  # long, within bounds: not echoed
+    assert len(line) < 500
+
+
+# Sizes that would allocate before any check (a typo's 1e12), and values that were silently accepted.
+@pytest.mark.parametrize("overrides, match", [
+    ({"teacher__num_steps": 10 ** 12}, r"teacher.num_steps = 1000000000000 is too large: at most 1,000"),
+    ({"student__lora_rank": 10 ** 9}, r"student.lora_rank = 1000000000 is too large: at most 4,096"),
+    ({"eval__seeds": 10 ** 12}, r"eval.seeds = 1000000000000 is too large: at most 256"),
+    ({"eval__fd_samples_per_prompt": 10 ** 12}, r"eval.fd_samples_per_prompt = 1000000000000 is too large"),
+    ({"run__max_steps": 10 ** 15}, r"run.max_steps = 1000000000000000 is too large: at most 1,000,000,000"),
+    ({"optim__student_lr": 5e-324}, r"optim.student_lr = 5e-324 must lie in \[1e-10, 10\]"),
+    ({"optim__fake_lr": 50.0}, r"optim.fake_lr = 50.0 must lie in \[1e-10, 10\]"),
+    ({"run__output_dir": "   "}, r"run.output_dir is empty: give the folder"),
+    ({"run__output_dir": "runs/a\0b"}, r"run.output_dir contains a NUL byte; remove it"),
+    ({"data__prompts": ["7", "a\0 3"]}, r"data.prompts\[1\] contains a NUL byte; remove it"),
+])
+def test_absurd_sizes_and_silent_values_are_refused_naming_the_field(capsys, tmp_path, overrides, match):
+    refused(capsys, ["train", write_config(tmp_path, **overrides)], match)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_output_dir_option_is_refused_not_ignored(capsys, tmp_path):
+    refused(capsys, ["train", write_config(tmp_path), "--output-dir", ""], r"run.output_dir is empty")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_prompts_file_with_a_megabyte_line_names_the_line(capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("7\n" + "3" * 1_000_000 + "\n")
+    refused(capsys, ["train", write_config(tmp_path, data__prompts_file=str(prompts))],
+            r"data.prompts_file .* line 2 is 1,000,000 characters long, more than 4,096")
+
+
+@pytest.mark.parametrize("kind, match", [("fifo", "is not a regular file"), ("loop", "is a symlink loop"),
+                                         ("dangling", "is a symlink to a missing target"),
+                                         ("devnull", "is not a regular file")])
+def test_a_path_that_is_not_a_file_says_what_it_is(capsys, tmp_path, kind, match):
+    import os
+
+    path = tmp_path / "prompts.txt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "loop":
+        path.symlink_to(path)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "gone")
+    else:
+        path = "/dev/null"
+    refused(capsys, ["train", write_config(tmp_path, data__prompts_file=str(path))], rf"data.prompts_file .* {match}")
+    refused(capsys, ["train", str(path)], rf"config file .* {match}")
+
+
+def test_a_config_with_a_utf8_bom_is_read(capsys, tmp_path):
+    path = write_config(tmp_path, run__max_steps=0)
+    with open(path, "rb") as f:
+        body = f.read()
+    with open(path, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + body)
+    refused(capsys, ["train", path], r"run.max_steps = 0 must be at least 1")  # read past the BOM to the field
+
+
+def test_sample_and_plan_refuse_empty_and_absurd_options(capsys, tmp_path):
+    refused(capsys, ["sample", str(tmp_path / "s.safetensors"), "--prompt", "1", "--out", ""], r"--out is empty")
+    refused(capsys, ["plan", "--fsdp", "1000000000"], r"--fsdp 1000000000 is too large: at most 4,096")
+    refused(capsys, ["sample", str(tmp_path / "s.safetensors"), "--prompt", "1", "--seeds", "1000000000000"],
+            r"--seeds 1000000000000 is too large")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +218,7 @@ def run_dir(tmp_path_factory):
     (["--format", "lora", "--rank", "0"], r"--rank 0 must be at least 1"),
     (["--out", "{tmp}/afile/s.safetensors"], r"--out .*afile/s.safetensors' cannot be written \(.*\); give a path"),
     (["--out", "/sys/s.safetensors"], r"--out '/sys/s.safetensors' cannot be written \(Permission denied: .*\)"),
-    (["--format", "diffusers", "--out", "/sys/d"], r"--format diffusers needs an sd3 or sdxl run"),
+    (["--format", "diffusers", "--out", "/sys/d"], r"--format diffusers needs a run with a diffusers teacher"),
 ])
 def test_export_arguments(capsys, tmp_path, run_dir, args, match):
     (tmp_path / "afile").write_text("")

@@ -26,6 +26,7 @@ def quick_demo(tmp_path_factory):
 
 
 def run_cli_demo(out: Path) -> str:
+    """`dpdmd demo --quick` given OUT relative to the working directory, as a user types it (issue 25)."""
     def small(*args, **kwargs):
         cfg = demo_config(*args, **kwargs)
         cfg.run.max_steps = 4
@@ -35,7 +36,8 @@ def run_cli_demo(out: Path) -> str:
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(demo, "demo_config", small)
-        assert main(["demo", "--quick", str(out)]) == 0
+        mp.chdir(out.parent)
+        assert main(["demo", "--quick", out.name]) == 0
     return printed.getvalue()
 
 
@@ -57,6 +59,7 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
         status = json.loads((run / "status.json").read_text())
         assert status["state"] == "finished" and status["step"] == 4
         assert (run / "student.safetensors").stat().st_size > 100_000
+        assert own["run"]["train_seconds"] > 0 and "state: unknown" not in (run / "report.html").read_text()
         title = (run / "report.html").read_text().split("<h1>", 1)[1].split("</h1>", 1)[0]
         assert title == f"{'DMD' if method == 'dmd' else 'DP-DMD'} run: {method}"
         assert ("k = " in (run / "report.html").read_text().split("<h2>", 1)[0]) is (method == "dpdmd")
@@ -64,7 +67,7 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
     for label in (f"teacher ({c.teacher.num_steps} steps, CFG {c.teacher.guidance_scale:g})",
                   f"DMD student ({c.student.num_steps} steps)", f"DP-DMD student ({c.student.num_steps} steps)"):
         assert label in printed
-    assert f"report: {out / 'report.html'}" in printed
+    assert f"report: {Path(out.name) / 'report.html'}" in printed
     grid = tmp_path / "grid.png"  # the exported student samples through the CLI
     assert main(["sample", str(out / "dpdmd" / "student.safetensors"), "--prompt", "a green circle", "--seeds", "3",
                  "--out", str(grid)]) == 0

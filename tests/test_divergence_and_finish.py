@@ -32,7 +32,7 @@ def test_exploding_rates_leave_only_finite_checkpoints_and_a_lower_rate_resumes(
 
     cfg.optim.student_lr = cfg.optim.fake_lr = 1e-4  # the advice of the message, followed
     train(cfg, progress=False, finish=False)
-    assert run.read_status()["state"] == "finished" and ckpt.latest(run.checkpoints).name == "step_00000004"
+    assert run.read_status()["state"] == "stopped" and ckpt.latest(run.checkpoints).name == "step_00000004"
     resumed = [e for e in run.read_events() if e["event"] == "resume"]
     assert bool(resumed) == bool(newest)
 
@@ -41,8 +41,11 @@ def test_branching_from_a_checkpoint_equals_the_unbroken_run(tiny):
     straight = tiny("straight", run__max_steps=4)
     train(straight, progress=False, finish=False)
     source = ckpt.latest(Path(straight.run.output_dir) / "checkpoints").parent / "step_00000002"
+    (source / "stranger.html").write_text("<script>alert(1)</script>")  # not the checkpoint's: must not travel
     branch = tiny("branch", run__max_steps=4, run__branch_from=str(source))
     train(branch, progress=False, finish=False)
+    copied = Path(branch.run.output_dir) / "checkpoints" / "step_00000002"
+    assert not (copied / "stranger.html").exists() and (copied / ckpt.MARKER).is_file()
     a = load_file(str(Path(straight.run.output_dir) / "checkpoints/step_00000004/student.safetensors"))
     b = load_file(str(Path(branch.run.output_dir) / "checkpoints/step_00000004/student.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

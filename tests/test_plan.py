@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from distill_core.cli import main as cli
 from distill_core.plan import (CONTEXT_BYTES, FRAGMENTATION, GB, Options, Planner, architecture_from_folder,
-                               architecture_from_reference, plan)
+                               architecture_from_reference, build_meta_network, plan)
 from distill_core.presets import PRESETS, settings
 from tiny_diffusers import tiny_run_config
 
@@ -130,3 +131,26 @@ def test_prompt_phase_holds_the_text_encoders_alone():
 def test_sd35_large_reference_is_the_8b_transformer():
     planner = Planner(architecture_from_reference("sd3.5-large"))
     assert 8.0e9 < planner.net_params < 8.3e9  # SD3.5-Large: 8.1 B parameters
+
+
+def test_fp8_base_counts_linear_weights_as_one_byte_and_meets_the_targets(tiny_pipelines, sd3_planner):
+    """teacher.quantize = "fp8": the issue-27 targets at 1024 px, batch 1, and the arithmetic on the tiny teacher."""
+    net = build_meta_network(sd3_planner.arch)
+    linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    weights, channels = sum(m.weight.numel() for m in linear), sum(m.out_features for m in linear)
+    o = Options(resolution=32, batch_size=1, lora_rank=2, lora_mode="shared")
+    p, buffers = sd3_planner.net_params, sd3_planner.net_buffers
+    full, fp8 = sd3_planner.estimate(o), sd3_planner.estimate(replace(o, quantize="fp8"))
+    assert full.parts["teacher weights"] - fp8.parts["teacher weights"] == weights * 2 - weights - channels * 4
+    assert fp8.encode_peak < full.encode_peak
+    copies = sd3_planner.estimate(replace(o, quantize="fp8", lora_mode="copies"))
+    assert copies.parts["frozen LoRA copies"] == 2 * ((p - weights) * 2 + weights + channels * 4 + buffers * 4)
+    targets = {"sd3.5-medium": 12, "sdxl": 12, "sd3.5-large": 24}
+    for architecture, budget in targets.items():
+        report = plan(architecture=architecture)
+        fits = [name for name in PRESETS if settings(name)["teacher.quantize"] == "fp8"
+                and report.estimate(name).fits(budget)]
+        assert fits, architecture
+        for name in PRESETS:  # fp8 halves the largest frozen term of the same preset
+            if settings(name)["teacher.quantize"] == "fp8" and name.removeprefix("fp8-") in PRESETS:
+                assert report.estimate(name).peak < report.estimate(name.removeprefix("fp8-")).peak

@@ -29,7 +29,7 @@ from distill_core.method import teacher_anchor
 from distill_core.sampling import sample_grid, seed_noise
 from distill_core.schedules import VPSchedule
 from distill_core.teachers import load_teacher, load_teacher_with_prompts
-from distill_core.teachers.diffusers_teachers import DiffusersTeacher
+from distill_core.teachers.diffusers_base import DiffusersTeacher
 from distill_core.training.trainer import Trainer
 from distill_core.training import checkpoint as ckpt
 

@@ -39,7 +39,7 @@ def test_a_second_trainer_is_refused_naming_the_pid_and_a_dead_ones_lock_is_take
         holder.wait()
     assert json.loads((run.root / LOCK).read_text())["pid"] == holder.pid
     train(cfg, progress=False, finish=False)  # a stale lock is taken over
-    assert run.read_status()["state"] == "finished" and run.read_status()["step"] == 4
+    assert run.read_status()["state"] == "stopped" and run.read_status()["step"] == 4
     assert json.loads((run.root / LOCK).read_text())["pid"] == os.getpid()
 
 
@@ -51,7 +51,7 @@ def test_a_refused_start_with_another_config_leaves_the_status(tiny):
     cfg.method.anchor_step = 2
     with pytest.raises(RunRefused, match="differs in method.anchor_step"):
         train(cfg, progress=False, finish=False)
-    assert run.status_path.read_bytes() == status and run.read_status()["state"] == "finished"
+    assert run.status_path.read_bytes() == status and run.read_status()["state"] == "stopped"
 
 
 def test_checkpoints_hold_only_their_files_and_leftovers_of_a_kill_are_removed(tiny):

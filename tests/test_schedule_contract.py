@@ -1,10 +1,12 @@
-"""The NoiseSchedule contract the method is written against, for every schedule (flow shift 1 and 3, VP)."""
+"""The NoiseSchedule contract the method is written against, for every schedule (flow shift 1 and 3, FLUX.2's
+linear spacing, VP)."""
 import pytest
 import torch
 
 from distill_core.schedules import FlowSchedule, VPSchedule, schedule_from_description
 
-SCHEDULES = {"flow-shift1": FlowSchedule(shift=1.0), "flow-shift3": FlowSchedule(shift=3.0), "vp": VPSchedule()}
+SCHEDULES = {"flow-shift1": FlowSchedule(shift=1.0), "flow-shift3": FlowSchedule(shift=3.0), "vp": VPSchedule(),
+             "flow-linear": FlowSchedule(shift=7.56, spacing="linear")}  # FLUX.2's sigmas before the shift
 
 
 @pytest.fixture(params=list(SCHEDULES))

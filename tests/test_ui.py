@@ -32,6 +32,7 @@ from distill_core.runfolder import RunFolder
 from distill_core.training import checkpoint as ckpt
 from trainer_ui import app, launcher, runs
 from trainer_ui.paths import PathRefused, Roots
+from trainer_ui.serving import launch_options
 from trainer_ui.wizard import PRESETS, build_config
 
 
@@ -52,6 +53,25 @@ def test_typed_paths_outside_the_roots_are_refused(tmp_path):
     for bad in ("/etc/passwd", str(tmp_path / "runs" / ".." / "secret"), "~"):
         with pytest.raises(PathRefused, match="outside the folders this UI may read"):
             roots.inside(bad, "prompts file")
+
+
+def test_every_path_field_of_the_config_is_checked_against_the_roots(settings):
+    """The wizard checks the config's ReadPath fields (one list, from the annotations): each, set outside the
+    roots in the advanced box, is refused naming the field; in a list of tables (teacher.loras), every entry's
+    path, not only the first."""
+    from distill_core.config import field_value, read_path_fields
+
+    assert {"teacher.path", "run.branch_from", "student.init_lora", "data.prompts_file", "fake.init_lora",
+            "teacher.loras"} <= set(read_path_fields())
+    inside = settings.roots.extra[0] / "style.safetensors"
+    for key in read_path_fields():
+        section, name = key.split(".")
+        if isinstance(field_value(Config(), key), list):
+            value, shown = f'[{{ path = "{inside}" }}, {{ path = "/etc", weight = 0.5 }}]', f"{key}[1].path"
+        else:
+            value, shown = '"/etc"', key
+        with pytest.raises(PathRefused, match=re.escape(f"{shown} '/etc'") + " .* is outside the folders"):
+            build_config(replace(tiny_form("w1"), extra_toml=f"[{section}]\n{name} = {value}"), settings.roots)
 
 
 def test_run_names_are_plain_folder_names_in_the_runs_folder(tmp_path):
@@ -127,6 +147,8 @@ REFUSALS = {  # a change to a valid form -> what the core's refusal says
     "a prompt naming no digit": ({"prompts": "a photo of a cat"}, "names no digit"),
     "a prompts file outside the roots": ({"prompts_file": "/etc/hostname"}, "outside the folders"),
     "a teacher path outside the roots": ({"extra_toml": '[teacher]\npath = "/etc"'}, "outside the folders"),
+    "a branch checkpoint outside the roots": ({"extra_toml": '[run]\nbranch_from = "/etc"'}, "outside the folders"),
+    "a student LoRA outside the roots": ({"extra_toml": '[student]\ninit_lora = "/etc/shadow"'}, "outside the folders"),
     "an output folder in the advanced box": ({"extra_toml": '[run]\noutput_dir = "/tmp/x"'},
                                              "run.output_dir cannot be set"),
     "a run name that is a path": ({"run_name": "../elsewhere"}, "not a plain folder name"),
@@ -423,9 +445,11 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
     links = re.findall(r"href='(gradio_api/file=[^']+)' download", app.refresh(settings, "done-dpdmd", None).status)
     assert sorted(Path(urllib.parse.unquote(u)).name for u in links) == ["report.html", "student.safetensors",
                                                                           "train.log"]
+    (settings.roots.runs / "done-dpdmd" / "planted.svg").write_text(
+        "<svg xmlns='http://www.w3.org/2000/svg'><script>fetch('/gradio_api/info')</script></svg>")
     demo = app.build_app(settings)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                        allowed_paths=[str(settings.roots.runs)], run_history=False)
+                        **launch_options(settings.roots.runs, None))  # as `dpdmd ui` launches it
     try:
         def status(path: Path) -> int:
             try:
@@ -435,9 +459,45 @@ def test_files_are_served_only_from_the_runs_folder(settings, tmp_path, tmp_path
                 return e.code
         assert status(settings.roots.runs / "done-dpdmd" / "samples" / "teacher.png") == 200
         assert status(settings.roots.runs / "done-dpdmd" / "report.html") == 200
+        for name in ("report.html", "planted.svg", "samples/teacher.png"):  # no script with the UI's origin
+            with urllib.request.urlopen(f"{demo.local_url}gradio_api/file={settings.roots.runs / 'done-dpdmd' / name}") as r:
+                assert r.headers["Content-Security-Policy"] == "sandbox", name
+                assert r.headers["X-Content-Type-Options"] == "nosniff", name
         assert all(urllib.request.urlopen(demo.local_url + link).status == 200 for link in links)
         assert status(outside) == 403 and status(REPO / "README.md") == 403
         assert demo.server_name == "127.0.0.1" and demo.share is False
+    finally:
+        demo.close()
+
+
+def test_with_a_login_nothing_about_the_app_answers_before_it(settings):
+    import base64
+
+    demo = app.build_app(settings)
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                        **launch_options(settings.roots.runs, ("me", "pw:1")))
+    runs_path = str(settings.roots.runs)
+
+    def get(path: str, login: str | None = None, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(demo.local_url + path, method=method, data=b"{}" if method == "POST" else None,
+                                         headers={"Content-Type": "application/json"})
+        if login:
+            request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+        try:
+            with urllib.request.urlopen(request) as r:
+                return r.status, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode("utf-8", "replace")
+    try:
+        for path, method in (("", "GET"), ("config", "GET"), ("gradio_api/info", "GET"), ("login", "GET"),
+                             ("gradio_api/reset", "POST"), ("gradio_api/cancel", "POST"),
+                             ("gradio_api/queue/data?session_hash=x", "GET"),
+                             (f"gradio_api/file={runs_path}/x.png", "GET")):
+            for login in (None, "me:wrong", "other:pw:1"):
+                code, body = get(path, login, method)
+                assert code == 401 and runs_path not in body and "gradio_api_info" not in body, (path, login, code)
+        code, body = get("", "me:pw:1")
+        assert code == 200 and "gradio" in body.lower()
     finally:
         demo.close()
 

@@ -41,9 +41,9 @@ def tiny_form(name: str, **overrides) -> WizardForm:
 def diffusers_skeleton(path: Path, family: str) -> Path:
     """A folder laid out as a diffusers teacher of ``family`` (index, component folders, an empty safetensors
     file): what the wizard's folder check reads, without weights anyone could load."""
-    from distill_core.teachers.diffusers_teachers import TEACHERS
+    from distill_core.teachers.diffusers_base import teacher_class
 
-    kind = TEACHERS[family]
+    kind = teacher_class(family)
     index = {"_class_name": kind.pipeline_class}
     for sub in (kind.net_folder, *kind.required):
         (path / sub).mkdir(parents=True)

@@ -35,7 +35,7 @@ from .paths import Roots
 from .widgets import TypedSlider
 from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
                      QUICK_TEST_NOTE, WizardForm, build_config, default_form, default_run_name, form_from_config,
-                     in_labels, is_default_run_name, quick_test)
+                     guidance_help, in_labels, is_default_run_name, quick_test)
 
 CSS = """
 #teacher-grid img, #student-grid img, .compare-card img { image-rendering: pixelated; }
@@ -130,7 +130,7 @@ class StartView(NamedTuple):
 class FamilyDefaults(NamedTuple):
     """The form fields a teacher family sets when it is chosen."""
     teacher_path: Any  # shown for the diffusers families only
-    guidance_scale: float
+    guidance_scale: Any  # its value, and a note with the family's own convention where it differs
     teacher_steps: int
     batch_size: int
     memory: str
@@ -280,8 +280,9 @@ def run_names(settings: Settings):
 
 def on_family(family: str) -> FamilyDefaults:
     f = default_form(family)
-    return FamilyDefaults(gr.update(visible=family != "builtin"), f.guidance_scale, f.teacher_steps, f.batch_size,
-                          f.memory)
+    return FamilyDefaults(gr.update(visible=family != "builtin"),
+                          gr.update(value=f.guidance_scale, info=guidance_help(family)), f.teacher_steps,
+                          f.batch_size, f.memory)
 
 
 class MethodFields(NamedTuple):
@@ -589,7 +590,8 @@ def _wizard_page(settings: Settings):
                           **named("diversity_weight"))
     with gr.Row():
         student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
-        guidance = gr.Number(value=f.guidance_scale, **named("guidance_scale", "baked into the student"))
+        guidance = gr.Number(value=f.guidance_scale, info=guidance_help(f.family),
+                             **named("guidance_scale", "baked into the student"))
         teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
         max_steps = gr.Number(value=f.max_steps, precision=0, **named("max_steps", "student updates"))

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .launcher import dispatch_forever
     from .paths import Roots
+    from .serving import launch_options
 
     runs_dir = Path(args.runs_dir).expanduser()
     try:
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"runs folder: {roots.runs}; readable folders: {roots.describe()}")
     demo = build_app(settings).queue()
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                    allowed_paths=[str(roots.runs)], css=CSS, run_history=False, show_error=True,
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=True,
+                    **launch_options(roots.runs, auth),
                     footer_links=["gradio", "settings"], quiet=True, prevent_thread_lock=True)
     except OSError:  # taken between the check and the bind
         print(busy_port(args.host, args.port) or f"error: cannot serve port {args.port}; try another --port",

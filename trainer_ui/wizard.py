@@ -19,9 +19,10 @@ from typing import Any
 from distill_core import presets
 from distill_core.config import METHODS as CORE_METHODS
 from distill_core.config import (Config, MethodSection, TeacherSection, choices, dumps_toml, field_value, from_dict,
-                                 parse_toml, resolve)
+                                 parse_toml, read_path_places, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
+from distill_core.families import native_guidance
 
 from .paths import Roots
 
@@ -138,6 +139,14 @@ def in_labels(message: str) -> tuple[str, str | None]:
     return message, min(found)[2] if found else None
 
 
+def guidance_help(family: str) -> str:
+    """The CFG field's note: the formula, and the family's own value of the default where its pipeline counts CFG
+    another way (Z-Image: 6 here is its guidance_scale 5)."""
+    note = native_guidance(family, CORE_FAMILIES[family].guidance_scale)
+    default = f"; the default {CORE_FAMILIES[family].guidance_scale:g} {note}" if note else ""
+    return f"uncond + s (cond - uncond){default}"
+
+
 def default_form(family: str = "builtin") -> WizardForm:
     """The paper's defaults (Config()) with the family's teacher settings."""
     c, fam = Config(), CORE_FAMILIES[family]
@@ -239,17 +248,14 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
     return _check_paths(data, roots)
 
 
-# Config fields that name files or folders to read; "builtin" and "" name none.
-PATH_FIELDS = {("teacher", "path"): "teacher.path", ("data", "prompts_file"): "data.prompts_file",
-               ("eval", "features"): "eval.features"}
-
-
 def _check_paths(data: dict, roots: Roots) -> dict:
-    """Resolve every path field (from the form or the advanced box) inside the allowed roots."""
-    for (section, name), label in PATH_FIELDS.items():
-        value = data[section].get(name) if isinstance(data.get(section), dict) else None
+    """Resolve every value that names a file or folder to read (the config's ``ReadPath`` fields and the
+    ``path`` of each ``ReadPathTables`` entry, from the form or the advanced box) inside the allowed roots; ""
+    and "builtin" name none."""
+    for name, table, key in read_path_places(data):
+        value = table[key]
         if isinstance(value, str) and value.strip() and value != "builtin":
-            data[section][name] = str(roots.inside(value, label))
+            table[key] = str(roots.inside(value, name))
     return data
 
 
@@ -266,9 +272,9 @@ def check_teacher_folder(cfg: Config) -> None:
     """Refuse a folder that is not a diffusers teacher of the chosen family (model_index.json, components,
     safetensors weights) with the trainer's own check, rather than a run that dies while loading it."""
     if cfg.teacher.family != "builtin":
-        from distill_core.teachers.diffusers_teachers import TEACHERS, check_folder
+        from distill_core.teachers.diffusers_base import check_folder, teacher_class
 
-        check_folder(Path(cfg.teacher.path), TEACHERS[cfg.teacher.family])
+        check_folder(Path(cfg.teacher.path), teacher_class(cfg.teacher.family))
 
 
 def build_config(form: WizardForm, roots: Roots) -> Config:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import tomllib
 from pathlib import Path
 
 from ..config import METHODS
-from ..errors import CheckpointError, shown
+from ..errors import CheckpointError, ConfigError, shown
+from ..families import native_guidance
 from ..runfolder import RunFolder, atomic_write_text
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
@@ -71,6 +73,17 @@ def diversity_png(series: dict[str, list[dict]], teacher_diversity: float | None
     ax.set_ylabel("diversity (Eq. 9)")
     ax.legend(fontsize=8)
     return fig_png(fig)
+
+
+def _teacher_line(config_text: str) -> str:
+    """The teacher and its CFG, in the family's own convention too where it differs (Z-Image)."""
+    try:
+        t = tomllib.loads(config_text).get("teacher", {})
+        family, scale = str(t["family"]), float(t["guidance_scale"])
+        note = native_guidance(family, scale)
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError):
+        return ""
+    return f"teacher: {family}, {t.get('num_steps', '?')} steps, CFG {scale:g} (uncond + s (cond - uncond)) {note}".rstrip()
 
 
 def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes | None, bytes | None]:
@@ -144,6 +157,13 @@ def write_report(run_dir: str | Path) -> Path:
         f"{status.get('max_steps', '?')}; method <b>{html.escape(str(info.get('method', '?')))}</b>, "
         f"{knobs}training time {info.get('train_seconds', '?')} s.</p>",
     ]
+    teacher = _teacher_line(config_text)
+    if teacher:
+        parts.append(f"<p>{html.escape(teacher)}</p>")
+    if info.get("teacher_loras"):  # merged into the teacher: the student's base, to load before its LoRA
+        parts.append("<p>teacher LoRAs merged (in order): " + ", ".join(
+            f"<b>{html.escape(x['name'])}</b> x {x['weight']:g} (sha256 {x['sha256'][:12]}...)"
+            for x in info["teacher_loras"]) + "</p>")
     if metrics:
         parts += ["<h2>Teacher vs student (same prompts, same seeds)</h2>", _metrics_table(metrics)]
     teacher_grid = run.file(run.samples / "teacher.png")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..families import native_guidance
 from ..grids import seed_grid
 from ..sampling import sample_grid
 from ..teachers.base import Teacher
@@ -33,7 +34,9 @@ class Snapshots:
     def teacher_grid(self, path: Path) -> None:
         lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
                           self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device)
-        title = f"teacher: {self.cfg.teacher.num_steps} steps, CFG {self.cfg.teacher.guidance_scale:g}"
+        t = self.cfg.teacher
+        title = f"teacher: {t.num_steps} steps, CFG {t.guidance_scale:g} {native_guidance(t.family, t.guidance_scale)}"
+        title = title.rstrip()
         seed_grid(self.teacher.decode(lat), self.grid_prompts, self.grid_seeds, title).save(path)
 
     def student_grid(self, net: nn.Module, path: Path, step: int) -> None:

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..config import Config, load_run_config, resolve
@@ -36,6 +37,8 @@ from ..teachers.base import Teacher
 from ..training import checkpoint as ckpt
 from ..training.adapters import (adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict,
                                  merged_tensors)
+from ..training.fp8 import full_precision_base
+from ..training.merge import lora_records
 from .formats import DTYPES as DTYPE_NAMES
 from .formats import FORMATS
 from .student_file import CHECKSUM, StudentInfo, check_complete, read_metadata, read_student_info
@@ -51,7 +54,9 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         teacher_timestep_spacing=cfg.teacher.timestep_spacing, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
-        extra={"resolution": cfg.teacher.resolution},  # the image size it was trained at
+        # the image size it was trained at; the LoRAs merged into its teacher (its base: load them first, in order)
+        extra={"resolution": cfg.teacher.resolution,
+               **({"teacher_loras": lora_records(cfg.teacher.loras)} if cfg.teacher.loras else {})},
     )
 
 
@@ -63,7 +68,7 @@ def save_student(state_dict: dict[str, torch.Tensor], info: StudentInfo, path: s
                for k, v in state_dict.items()}
     metadata = {**info.to_metadata(), CHECKSUM: tensors_sha256(sorted(tensors.items()))}
     with atomic_target(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        ckpt.save_tensors(tmp, tensors, metadata)  # a full disk: one line naming the file; the run folder is as it was
     return path
 
 
@@ -128,13 +133,11 @@ class RunStudent:
     @property
     def base(self) -> dict[str, torch.Tensor]:
         """The teacher's weights as the student started from them, in the base's dtype (LoRA runs: bf16 where the
-        run's base was). Taken from the loaded teacher where it holds them exactly (float32, or the base's own
-        dtype): a full-size export then keeps no float32 copy of the network."""
+        run's base was; never an fp8 base's rounded weights). Taken from the loaded teacher where it holds them exactly:
+        a full-size export then keeps no float32 copy of the network."""
         if self._base is None:
             dtype = base_dtype(self.cfg) if self.adapters is not None else torch.float32
-            teacher_dtype = next(self.teacher.network.parameters()).dtype
-            net = self.teacher.network if teacher_dtype in (dtype, torch.float32) else self.teacher.make_trainable_copy()
-            self._base = {k: v.detach().to(dtype) for k, v in net.state_dict().items()}
+            self._base = full_precision_base(self.teacher, dtype)
         return self._base
 
     def weights(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -177,6 +180,12 @@ def export_file(student: RunStudent, out: Path, dtype: torch.dtype | None = None
     return save_student(student.weights(dtype or torch.float32), student.info(), out, dtype=dtype)
 
 
+def export_comfy(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
+    """The single file in the key layout ComfyUI detects the family by (the teacher's, or its own: FLUX.2)."""
+    weights = student.teacher.comfy_state_dict(student.weights(dtype or torch.float32))
+    return save_student(weights, student.info(), out, dtype=dtype)
+
+
 # ---- diffusers folder -------------------------------------------------------------------------
 def diffusers_scheduler(student: RunStudent, levels: list[float]):
     """A diffusers scheduler whose ``set_timesteps(N)`` gives exactly the student's levels (checked here)."""
@@ -184,12 +193,16 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
 
     teacher = student.teacher
     sched = teacher.schedule.describe()
-    if teacher.family == "sd3":
+    if sched["type"] == "flow":
         source = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
-        shift = teacher.student_schedule(student.cfg.student.shift).shift  # the schedule the levels came from
+        schedule = teacher.student_schedule(student.cfg.student.shift)  # the schedule the levels came from
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
-            {**source, "shift": shift, "use_dynamic_shifting": False})
-        scheduler.set_timesteps(len(levels) - 1)
+            {**source, "shift": schedule.shift, "use_dynamic_shifting": False})
+        n = len(levels) - 1
+        if sched.get("spacing") == "linear":  # what the FLUX.2 / Z-Image pipelines pass for n steps
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n))
+        else:
+            scheduler.set_timesteps(n)
         got = [float(s) for s in scheduler.sigmas]
     else:  # DDIM 'trailing' from pure noise (init sigma 1) to x0 (alpha 1): the student's VP DDIM chain
         scheduler = diffusers.DDIMScheduler(
@@ -215,7 +228,7 @@ from diffusers import {pipeline}, {net_class}, {scheduler}
 student = {net_class}.from_pretrained("{out}", subfolder="{net_folder}", torch_dtype=torch.bfloat16)
 pipe = {pipeline}.from_pretrained("{teacher}", {net_folder}=student, torch_dtype=torch.bfloat16).to("cuda")
 pipe.scheduler = {scheduler}.from_pretrained("{out}", subfolder="scheduler")
-image = pipe("a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
+image = pipe(prompt="a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
 ```
 
 The scheduler reproduces the training levels exactly: {levels}.
@@ -225,8 +238,8 @@ The scheduler reproduces the training levels exactly: {levels}.
 
 def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None = None) -> Path:
     teacher = student.teacher
-    if teacher.family not in ("sd3", "sdxl"):
-        raise ConfigError(f"--format diffusers needs an sd3 or sdxl run; this run's teacher is {teacher.family!r}")
+    if teacher.family == "builtin":
+        raise ConfigError("--format diffusers needs a run with a diffusers teacher; this run's teacher is 'builtin'")
     info = student.info()
     scheduler = diffusers_scheduler(student, info.levels)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -280,15 +293,11 @@ def lora_keys(family: str, module: str, a: torch.Tensor, b: torch.Tensor) -> dic
     return {down: a, up: b}
 
 
-def _lora_modules(net: nn.Module) -> list[str]:
-    return [name for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
 def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
     """The student's difference from the teacher as LoRA factors, with the share of the change they capture."""
     family = student.teacher.family
-    if family not in ("sd3", "sdxl"):
-        raise ConfigError(f"--format lora needs an sd3 or sdxl run; this run's teacher is {family!r}")
+    if family == "builtin":
+        raise ConfigError("--format lora needs a run with a diffusers teacher; this run's teacher is 'builtin'")
     base = student.base
     factors = adapter_factors(student.adapters) if student.adapters is not None else {}
     trained_rank = max((a.shape[0] for a, _ in factors.values()), default=0)
@@ -298,7 +307,7 @@ def export_lora(student: RunStudent, out: Path, rank: int | None = None, dtype: 
     else:
         rank = rank or 64
         full = student.weights()
-        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in _lora_modules(student.teacher.network)}
+        deltas = {m: full[f"{m}.weight"] - base[f"{m}.weight"] for m in student.teacher.lora_file_modules()}
         factors = {m: svd_factors(d, rank) for m, d in deltas.items() if d.abs().max() > 0}
         weights = iter(full.items())
     covered = {f"{m}.weight": ab for m, ab in factors.items()}
@@ -336,7 +345,8 @@ def export(run_dir: str | Path, fmt: str = "file", *, out: str | Path | None = N
     student = load_run_student(run_dir, step)
     path = Path(out) if out else default_out(Path(run_dir), fmt, student.step)
     torch_dtype = DTYPES[dtype or FORMATS[fmt].dtype]
-    write = {"diffusers": export_diffusers, "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
+    write = {"diffusers": export_diffusers, "comfy": export_comfy,
+             "lora": partial(export_lora, rank=rank)}.get(fmt, export_file)
     try:
         return write(student, path, dtype=torch_dtype), student
     except OSError as e:

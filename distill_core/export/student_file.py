@@ -23,6 +23,7 @@ MODELSPEC_ARCH = {
     "builtin": "dpdmd-builtin-digits",
     "sd3": "stable-diffusion-v3-medium",
     "sdxl": "stable-diffusion-xl-v1-base",
+    "flux2": "flux-2-klein",
 }
 
 

@@ -19,9 +19,27 @@ from ..schedules import NoiseSchedule
 Cond = dict[str, torch.Tensor]
 
 
+def pad_cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the batch dim, right-padding the other dims with zeros to the largest.
+
+    Variable-length text embeddings (Z-Image's) travel padded next to a mask whose padding is 0 (False), so
+    rows of different lengths join without a second code path; equal shapes are a plain ``torch.cat``.
+    """
+    if len({t.shape[1:] for t in tensors}) == 1:
+        return torch.cat(list(tensors))
+    size = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    out = []
+    for t in tensors:
+        pad = []
+        for d in reversed(range(1, t.dim())):
+            pad += [0, size[d - 1] - t.shape[d]]
+        out.append(torch.nn.functional.pad(t, pad))
+    return torch.cat(out)
+
+
 def cat_cond(a: Cond, b: Cond) -> Cond:
     """Concatenate two conditionings along the batch dim (for one CFG forward)."""
-    return {k: torch.cat([a[k], b[k]]) for k in a}
+    return {k: pad_cat([a[k], b[k]]) for k in a}
 
 
 def index_cond(c: Cond, idx: torch.Tensor) -> Cond:
@@ -100,6 +118,15 @@ class Teacher(ABC):
         """Facts about the teacher for run folders and exported metadata."""
 
     # ---- shared ------------------------------------------------------------------------
+    def lora_file_modules(self) -> list[str]:
+        """The layers a LoRA file of a full fine-tune may carry: every linear and convolution layer, unless a
+        family's loaders cannot place some of them."""
+        return [name for name, m in self.network.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    def comfy_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The student's weights in the key layout ComfyUI's loader detects (default: the teacher's own)."""
+        return state
+
     def make_trainable_copy(self) -> nn.Module:
         """A float32, trainable network initialised from the teacher's weights."""
         import copy
@@ -127,6 +154,10 @@ class Teacher(ABC):
             levels = levels.expand(x.shape[0])
         both = self.call_network(net, torch.cat([x, x]), torch.cat([levels, levels]), cat_cond(cond, null))
         c, u = both.chunk(2)
+        return self.guide(c, u, scale, levels)
+
+    def guide(self, c: torch.Tensor, u: torch.Tensor, scale: float, levels: torch.Tensor) -> torch.Tensor:
+        """How the two predictions combine: u + s (c - u); a family whose pipeline adds to it overrides this."""
         return u + scale * (c - u)
 
     def student_schedule(self, shift: float | None = None) -> NoiseSchedule:

@@ -24,7 +24,7 @@ from ..errors import CheckpointError
 from ..export.student_file import check_complete
 from ..runfolder import atomic_write_text
 from ..training.checkpoint import save_tensors
-from .base import Cond, PromptBank
+from .base import Cond, PromptBank, pad_cat
 
 INDEX = "index.json"
 SHARD_ROWS = 256  # prompts per shard file
@@ -128,7 +128,7 @@ class EmbeddingStore:
                 for pos, row in picks:
                     parts.append((pos, {k: f.get_slice(k)[row:row + 1] for k in keys}))
         parts.sort(key=lambda pc: pc[0])
-        return {k: torch.cat([c[k] for _, c in parts]) for k in parts[0][1]}
+        return {k: pad_cat([c[k] for _, c in parts]) for k in parts[0][1]}
 
 
 class StoredPromptBank(PromptBank):

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 import torch
 
 from ..config import Config, TeacherSection, choices
-from ..errors import ConfigError
 from .base import PromptBank, Teacher
 
 DTYPES = {name: getattr(torch, name) for name in choices(TeacherSection, "dtype")}
@@ -40,8 +39,10 @@ def _build(cfg: Config) -> Teacher:
     if t.family == "builtin":
         from .builtin import BuiltinTeacher
         return BuiltinTeacher(t.path, shift=t.shift, dtype=dtype, kind=t.builtin)
-    try:
-        from . import diffusers_teachers
-    except ImportError as e:  # pragma: no cover - present once the real-teacher adapters land
-        raise ConfigError(f"teacher.family = {t.family!r} is not available in this build ({e})") from None
-    return diffusers_teachers.load(cfg, dtype)
+    from .diffusers_base import teacher_class
+
+    teacher = teacher_class(t.family)(cfg, dtype)
+    if t.quantize == "fp8":  # on the CPU, a layer at a time, before the network moves to the accelerator
+        from ..training.fp8 import quantize_linears
+        quantize_linears(teacher.network)
+    return teacher

@@ -80,7 +80,8 @@ def lora_file_keys(family: str, module: str) -> tuple[str, str]:
     return f"transformer.{module}.lora_A.weight", f"transformer.{module}.lora_B.weight"
 
 
-def read_lora_file(path: str | Path, family: str, modules: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def read_lora_file(path: str | Path, family: str, modules: list[str],
+                   field: str = "student.init_lora") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """module -> float32 (A, B) of a LoRA file for the adapted ``modules``, its alpha / rank scale folded into B.
 
     Every factor in the file must belong to one of ``modules``: a layer the adapters do not cover could not be
@@ -88,7 +89,7 @@ def read_lora_file(path: str | Path, family: str, modules: list[str]) -> dict[st
     """
     from safetensors.torch import load_file
 
-    field = f"student.init_lora {str(path)!r}"
+    field = f"{field} {str(path)!r}"
     try:
         tensors = load_file(str(Path(path).expanduser()))
     except Exception as e:  # a missing, foreign or damaged file: one line naming it

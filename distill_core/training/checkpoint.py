@@ -9,6 +9,7 @@ optimiser states make a checkpoint unusable too. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFull
 from ..integrity import file_tensors, first_nonfinite, nonfinite_message, sha256_file
 
 MARKER = "COMPLETE"
@@ -31,7 +32,20 @@ def step_dir_name(step: int) -> str:
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    """safetensors' save_file; a full disk is a DiskFull naming the file and the space it needs (safetensors
+    reports it as its own error, not an OSError)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:  # SafetensorError, or an OSError from a full or failing disk; the caller's
+        # staging folder or temporary name holds the partial file and goes with it
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+                s in str(e) for s in ("No space left", "StorageFull", "QuotaExceeded", "code: 28")):
+            needed = sum(v.numel() * v.element_size() for v in tensors.values())
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFull(f"no space left on the disk writing {path} (it needs {needed / 2**20:,.1f} MB, "
+                           f"{free / 2**20:,.1f} MB are free there)") from None
+        raise
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -131,6 +145,21 @@ def _listed(folder: Path) -> dict[str, dict]:
     """The marker's files as {name: {"size": ..., "sha256": ...}} (checkpoints written before checksums: size only)."""
     info = json.loads((folder / MARKER).read_text())
     return {name: v if isinstance(v, dict) else {"size": v} for name, v in info["files"].items()}
+
+
+def copy_listed(source: Path, target: Path) -> None:
+    """Copy a complete checkpoint's own files (those its marker lists, and the marker) into ``target``.
+
+    Nothing else in the folder travels, and a listed name that is not a plain file of ``source`` (a path with
+    a separator, a symlink) refuses the copy: a branch must not carry other files into the run folder.
+    """
+    names = [*_listed(source), MARKER]
+    target.mkdir(parents=True)
+    for name in names:
+        path = source / name
+        if Path(name).name != name or name in (".", "..") or path.is_symlink() or not path.is_file():
+            raise CheckpointError(f"its marker lists {name!r}, which is not a plain file of the checkpoint folder")
+        shutil.copyfile(path, target / name)
 
 
 def is_complete(folder: Path) -> bool:

@@ -21,7 +21,8 @@ def finish_run(trainer) -> dict:
     metrics["run"] = {"method": cfg.method.name, "anchor_step": cfg.method.anchor_step,
                       "diversity_weight": cfg.lam, "steps": trainer.step, "train_seconds": round(train_seconds, 1),
                       "batch_size": cfg.data.batch_size, "fake_updates": cfg.method.fake_updates,
-                      "teacher_guidance": cfg.teacher.guidance_scale, "student_levels": info.levels}
+                      "teacher_guidance": cfg.teacher.guidance_scale, "student_levels": info.levels,
+                      "teacher_loras": info.extra.get("teacher_loras", [])}
     atomic_write_text(run.metrics_path, json.dumps(metrics, indent=1))
     run.append_event("metrics", step=trainer.step, **{k: v for k, v in metrics.items() if k != "run"})
     from ..evaluation.report import write_report

@@ -33,7 +33,13 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "sd3": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
             "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
+    # Z-Image: the blocks' attention and SwiGLU feed-forward (ComfyUI's z_image_to_diffusers maps each of them)
+    "zimage": ("to_q", "to_k", "to_v", "to_out.0", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
     "builtin": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
+    # FLUX.2: double blocks as SD3's (SwiGLU linear_in / linear_out), single blocks' fused qkv + MLP-in and out
+    "flux2": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+              "ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out",
+              "attn.to_qkv_mlp_proj", "attn.to_out"),
 }
 STUDENT, FAKE = "student", "fake"  # the adapters of a shared base
 
@@ -45,8 +51,9 @@ def target_modules(net: nn.Module, family: str) -> list[str]:
 
 
 def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.float32, seed: int = 0,
-             names: Sequence[str] = (ADAPTER,)) -> nn.Module:
-    """Freeze ``net`` (cast to ``dtype``) and inject trainable float32 rank-``rank`` adapters ``names`` in place.
+             names: Sequence[str] = (ADAPTER,), fp8: bool = False) -> nn.Module:
+    """Freeze ``net`` (cast to ``dtype``; ``fp8``: its linear layers quantised, see fp8.py) and inject trainable
+    float32 rank-``rank`` adapters ``names`` in place.
 
     Each adapter's random A matrices are drawn from ``seed`` (not the global RNG), so a run and its resumed
     twin start from the same adapters, and the adapters of a shared base start as the copies' do.
@@ -57,6 +64,9 @@ def add_lora(net: nn.Module, rank: int, family: str, dtype: torch.dtype = torch.
     if not targets:
         raise CheckpointError(f"no LoRA target layers found in the {family} network")
     nn.Module.to(net.requires_grad_(False), dtype)  # nn.Module's: diffusers' .to warns on dtype casts
+    if fp8:  # before the adapters, as a shared base is (the teacher's, quantised at load)
+        from .fp8 import quantize_linears
+        quantize_linears(net)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=True, lora_dropout=0.0)
     for name in names:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
@@ -196,7 +206,7 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]
 
 
-def init_from_lora(net: nn.Module, path: str, family: str) -> None:
+def init_from_lora(net: nn.Module, path: str, family: str, field: str = "student.init_lora") -> None:
     """Start ``net``'s adapter (a LoRA copy's, or a view's) from a LoRA file: B A equals the file's product.
 
     A file of lower rank fills the first rows of A and columns of B; the other B columns keep peft's zero start
@@ -208,13 +218,13 @@ def init_from_lora(net: nn.Module, path: str, family: str) -> None:
     layers = {k: m for k, m in root.named_modules() if hasattr(m, "lora_A") and name in m.lora_A}
     rank = next(iter(layers.values())).lora_A[name].weight.shape[0]
     with torch.no_grad():
-        for module, (a, b) in read_lora_file(path, family, list(layers)).items():
+        for module, (a, b) in read_lora_file(path, family, list(layers), field).items():
             if a.shape[0] > rank:
-                raise ConfigError(f"student.init_lora {path!r} has rank {a.shape[0]}; set student.lora_rank to "
+                raise ConfigError(f"{field} {path!r} has rank {a.shape[0]}; set student.lora_rank to "
                                   f"at least {a.shape[0]} (now {rank})")
             layer, r = layers[module], a.shape[0]
             if a.shape[1:] != layer.lora_A[name].weight.shape[1:] or b.shape[0] != layer.lora_B[name].weight.shape[0]:
-                raise ConfigError(f"student.init_lora {path!r} does not fit this teacher: layer {module} has "
+                raise ConfigError(f"{field} {path!r} does not fit this teacher: layer {module} has "
                                   f"factors {tuple(b.shape)} x {tuple(a.shape)}; give a LoRA of this teacher")
             layer.lora_A[name].weight[:r] = a
             layer.lora_B[name].weight[:, :r] = b  # its other columns keep their zero start

@@ -64,7 +64,10 @@ class RunRecorder(Recorder):
     def close(self, state: str, step: int) -> None:
         if step == self.cfg.run.max_steps and not _due(step, self.cfg.eval.grid_every):
             self.snapshot(step, grid=True, metrics=False)  # the final grid is always drawn
-        messages = {"stopped": f"stopped at step {step}; run the same command again (or Resume) to continue",
+        done = step == self.cfg.run.max_steps  # trained with --no-finish: the finish is what is left
+        messages = {"stopped": f"trained to step {step}, not exported (--no-finish); run the same command without "
+                               "--no-finish (or Resume) to export, evaluate and report" if done else
+                               f"stopped at step {step}; run the same command again (or Resume) to continue",
                     "finishing": "exporting the student, evaluating it and the teacher, writing the report"}
         self.run.write_status(state, step=step, message=messages.get(state, ""))
 

@@ -21,17 +21,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, load_run_config, resolve
-from ..errors import ConfigError, RunRefused, TrainingDiverged
+from ..config import Config, config_differences, extreme_values, field_value, load_run_config, resolve
+from ..errors import CheckpointError, ConfigError, DiskFull, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
 from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from ..runfolder import RunFolder
 from ..teachers import load_teacher_with_prompts
 from ..teachers.base import cond_to
 from . import checkpoint as ckpt
-from .adapters import merged_state_dict
+from .adapters import base_dtype, is_lora_state, merged_state_dict, trainable_state
 from .memory import batch_fits
 from .ema import StudentEMA
+from .fp8 import full_precision_base, is_quantized
 from .lora import AdapterView, average_gradients, trainable_parameters, training
 from .recorder import Recorder, RunRecorder
 from .sharding import is_sharded, shard
@@ -66,6 +67,7 @@ class Trainer:
         self.run = RunFolder(Path(self.cfg.run.output_dir))
         self.progress = progress and self.is_main
         self._stop = threading.Event()
+        self.stop_signal: int | None = None  # the signal that asked for the stop (the CLI exits 128 + it)
         self.reference: Reference | None = None  # the teacher's measurement for the finish, if a caller took it
 
         c = self.cfg
@@ -118,25 +120,26 @@ class Trainer:
         adapters on the teacher's own network (student.lora_mode 'shared')."""
         c = self.cfg
         if c.student.lora_rank:
-            from .adapters import base_dtype
             from .lora import FAKE, STUDENT, AdapterView, add_lora, lora_mode
 
-            dtype = base_dtype(c)
+            dtype, fp8 = base_dtype(c), c.teacher.quantize == "fp8"
             if lora_mode(c, self.sharded) == "shared":
                 base = self.teacher.network  # in the base dtype already (lora_mode checks it)
-                add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE))
+                add_lora(base, c.student.lora_rank, self.teacher.family, dtype, c.run.seed, names=(STUDENT, FAKE), fp8=fp8)
                 nets = [base]
                 views = AdapterView(base, STUDENT), AdapterView(base, FAKE)
             else:
                 nets = [add_lora(self.teacher.make_trainable_copy(), c.student.lora_rank, self.teacher.family, dtype,
-                                 c.run.seed) for _ in range(2)]
+                                 c.run.seed, fp8=fp8) for _ in range(2)]
                 views = nets[0], nets[1]
         else:
             nets = [self.teacher.make_trainable_copy() for _ in range(2)]
             views = nets[0], nets[1]
-        if c.student.init_lora:
-            from .lora import init_from_lora
-            init_from_lora(views[0], c.student.init_lora, self.teacher.family)
+        for view, field in zip(views, ("student.init_lora", "fake.init_lora")):
+            path = field_value(c, field)
+            if path:
+                from .lora import init_from_lora
+                init_from_lora(view, path, self.teacher.family, field)
         if c.student.gradient_checkpointing:
             for net in nets:
                 if hasattr(net, "enable_gradient_checkpointing"):
@@ -227,6 +230,10 @@ class Trainer:
         """What went wrong, the checkpoint a resume continues from (only finite ones are written), the fix."""
         last = ckpt.latest(self.run.checkpoints)
         where = (f"{last.name} is the newest checkpoint and is kept" if last else "no checkpoint was written yet")
+        extreme = [v for v in extreme_values(self.cfg) if not v.startswith("optim.")]
+        if extreme:  # a value far from its default is the likelier cause; changing it makes another run
+            return (f"{what}; {where}. This config has extreme values: {', '.join(extreme)}; bring them nearer "
+                    "the default in a new run (run.branch_from = a checkpoint of this one keeps its progress)")
         return (f"{what}; {where}. Lower optim.student_lr / optim.fake_lr in the config (or use "
                 "run.mixed_precision = 'no') and run the same command again: it "
                 + ("resumes from that checkpoint with the new rates." if last else "starts over."))
@@ -248,9 +255,15 @@ class Trainer:
         if self._agree(bool(broken)):
             raise TrainingDiverged(self._diverged(f"the {' and '.join(broken) or 'replicated'} weights became "
                                                   f"non-finite by step {self.step}"))
-        for name, (tensors, meta) in files.items():
-            ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
-        ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
+        try:
+            for name, (tensors, meta) in files.items():
+                ckpt.save_tensors(tmp / f"{name}.safetensors", tensors, meta)
+            ckpt.save_tensors(tmp / f"rng_rank{acc.process_index}.safetensors", ckpt.rng_tensors(self.generators))
+        except DiskFull as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = ckpt.list_complete(self.run.checkpoints)
+            kept = f"the previous checkpoint {last[-1].name} is intact" if last else "no checkpoint was written yet"
+            raise DiskFull(f"{e}; {kept}: free some space and run the same command again to resume") from None
         acc.wait_for_everyone()
         if self.is_main:
             state = {"step": self.step, "world_size": acc.num_processes, "config": self.cfg.to_dict(),
@@ -320,7 +333,11 @@ class Trainer:
         if self.is_main:
             staging = self.run.checkpoints / f".{source.name}.branch"
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
+            try:
+                ckpt.copy_listed(source, staging)
+            except CheckpointError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise ConfigError(f"run.branch_from {str(source)!r}: {e}; give a checkpoint the trainer wrote") from None
             os.replace(staging, target)
             print(f"branching from {source} (step {ckpt.read_state(source)['step']})", file=sys.stderr)
         self.acc.wait_for_everyone()
@@ -338,6 +355,7 @@ class Trainer:
         def handler(signum, frame):
             if self._stop.is_set():  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
+            self.stop_signal = signum
             self._stop.set()
             if self.is_main:
                 print("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort",
@@ -400,6 +418,8 @@ class Trainer:
                 every = c.run.checkpoint_every
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
                     self.save_checkpoint(recorder)
+        if state == "finished" and not finish_after:  # trained, but no student, metrics or report yet
+            state = "stopped"
         self._close(recorder, "finishing" if finish_after and state == "finished" else state)
         return state
 
@@ -445,9 +465,10 @@ class Trainer:
 
     def student_state_dict(self) -> dict:
         """The student's weights in the teacher's layout (LoRA adapters merged)."""
-        if self.ema is not None:
-            return merged_state_dict(self.ema.model.state_dict())
-        return merged_state_dict(full_state(self.acc, self.student))
+        state = self.ema.model.state_dict() if self.ema is not None else full_state(self.acc, self.student)
+        if is_lora_state(state) and is_quantized(self.teacher.network):  # the fp8 base only trains: merge into
+            state = {**full_precision_base(self.teacher, base_dtype(self.cfg)), **trainable_state(state)}  # the full one
+        return merged_state_dict(state)
 
 
 def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -263,6 +263,105 @@ def test_lora_on_the_native_model(pack, models):
     assert not torch.allclose(ours, distill_core_samples(path, student.info.levels), atol=1e-3)  # the LoRA matters
 
 
+def test_base_then_user_lora_then_student_lora_is_distill_cores_merge(pack, models, tmp_path):
+    """LoraLoaderModelOnly twice (a user's kohya LoRA, then a student LoRA as `dpdmd export --format lora` writes it)
+    on the base == distill_core's teacher.loras merge plus the student's adapter (issue 27), to 1e-3."""
+    import folder_paths
+    import nodes as comfy_nodes
+    from safetensors.torch import load_file, save_file
+
+    from distill_core.export.exporters import lora_keys
+    from distill_core.training.merge import merge_loras
+
+    ids = nodes_by_id(pack)
+    base_file = models / "dpdmd" / "tiny_sd3_student.safetensors"
+    model, sigmas, student = run(ids["DPDMDStudentLoader"], student_name=base_file.name).result
+    g = torch.Generator().manual_seed(9)
+    base = load_file(str(base_file))
+    user, ours_student = {}, {}
+    for module in ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"):
+        out_f, in_f = base[f"{module}.weight"].shape
+        stem = "lora_transformer_" + module.replace(".", "_")  # kohya / OneTrainer keys, alpha 1 of rank 2
+        user.update({f"{stem}.lora_down.weight": torch.randn(2, in_f, generator=g) * 0.2,
+                     f"{stem}.lora_up.weight": torch.randn(out_f, 2, generator=g) * 0.2, f"{stem}.alpha": torch.tensor(1.0)})
+    student_file = {}
+    for module in ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.0.proj"):
+        out_f, in_f = base[f"{module}.weight"].shape
+        a, b = torch.randn(2, in_f, generator=g) * 0.2, torch.randn(out_f, 2, generator=g) * 0.2
+        ours_student[module] = (a, b)
+        student_file.update(lora_keys("sd3", module, a, b))
+    save_file(student_file, str(tmp_path / "student.safetensors"))
+    save_file(user, str(tmp_path / "user.safetensors"))
+    saved = folder_paths.folder_names_and_paths["loras"]
+    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], {".safetensors"})
+    try:
+        loader = comfy_nodes.LoraLoaderModelOnly()
+        patched = loader.load_lora_model_only(model, "user.safetensors", 0.6)[0]
+        patched = loader.load_lora_model_only(patched, "student.safetensors", 1.0)[0]
+    finally:
+        folder_paths.folder_names_and_paths["loras"] = saved
+    _, positive = fixed_condition()
+    theirs = comfy_samples(patched, run(ids["DPDMDStudentSampler"]).result[0], sigmas, positive)
+
+    def merged(sd):
+        from comfy_pack import tiny_sd3_transformer
+
+        net = tiny_sd3_transformer()
+        net.load_state_dict(sd)
+        merge_loras(net, [{"path": str(tmp_path / "user.safetensors"), "weight": 0.6}], "sd3")
+        out = dict(net.state_dict())
+        for module, (a, b) in ours_student.items():
+            out[f"{module}.weight"] = out[f"{module}.weight"] + b @ a
+        return out
+
+    ours = distill_core_samples(base_file, student.info.levels, merged)
+    assert (theirs - ours).abs().max() < 1e-3, (theirs - ours).abs().max()
+    assert (ours - distill_core_samples(base_file, student.info.levels)).abs().max() > 2e-2  # the LoRAs matter
+
+
+def test_original_sdxl_layer_names_are_comfyuis(pack):
+    """teacher.loras reads kohya / ComfyUI SDXL LoRAs by the original (LDM / SGM) layer names: distill_core's table
+    (read off the diffusers UNet) names every mergeable layer of the real SDXL UNet as comfy.utils does."""
+    import comfy.utils
+
+    from distill_core.plan import SDXL_BASE, Architecture, build_meta_network
+    from distill_core.training.merge import original_name, original_unet_names
+
+    net = build_meta_network(Architecture("sdxl", SDXL_BASE["network_class"], SDXL_BASE["network"], {}, {}))
+    config = {"num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
+              "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10}
+    theirs = {k.removesuffix(".weight"): v.removesuffix(".weight")
+              for k, v in comfy.utils.unet_to_diffusers(config).items() if k.endswith(".weight")}
+    ours = original_unet_names(net)
+    layers = [name for name, m in net.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    compared = [name for name in layers if name in theirs]
+    assert len(compared) > 0.9 * len(layers)  # comfy's table lacks only a few (e.g. attention norms are not layers)
+    assert {name: original_name(name, ours) for name in compared} == {name: theirs[name] for name in compared}
+
+
+def test_original_sd3_layer_names_are_comfyuis(pack):
+    """SD3 LoRAs by MMDiT names (kohya sd-scripts, ComfyUI): distill_core's table (fused q/k/v rows, swapped adaLN
+    halves) equals comfy.utils.mmdit_to_diffusers on SD3.5-Medium's transformer."""
+    import comfy.utils
+
+    from distill_core.plan import SD35_MEDIUM, Architecture, build_meta_network
+    from distill_core.training.merge import original_mmdit_names
+
+    net = build_meta_network(Architecture("sd3", SD35_MEDIUM["network_class"], SD35_MEDIUM["network"], {}, {}))
+    theirs = {}
+    for key, value in comfy.utils.mmdit_to_diffusers({"depth": 24}).items():
+        if key.endswith(".weight") and key.removesuffix(".weight") in dict(net.named_modules()):
+            origin, rows, fn = ((value,) if isinstance(value, str) else tuple(value)) + (None,) * (
+                3 - (1 if isinstance(value, str) else len(value)))
+            theirs[key.removesuffix(".weight")] = (origin.removesuffix(".weight"), rows and rows[1:], fn is not None)
+    ours = {p.module: (orig, p.size and (p.start, p.size), p.swap)
+            for orig, parts in original_mmdit_names(net).items() for p in parts}
+    linear = {n for n, m in net.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert set(ours) == set(theirs) & linear == linear
+    assert ours == {k: theirs[k] for k in ours}
+    assert sum(swap for *_, swap in ours.values()) == 2 and sum(bool(rows) for _, rows, _ in ours.values()) == 24 * 6 + 13 * 3
+
+
 def test_eps_euler_is_the_ddim_step_and_sdxl_sigmas_round_trip(pack):
     """SDXL (epsilon): the student's timesteps -> sigmas -> ComfyUI timesteps, and euler == distill_core DDIM."""
     compute = pack_module("nodes.compute")

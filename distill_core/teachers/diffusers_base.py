@@ -1,4 +1,5 @@
-"""SD3 / SD3.5 (flow) and SDXL (epsilon) teachers read from local diffusers folders.
+"""What every teacher read from a local diffusers folder shares; each family's own module (named after
+its row in distill_core.families: sd3.py, sdxl.py, ...) defines its ``TEACHER`` class on top.
 
 Only the denoiser is kept on the accelerator for training. Prompts are encoded
 with the pipeline's own ``encode_prompt`` (so conditioning equals what the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -19,12 +21,13 @@ from torch import nn
 
 from ..config import Config
 from ..errors import ConfigError, PromptError, shown
+from ..families import FAMILIES
 from ..integrity import require_safetensors
-from ..schedules import FlowSchedule, NoiseSchedule, VPSchedule
-from .base import Cond, PromptBank, Teacher
+from ..schedules import FlowSchedule, NoiseSchedule
+from ..training.merge import merge_loras
+from .base import Cond, PromptBank, Teacher, pad_cat
 from .prompt_store import EmbeddingStore, StoredPromptBank
 
-MAX_SEQUENCE_LENGTH = 256  # SD3 pipelines' T5 default
 ENCODE_BATCH = 16
 
 
@@ -37,7 +40,7 @@ def dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype}
 
 
-def _read_json(path: Path, field: str = "teacher.path") -> dict:
+def read_json(path: Path, field: str = "teacher.path") -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -51,6 +54,16 @@ class DiffusersTeacher(Teacher):
     net_folder: str  # "transformer" | "unet"
     net_class: str
     required: tuple[str, ...]  # components the folder must have (besides the network)
+    vae_class: str = "AutoencoderKL"
+    max_sequence_length: int = 256  # text tokens kept (part of the prompt cache's fingerprint)
+    plan_text_tokens: int  # text tokens `dpdmd plan` measures activations with (the pipeline's longest)
+    patch: int = 1  # latent pixels per side the pipeline packs into one token before the network (FLUX.2: 2)
+
+    @staticmethod
+    def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:
+        """Forward keyword arguments of the network (``config``) for latents ``x`` (1, C, H, W) and timestep ``t``,
+        with ``tokens`` text tokens: what `dpdmd plan` measures activations with (on the meta device)."""
+        raise NotImplementedError
 
     def __init__(self, cfg: Config, dtype: torch.dtype) -> None:
         self.cfg = cfg
@@ -59,10 +72,11 @@ class DiffusersTeacher(Teacher):
         self.dtype = dtype
         self.resolution = int(cfg.teacher.resolution)
         self.max_sample_batch = int(cfg.data.batch_size)  # what fits in training fits in sampling (no grad)
-        self.vae_config = _read_json(self.path / "vae" / "config.json")
-        network = self._network_class().from_pretrained(
-            str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True)
-        self.scheduler_config = _read_json(self.path / "scheduler" / "scheduler_config.json")
+        self.vae_config = read_json(self.path / "vae" / "config.json")
+        network = merge_loras(self._network_class().from_pretrained(
+            str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True),
+            cfg.teacher.loras, self.family)
+        self.scheduler_config = read_json(self.path / "scheduler" / "scheduler_config.json")
         super().__init__(network, self._schedule(self.scheduler_config))
         self._check_resolution()
         self.store = EmbeddingStore(self._fingerprint())
@@ -71,11 +85,27 @@ class DiffusersTeacher(Teacher):
         self._vae = None
 
     # ---- family hooks ----------------------------------------------------------------------
+    @classmethod
+    def check_index(cls, index: dict, where: str) -> None:
+        """Refuse a folder of the right pipeline that this family still cannot distil (default: none)."""
+
     def _schedule(self, scheduler_config: dict) -> NoiseSchedule:
         raise NotImplementedError
 
     def _encode_with(self, pipe, prompts: list[str]) -> Cond:
         raise NotImplementedError
+
+    def _flow_schedule(self, sc: dict) -> FlowSchedule:
+        """A flow family's schedule: teacher.shift, else the scheduler's static shift (dynamic shifting is refused);
+        levels spaced as the family's pipeline spaces them (its row's ``spacing``)."""
+        shift = self.cfg.teacher.shift
+        if shift is None:
+            if sc.get("use_dynamic_shifting"):
+                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
+                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
+            shift = float(sc.get("shift", 1.0))
+        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)),
+                            spacing=FAMILIES[self.family].spacing)
 
     # ---- loading ---------------------------------------------------------------------------
     def _network_class(self):
@@ -91,23 +121,29 @@ class DiffusersTeacher(Teacher):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
+    def _patch_size(self) -> int:
+        """The network's spatial patch (pixels of latent per token side)."""
+        return int(self.network.config.get("patch_size", 1) or 1)
+
     def _check_resolution(self) -> None:
-        patch = int(self.network.config.get("patch_size", 1) or 1)
+        patch = self._patch_size()
         multiple = self.vae_scale_factor * patch * (2 ** (len(self.network.config.get("block_out_channels", [0])) - 1))
         if self.resolution % multiple:
             raise ConfigError(f"teacher.resolution = {self.resolution} must be a multiple of {multiple} for this "
                               f"{self.family} teacher (VAE factor {self.vae_scale_factor}, patch {patch})")
 
     def _fingerprint(self) -> dict:
+        quantized = {"quantize": self.cfg.teacher.quantize} if self.cfg.teacher.quantize != "none" else {}
         return {"family": self.family, "path": str(self.path.resolve()), "dtype": str(self.dtype),
-                "max_sequence_length": MAX_SEQUENCE_LENGTH, "format": 1}
+                "max_sequence_length": self.max_sequence_length, "format": 1, **quantized}
 
     def make_trainable_copy(self) -> nn.Module:
-        """A float32 copy read from disk (not upcast from a bf16 teacher), on the CPU until prepared."""
+        """A float32 copy read from disk (not upcast from a bf16 teacher; teacher.loras merged), on the CPU until
+        prepared."""
         net = self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(torch.float32), use_safetensors=True,
             local_files_only=True)
-        return net.requires_grad_(True).eval()
+        return merge_loras(net, self.cfg.teacher.loras, self.family).requires_grad_(True).eval()
 
     # ---- prompts ---------------------------------------------------------------------------
     @property
@@ -122,6 +158,11 @@ class DiffusersTeacher(Teacher):
             cls = getattr(diffusers, self.pipeline_class)
             pipe = cls.from_pretrained(str(self.path), **{self.net_folder: None, "vae": None}, **dtype_kwarg(self.dtype),
                                        use_safetensors=True, local_files_only=True)
+            if self.cfg.teacher.quantize == "fp8":  # T5-XXL is most of SD3's start-up peak
+                from ..training.fp8 import quantize_linears
+                for name, module in pipe.components.items():
+                    if name.startswith("text_encoder") and module is not None:
+                        quantize_linears(module.requires_grad_(False))
             self._text_pipe = pipe.to(self.text_device)
         return self._text_pipe
 
@@ -139,7 +180,8 @@ class DiffusersTeacher(Teacher):
             raise PromptError(f"prompts must be strings, got {shown(bad[0])}")
         pipe = self._text_pipeline()
         parts = [self._encode_with(pipe, prompts[i:i + ENCODE_BATCH]) for i in range(0, len(prompts), ENCODE_BATCH)]
-        return {k: torch.cat([p[k] for p in parts]).to(self.dtype).cpu() for k in parts[0]}
+        joined = {k: pad_cat([p[k] for p in parts]) for k in parts[0]}
+        return {k: (v.to(self.dtype) if v.is_floating_point() else v).cpu() for k, v in joined.items()}
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         prompts = list(prompts)
@@ -172,21 +214,24 @@ class DiffusersTeacher(Teacher):
 
     def _vae_model(self):
         if self._vae is None:
-            from diffusers import AutoencoderKL
+            import diffusers
 
-            vae = AutoencoderKL.from_pretrained(str(self.path), subfolder="vae", **dtype_kwarg(torch.float32),
+            vae = getattr(diffusers, self.vae_class).from_pretrained(str(self.path), subfolder="vae", **dtype_kwarg(torch.float32),
                                                 use_safetensors=True, local_files_only=True)
             self._vae = vae.requires_grad_(False).eval().to(self.device)
         return self._vae
 
+    def _vae_input(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """What the VAE decodes of the project's latents (here: undo the pipeline's scaling and shift)."""
+        return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self._vae_model()
-        scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
         chunk = max(1, (512 * 512) // (self.resolution * self.resolution))  # one 1024 px image at a time
         out = []
         for start in range(0, latents.shape[0], chunk):
-            lat = latents[start:start + chunk].to(self.device, torch.float32) / scale + shift
+            lat = self._vae_input(vae, latents[start:start + chunk].to(self.device, torch.float32))
             out.append((vae.decode(lat).sample.float() / 2 + 0.5).clamp(0, 1).cpu())
         return torch.cat(out)
 
@@ -206,98 +251,6 @@ class DiffusersTeacher(Teacher):
         return next(net.parameters()).dtype
 
 
-class SD3Teacher(DiffusersTeacher):
-    """StableDiffusion3Pipeline folders (SD3-Medium, SD3.5-Medium / Large): rectified flow, velocity prediction."""
-
-    family = "sd3"
-    pipeline_class = "StableDiffusion3Pipeline"
-    net_folder = "transformer"
-    net_class = "SD3Transformer2DModel"
-    required = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-
-    def _schedule(self, sc: dict) -> NoiseSchedule:
-        shift = self.cfg.teacher.shift
-        if shift is None:
-            if sc.get("use_dynamic_shifting"):
-                raise ConfigError(f"teacher.path {str(self.path)!r}: the scheduler uses resolution-dependent "
-                                  "(dynamic) shifting; set teacher.shift to the static shift to distil with")
-            shift = float(sc.get("shift", 1.0))
-        return FlowSchedule(shift=shift, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)))
-
-    def _encode_with(self, pipe, prompts: list[str]) -> Cond:
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=self.text_device,
-                                                  do_classifier_free_guidance=False,
-                                                  max_sequence_length=MAX_SEQUENCE_LENGTH)
-        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-
-    def call_network(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
-        dtype = self._net_dtype(net)
-        out = net(hidden_states=x.to(dtype), timestep=self.schedule.model_timestep(levels).to(x.device),
-                  encoder_hidden_states=cond["encoder_hidden_states"].to(x.device, dtype),
-                  pooled_projections=cond["pooled_projections"].to(x.device, dtype), return_dict=False)[0]
-        return out.to(x.dtype)
-
-
-class SDXLTeacher(DiffusersTeacher):
-    """StableDiffusionXLPipeline folders: discrete VP schedule, epsilon prediction, added time ids."""
-
-    family = "sdxl"
-    pipeline_class = "StableDiffusionXLPipeline"
-    net_folder = "unet"
-    net_class = "UNet2DConditionModel"
-    required = ("scheduler", "vae", "text_encoder_2", "tokenizer_2")
-
-    def _schedule(self, sc: dict) -> NoiseSchedule:
-        where = f"teacher.path {str(self.path)!r}: scheduler/scheduler_config.json"
-        if self.cfg.teacher.shift is not None:
-            raise ConfigError("teacher.shift applies to flow (sd3) teachers; remove it for an sdxl teacher")
-        if sc.get("prediction_type", "epsilon") != "epsilon":
-            raise ConfigError(f"{where} has prediction_type {sc.get('prediction_type')!r}; only epsilon-prediction "
-                              "SDXL teachers are supported")
-        if sc.get("rescale_betas_zero_snr") or sc.get("trained_betas"):
-            raise ConfigError(f"{where} uses zero-SNR rescaling or trained betas, which are not supported")
-        schedule = sc.get("beta_schedule", "scaled_linear")
-        if schedule not in ("scaled_linear", "linear"):
-            raise ConfigError(f"{where} has beta_schedule {schedule!r}; supported: 'scaled_linear', 'linear'")
-        return VPSchedule(beta_start=float(sc.get("beta_start", 0.00085)), beta_end=float(sc.get("beta_end", 0.012)),
-                          beta_schedule=schedule, num_train_timesteps=int(sc.get("num_train_timesteps", 1000)))
-
-    def _encode_with(self, pipe, prompts: list[str]) -> Cond:
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=self.text_device,
-                                                  do_classifier_free_guidance=False)
-        return {"encoder_hidden_states": embeds, "text_embeds": pooled}
-
-    def teacher_levels(self, num_steps: int) -> list[float]:
-        """Trailing (from pure noise, as the student), or the folder's own 'leading' spacing with its steps_offset."""
-        if self.cfg.teacher.timestep_spacing == "leading":
-            return self.schedule.sampling_levels(num_steps, "leading", int(self.scheduler_config.get("steps_offset", 0)))
-        return super().teacher_levels(num_steps)
-
-    def null_condition(self) -> Cond:
-        """SDXL pipelines use zeros for an empty negative prompt when force_zeros_for_empty_prompt (the default)."""
-        empty = self.encode_prompts([""])
-        if self.index.get("force_zeros_for_empty_prompt", True):
-            return {k: torch.zeros_like(v) for k, v in empty.items()}
-        return empty
-
-    def time_ids(self, n: int, device, dtype) -> torch.Tensor:
-        """(original size, crop top-left, target size) as the pipeline builds them for a square image."""
-        r = self.resolution
-        return torch.tensor([[r, r, 0, 0, r, r]], device=device, dtype=dtype).expand(n, 6)
-
-    def call_network(self, net: nn.Module, x: torch.Tensor, levels: torch.Tensor, cond: Cond) -> torch.Tensor:
-        dtype = self._net_dtype(net)
-        added = {"text_embeds": cond["text_embeds"].to(x.device, dtype),
-                 "time_ids": self.time_ids(x.shape[0], x.device, dtype)}
-        out = net(x.to(dtype), self.schedule.model_timestep(levels).to(x.device),
-                  encoder_hidden_states=cond["encoder_hidden_states"].to(x.device, dtype),
-                  added_cond_kwargs=added, return_dict=False)[0]
-        return out.to(x.dtype)
-
-
-TEACHERS: dict[str, type[DiffusersTeacher]] = {"sd3": SD3Teacher, "sdxl": SDXLTeacher}
-
-
 def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
     """The folder's model_index.json, after checking it is a local diffusers folder of the right family."""
     where = f"teacher.path {str(path)!r}"
@@ -308,9 +261,9 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
                           f"diffusers: {kind.pipeline_class}.from_single_file(FILE).save_pretrained(FOLDER)")
     if not (path / "model_index.json").is_file():
         raise ConfigError(f"{where} has no model_index.json; expected {expected}")
-    index = _read_json(path / "model_index.json")
+    index = read_json(path / "model_index.json")
     found = str(index.get("_class_name", ""))
-    for family, other in TEACHERS.items():
+    for family, other in teacher_classes().items():
         if other is not kind and found.startswith(other.pipeline_class.removesuffix("Pipeline")):
             raise ConfigError(f"{where} holds a {found}; set teacher.family = {family!r} (or point to a "
                               f"{kind.pipeline_class} folder)")
@@ -320,6 +273,7 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
         entry = index.get(sub)
         if not (path / sub).is_dir() or not entry or entry[0] is None:
             raise ConfigError(f"{where} lacks the {sub}/ component; expected {expected}")
+    kind.check_index(index, where)
     require_safetensors(path / kind.net_folder, where)
     for sub in index:  # the other models (text encoders, VAE), not tokenizers or the scheduler
         if not sub.startswith("_") and sub != kind.net_folder and (path / sub / "config.json").is_file():
@@ -327,6 +281,13 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
     return index
 
 
-def load(cfg: Config, dtype: torch.dtype) -> Teacher:
-    """The teacher of a resolved config whose family is 'sd3' or 'sdxl'."""
-    return TEACHERS[cfg.teacher.family](cfg, dtype)
+
+
+def teacher_class(family: str) -> type[DiffusersTeacher]:
+    """The teacher class of a diffusers family: ``TEACHER`` of its module, distill_core/teachers/<family>.py."""
+    return import_module(f"{__package__}.{family}").TEACHER
+
+
+def teacher_classes() -> dict[str, type[DiffusersTeacher]]:
+    """Every diffusers family's teacher class (every row of FAMILIES but the built-in teacher)."""
+    return {name: teacher_class(name) for name in FAMILIES if name != "builtin"}
