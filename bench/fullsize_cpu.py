@@ -3,6 +3,7 @@
     nice -n 10 python bench/fullsize_cpu.py                 # both, 256 and 512 px (about 50 min on 2 cores)
     python bench/fullsize_cpu.py --tiny                     # the same code path on few-layer networks (minutes)
     python bench/fullsize_cpu.py --arch sdxl --resolutions 256
+    python bench/fullsize_cpu.py --arch z-image --tiny --resolutions 256   # Z-Image's path (6.15 B at full size)
 
 Per architecture, each stage in its own process (so one stage's freed memory does not count in the next's peak,
 and never two full-size models at once): build a random-weight teacher folder (bench/fullsize_common.py), train
@@ -98,8 +99,8 @@ def stage_diffusers(args) -> dict:
     record = json.loads((out / "dpdmd_student.json").read_text())
     d = record["diffusers"]
     t0 = time.perf_counter()
-    net = getattr(diffusers, record["network_config"]["_class_name"]).from_pretrained(
-        str(out), subfolder=d["component"], torch_dtype=torch.bfloat16)
+    net = getattr(diffusers, json.loads((out / d["component"] / "config.json").read_text())["_class_name"]
+                  ).from_pretrained(str(out), subfolder=d["component"], torch_dtype=torch.bfloat16)
     scheduler = getattr(diffusers, d["scheduler"]).from_pretrained(str(out), subfolder="scheduler")
     teacher = folder_of(args.work, args.arch, args.tiny)
     pipe = getattr(diffusers, d["pipeline"]).from_pretrained(str(teacher), **{d["component"]: net}, scheduler=scheduler,

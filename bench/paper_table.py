@@ -28,24 +28,27 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from distill_core.builtin import shape_modes  # noqa: E402
-from distill_core.builtin.modes import mode_metrics  # noqa: E402
 from distill_core.config import Config, resolve  # noqa: E402
 from distill_core.demo import demo_config  # noqa: E402
 from distill_core.evaluation.evaluate import load_extractor  # noqa: E402
 from distill_core.grids import seed_grid  # noqa: E402
 from distill_core.sampling import sample_grid  # noqa: E402
 from distill_core.training.trainer import Trainer  # noqa: E402
-from distill_core.evaluation.compare import measure, seconds_per_image  # noqa: E402
+from distill_core.evaluation.compare import builtin_mode_metrics, measure, seconds_per_image  # noqa: E402
 
-METHODS = ("dmd", "dpdmd", "no_detach")
-LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD without detach", "teacher": "teacher"}
+# The table's rows: a method of config.METHODS, or DP-DMD with another refinement objective (method.refine)
+REFINED = {"dpdmd_decoupled": ("dpdmd", "decoupled_dmd")}
+METHODS = ("dmd", "decoupled_dmd", "dpdmd", "dpdmd_decoupled", "no_detach")
+LABEL = {"dmd": "DMD", "decoupled_dmd": "Decoupled-DMD", "dpdmd": "DP-DMD (DMD refine)",
+         "dpdmd_decoupled": "DP-DMD (decoupled refine)", "no_detach": "DP-DMD without detach", "teacher": "teacher"}
 KS = (1, 3, 5, 10, 20)
 LAMBDAS = (0.05, 0.1, 0.5, 2.0)
 
 
 def base_config(args, work: Path, name: str, method: str, seed: int) -> Config:
+    method, refine = REFINED.get(method, (method, "dmd"))
     cfg = demo_config(work / name, method=method)
+    cfg.method.refine = refine
     cfg.run.seed = seed
     cfg.run.max_steps = args.steps or cfg.run.max_steps
     cfg.run.checkpoint_every = cfg.run.max_steps
@@ -114,12 +117,7 @@ class Bench:
         c, teacher = self.eval_cfg, trainer.teacher
         net = trainer.sampling_student()
         m, images = measure(teacher, net, c, self.extractor, levels=trainer.student_levels, guidance=1.0, device="cpu")
-        per_prompt = images.shape[0] // len(c.eval.prompts)
-        labels = teacher.encode_prompts(c.eval.prompts)["class_labels"].repeat_interleave(per_prompt)
-        if self.kind == "shapes":  # modes counted by the decoder
-            t_modes, s_modes = shape_modes.mode_metrics(self.teacher_images, images, labels, per_prompt)
-        else:
-            t_modes, s_modes = mode_metrics(self.extractor, self.teacher_images, images, labels)
+        t_modes, s_modes = builtin_mode_metrics(self.extractor, teacher, c.eval.prompts, self.teacher_images, images)
         m.update(s_modes)
         self.results["teacher"].update(t_modes)
         events = trainer.run.read_events()
@@ -271,7 +269,7 @@ def saved_tensor_bytes(trainer: Trainer) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["table", "ablations", "cost", "all"], default="all")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, help="student updates (default: the demo's)")
     p.add_argument("--batch", type=int, help="batch size (default: the demo's)")
     p.add_argument("--lr", type=float, help="student learning rate (default: the demo's)")

@@ -15,15 +15,29 @@ METRICS = [  # key, column title, format, higher is better
     ("mode_agreement_with_teacher", "same-noise agreement", "{:.3f}", True),
     ("frechet_distance", "Frechet distance", "{:.2f}", False),
     ("validity", "validity", "{:.3f}", True),
+    ("blank_share", "blank share", "{:.3f}", False),
+    ("mode_coverage_valid", "coverage, valid only", "{:.3f}", True),
+    ("diversity_valid", "diversity, valid only", "{:.4f}", True),
+    ("prompts_few_valid", "prompts < 2 valid", "{}", False),
+    ("sec_per_step_median", "s / training step", "{:.3f}", False),
 ]
 INVESTIGATION = Path(__file__).resolve().parent.parent / "docs" / "investigation.md"
-LABEL = {"dmd": "DMD", "dpdmd": "DP-DMD", "no_detach": "DP-DMD, no detach"}
+LABEL = {"dmd": "DMD", "decoupled_dmd": "Decoupled-DMD", "dpdmd": "DP-DMD (DMD refine)",
+         "dpdmd_decoupled": "DP-DMD (decoupled refine)", "no_detach": "DP-DMD, no detach"}
 
 
-def _mean_std(values: list[float], fmt: str) -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+def _mean_std(values: list, fmt: str) -> str:
+    """Mean ± std over seeds; a list (prompts_few_valid) counts its prompts, summed over seeds; a valid-only
+    number a seed lacks (no prompt with 2 valid samples) is left out and the cell says how many seeds had one."""
+    if values and isinstance(values[0], list):
+        return str(sum(len(v) for v in values))
+    have = [v for v in values if v is not None]
+    if not have:
+        return "n/a"
+    note = f" ({len(have)} of {len(values)} seeds)" if len(have) < len(values) else ""
+    if len(have) == 1:
+        return fmt.format(have[0]) + note
+    return f"{fmt.format(statistics.mean(have))} ± {fmt.format(statistics.stdev(have))}{note}"
 
 
 def by_method(runs: dict) -> dict[str, list[dict]]:
@@ -38,7 +52,7 @@ def main_table(results: dict) -> list[str]:
     head = "| model | NFE | " + " | ".join(title for _, title, _, _ in METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
     lines.append(f"| teacher, {t['steps']} steps, CFG {t['guidance']:g} | {t['nfe']} | " + " | ".join(
-        fmt.format(t[key]) if key in t else "" for key, _, fmt, _ in METRICS) + " |")
+        _mean_std([t[key]], fmt) if key in t else "" for key, _, fmt, _ in METRICS) + " |")
     for method, ms in by_method(results["runs"]).items():
         seeds = f"{len(ms)} seed{'s' if len(ms) > 1 else ''}"
         lines.append(f"| {LABEL.get(method, method)} ({seeds}) | {ms[0]['nfe']} | " + " | ".join(
@@ -67,6 +81,11 @@ def targets(results: dict) -> list[str]:
         ("DP-DMD Frechet distance / DMD's", fd_dp / fd_dmd, "<= 1.10", fd_dp / fd_dmd <= 1.10),
         ("DP-DMD validity - DMD's (points of share)", val_gap, ">= -0.05", val_gap >= -0.05),
     ]
+    for key, name in (("mode_coverage_valid", "mode coverage"), ("diversity_valid", "diversity")):
+        dmd, dp = (statistics.mean(v) if (v := [m[key] for m in groups[g] if m.get(key) is not None]) else None
+                   for g in ("dmd", "dpdmd"))
+        if dmd and dp is not None:
+            rows.append((f"DP-DMD {name} / DMD's, valid samples only", dp / dmd, ">= 1.3 (issue 28)", dp / dmd >= 1.3))
     if "no_detach" in groups:
         nd = mean("no_detach", "diversity")
         rows.append(("no-detach diversity / DP-DMD diversity", nd / div_dp, "< 1", nd < div_dp))
@@ -86,7 +105,8 @@ def ablation_table(results: dict, prefix: str, title: str) -> list[str]:
         return []
     lines = [f"| {title} | " + " | ".join(t for _, t, _, _ in METRICS) + " |", "|" + "---|" * (len(METRICS) + 1)]
     for key, m in rows.items():
-        lines.append(f"| {key.split('=')[1]} | " + " | ".join(fmt.format(m[k]) for k, _, fmt, _ in METRICS) + " |")
+        lines.append(f"| {key.split('=')[1]} | " + " | ".join(_mean_std([m[k]], fmt) if k in m else ""
+                                                             for k, _, fmt, _ in METRICS) + " |")
     return lines
 
 
@@ -128,7 +148,7 @@ def plots(results: dict, out: Path) -> list[str]:
 
 
 def grids(work: Path, out: Path) -> str | None:
-    names = ["teacher", "dmd_s0", "dpdmd_s0", "no_detach_s0"]
+    names = ["teacher", *(f"{m}_s0" for m in LABEL)]
     paths = [work / "grids" / f"{n}.png" for n in names]
     paths = [p for p in paths if p.exists()]
     if len(paths) < 2:
@@ -165,7 +185,10 @@ def write_results(results: dict, docs: Path, work: Path) -> Path:
         lines += [("Counted by the shapes decoder: mode coverage is the share of a prompt's 8 modes (position x size) "
                    "the samples reach; KL to teacher modes: divergence of the mode histogram from the teacher's; "
                    "same-noise agreement: share of noises whose sample lands in the teacher's mode from that noise; "
-                   "validity: share of samples that are a clean member of the prompt's class."), ""]
+                   "validity: share of samples that are a clean member of the prompt's class; blank share: samples "
+                   "with no shape at all (faded to black; in no mode); coverage and diversity, valid only: the same "
+                   "measures over the valid samples of each prompt (distill_core/evaluation/valid_only.py), prompts "
+                   "with fewer than 2 valid samples left out and counted in the last column (summed over seeds)."), ""]
         tl = targets(results)
         if tl:
             lines += ["## Against the targets", ""] + tl + [""]
@@ -173,8 +196,9 @@ def write_results(results: dict, docs: Path, work: Path) -> Path:
             lines += [f"![{img}](results/{img})", ""]
         g = grids(work, out)
         if g:
-            lines += ["## Seed grids (same prompts, same seeds)", "", "Left to right: teacher, DMD, DP-DMD, "
-                      "DP-DMD without the detach (training seed 0).", "", f"![grids](results/{g})", ""]
+            shown = [LABEL[m] for m in LABEL if (work / "grids" / f"{m}_s0.png").exists()]
+            lines += ["## Seed grids (same prompts, same seeds)", "", f"Left to right: teacher, {', '.join(shown)} "
+                      "(training seed 0).", "", f"![grids](results/{g})", ""]
     for prefix, title in (("k=", "anchor step k"), ("lambda=", "lambda")):
         tab = ablation_table(results, prefix, title)
         if tab:

@@ -35,7 +35,9 @@ TRAIN = importlib.metadata.EntryPoint("train", "distill_core.train:main", COMMAN
 
 
 def _cmd_demo(args) -> None:
-    from .demo import STUDENTS, run_demo
+    from .config import resolve
+    from .demo import STUDENTS, demo_config, run_demo
+    from .evaluation.report import num
 
     out = Path(args.out_option or args.out)
     metrics = run_demo(out, quick=args.quick)
@@ -44,12 +46,18 @@ def _cmd_demo(args) -> None:
     t = metrics["teacher"]
     rows = [(f"teacher ({t['steps']} steps, CFG {t['guidance']:g})", t)]
     rows += [(f"{label} student ({metrics[m]['steps']} steps)", metrics[m]) for m, label in STUDENTS.items()]
-    print(f"\n{'':30} {'diversity':>9} {'mode coverage':>13} {'validity':>8} {'NFE':>4}")
+    print(f"\n{'':30} {'diversity':>9} {'mode coverage':>13} {'validity':>8} {'blank':>6} {'valid-only: coverage':>20} "
+          f"{'diversity':>9} {'NFE':>4}")
     for name, m in rows:
-        print(f"{name:30} {m['diversity']:9.4f} {m['mode_coverage']:13.2f} {m['validity']:8.3f} {m['nfe']:4d}")
-    from .evaluation.demo_report import ratio_line
+        # n/a: no prompt with 2 valid samples, or a demo run evaluated before the valid-only measures
+        cov, div, blank = (num(m.get(k), f) for k, f in (("mode_coverage_valid", "{:.2f}"),
+                                                          ("diversity_valid", "{:.4f}"), ("blank_share", "{:.1%}")))
+        print(f"{name:30} {m['diversity']:9.4f} {m['mode_coverage']:13.2f} {m['validity']:8.3f} "
+              f"{blank:>6} {cov:>20} {div:>9} {m['nfe']:4d}")
+    from .evaluation.demo_report import finding, ratio_line
 
-    print(f"{ratio_line(metrics)}\nreport: {out / 'report.html'}\nstudents: "
+    words = finding(metrics, resolve(demo_config()).eval.prompts)
+    print(f"{ratio_line(metrics)}\n{words}\nreport: {out / 'report.html'}\nstudents: "
           + ", ".join(str(out / m / "student.safetensors") for m in STUDENTS))
 
 
@@ -243,7 +251,7 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
     s.add_argument("--prompt", action="append", required=True, help="repeat for several rows")
     s.add_argument("--seeds", type=int, default=6)
     s.add_argument("--first-seed", type=int, default=0)
-    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for sd3 / sdxl students)")
+    s.add_argument("--teacher", default="", help="the teacher's local folder (needed for students of diffusers teachers)")
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=_cmd_sample)
 

@@ -1,8 +1,9 @@
 """The run config: one dataclass tree, read from and written to TOML.
 
-Defaults follow the paper (k = 5, lambda = 0.05, 4 student steps, 5 fake-score
-updates per student update, teacher CFG per family). Fields left at ``None``
-take their family's default when the config is resolved; the run folder keeps
+Defaults follow the paper (k = 5, 4 student steps, 5 fake-score updates per
+student update); lambda, the learning rates, the budget and the teacher's CFG
+are the family's (families.py). Fields left at ``None`` take their family's
+default when the config is resolved; the run folder keeps
 the resolved config, so a run can always be repeated exactly. Every problem is
 reported as a ConfigError naming the field and the fix. Fields with a fixed set
 of values are ``Literal`` annotations: the checks, the CLI and the wizard read
@@ -39,13 +40,21 @@ class Method:
     label: str  # how the wizard names it
     diversity: bool  # the first step trains on the diversity loss (lambda counts)
     detach: bool  # the gradient stops after the first step (DMD trains the later steps only)
+    objective: str | None = None  # what trains the steps DMD trains: one of OBJECTIVES, None = method.refine's
 
 
 METHODS: dict[str, Method] = {
     "dpdmd": Method("DP-DMD", "DP-DMD (paper): diversity loss on step 1, detach, DMD on the rest", diversity=True, detach=True),
-    "dmd": Method("DMD", "DMD (baseline): DMD on every step, no diversity loss", diversity=False, detach=False),
+    "dmd": Method("DMD", "DMD (baseline): DMD on every step, no diversity loss", diversity=False, detach=False,
+                  objective="dmd"),
+    "decoupled_dmd": Method("Decoupled-DMD", "Decoupled-DMD (Z-Image-Turbo's): CFG augmentation and distribution "
+                            "matching at their own noise levels, every step", diversity=False, detach=False,
+                            objective="decoupled_dmd"),
     "no_detach": Method("No-detach", "No-detach ablation: diversity loss, DMD through every step", diversity=True, detach=False),
 }
+# The objectives that refine the steps after DP-DMD's first (method.refine): CFG-DMD's one gradient (DMD, DMD2)
+# or Decoupled-DMD's two terms (arXiv 2511.22677; docs/method.md)
+OBJECTIVES = ("dmd", "decoupled_dmd")
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
@@ -71,25 +80,26 @@ class RunSection:
     """Where the run lives and how often it saves."""
     output_dir: str = "runs/dpdmd"
     seed: int = 0
-    max_steps: int = 400  # student updates (each preceded by method.fake_updates fake-score updates)
+    max_steps: int | None = None  # student updates (each preceded by method.fake_updates fake-score updates)
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"
     branch_from: ReadPath = ""  # another run's checkpoints/step_XXXXXXXX: a new run continues from it under this config
+    tensorboard: bool = False  # also log the losses and diversity to <run>/tensorboard (accelerate's tracker)
 
 
 @dataclass
 class TeacherSection:
     family: FamilyName = "builtin"
-    path: ReadPath = ""  # sd3 / sdxl: a local diffusers folder; builtin: "" = the shipped weights
+    path: ReadPath = ""  # sd3 / sdxl / zimage / flux2: a local diffusers folder; builtin: "" = the shipped weights
     builtin: BuiltinName = DEFAULT_KIND  # builtin family: shapes (generated, exactly known modes) | digits
     guidance_scale: float | None = None  # teacher ("real score") CFG
     num_steps: int | None = None  # the teacher's own multi-step schedule (anchor rollout, reference samples)
     shift: float | None = None  # flow-time shift; None = the teacher scheduler's
     dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights
-    resolution: int | None = None  # image size in pixels (sd3 / sdxl)
+    resolution: int | None = None  # image size in pixels (diffusers teachers)
     timestep_spacing: Literal["trailing", "leading"] = "trailing"  # sdxl teacher's levels: trailing (from pure noise) | leading (its folder's)
     # zimage (its pipeline's arguments of the same names): CFG only where its time 1 - level is at most
     # cfg_truncation (1: everywhere), and the CFG output's norm capped at cfg_normalization x the cond one's (0: off)
@@ -131,7 +141,7 @@ class FakeSection:
 class MethodSection:
     name: MethodName = "dpdmd"  # see METHODS
     anchor_step: int = 5  # k: teacher steps of the anchor rollout (k = teacher.num_steps: its full sample)
-    diversity_weight: float = 0.05  # lambda
+    diversity_weight: float | None = None  # lambda (the family's: paper 0.05)
     anchor_target: Literal["auto", "velocity", "x0"] = "auto"  # velocity (Eq. 6, flow) | x0 (Eq. 39, epsilon)
     backprop: Literal["all", "one_step"] = "all"  # all: DMD through every step after the detach | one_step: DMD2
     fake_updates: int = 5  # fake-score updates per student update
@@ -141,6 +151,9 @@ class MethodSection:
     renoise_max: float = 0.98
     renoise_shift: Literal["shifted", "unshifted"] = "shifted"  # shifted (through the teacher's flow shift) | unshifted (DMD2: t ~ U[min, max])
     fake_t_shift: Literal["shifted", "unshifted"] = "shifted"  # the fake score's t ~ U[0, 1]: shifted (authors' script) | unshifted (DMD2)
+    # dpdmd / no_detach: the objective of the steps after the first: dmd (the paper's) | decoupled_dmd (CA + DM at
+    # their own levels); dmd and decoupled_dmd are their own objective
+    refine: Literal[OBJECTIVES] = "dmd"  # type: ignore[valid-type]
 
 
 @dataclass
@@ -172,6 +185,10 @@ class EvalSection:
     grid_seeds: int = 6
     features: ReadPath = "builtin"  # builtin | a local DINO / CLIP folder (transformers)
     fd_samples_per_prompt: int = 50  # samples per prompt for the final Frechet distance (built-in)
+    # > 0: the collapse guard (training/collapse.py): warn when the student's diversity is below this fraction of
+    # the teacher's (measured once at the start, same prompts and seeds) at two evaluations in a row
+    collapse_fraction: float = 0.0
+    collapse_stop: bool = False  # and then stop the run with a checkpoint
 
 
 @dataclass
@@ -190,6 +207,11 @@ class Config:
     def lam(self) -> float:
         """The effective diversity weight (plain DMD has none)."""
         return effective_diversity_weight(self.method.name, self.method.diversity_weight)
+
+    @property
+    def objective(self) -> str:
+        """What trains the steps the DMD loss reaches: the method's own objective, or DP-DMD's method.refine."""
+        return METHODS[self.method.name].objective or self.method.refine
 
     @property
     def detach_first(self) -> bool:
@@ -269,6 +291,7 @@ def dumps_toml(data: dict) -> str:
 
 # Fields that may change when a run is resumed; any other difference (outside [eval]) means another run.
 RESUMABLE_CHANGES = {"run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.device",
+                     "run.tensorboard",
                      "run.output_dir",  # a moved or copied run folder resumes where it now is
                      "run.branch_from", "optim.student_lr", "optim.fake_lr",
                      "student.lora_mode"}  # both LoRA modes write the same checkpoints
@@ -513,6 +536,10 @@ def resolve(cfg: Config) -> Config:
     _check_student(cfg.student, cfg.teacher)
     _check_init_lora("fake.init_lora", cfg.fake.init_lora, cfg.student)
     _check_optim(cfg.optim)
+    _check_eval(cfg.eval)
+    if cfg.run.tensorboard and not tensorboard_installed():
+        raise ConfigError("run.tensorboard = true needs the tensorboard package, which is not installed; "
+                          "`pip install tensorboard`, or set run.tensorboard = false")
     cfg.method.diversity_weight = cfg.lam  # what the run trains with (plain DMD: none)
     return cfg
 
@@ -589,7 +616,10 @@ def _fill_defaults(cfg: Config) -> None:
     t.num_steps = fam.num_steps if t.num_steps is None else t.num_steps
     t.resolution = fam.resolution if t.resolution is None else t.resolution
     o.student_lr = fam.lr if o.student_lr is None else o.student_lr
-    o.fake_lr = fam.lr if o.fake_lr is None else o.fake_lr
+    o.fake_lr = (fam.fake_lr or fam.lr) if o.fake_lr is None else o.fake_lr
+    m = cfg.method
+    m.diversity_weight = fam.diversity_weight if m.diversity_weight is None else m.diversity_weight
+    cfg.run.max_steps = fam.max_steps if cfg.run.max_steps is None else cfg.run.max_steps
     d.batch_size = fam.batch_size if d.batch_size is None else d.batch_size
     prompts = list(d.prompts) + (read_prompts_file(d.prompts_file) if d.prompts_file else [])
     if t.family == "builtin" and not prompts:
@@ -653,6 +683,10 @@ def _check_method(m: MethodSection, t: TeacherSection) -> None:
     if m.backprop == "one_step" and not METHODS[m.name].detach:
         raise ConfigError(f"method.backprop = 'one_step' trains one step after the detach, so it needs method.name = "
                           f"'dpdmd' (got {m.name!r}); use backprop = 'all' for {m.name!r}")
+    own = METHODS[m.name].objective
+    if own is not None and m.refine != "dmd":
+        raise ConfigError(f"method.refine = {m.refine!r} chooses what refines DP-DMD's later steps; method.name = "
+                          f"{m.name!r} is its own objective: remove method.refine, or use method.name = 'dpdmd'")
     if m.anchor_target == "velocity" and FAMILIES[t.family].prediction_type != "flow":
         raise ConfigError(f"method.anchor_target = 'velocity' (Eq. 6) needs a flow teacher; the {t.family} teacher "
                           "predicts noise, use 'x0' (Appendix C) or 'auto'")
@@ -680,6 +714,25 @@ def _check_init_lora(name: str, path: str, s: StudentSection) -> None:
     problem = path_problem(Path(path).expanduser()) if path else None
     if problem:
         raise ConfigError(f"{name} {shown(path)} {problem}; give a LoRA .safetensors file")
+
+
+def _check_eval(e: EvalSection) -> None:
+    if not 0.0 <= e.collapse_fraction <= 1.0:
+        raise ConfigError(f"eval.collapse_fraction = {e.collapse_fraction} must lie in [0, 1] (0 = no collapse guard; "
+                          "e.g. 0.6: warn below 60 % of the teacher's diversity)")
+    if e.collapse_fraction and not e.diversity_every:
+        raise ConfigError("eval.collapse_fraction watches the diversity measured during training; set "
+                          "eval.diversity_every > 0 (e.g. 25) or remove it")
+    if e.collapse_stop and not e.collapse_fraction:
+        raise ConfigError("eval.collapse_stop stops a run the collapse guard warns about; set eval.collapse_fraction "
+                          "(e.g. 0.6) as well")
+
+
+def tensorboard_installed() -> bool:
+    """TensorBoard logging is optional: the package is not a dependency (it is large)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _check_optim(o: OptimSection) -> None:

@@ -20,19 +20,14 @@ STUDENTS = {"dmd": "DMD", "dpdmd": "DP-DMD"}
 
 
 def demo_config(output_dir: str | Path = "runs/demo", quick: bool = False, method: str = "dpdmd") -> Config:
-    """One student's config: the paper's defaults on the built-in teacher.
+    """One student's config: the built-in family's defaults (its measured setting, families.py), which are also
+    what the trainer UI's wizard and `dpdmd config` start from.
 
     ``quick`` is a smoke run: same pipeline, few steps, fewer samples.
     """
     cfg = Config()
     cfg.run.output_dir = str(output_dir)
     cfg.method.name = method
-    # setting E2 of docs/investigation.md: the built-in family's lr 1e-3, batch 32 and CFG 2, 200 steps, a fake
-    # score at half the student's lr (it lags, so plain DMD loses modes) and lambda 0.5 (the anchor holds DP-DMD's
-    # first step against that pull)
-    cfg.run.max_steps = 200
-    cfg.optim.fake_lr = 5e-4
-    cfg.method.diversity_weight = 0.5
     if quick:
         cfg.run.max_steps = 12
         cfg.run.checkpoint_every = 6
@@ -99,7 +94,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, progress: bo
             log(f"demo {phase}/4 {label} student: {folder} finished already, reused")
             continue
         start = time.perf_counter()
-        log(f"demo {phase}/4 {label} student: {cfg.run.max_steps} steps in {folder} (resumes from its newest "
+        log(f"demo {phase}/4 {label} student: {resolve(cfg).run.max_steps} steps in {folder} (resumes from its newest "
             "checkpoint), then its evaluation")
         trainer = Trainer(cfg, progress=progress)
         trainer.reference = reference

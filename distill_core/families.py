@@ -18,7 +18,10 @@ class Family:
     label: str  # how the wizard names it
     guidance_scale: float  # teacher CFG (baked into the student)
     num_steps: int  # the teacher's own sampling steps (anchor rollout, reference samples)
-    lr: float  # student and fake-score learning rate
+    lr: float  # student learning rate (and the fake score's, unless fake_lr)
+    fake_lr: float | None  # the fake score's learning rate; None: lr
+    diversity_weight: float  # lambda
+    max_steps: int  # student updates
     batch_size: int  # per process
     resolution: int  # image size in pixels
     prediction_type: Literal["flow", "epsilon"]
@@ -34,19 +37,26 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     # The default built-in teacher's values (shapes); the digits teacher's own differences are in builtin/kinds.py.
-    # Shapes: strong updates (lr 1e-3, batch 32), where plain DMD loses modes (docs/investigation.md, shapes).
+    # Shapes: the measured setting E2 of docs/investigation.md, which `dpdmd demo` trains: strong updates (lr 1e-3,
+    # batch 32), a fake score at half the student's lr (it lags, so plain DMD loses modes) and lambda 0.5 (the anchor
+    # holds DP-DMD's first step against that pull), 200 steps.
     "builtin": Family("Built-in teacher: shapes or digits (runs on a CPU)", guidance_scale=2.0, num_steps=30, lr=1e-3,
-                      batch_size=32, resolution=16, prediction_type="flow", shift=1.0, comfy_native=False),
-    "sd3": Family("SD3 / SD3.5 (local diffusers folder)", guidance_scale=3.5, num_steps=30, lr=1e-5, batch_size=4,
-                  resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True),
-    "sdxl": Family("SDXL (local diffusers folder)", guidance_scale=8.0, num_steps=50, lr=1e-5, batch_size=4,
-                   resolution=1024, prediction_type="epsilon", shift=None, comfy_native=True),
+                      fake_lr=5e-4, diversity_weight=0.5, max_steps=200, batch_size=32, resolution=16,
+                      prediction_type="flow", shift=1.0, comfy_native=False),
+    # The paper's (lambda 0.05, one lr for both networks).
+    "sd3": Family("SD3 / SD3.5 (local diffusers folder)", guidance_scale=3.5, num_steps=30, lr=1e-5, fake_lr=None,
+                  diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024, prediction_type="flow",
+                  shift=3.0, comfy_native=True),
+    "sdxl": Family("SDXL (local diffusers folder)", guidance_scale=8.0, num_steps=50, lr=1e-5, fake_lr=None,
+                   diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024, prediction_type="epsilon",
+                   shift=None, comfy_native=True),
     # Z-Image (base, 6.15 B; Tongyi-MAI). From diffusers 0.42.1's ZImagePipeline.__call__: guidance_scale=5.0 (its
     # pos + 5 (pos - neg) = standard CFG 6), num_inference_steps=50, height = width = 1024, sigmas =
     # linspace(1, 1/N, N) through a FlowMatchEulerDiscreteScheduler (flow / velocity, negated by the pipeline).
     # Shift 3.0: ComfyUI 0.33.0 supported_models.ZImage sampling_settings (and Z-Image-Turbo's scheduler config).
     # lr and batch: the SD3 row's (the paper's settings for a transformer teacher).
-    "zimage": Family("Z-Image (local diffusers folder)", guidance_scale=6.0, num_steps=50, lr=1e-5, batch_size=4,
+    "zimage": Family("Z-Image (local diffusers folder)", guidance_scale=6.0, num_steps=50, lr=1e-5, fake_lr=None,
+                     diversity_weight=0.05, max_steps=400, batch_size=4,
                      resolution=1024, prediction_type="flow", shift=3.0, comfy_native=True, spacing="linear",
                      guidance_offset=1.0, cfg_extras=True),
     # FLUX.2 [klein] base 4B / 9B (diffusers 0.42.1 Flux2KleinPipeline): CFG 4.0 and 50 steps are __call__'s
@@ -55,7 +65,7 @@ FAMILIES: dict[str, Family] = {
     # mu = 2.02 (ComfyUI's Flux2 default "shift"), i.e. the static shift exp(2.02) = 7.56 written here.
     # Its sigmas before the shift are linspace(1, 1/n, n) (the pipeline passes them): spacing "linear".
     "flux2": Family("FLUX.2 [klein] base 4B / 9B (local diffusers folder)", guidance_scale=4.0, num_steps=50,
-                    lr=1e-5, batch_size=4, resolution=1024, prediction_type="flow", shift=7.56, comfy_native=True,
+                    lr=1e-5, fake_lr=None, diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024, prediction_type="flow", shift=7.56, comfy_native=True,
                     spacing="linear"),
 }
 # The names as a type: teacher.family's annotation, checked at run time (config.choices reads it).

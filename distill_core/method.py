@@ -199,6 +199,45 @@ def fake_score_loss(predict_fake: Predictor, schedule: NoiseSchedule, x0: torch.
     return F.mse_loss(predict_fake(xt, levels).float(), schedule.training_target(x0.float(), eps.float()))
 
 
+@dataclass(frozen=True)
+class TeacherSplit:
+    """The teacher's two predictions for Decoupled-DMD: with the prompt and with the null prompt, and the CFG
+    scale w that CFG-DMD's real score combines them with."""
+    cond: Predictor
+    uncond: Predictor
+    guidance: float
+
+
+def decoupled_dmd_term(x0: torch.Tensor, schedule: NoiseSchedule, teacher: TeacherSplit, predict_fake: Predictor,
+                       generator: torch.Generator, *, start_level: float, low: float, high: float, per_sample: bool,
+                       normalizer: str, shifted: bool = True) -> DMDTerms:
+    """Decoupled-DMD (arXiv 2511.22677): CFG-DMD's gradient split into its two terms (Eq. 6),
+    CA = (w - 1) (x0_real^cond - x0_real^uncond) and DM = x0_real^cond - x0_fake^cond,
+    each at its own re-noise level with its own noise (the decoupled-hybrid schedule, Eq. 8): tau_CA's noise
+    fraction U[low, min(high, u(start_level))), cleaner than the level the trained steps start from; tau_DM's
+    U[low, high]. Each term is divided by its own mean |ref - x0_real^cond| (as dmd_gradient) and the two
+    regressions are added, so x0 moves by CA / n_CA + DM / n_DM.
+    """
+    b = x0.shape[0]
+    with torch.no_grad():
+        ca_high = min(high, schedule.noise_fraction(start_level, shifted))
+
+        def renoised(lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+            levels = schedule.sample_levels(b if per_sample else 1, lo, hi, generator, shifted).expand(b).contiguous()
+            eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+            return schedule.add_noise(x0.detach(), eps, levels).to(x0.dtype), levels
+
+        xt, lv = renoised(low, ca_high)
+        cond, uncond = (schedule.to_x0(xt, lv, p(xt, lv)) for p in (teacher.cond, teacher.uncond))
+        # CA as a gradient g (x0 moves by -g): "fake" = cond - CA, so dmd_gradient gives -CA / n_CA
+        g_ca = dmd_gradient(x0.detach(), cond, cond - (teacher.guidance - 1) * (cond - uncond),
+                            xt if normalizer == "xt" else None)
+        xt, lv = renoised(low, high)
+        g_dm = dmd_gradient(x0.detach(), schedule.to_x0(xt, lv, teacher.cond(xt, lv)),
+                            schedule.to_x0(xt, lv, predict_fake(xt, lv)), xt if normalizer == "xt" else None)
+    return DMDTerms(dmd_loss(x0, g_ca) + dmd_loss(x0, g_dm), float((g_ca + g_dm).abs().mean()))
+
+
 # ---- the two losses of a training step ------------------------------------------------------------
 @dataclass(frozen=True)
 class DPDMD:
@@ -217,6 +256,7 @@ class DPDMD:
     renoise_shifted: bool
     normalizer: str  # x0 | xt
     fake_t_shifted: bool
+    objective: str = "dmd"  # dmd (CFG-DMD, Eq. 4-5) | decoupled_dmd (decoupled_dmd_term) for the steps DMD trains
 
 
 @dataclass
@@ -242,20 +282,34 @@ def one_step_pick(m: DPDMD, generator: torch.Generator) -> int | None:
     return int(torch.randint(1, len(m.student_levels) - 1, (1,), generator=generator))
 
 
+def trained_start(m: DPDMD, pick: int | None) -> float:
+    """The level the steps the DMD loss trains start from: step ``pick``'s (one_step), step 2's after the detach,
+    else the noise the rollout starts at (Decoupled-DMD's tau_CA stays cleaner than it)."""
+    return m.student_levels[pick if pick is not None else int(m.detach_first)]
+
+
 def dpdmd_student_loss(m: DPDMD, predict: Predictor, predict_real_cfg: Predictor, predict_fake: Predictor,
-                       z: torch.Tensor, generator: torch.Generator, pick: int | None = None) -> StudentLoss:
+                       z: torch.Tensor, generator: torch.Generator, pick: int | None = None,
+                       teacher: TeacherSplit | None = None) -> StudentLoss:
     """Eq. 8: L = L_DMD (steps after the detach) + lambda * L_div (first step), from the student's noise z.
 
-    ``generator`` draws the DMD re-noising; ``pick`` is one_step_pick's draw.
+    ``generator`` draws the DMD re-noising; ``pick`` is one_step_pick's draw; ``teacher``: the split teacher
+    Decoupled-DMD's objective needs (m.objective 'decoupled_dmd'), in place of L_DMD's CFG-DMD term.
     """
     lam = m.diversity_weight
     if lam > 0:
         x_tk, t_k = teacher_anchor(predict_real_cfg, m.schedule, z, m.teacher_levels, m.anchor_step)
     roll = student_rollout(predict, m.schedule, z, m.student_levels, detach_first=m.detach_first,
                            backprop=m.backprop, pick=pick)
-    dmd = dmd_term(roll.x0, m.schedule, predict_real_cfg, predict_fake, generator, low=m.renoise_low,
-                   high=m.renoise_high, per_sample=m.renoise_per_sample, normalizer=m.normalizer,
+    renoise = dict(low=m.renoise_low, high=m.renoise_high, per_sample=m.renoise_per_sample, normalizer=m.normalizer,
                    shifted=m.renoise_shifted)
+    if m.objective == "decoupled_dmd":
+        if teacher is None:
+            raise ValueError("the decoupled_dmd objective needs the teacher's conditional and unconditional predictors")
+        dmd = decoupled_dmd_term(roll.x0, m.schedule, teacher, predict_fake, generator,
+                                 start_level=trained_start(m, pick), **renoise)
+    else:
+        dmd = dmd_term(roll.x0, m.schedule, predict_real_cfg, predict_fake, generator, **renoise)
     div = first_step_loss(m, roll, z, x_tk, t_k, predict_real_cfg) if lam > 0 else torch.zeros((), device=z.device)
     return StudentLoss(dmd.loss + lam * div, dmd.loss, div, dmd.grad_norm)
 

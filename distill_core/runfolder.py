@@ -1,7 +1,7 @@
 """The run folder: the single source of truth about a run.
 
     config.toml      the resolved config the run uses
-    status.json      state, step, pid, message (rewritten atomically)
+    status.json      state, step, pid, message; phase, sec_per_step, eta_seconds (rewritten atomically)
     events.jsonl     append-only: one JSON object per line (steps, evals, grids, checkpoints)
     checkpoints/     step_XXXXXXXX/ folders (see training/checkpoint.py)
     samples/         fixed-seed grids: teacher.png, step_XXXXXXXX.png
@@ -32,6 +32,9 @@ from .errors import ConfigError, RunRefused
 STATES = ("starting", "running", "finishing", "finished", "stopped", "failed")
 TRAINING_STATES = ("starting", "running")  # a trainer takes stop / save requests
 ACTIVE_STATES = (*TRAINING_STATES, "finishing")  # a process is working on the run (or died doing so)
+# status.json fields about what a process is doing now: the phase ({"name", "done", "total"}) and the training
+# loop's speed and time left (distill_core.progress); they belong to one state and go when it changes
+PROGRESS_FIELDS = ("phase", "sec_per_step", "eta_seconds")
 LOCK = ".trainer.lock"
 # Temporaries a killed process leaves: atomic_target files and checkpoint staging folders (.NAME.tmp),
 # and safetensors' own .tmpXXXXXX next to the file it was writing.
@@ -267,8 +270,17 @@ class RunFolder:
 
     # status
     def write_status(self, state: str, **fields: Any) -> None:
+        """The run's state and fields; a new state drops the progress of the old one (PROGRESS_FIELDS)."""
         assert state in STATES, state
-        status = {**self.read_status(), "state": state, "updated": round(time.time(), 3), **fields}
+        old = self.read_status()
+        if old.get("state") != state:
+            old = {k: v for k, v in old.items() if k not in PROGRESS_FIELDS}
+        status = {**old, "state": state, "updated": round(time.time(), 3), **fields}
+        atomic_write_text(self.status_path, json.dumps(status, indent=1))
+
+    def update_status(self, **fields: Any) -> None:
+        """Fields of status.json rewritten, its state kept (a phase's progress: distill_core.progress)."""
+        status = {**self.read_status(), "updated": round(time.time(), 3), **fields}
         atomic_write_text(self.status_path, json.dumps(status, indent=1))
 
     def read_status(self) -> dict:

@@ -69,6 +69,10 @@ class NoiseSchedule(ABC):
         """
 
     @abstractmethod
+    def noise_fraction(self, level: float, shifted: bool = True) -> float:
+        """The noise fraction u whose ``sample_levels`` level is ``level`` (its inverse)."""
+
+    @abstractmethod
     def comfy_sigmas(self, levels: list[float]) -> list[float]:
         """ComfyUI's sigma for each level (flow: t itself; VP: sqrt((1 - abar) / abar))."""
 
@@ -147,6 +151,9 @@ class FlowSchedule(NoiseSchedule):
         u = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
         return (flow_shift(u, self.shift) if shifted else u).float()
 
+    def noise_fraction(self, level, shifted=True):
+        return level / (self.shift - (self.shift - 1) * level) if shifted else level
+
     def comfy_sigmas(self, levels):
         return [float(v) for v in levels]
 
@@ -213,6 +220,9 @@ class VPSchedule(NoiseSchedule):
     def sample_levels(self, n, low, high, generator, shifted=True):
         u = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
         return (u * (self.num_train_timesteps - 1)).round().float()
+
+    def noise_fraction(self, level, shifted=True):
+        return max(level, 0.0) / (self.num_train_timesteps - 1)
 
     def comfy_sigmas(self, levels):
         out = []

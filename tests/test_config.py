@@ -7,7 +7,7 @@ from distill_core.errors import ConfigError
 
 def test_defaults_follow_the_paper():
     cfg = resolve(Config())
-    assert (cfg.method.anchor_step, cfg.method.diversity_weight, cfg.student.num_steps) == (5, 0.05, 4)
+    assert (cfg.method.anchor_step, cfg.student.num_steps) == (5, 4)
     assert cfg.method.fake_updates == 5 and cfg.optim.grad_clip == 1.0
     assert cfg.data.prompts and cfg.eval.prompts  # the built-in teacher's ten digits
     assert (cfg.method.renoise_shift, cfg.method.fake_t_shift, cfg.teacher.timestep_spacing) == (
@@ -43,6 +43,7 @@ def test_toml_round_trip():
     ("[data]\nprompts_file = '/no/such/prompts.txt'", ["data.prompts_file"]),
     ("[eval]\nseeds = 1", ["eval.seeds", "pairwise"]),
     ("[method]\nname = 'dmd'\nbackprop = 'one_step'", ["method.backprop", "'dpdmd'"]),
+    ("[method]\nname = 'decoupled_dmd'\nrefine = 'decoupled_dmd'", ["method.refine", "its own objective"]),
     ("[student]\nema_decay = 1.0", ["student.ema_decay"]),
     ("[student]\nshift = 0.0", ["student.shift", "positive"]),
     ("[run]\nkeep_checkpoints = 0", ["run.keep_checkpoints = 0 must be at least 1"]),
@@ -103,6 +104,21 @@ def test_sd3_and_sdxl_defaults_follow_the_paper(tmp_path):
         got[family] = (t.teacher.guidance_scale, t.teacher.num_steps, t.optim.student_lr, t.optim.fake_lr,
                        t.data.batch_size, t.teacher.resolution, t.eval.features)
     assert got == {"sd3": (3.5, 30, 1e-5, 1e-5, 4, 1024, ""), "sdxl": (8.0, 50, 1e-5, 1e-5, 4, 1024, "")}
+    assert (t.method.diversity_weight, t.run.max_steps) == (0.05, 400)  # lambda and budget: the paper's
+
+
+def test_the_built_in_defaults_are_the_demos_measured_setting():
+    """Issue 29: `dpdmd config`, the wizard and `dpdmd demo` start from one setting, the shapes teacher's (E2 of
+    docs/investigation.md: lambda 0.5, a fake score at half the student's lr, 200 steps); digits keep the paper's."""
+    from distill_core.demo import demo_config
+
+    shapes, demo = resolve(Config()), resolve(demo_config("runs/demo/dpdmd"))
+    demo.run.output_dir = shapes.run.output_dir
+    assert demo.to_dict() == shapes.to_dict()
+    assert (shapes.method.diversity_weight, shapes.optim.fake_lr, shapes.optim.student_lr, shapes.run.max_steps) == (
+        0.5, 5e-4, 1e-3, 200)
+    digits = resolve(loads_config("[teacher]\nbuiltin = 'digits'"))
+    assert (digits.method.diversity_weight, digits.optim.fake_lr, digits.run.max_steps) == (0.05, 1e-4, 400)
 
 
 def test_the_old_name_eval_every_still_reads_as_diversity_every():
@@ -122,3 +138,16 @@ def test_the_digits_example_config_trains_the_digits_teacher():
     assert cfg.teacher.builtin == "digits" and cfg.optim.student_lr == 1e-4 and cfg.data.batch_size == 64
     for prompt in cfg.data.prompts + cfg.eval.prompts:
         data_module("digits").parse_prompt(prompt)
+
+
+def test_tensorboard_logging_is_an_option_only_where_tensorboard_is_installed():
+    """Issue 29.7: accelerate's tracker, not a dependency: without the package the config says how to get it."""
+    from distill_core.config import tensorboard_installed
+
+    cfg = loads_config("[run]\ntensorboard = true")
+    if tensorboard_installed():
+        assert resolve(cfg).run.tensorboard
+    else:
+        with pytest.raises(ConfigError, match="run.tensorboard = true needs the tensorboard package"):
+            resolve(cfg)
+    assert not resolve(Config()).run.tensorboard

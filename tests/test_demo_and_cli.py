@@ -48,9 +48,12 @@ def test_quick_demo_trains_both_students_into_normal_run_folders(quick_demo, tmp
     c = resolve(demo_config())
     teacher_nfe = c.teacher.num_steps * (2 if c.teacher.guidance_scale != 1 else 1)
     for who, nfe in (("teacher", teacher_nfe), ("dmd", c.student.num_steps), ("dpdmd", c.student.num_steps)):
-        assert {"diversity", "mode_coverage", "validity", "nfe", "mode_histogram", "data_histogram"} <= metrics[who].keys()
-        assert metrics[who]["nfe"] == nfe and 0 <= metrics[who]["validity"] <= 1
-        assert all(abs(sum(h) - 1) < 1e-6 for h in metrics[who]["mode_histogram"])
+        m = metrics[who]
+        assert {"diversity", "mode_coverage", "validity", "nfe", "mode_histogram", "data_histogram", "blank_share",
+                "mode_coverage_valid", "diversity_valid", "valid_per_prompt", "prompts_few_valid"} <= m.keys()
+        assert m["nfe"] == nfe and 0 <= m["validity"] <= 1
+        shares = [sum(h) for h in m["mode_histogram"]]  # a blank sample is in no mode
+        assert max(shares) <= 1 + 1e-6 and abs(sum(shares) / len(shares) + m["blank_share"] - 1) < 1e-6
     for method in ("dmd", "dpdmd"):
         run = out / method
         own = json.loads((run / "metrics.json").read_text())
@@ -88,6 +91,8 @@ def test_demo_report_shows_three_grids_mode_bars_and_diversity_curves(quick_demo
     c = resolve(demo_config())  # the budget and DP-DMD's k and lambda are stated, as trained
     setting = report.split("id='setting'>", 1)[1].split("</p>", 1)[0]
     assert f"fake-score lr {c.optim.fake_lr:g}" in setting and f"lambda = {c.method.diversity_weight:g}" in setting
+    finding = report.split("id='finding'><b>", 1)[1].split("</b>", 1)[0]
+    assert "Over valid samples only" in finding or "fewer than 2 valid samples" in finding
 
 
 def test_a_second_demo_reuses_the_finished_runs(quick_demo):

@@ -107,6 +107,26 @@ def test_rollouts_are_euler_by_hand(backprop, pick):
     torch.testing.assert_close(ddim_sample(predict, sched, z, levels), xs[-1].float())
 
 
+def test_student_rollout_steps_on_the_students_own_levels():
+    """student.shift 1 under a shift-3 teacher: every step, the first included, lands on the student's levels."""
+    sched = FlowSchedule(shift=3.0)
+    levels = FlowSchedule(shift=1.0).sampling_levels(4)  # diffusers' sigmas: 1, 0.667, 0.334, 0.001, 0
+    assert levels[1] == pytest.approx(0.667) and sched.sampling_levels(4)[1] == pytest.approx(0.8577, abs=1e-4)
+    w, z = 0.7, torch.randn(2, 1, 2, 2)
+    seen = []
+
+    def predict(x, lv):
+        seen.append((float(lv[0]), x.double()))
+        return w * x
+
+    roll = student_rollout(predict, sched, z, levels, detach_first=True)
+    x1 = z.double() * (1 + (0.667 - 1.0) * w)  # Euler from 1 to the student's 0.667
+    assert [t for t, _ in seen] == pytest.approx([1.0, 0.667, 0.334, 0.001])
+    torch.testing.assert_close(seen[1][1], x1)
+    factor = (1 - 0.333 * w) ** 3 * (1 - 0.001 * w)  # Euler steps of 0.333, 0.333, 0.333, 0.001
+    torch.testing.assert_close(roll.x0.double(), z.double() * factor)
+
+
 def test_euler_equals_ddim_for_flow_models():
     """x + (t' - t) v == (1 - t') x0_hat + t' eps_hat: the sampler is the teacher's Euler sampler."""
     sched = FlowSchedule(shift=3.0)
@@ -351,3 +371,79 @@ def test_ddim_sample_reaches_gaussian_mean_region():
                     sched.sampling_levels(30))
     assert abs(x.mean().item() - 3.0) < 0.1
     assert abs(x.std().item() - 1.0) < 0.1
+
+
+def _decoupled_setup(w: float, v_c: float, v_u: float, v_f: float, start: float = 0.6, batch: int = 512):
+    """Constant-velocity teacher (cond v_c, uncond v_u) and fake score v_f; records every call's (x_t, t)."""
+    from distill_core.method import TeacherSplit, decoupled_dmd_term
+
+    sched = FlowSchedule(shift=3.0)
+    calls = {"cond": [], "uncond": [], "fake": []}
+
+    def recorder(name, v):
+        def predict(x, lv):
+            calls[name].append((x.double(), lv.double().view(-1, 1, 1, 1)))
+            return torch.full_like(x, v)
+        return predict
+
+    x0 = torch.randn(batch, 1, 2, 2, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    teacher = TeacherSplit(recorder("cond", v_c), recorder("uncond", v_u), w)
+    out = decoupled_dmd_term(x0, sched, teacher, recorder("fake", v_f), torch.Generator().manual_seed(0),
+                             start_level=start, low=0.02, high=0.98, per_sample=True, normalizer="x0")
+    return sched, x0, calls, out
+
+
+def _norm(x0: torch.Tensor, x0_real: torch.Tensor) -> torch.Tensor:
+    return (x0.detach().double() - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_decoupled_ca_term_by_hand():
+    """v_f = v_c (DM = 0): g = -(w - 1) (x0_c - x0_u) / mean|x0 - x0_c| at tau_CA, x0_c - x0_u = t (v_u - v_c);
+    tau_CA's noise fraction lies in [0.02, u(start)), cleaner than the start level, with its own noise."""
+    w, start = 3.0, 0.6
+    sched, x0, calls, out = _decoupled_setup(w, v_c=0.4, v_u=-0.1, v_f=0.4, start=start)
+    (xt, t), = calls["uncond"]
+    assert torch.equal(calls["cond"][0][0], xt)  # the CA's cond and uncond predictions share x_t and tau_CA
+    u = unshift(t.flatten(), 3.0)
+    assert float(u.min()) >= 0.02 - 1e-6 and float(t.max()) < start and float(u.max()) > 0.9 * unshift(
+        torch.tensor(start), 3.0)
+    g = (-(w - 1) * t * (-0.1 - 0.4) / _norm(x0, xt - t * 0.4)).expand(x0.shape)
+    assert out.loss.item() == pytest.approx(0.5 * float((g ** 2).mean()), rel=1e-4)
+    out.loss.backward()
+    torch.testing.assert_close(x0.grad.double(), g / x0.numel(), rtol=1e-4, atol=1e-9)
+    eps_ca = (xt - (1 - t) * x0.detach().double()) / t
+    xt_dm, t_dm = calls["cond"][1]
+    eps_dm = (xt_dm - (1 - t_dm) * x0.detach().double()) / t_dm
+    assert not torch.allclose(eps_ca, eps_dm)  # each term its own noise
+    assert float(t_dm.max()) > start  # tau_DM over the full range
+
+
+def test_decoupled_dm_term_by_hand():
+    """w = 1 (CA = 0): g = (x0_fake - x0_c) / mean|x0 - x0_c| at tau_DM = t (v_c - v_f) / norm, tau_DM in
+    U[0.02, 0.98] shifted (full range, above the start level too)."""
+    sched, x0, calls, out = _decoupled_setup(1.0, v_c=0.4, v_u=-0.1, v_f=-0.3)
+    xt, t = calls["cond"][1]
+    assert len(calls["fake"]) == 1 and torch.equal(calls["fake"][0][0], xt)
+    _assert_uniform(unshift(t.flatten(), 3.0), 0.02, 0.98, tol=1e-6)
+    g = (t * (0.4 - -0.3) / _norm(x0, xt - t * 0.4)).expand(x0.shape)
+    assert out.loss.item() == pytest.approx(0.5 * float((g ** 2).mean()), rel=1e-4)
+    out.loss.backward()
+    torch.testing.assert_close(x0.grad.double(), g / x0.numel(), rtol=1e-4, atol=1e-9)
+
+
+def test_decoupled_terms_add_each_normalised_on_its_own():
+    sched, x0, calls, out = _decoupled_setup(3.0, v_c=0.4, v_u=-0.1, v_f=-0.3, batch=8)
+    (xt_ca, t_ca), (xt_dm, t_dm) = calls["cond"]
+    g_ca = -(3.0 - 1) * t_ca * (-0.1 - 0.4) / _norm(x0, xt_ca - t_ca * 0.4)
+    g_dm = t_dm * (0.4 - -0.3) / _norm(x0, xt_dm - t_dm * 0.4)
+    out.loss.backward()
+    torch.testing.assert_close(x0.grad.double(), ((g_ca + g_dm) / x0.numel()).expand(x0.shape), rtol=1e-4, atol=1e-9)
+
+
+def test_decoupled_ca_stays_cleaner_than_the_trained_steps_start():
+    """DP-DMD refined by Decoupled-DMD: tau_CA below step 2's level (the detach), or step ``pick``'s (one_step)."""
+    from distill_core.method import trained_start
+
+    m = method_settings(FlowSchedule(shift=3.0), objective="decoupled_dmd")
+    assert trained_start(m, None) == m.student_levels[1] and trained_start(m, 2) == m.student_levels[2]
+    assert trained_start(dataclasses.replace(m, detach_first=False), None) == m.student_levels[0]

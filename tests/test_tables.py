@@ -23,8 +23,9 @@ def _family_config(family: str, folder) -> Config:
 @pytest.mark.parametrize("family", choices(TeacherSection, "family"))
 def test_the_wizard_starts_from_the_defaults_the_config_resolves(family, tmp_path):
     form, cfg = wizard.default_form(family), resolve(_family_config(family, tmp_path))
-    assert (form.guidance_scale, form.teacher_steps, form.batch_size) == (
-        cfg.teacher.guidance_scale, cfg.teacher.num_steps, cfg.data.batch_size)
+    assert (form.guidance_scale, form.teacher_steps, form.batch_size, form.diversity_weight, form.max_steps,
+            form.fake_lr) == (cfg.teacher.guidance_scale, cfg.teacher.num_steps, cfg.data.batch_size,
+                              cfg.method.diversity_weight, cfg.run.max_steps, cfg.optim.fake_lr)
     assert family in [value for _, value in wizard.FAMILIES]
 
 

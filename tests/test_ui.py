@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -198,7 +199,7 @@ def test_an_sd3_teacher_must_be_a_diffusers_folder_inside_the_roots(settings, tm
     sd3 = replace(tiny_form("w1"), family="sd3", prompts="a photo of a cat")
     cfg = build_config(replace(sd3, teacher_path=str(models / "sd3")), settings.roots)
     assert cfg.teacher.path == str(models / "sd3")
-    (models / "sd3" / "vae").rmdir()
+    shutil.rmtree(models / "sd3" / "vae")
     refusals = {models / "missing": "does not exist", models / "empty": "model_index.json", models / "sd3": "vae/",
                 models / "sdxl": "holds a StableDiffusionXLPipeline", tmp_path: "outside the folders"}
     for folder, expected in refusals.items():
@@ -374,10 +375,10 @@ def test_a_kept_form_comes_back_with_its_teacher_folder_box_shown():
     from trainer_ui.wizard import FIELDS
 
     kept = app.remember(*values(replace(tiny_form("kept"), family="sd3", teacher_path="/models/sd3")))
-    assert "run_name" not in kept  # a fresh page gets a new run name
     updates = dict(zip(FIELDS, app.restore(kept)))
     assert updates["teacher_path"] == {"__type__": "update", "visible": True, "value": "/models/sd3"}
-    assert updates["run_name"] == gr.skip() and all(u == gr.skip() for u in app.restore(None))
+    assert updates["run_name"] == {"__type__": "update", "value": "kept"}  # issue 29: the name is kept too
+    assert all(u == gr.skip() for u in app.restore(None))
 
 
 def test_compare_offers_the_runs_with_an_exported_student(settings, tmp_path_factory):
@@ -554,12 +555,13 @@ def test_the_trainer_ui_is_packaged():
 def test_a_run_that_dies_at_startup_shows_why_and_offers_start_again(settings, tmp_path):
     # Passes every check (a diffusers folder's layout) but its weights file is empty: the trainer dies loading it.
     teacher = diffusers_skeleton(tmp_path / "models" / "sd3", "sd3")
-    form = replace(tiny_form("doomed"), family="sd3", teacher_path=str(teacher), prompts="a photo of a cat")
+    form = replace(tiny_form("doomed"), family="sd3", teacher_path=str(teacher), prompts="a photo of a cat",
+                   resolution=1024)
     assert app.start(settings, *values(form)).message.startswith("Started")
     run = RunFolder(settings.roots.runs / "doomed")
     wait_for(lambda: runs.run_state(run) in ("died", "failed"), 180, "the run to die", run.root / "train.log")
     view = app.refresh(settings, "doomed", None)
-    assert "config.json" in view.status and "class='run-error'" in view.status  # the error, wrapped (CSS)
+    assert "Unable to load weights" in view.status and "class='run-error'" in view.status  # the error, wrapped
     assert "loading the teacher" not in view.status  # what it was doing when it died, not what it does
     assert view.resume == {"__type__": "update", "interactive": True, "value": "Start again"}, view.resume
     assert "from the beginning" in app.control(settings, "resume", "doomed")
@@ -616,3 +618,121 @@ def test_the_quick_test_gives_a_first_result_in_a_minute_or_two(settings):
     text = _estimate(settings, form)
     seconds = float(re.search(r"= \*\*([\d.]+) s\*\*", text).group(1))
     assert seconds < 60, text
+
+
+def test_the_demo_preset_starts_the_demos_two_runs(settings, tmp_path):
+    """Issue 29: one click starts what `dpdmd demo` trains, one run per student, each with the config.toml the demo
+    writes into <out>/<method>/ (its trainer's resolved config), but for the folder."""
+    from distill_core.config import load_run_config
+    from distill_core.demo import STUDENTS, demo_config
+
+    view = app.start_demo(settings)
+    assert "Started **demo-dmd**" in view.message and "Queued **demo-dpdmd**" in view.message, view.message
+    for method in STUDENTS:
+        written = resolve(load_run_config(settings.roots.runs / f"demo-{method}" / "config.toml"))
+        demos = resolve(demo_config(tmp_path / "demo" / method, method=method))  # what run_demo trains
+        written.run.output_dir = demos.run.output_dir
+        assert written.to_toml() == demos.to_toml(), method
+    assert "lambda = 0.5" in view.message and "fake-score lr 0.0005" in view.message  # the setting, in words
+    assert "already" in app.start_demo(settings).message  # a second click starts nothing twice
+
+
+def _stopped_run(settings, tmp_path_factory, name: str = "stopped") -> Path:
+    """A finished tiny run copied with its checkpoints, then made a stopped one (no student.safetensors)."""
+    import shutil
+
+    run = RunFolder(Path(shutil.copytree(finished_runs(tmp_path_factory)["dpdmd"], settings.roots.runs / name)))
+    for path in (run.student_path, run.report_path, run.metrics_path):
+        path.unlink()
+    run.write_status("stopped", step=2)
+    return run.root
+
+
+def test_compare_samples_a_stopped_run_at_its_newest_checkpoint(settings, tmp_path_factory):
+    """Issue 29.6: a running or stopped run is compared at its newest checkpoint, and its card says which step."""
+    stopped = _stopped_run(settings, tmp_path_factory)
+    assert "stopped" in app.compare_choices(settings)["choices"]
+    view = app.run_compare(settings, app.cmp.ModelCache(), ["stopped"], False, "", 2, 0, progress=lambda f, desc: None)
+    assert "<figcaption>stopped (checkpoint, step 2)</figcaption>" in view.cards, view.message
+    assert (stopped / "student_step00000002.safetensors").is_file()  # exported once, as `dpdmd export` names it
+    assert "student_step00000002.safetensors" in app.refresh(settings, "stopped", None).status  # and downloadable
+
+
+def test_delete_asks_nothing_it_cannot_undo_and_refuses_a_working_run(settings, tmp_path_factory):
+    """Issue 29.7: delete only a run folder inside the runs folder, never while a process works on it."""
+    stopped = _stopped_run(settings, tmp_path_factory)
+    RunFolder(stopped).write_status("running", pid=os.getpid(), host=os.uname().nodename, step=2)
+    message, _ = app.delete_run(settings, "stopped")
+    assert message.startswith("**Refused:**") and "stop it first" in message and stopped.is_dir()
+    RunFolder(stopped).write_status("stopped", step=2)
+    (settings.roots.runs / "link").symlink_to(stopped)
+    assert app.delete_run(settings, "link")[0].startswith("**Refused:**") and stopped.is_dir()
+    assert app.delete_run(settings, "../runs")[0].startswith("**Refused:**")
+    message, choice = app.delete_run(settings, "stopped")
+    assert message.startswith("Deleted 'stopped'") and not stopped.exists()
+    assert "stopped" not in choice["choices"]
+    assert app.delete_run(settings, "") == (gr.skip(), gr.skip())  # the browser's dialog was cancelled
+
+
+def test_notes_are_kept_in_the_run_folder(settings, tmp_path_factory):
+    stopped = _stopped_run(settings, tmp_path_factory)
+    assert app.load_notes(settings, "stopped") == ""
+    assert "Notes saved" in app.save_notes(settings, "stopped", "lambda 0.5 looked best")
+    assert (stopped / "notes.md").read_text() == "lambda 0.5 looked best"
+    assert app.load_notes(settings, "stopped") == "lambda 0.5 looked best"
+    assert app.save_notes(settings, "stopped", "lambda 0.5 looked best") == gr.skip()  # unchanged: not written
+
+
+def test_export_from_the_monitor_and_its_download_link(settings, tmp_path_factory):
+    _stopped_run(settings, tmp_path_factory)
+    message = app.export_run(settings, "stopped", "comfy")
+    assert message.startswith("Exported step 2 of **stopped**"), message
+    status = app.refresh(settings, "stopped", None).status
+    assert "download='student_step00000002_comfy.safetensors'" in status
+
+
+def test_several_processes_start_through_accelerate_launch(settings, tmp_path):
+    """Issue 29.7: the wizard's process count; the command is shown, kept for a resume and the queue."""
+    form = replace(tiny_form("multi"), processes=2)
+    assert "accelerate launch --multi_gpu --num_processes 2" in app.check(settings, *values(form)).message
+    command = launcher.train_command(tmp_path / "config.toml", 2)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[command.index("--num_processes") + 1] == "2"
+    assert launcher.train_command(tmp_path / "config.toml")[1:3] == ["-m", "distill_core.cli"]
+    bad = app.check(settings, *values(replace(form, processes=0))).message
+    assert bad.startswith("**Refused:**") and "Processes = 0" in bad
+    run = settings.roots.runs / "multi"
+    run.mkdir()
+    (run / launcher.LAUNCH).write_text('{"processes": 2}')
+    assert launcher.processes_of(run) == 2 and launcher.processes_of(settings.roots.runs / "none") == 1
+
+
+def test_the_verdict_on_a_started_run_is_not_a_refusal(settings):
+    """Issue 29.2: after Start, a check of the same form (a blur, another tab) says the run is on its way."""
+    form = tiny_form("going")
+    run = RunFolder(settings.roots.runs / "going")
+    run.create()
+    run.config_path.write_text(build_config(form, settings.roots).to_toml())
+    run.write_status("running", pid=os.getpid(), host=os.uname().nodename, step=3, max_steps=4)
+    view = app.check(settings, *values(form))
+    assert "Refused" not in view.message and "**going** is running (step 3 / 4): the Monitor follows it" in view.message
+    assert view.config_toml and view.highlight == ""
+
+
+def test_a_real_teacher_at_a_size_its_network_cannot_take_is_refused(settings, tiny_pipelines):
+    """Issue 29.3: the folder's configs bound the resolution (SD3: pos_embed_max_size); the memory planner's
+    network refuses what it cannot run, so neither becomes a run that fails at step 0."""
+    from tiny_diffusers import tiny_run_config
+
+    teacher = settings.roots.extra[0] / "sd3"
+    shutil.copytree(tiny_pipelines["sd3"], teacher)
+    form = replace(tiny_form("big"), family="sd3", teacher_path=str(teacher), prompts="a photo of a cat",
+                   resolution=1024)
+    view = app.check(settings, *values(form))
+    assert view.message.startswith("**Refused:** Resolution = 1024 is larger than this sd3 teacher can take (128 px")
+    assert "#resolution" in view.highlight
+    assert app.check(settings, *values(replace(form, resolution=64))).message.startswith("Ready")
+    cfg = resolve(tiny_run_config("sd3", teacher, settings.roots.runs / "big", teacher__resolution=64))
+    assert "peak per GPU" in settings.plans.estimate(cfg) and settings.plans.refusal(cfg) is None
+    cfg.teacher.resolution = 1024  # past the folder check: what the planner's network says of it
+    assert "pos_embed_max_size" in settings.plans.refusal(cfg)
+    assert "Start is refused" in settings.plans.estimate(cfg)

@@ -111,7 +111,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     lam = page.locator("#diversity-weight input[type=range]")
     lam.focus()
     lam.press("ArrowRight")
-    lam.press("ArrowRight")  # 0.05 -> 0.06
+    lam.press("ArrowRight")  # 0.5 (the built-in family's) -> 0.51
     name_box = page.locator("#run-name input, #run-name textarea").first
 
     def named() -> bool:  # the page's load event sets a fresh default name, maybe after we typed ours
@@ -123,7 +123,7 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
     wait_for(named, 30, "the run name in the config preview")
     page.click("#check-btn")
     preview = page.locator("#config-preview")
-    wait_for(lambda: "runs/browser-run" in preview.inner_text() and "anchor_step = 3" in preview.inner_text() and "diversity_weight = 0.06" in
+    wait_for(lambda: "runs/browser-run" in preview.inner_text() and "anchor_step = 3" in preview.inner_text() and "diversity_weight = 0.51" in
              preview.inner_text() and "num_steps = 8" in preview.inner_text(), 30, "the config preview")
     assert "Ready" in page.locator("#wizard-message").inner_text()
     page.screenshot(path=shots / "wizard.png", full_page=True)
@@ -131,6 +131,12 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
 
     page.locator("#start-btn").dblclick()  # a double click starts one run
     page.wait_for_selector("#run-status .state-running, #run-status .state-starting")
+    # issue 29.2: the Wizard's verdict on the run it started is news, not a refusal
+    page.get_by_role("tab", name="Wizard").click()
+    page.click("#check-btn")
+    wait_for(lambda: "the Monitor follows it" in _message(page), 30, "the verdict on the started run")
+    assert "Refused" not in _message(page) and "browser-run" in _message(page), _message(page)
+    page.get_by_role("tab", name="Monitor").click()
 
     # ---- Monitor: the grids and both curves appear while it trains
     wait_for(lambda: len([e for e in run.read_events() if e.get("event") == "eval"]) >= 2, 240,
@@ -155,6 +161,9 @@ def _drive(page, ui: UIProcess, run: RunFolder, log: Path, shots: Path) -> None:
 
     # ---- Compare: two finished students (DP-DMD, DMD) and the teacher, same prompts and seeds
     page.get_by_role("tab", name="Compare").click()
+    # issue 29.6: the stopped run is offered too (at its newest checkpoint); its presence says the list is in
+    wait_for(lambda: page.locator("#compare-runs").get_by_label("browser-run").count() == 1, 30,
+             "the stopped run among the runs to compare")
     for name in ("done-dpdmd", "done-dmd"):
         page.locator("#compare-runs").get_by_label(name).check()
     page.click("#compare-btn")
@@ -204,7 +213,7 @@ def _pick_run(page, name: str) -> None:
     page.locator("ul[role=listbox] li", has_text=name).first.click()
 
 
-def test_verdicts_and_run_states_in_chromium(tmp_path, tmp_path_factory):
+def test_verdicts_and_run_states_in_chromium(tmp_path, tmp_path_factory, tiny_pipelines):
     """Issue 14's broken items at 1400x900: a hidden path, a non-teacher folder, typed out-of-range slider
     values, a run that died before a checkpoint, a finishing run; the verdict bar stays in view."""
     require(Path(CHROMIUM).exists(), "chromium", "apt-get install -y chromium (Debian's package)")
@@ -215,6 +224,7 @@ def test_verdicts_and_run_states_in_chromium(tmp_path, tmp_path_factory):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     _prepared_runs(runs_dir, tmp_path_factory)
+    shutil.copytree(tiny_pipelines["sd3"], runs_dir / "sd3-teacher")  # inside the folders the UI may read
     ui_log = tmp_path / "ui.log"
     with UIProcess(runs_dir, ui_log) as ui, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -242,7 +252,7 @@ def _check_wizard(page, ui: UIProcess, runs_dir: Path, shots: Path) -> None:
     assert _in_view(page, "#verdict-bar") and _in_view(page, "#start-btn"), "the verdict bar is below the fold"
     # 9: the estimate sits in the verdict bar; Quick test sets a first-look budget and the estimate follows
     estimate = page.locator("#wizard-estimate")
-    wait_for(lambda: "s/step x 400 iterations" in estimate.inner_text(), 30, "the time estimate")
+    wait_for(lambda: "s/step x 200 iterations" in estimate.inner_text(), 30, "the time estimate")
     page.locator("#quick-btn").click()
     wait_for(lambda: "x 30 iterations" in estimate.inner_text() and "30 iterations" in _message(page), 30,
              "the quick test's estimate")
@@ -264,25 +274,38 @@ def _check_wizard(page, ui: UIProcess, runs_dir: Path, shots: Path) -> None:
     _set_number(page, "prompts", "a photo of a cat")
     _set_number(page, "teacher-path", str(runs_dir / "plain-folder"))
     wait_for(lambda: "model_index.json" in _message(page), 30, "the missing model_index.json")
+    # issue 29.3: a real teacher at a size its network cannot take is refused (its Resolution field), not Ready
+    _set_number(page, "teacher-path", str(runs_dir / "sd3-teacher"))
+    wait_for(lambda: "Resolution = 1024" in _message(page) and "128 or less" in _message(page), 30,
+             "the refused resolution")
+    assert "Refused:" in _message(page)
+    _set_number(page, "resolution", 32)
+    wait_for(lambda: "Ready" in _message(page), 30, "Ready at 32 px")
+    wait_for(lambda: "GB peak" in estimate.inner_text(), 60, "the memory estimate at 32 px")
     _set_number(page, "prompts", "")
     page.locator("#family").get_by_label("Built-in", exact=False).check()
 
     # 4 and 5: out-of-range numbers typed into a slider's box, named by their labels, the field marked
     wait_for(lambda: "Ready" in _message(page), 30, "Ready for the built-in teacher")
     page.wait_for_timeout(1500)  # the family's defaults (teacher steps -> k's maximum) have arrived
-    for elem_id, value, label in (("anchor-step", 40, "k (anchor step) = 40"),
-                                  ("diversity-weight", -0.2, "lambda (diversity weight) = -0.2")):
-        page.locator(f"#{elem_id} input[type=number]").fill(str(value))  # typed (the box clamps it on leaving)
+    for elem_id, value, label, ok in (("anchor-step", 40, "k (anchor step) = 40", 5),
+                                      ("diversity-weight", -0.2, "lambda (diversity weight) = -0.2", 0.5)):
+        page.locator(f"#{elem_id} input[type=number]").fill(str(value))  # typed
         wait_for(lambda: label in _message(page), 30, f"the refusal naming {label!r}")
         assert "Refused:" in _message(page) and "method." not in _message(page), _message(page)
         outline = page.locator(f"#{elem_id}").evaluate("e => getComputedStyle(e).outlineStyle")
         assert outline == "solid", f"#{elem_id} is not marked ({outline})"
         assert page.locator(".toast-body").count() == 0, "a raw Gradio toast"
         assert _in_view(page, "#wizard-message")
-    page.screenshot(path=shots / "wizard_refused.png")
-    _set_number(page, "diversity-weight", 0.05)
-    _set_number(page, "anchor-step", 5)
-    wait_for(lambda: "Ready" in _message(page), 30, "Ready again")
+        # issue 29.1: leaving the box (Tab, or a click on Check config) must not clamp it into a run that is Ready
+        page.locator(f"#{elem_id} input[type=number]").press("Tab")
+        page.click("#check-btn")
+        page.wait_for_timeout(1500)
+        assert label in _message(page) and "Refused:" in _message(page), _message(page)
+        assert page.locator(f"#{elem_id} input[type=number]").input_value() == str(value)
+        page.screenshot(path=shots / f"wizard_refused_{elem_id}.png")
+        _set_number(page, elem_id, ok)  # the user acts: the refusal goes
+        wait_for(lambda: "Ready" in _message(page), 30, f"Ready again after {label!r}")
 
 
 def _check_monitor(page, shots: Path) -> None:

@@ -180,10 +180,11 @@ def test_full_run_trains_resumes_exactly_and_exports_for_diffusers_and_comfy(fol
     net = diffusers.ZImageTransformer2DModel.from_pretrained(str(out), subfolder="transformer")
     record = json.loads((out / "dpdmd_student.json").read_text())
     scheduler = getattr(diffusers, record["diffusers"]["scheduler"]).from_pretrained(str(out), subfolder="scheduler")
-    assert record["diffusers"]["call"] == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    assert record["diffusers"]["call"] == {"num_inference_steps": 4, "guidance_scale": 0.0}  # its "no CFG"
+    assert "guidance_scale=0)" in (out / "README.md").read_text()
     pipe = pipeline(folder, transformer=net, scheduler=scheduler)
-    theirs = pipe(PROMPTS[:1] * 2, height=RESOLUTION, width=RESOLUTION, guidance_scale=0.0,  # its "no CFG"
-                  num_inference_steps=4, latents=seed_noise(seeds, teacher.latent_shape()), output_type="latent").images
+    theirs = pipe(PROMPTS[:1] * 2, height=RESOLUTION, width=RESOLUTION, latents=seed_noise(seeds, teacher.latent_shape()),
+                  output_type="latent", **record["diffusers"]["call"]).images
     close(ours, theirs)
     assert not torch.allclose(ours, sample_grid(teacher, teacher.network, PROMPTS[:1], seeds, info.levels))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from conftest import tiny_config
 from ports import free_port
 
-from distill_core.config import dumps_toml
+from distill_core.config import dumps_toml, resolve
 from distill_core.runfolder import RunFolder, pid_alive
 from trainer_ui.wizard import NO_PRESET, WizardForm
 
@@ -26,16 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_form(name: str, **overrides) -> WizardForm:
     """The wizard filled in with conftest's tiny_config values (eval settings go in the advanced box)."""
     cfg = tiny_config("unused", **overrides)
-    e = cfg.eval
-    extra = dumps_toml({"teacher": {"builtin": cfg.teacher.builtin}, "eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
+    e, resolved = cfg.eval, resolve(cfg)
+    extra = dumps_toml({"eval": {"prompts": e.prompts, "seeds": e.seeds, "grid_prompts": e.grid_prompts,
                                  "grid_seeds": e.grid_seeds, "fd_samples_per_prompt": e.fd_samples_per_prompt}})
-    return WizardForm(family="builtin", teacher_path="", prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
-                      diversity_weight=cfg.method.diversity_weight, student_steps=cfg.student.num_steps,
+    return WizardForm(family="builtin", teacher_path="", resolution=1024,  # for the tests that switch to sd3 / sdxl
+                      builtin=cfg.teacher.builtin,
+                      fake_lr=resolved.optim.fake_lr, prompts="", prompts_file="", method=cfg.method.name, anchor_step=cfg.method.anchor_step,
+                      diversity_weight=resolved.method.diversity_weight, student_steps=cfg.student.num_steps,
                       guidance_scale=2.0, teacher_steps=cfg.teacher.num_steps, max_steps=cfg.run.max_steps,
-                      batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name,
+                      batch_size=cfg.data.batch_size, memory=NO_PRESET, run_name=name, processes=1,
                       fake_updates=cfg.method.fake_updates, seed=cfg.run.seed,
                       checkpoint_every=cfg.run.checkpoint_every, grid_every=cfg.eval.grid_every,
-                      diversity_every=cfg.eval.diversity_every, extra_toml=extra)
+                      diversity_every=cfg.eval.diversity_every, tensorboard=False, extra_toml=extra)
 
 
 def diffusers_skeleton(path: Path, family: str) -> Path:
@@ -49,6 +51,9 @@ def diffusers_skeleton(path: Path, family: str) -> Path:
         (path / sub).mkdir(parents=True)
         index[sub] = ["diffusers", "Placeholder"]
     (path / kind.net_folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (path / kind.net_folder / "config.json").write_text("{}")  # what the resolution check reads: no limits
+    (path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 1, 1, 1]}))
+    (path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     (path / "model_index.json").write_text(json.dumps(index))
     return path
 

@@ -25,17 +25,21 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from distill_core.errors import DPDMDError
+from distill_core import demo
+from distill_core.builtin.kinds import DEFAULT_KIND
+from distill_core.config import Config, resolve, tensorboard_installed
+from distill_core.errors import ConfigError, DPDMDError
+from distill_core.export.formats import FORMATS
 from distill_core.runfolder import TRAINING_STATES, RunFolder
 
 from . import compare as cmp
 from . import estimate as est
 from . import launcher, runs
 from .paths import Roots
-from .widgets import TypedSlider
-from .wizard import (FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
+from .widgets import KEEP_TYPED_JS, TYPED_SLIDER_CLASS, TypedSlider
+from .wizard import (BUILTINS, FAMILIES, FIELDS, FORM_FIELDS, K_HELP, LAMBDA_HELP, METHODS, ONE_STEP_NOTE, PRESETS,
                      QUICK_TEST_NOTE, WizardForm, build_config, default_form, default_run_name, form_from_config,
-                     guidance_help, in_labels, is_default_run_name, quick_test)
+                     guidance_help, in_labels, is_default_run_name, processes, quick_test)
 
 CSS = """
 #teacher-grid img, #student-grid img, .compare-card img { image-rendering: pixelated; }
@@ -128,38 +132,67 @@ class StartView(NamedTuple):
 
 
 class FamilyDefaults(NamedTuple):
-    """The form fields a teacher family sets when it is chosen."""
+    """The form fields a teacher family (or built-in teacher) sets when it is chosen: its defaults (families.py)."""
     teacher_path: Any  # shown for the diffusers families only
+    resolution: Any  # likewise
+    builtin: Any  # shown for the built-in family only
     guidance_scale: Any  # its value, and a note with the family's own convention where it differs
     teacher_steps: int
     batch_size: int
     memory: str
+    diversity_weight: float
+    max_steps: int
+    fake_lr: float
+
+
+def _checked_config(settings: Settings, form: WizardForm):
+    """The form's config, refused also when the memory planner's network cannot run it (the error the memory
+    line shows): a run the verdict calls Ready must get past its first step."""
+    cfg = build_config(form, settings.roots)
+    problem = settings.plans.refusal(cfg)
+    if problem:
+        raise ConfigError(f"teacher.resolution = {cfg.teacher.resolution}: the teacher's network cannot run this "
+                          f"config ({problem}); give another resolution")
+    return cfg
 
 
 def check(settings: Settings, *values) -> CheckView:
     """The TOML that will run and a message: the core's resolve() and error messages, unchanged."""
     form = WizardForm(*values)
     try:
-        cfg = build_config(form, settings.roots)
+        cfg = _checked_config(settings, form)
         note = launcher.existing_run_note(cfg)
+    except launcher.RunBusy:  # the run started (this form's Start, another tab): news, not a refusal
+        return CheckView(cfg.to_toml(), _running_note(Path(cfg.run.output_dir)), "")
     except DPDMDError as e:
         return CheckView("", *_refused_field(e, form))
-    lam = f"lambda = {cfg.lam:g}" if cfg.method.name != "dmd" else "no diversity loss"
+    lam = f"lambda = {cfg.lam:g}" if cfg.lam else "no diversity loss"
     busy = _queue_note(settings, cfg)
     msg = (f"Ready: {cfg.method.name}, k = {cfg.method.anchor_step}, {lam}, {cfg.student.num_steps} student steps, "
            f"{len(cfg.data.prompts)} prompts, {cfg.run.max_steps} iterations, batch {cfg.data.batch_size} "
            f"→ `{cfg.run.output_dir}`")
+    if processes(form) > 1:
+        msg += (f"  \n{processes(form)} processes (batch {cfg.data.batch_size} each), started as "
+                f"`{launcher.terminal_command(Path(cfg.run.output_dir) / 'config.toml', processes(form))}`")
     for extra in (note, busy):
         msg += f"  \n{extra}" if extra else ""
     return CheckView(cfg.to_toml(), msg, "")
+
+
+def _running_note(run_dir: Path) -> str:
+    """What the verdict says about a run whose process is working now: where to watch it, how to start another."""
+    run = RunFolder(run_dir)
+    status = run.read_status()
+    return (f"**{run_dir.name}** is {launcher.run_state(run)} (step {status.get('step', 0)} / "
+            f"{status.get('max_steps', '?')}): the Monitor follows it. Give a new run name to start another run.")
 
 
 def start(settings: Settings, *values) -> StartView:
     """Start the run the form describes, and switch to the Monitor on it."""
     form = WizardForm(*values)
     try:
-        cfg = build_config(form, settings.roots)
-        started = settings.devices.start_or_queue(cfg)
+        cfg = _checked_config(settings, form)
+        started = settings.devices.start_or_queue(cfg, processes(form))
     except launcher.RunBusy as e:  # this run has a process already (a double click, another tab): follow it
         name = Path(cfg.run.output_dir).name
         return StartView(f"{html.escape(str(e))}  \nThe Monitor follows **{name}**.", "", gr.skip(),
@@ -173,11 +206,54 @@ def start(settings: Settings, *values) -> StartView:
                ", also if this page is closed. The Monitor shows the queue: move it up or cancel it there.")
     else:
         msg = (f"Started **{started.run_dir.name}** (process {started.pid}). The Monitor follows it; closing this "
-               f"page does not stop it. The same run from a terminal: `dpdmd train {config}`")
+               f"page does not stop it. The same run from a terminal: "
+               f"`{launcher.terminal_command(config, processes(form))}`")
     summaries = runs.list_runs(settings.roots)
     msg += f"  \n{started.note}" if started.note else ""
     return StartView(msg, "", cfg.to_toml(), gr.Tabs(selected="monitor"),
                      gr.update(choices=[r.name for r in summaries], value=started.run_dir.name))
+
+
+DEMO_RUNS = {method: f"demo-{method}" for method in demo.STUDENTS}  # the preset's run names, one per student
+
+
+def demo_configs(settings: Settings) -> dict[str, Config]:
+    """`dpdmd demo`'s two runs (DMD and DP-DMD, the same config but the method: distill_core.demo) in this runs
+    folder."""
+    return {method: resolve(demo.demo_config(settings.roots.run_dir(name), method=method))
+            for method, name in DEMO_RUNS.items()}
+
+
+def start_demo(settings: Settings) -> StartView:
+    """The demo preset: start (or queue) `dpdmd demo`'s two runs, the pair that shows what the diversity loss does;
+    a run that finished this setting already is kept, as `dpdmd demo` keeps it."""
+    lines = []
+    try:
+        for method, cfg in demo_configs(settings).items():
+            name = Path(cfg.run.output_dir).name
+            if demo.finished_metrics(cfg) is not None:
+                lines.append(f"**{name}** finished this setting already: kept.")
+                continue
+            try:
+                started = settings.devices.start_or_queue(cfg)
+            except launcher.RunBusy as e:  # a second click, another tab: that run is on its way already
+                lines.append(f"{html.escape(str(e))}.")
+                continue
+            lines.append(f"Queued **{name}** (#{started.position} on {started.device})."
+                         if isinstance(started, launcher.Queued) else f"Started **{name}** (process {started.pid}).")
+    except DPDMDError as e:
+        return StartView(_refused(e), "", gr.skip(), gr.skip(), gr.skip())
+    lines.append(f"The demo's setting ({demo_setting(settings)}); when both have finished, Compare shows them side "
+                 "by side. The same runs from a terminal: `dpdmd demo`.")
+    first = DEMO_RUNS["dmd"]
+    return StartView("  \n".join(lines), "", gr.skip(), gr.Tabs(selected="monitor"),
+                     gr.update(choices=[r.name for r in runs.list_runs(settings.roots)], value=first))
+
+
+def demo_setting(settings: Settings) -> str:
+    from distill_core.evaluation.demo_report import setting_line
+
+    return setting_line(demo_configs(settings)["dpdmd"]).removeprefix("Setting: ").rstrip(".")
 
 
 def estimate(settings: Settings, *values):
@@ -246,10 +322,13 @@ def _form_updates(fields: dict[str, Any]) -> list:
     for the families that read it."""
     out = [gr.update(value=fields[name]) if name in fields else gr.skip() for name in FIELDS]
     if "family" in fields:
-        i = FIELDS.index("teacher_path")
-        out[i] = gr.update(visible=fields["family"] != "builtin", **({"value": fields["teacher_path"]}
-                                                                     if "teacher_path" in fields else {}))
+        for name in (*REAL_TEACHER_FIELDS, "builtin"):
+            out[FIELDS.index(name)] = gr.update(visible=(fields["family"] != "builtin") == (name != "builtin"),
+                                                **({"value": fields[name]} if name in fields else {}))
     return out
+
+
+REAL_TEACHER_FIELDS = ("teacher_path", "resolution")  # shown for the diffusers families only
 
 
 def _state_secret(runs_dir: Path) -> str:
@@ -265,8 +344,9 @@ def _state_secret(runs_dir: Path) -> str:
 
 
 def remember(*values) -> dict:
-    """The form as the browser keeps it across reloads and UI restarts (not the run name: a new run each time)."""
-    return {name: value for name, value in zip(FIELDS, values) if name != "run_name"}
+    """The form as the browser keeps it across reloads and UI restarts, the run name included (a started run's
+    name then reads as running in the verdict, which says to give a new one)."""
+    return dict(zip(FIELDS, values))
 
 
 def restore(saved: dict | None) -> list:
@@ -278,11 +358,12 @@ def run_names(settings: Settings):
     return gr.update(choices=[r.name for r in runs.list_runs(settings.roots)])
 
 
-def on_family(family: str) -> FamilyDefaults:
-    f = default_form(family)
-    return FamilyDefaults(gr.update(visible=family != "builtin"),
-                          gr.update(value=f.guidance_scale, info=guidance_help(family)), f.teacher_steps,
-                          f.batch_size, f.memory)
+def on_family(family: str, builtin: str) -> FamilyDefaults:
+    f, real = default_form(family, builtin or DEFAULT_KIND), family != "builtin"
+    return FamilyDefaults(gr.update(visible=real), gr.update(visible=real, value=f.resolution),
+                          gr.update(visible=not real),
+                          gr.update(value=f.guidance_scale, info=guidance_help(family)), f.teacher_steps, f.batch_size, f.memory,
+                          f.diversity_weight, f.max_steps, f.fake_lr)
 
 
 class MethodFields(NamedTuple):
@@ -352,9 +433,13 @@ def _status_html(v: runs.RunView) -> str:
         parts.append(f"{v.sec_per_step:.2f} s/step")
     if v.eta_seconds is not None:
         parts.append(f"about {v.eta_seconds / 60:.1f} min left")
+    elif v.state == "running" and v.step < v.max_steps:
+        parts.append("time left: measuring the first steps")
     if v.checkpoint_step is not None:
         parts.append(f"last checkpoint: step {v.checkpoint_step}")
     out = [" · ".join(parts), f"<progress value='{v.step}' max='{max(v.max_steps, 1)}'></progress>"]
+    if v.phase:
+        out.append(_phase_html(v.phase))
     message = {"died": "the training process ended without recording why (see train.log)",
                "stopped": f"stopped at step {v.step}; " + (  # the trainer's words are for a terminal
                    f"Resume continues from its newest checkpoint (step {v.checkpoint_step})"
@@ -381,10 +466,20 @@ def _status_html(v: runs.RunView) -> str:
     if v.student:
         out.append(f"<div>student: <code>{html.escape(str(v.student))}</code></div>")
     links = [f"<a href='{_file_url(path)}' download='{html.escape(path.name)}'>{html.escape(path.name)}</a>"
-             for path in (v.student, v.report, v.log_file) if path is not None]
+             for path in (v.student, *v.exports, v.report, v.log_file) if path is not None]
     if links:
         out.append(f"<div class='downloads'>Download: {' · '.join(links)}</div>")
     return f"<div class='run-status'>{'<br>'.join(out)}</div>"
+
+
+def _phase_html(phase: dict) -> str:
+    """What the run's process does now (status.json's phase, written by the trainer), with its own bar; a phase
+    that cannot be counted gets a moving bar."""
+    name, done, total = html.escape(str(phase.get("name", ""))), phase.get("done", 0), phase.get("total")
+    if total:
+        return (f"<div class='run-phase'><b>{name}</b>: {done} / {total}<br>"
+                f"<progress value='{done}' max='{total}'></progress></div>")
+    return f"<div class='run-phase'><b>{name}</b>...<br><progress></progress></div>"
 
 
 def _file_url(path: Path) -> str:
@@ -404,7 +499,7 @@ def _report_html(path: Path | None, state: str = "") -> str:
 
 
 LOSS_COLORS = dict(zip(runs.LOSSES.values(), ("#2f6fb5", "#e8862a", "#c9372c")))
-DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a"}
+DIVERSITY_COLORS = {"student": "#2f6fb5", "teacher": "#8a8a8a", "collapse warning": "#d62728"}
 
 
 def _frame(rows: list[tuple], columns: list[str], series: dict[str, str]) -> pd.DataFrame:
@@ -480,7 +575,7 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
             from distill_core.training import checkpoint as ckpt
 
             resumes = bool(ckpt.list_complete(RunFolder(run_dir).checkpoints))
-            started = settings.devices.start_or_queue(launcher.run_config(run_dir))
+            started = settings.devices.start_or_queue(launcher.run_config(run_dir), launcher.processes_of(run_dir))
             if isinstance(started, launcher.Queued):
                 return f"Queued **{selected}** (#{started.position} on {started.device}): its device is busy."
             how = "from its newest checkpoint" if resumes else "from the beginning (it had no checkpoint)"
@@ -494,6 +589,55 @@ def control(settings: Settings, what: str, selected: str | None) -> str:
         return _refused(e)
 
 
+def export_run(settings: Settings, selected: str | None, fmt: str) -> str:
+    """`dpdmd export` of the run's newest checkpoint, in this process; the file appears under Download."""
+    from distill_core.export.exporters import export
+
+    if not selected:
+        return "Choose a run first."
+    try:
+        path, student = export(settings.roots.run_dir(selected), fmt)
+    except DPDMDError as e:
+        return _refused(e)
+    return (f"Exported step {student.step} of **{selected}** as `{path.name}`"
+            + ("" if path.is_file() else " (a folder: find it in the run folder)") + ".")
+
+
+def delete_run(settings: Settings, selected: str | None) -> tuple[str, Any]:
+    """Delete the chosen run (the page asked for confirmation; '' is a cancelled dialog)."""
+    if not selected:
+        return gr.skip(), gr.skip()
+    try:
+        settings.roots.run_dir(selected)  # a plain name (refused otherwise); the folder itself, not where a link leads
+        message = launcher.delete(settings.roots.runs / selected.strip(), settings.roots.runs)
+    except DPDMDError as e:
+        return _refused(e), gr.skip()
+    left = runs.list_runs(settings.roots)
+    return f"{message[0].upper()}{message[1:]}.", gr.update(choices=[r.name for r in left],
+                                                             value=runs.default_run(left))
+
+
+def load_notes(settings: Settings, selected: str | None) -> str:
+    try:
+        return runs.read_notes(settings.roots.run_dir(selected)) if selected else ""
+    except DPDMDError:
+        return ""
+
+
+def save_notes(settings: Settings, selected: str | None, text: str) -> Any:
+    """Keep the notes in the run's folder (only when they changed: a blur without typing writes nothing)."""
+    if not selected:
+        return gr.skip()
+    try:
+        run_dir = settings.roots.run_dir(selected)
+        if not run_dir.is_dir() or runs.read_notes(run_dir) == (text or ""):
+            return gr.skip()
+        runs.write_notes(run_dir, text or "")
+    except DPDMDError as e:
+        return _refused(e)
+    return f"Notes saved in **{selected}**/{runs.NOTES}."
+
+
 # ---- Compare -------------------------------------------------------------------------------------------
 class CompareView(NamedTuple):
     """What Compare shows; all but the message are gr.skip() when refused."""
@@ -505,7 +649,7 @@ class CompareView(NamedTuple):
 
 
 def compare_choices(settings: Settings):
-    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.has_student])
+    return gr.update(choices=[r.name for r in runs.list_runs(settings.roots) if r.comparable])
 
 
 def _number(value: Any) -> str:
@@ -527,7 +671,7 @@ def _cards_html(panels: list[cmp.Panel]) -> str:
     return f"<div class='compare-cards'>{''.join(cards)}</div>"
 
 
-CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#a66bd3")))
+CHART_COLORS = dict(zip(cmp.KINDS, ("#222222", "#8a8a8a", "#2f6fb5", "#e8862a", "#3aa37a", "#a66bd3")))
 
 
 def _bars(rows: list[tuple[str, float, str]]) -> pd.DataFrame:
@@ -568,52 +712,67 @@ def _wizard_page(settings: Settings):
         """A form field's label (the name refusals use) and element id (what a refusal marks)."""
         return {"label": FORM_FIELDS[name].label + (f" ({detail})" if detail else ""), "elem_id": field_id(name)}
 
+    def typed(name: str) -> dict:  # a TypedSlider's: its typed value stays as typed (KEEP_TYPED_JS)
+        return {**named(name), "elem_classes": [TYPED_SLIDER_CLASS]}
+
     inside = f"inside {settings.roots.describe()}"
     with gr.Row(equal_height=True):
         from_run = gr.Dropdown(choices=[], label="Start from a run's settings", elem_id="from-run", scale=2)
         load_btn = gr.Button("Load its settings", elem_id="load-btn", scale=1)
         baseline_btn = gr.Button("Same settings as a DMD baseline", elem_id="baseline-btn", scale=1)
         quick_btn = gr.Button("Quick test", elem_id="quick-btn", scale=1)
-    gr.Markdown(f"**Quick test:** {QUICK_TEST_NOTE}", elem_id="quick-note")
+        demo_btn = gr.Button("The demo: DMD vs DP-DMD", elem_id="demo-btn", scale=1)
+    gr.Markdown(f"**Quick test:** {QUICK_TEST_NOTE}  \n**The demo:** starts `dpdmd demo`'s two runs on the shapes "
+                f"teacher ({DEMO_RUNS['dmd']} and {DEMO_RUNS['dpdmd']}, one after the other): "
+                f"{demo_setting(settings)}.", elem_id="quick-note")
     with gr.Row():
         family = gr.Radio(FAMILIES, value=f.family, **named("family"))
         teacher_path = gr.Textbox(visible=False, placeholder=inside,
                                   **named("teacher_path", "a local diffusers folder with model_index.json"))
+        resolution = gr.Number(value=f.resolution, precision=0, visible=False, scale=0, min_width=160,
+                               **named("resolution", "pixels"))
+        builtin = gr.Radio(BUILTINS, value=f.builtin, **named("builtin"))
     with gr.Row():
         prompts = gr.Textbox(lines=4, **named("prompts", "one per line"),
                              placeholder="built-in teacher: leave empty for all its prompts, or e.g. 'a green circle'")
         prompts_file = gr.Textbox(placeholder=inside, **named("prompts_file", "instead: one prompt per line"))
     method = gr.Radio(METHODS, value=f.method, **named("method"))
     with gr.Row():
-        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **named("anchor_step"))
-        lam = TypedSlider(0.0, 0.5, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
-                          **named("diversity_weight"))
+        k = TypedSlider(1, f.teacher_steps, value=f.anchor_step, step=1, info=K_HELP, **typed("anchor_step"))
+        lam = TypedSlider(0.0, 1.0, value=f.diversity_weight, step=0.005, info=LAMBDA_HELP,
+                          **typed("diversity_weight"))
     with gr.Row():
-        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **named("student_steps"))
+        student_steps = TypedSlider(2, 8, value=f.student_steps, step=1, **typed("student_steps"))
         guidance = gr.Number(value=f.guidance_scale, info=guidance_help(f.family),
                              **named("guidance_scale", "baked into the student"))
         teacher_steps = gr.Number(value=f.teacher_steps, precision=0, **named("teacher_steps", "k at most this"))
     with gr.Row():
         max_steps = gr.Number(value=f.max_steps, precision=0, **named("max_steps", "student updates"))
         batch = gr.Number(value=f.batch_size, precision=0, **named("batch_size", "per process"))
+        procs = gr.Number(value=f.processes, precision=0, minimum=1,
+                          **named("processes", "GPUs of this machine; more than 1: accelerate launch"))
         memory = gr.Radio(list(PRESETS), value=f.memory, **named("memory"))
     memory_note = gr.Markdown(preset_note(f.memory, f.method))
     run_name = gr.Textbox(value=lambda: default_run_name(), **named("run_name", f"a folder in {settings.roots.runs}"))
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
             fake_updates = gr.Number(value=f.fake_updates, precision=0, **named("fake_updates", "per student update"))
+            fake_lr = gr.Number(value=f.fake_lr, **named("fake_lr", "the student's lr is the family's"))
             seed = gr.Number(value=f.seed, precision=0, **named("seed"))
             checkpoint_every = gr.Number(value=f.checkpoint_every, precision=0, **named("checkpoint_every", "N steps"))
             grid_every = gr.Number(value=f.grid_every, precision=0, **named("grid_every", "N steps"))
             diversity_every = gr.Number(value=f.diversity_every, precision=0, **named("diversity_every", "N steps"))
+            tensorboard = gr.Checkbox(value=f.tensorboard, visible=tensorboard_installed(),
+                                      **named("tensorboard", "log to <run>/tensorboard"))
         extra = gr.Code(value="", language=None, lines=4,
                         **named("extra_toml", "any other config field; overrides the form, e.g. [eval] seeds = 9"))
-    inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, prompts=prompts, prompts_file=prompts_file,
+    inputs = _wired(FIELDS, family=family, teacher_path=teacher_path, resolution=resolution, builtin=builtin,
+                    fake_lr=fake_lr, prompts=prompts, prompts_file=prompts_file,
                     method=method, anchor_step=k, diversity_weight=lam, student_steps=student_steps,
                     guidance_scale=guidance, teacher_steps=teacher_steps, max_steps=max_steps, batch_size=batch,
-                    memory=memory, run_name=run_name, fake_updates=fake_updates, seed=seed,
+                    memory=memory, run_name=run_name, processes=procs, fake_updates=fake_updates, seed=seed,
                     checkpoint_every=checkpoint_every, grid_every=grid_every, diversity_every=diversity_every,
-                    extra_toml=extra)
+                    tensorboard=tensorboard, extra_toml=extra)
     with gr.Column(elem_id="verdict-bar"):  # fixed: the verdict and Start stay in view while the form scrolls
         with gr.Row():
             message = gr.Markdown(elem_id="wizard-message")
@@ -630,8 +789,10 @@ def _wizard_page(settings: Settings):
                   api_name="baseline" if baseline else "load_settings")
     from_run.focus(partial(run_names, settings), None, from_run, **private)
     # .input, not .change: a loaded run's family must not reset its CFG, steps and batch to the family's
-    family.input(on_family, family, _wired(FamilyDefaults._fields, teacher_path=teacher_path, guidance_scale=guidance,
-                                            teacher_steps=teacher_steps, batch_size=batch, memory=memory), **private)
+    gr.on([family.input, builtin.input], on_family, [family, builtin],
+          _wired(FamilyDefaults._fields, teacher_path=teacher_path, resolution=resolution, builtin=builtin,
+                 guidance_scale=guidance, teacher_steps=teacher_steps, batch_size=batch, memory=memory,
+                 diversity_weight=lam, max_steps=max_steps, fake_lr=fake_lr), **private)
     method.change(on_method, [method, run_name],
                   _wired(MethodFields._fields, anchor_step=k, diversity_weight=lam, run_name=run_name), **private)
     teacher_steps.change(on_teacher_steps, [teacher_steps, k], k, **private)
@@ -644,7 +805,7 @@ def _wizard_page(settings: Settings):
     quick_btn.click(apply_quick_test, family, inputs, api_name="quick_test")
     saved = gr.BrowserState(None, storage_key="dpdmd-studio-wizard", secret=_state_secret(settings.roots.runs))
     gr.on([c.change for c in inputs], remember, inputs, saved, **private)
-    return inputs, saved, start_btn, message, highlight, preview
+    return inputs, saved, start_btn, demo_btn, message, highlight, preview
 
 
 def _monitor_page(settings: Settings):
@@ -657,7 +818,14 @@ def _monitor_page(settings: Settings):
         resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
         up_btn = gr.Button("Move up in the queue", interactive=False, visible=False, elem_id="up-btn")
         cancel_btn = gr.Button("Cancel (take out of the queue)", interactive=False, visible=False, elem_id="cancel-btn")
+    with gr.Row():
+        export_format = gr.Dropdown([(f"{name}: {f.help}", name) for name, f in FORMATS.items()], value="lora",
+                                    label="Export the newest checkpoint as", elem_id="export-format", scale=2)
+        export_btn = gr.Button("Export", elem_id="export-btn", scale=1)
+        delete_btn = gr.Button("Delete this run...", variant="stop", elem_id="delete-btn", scale=1)
     action = gr.Markdown(elem_id="monitor-message")
+    notes = gr.Textbox(label=f"Notes on this run (kept in its folder as {runs.NOTES}; saved when you leave the box)",
+                       lines=2, elem_id="run-notes")
     with gr.Row():
         teacher_img = gr.Image(type="filepath", label="teacher: fixed seeds", interactive=False, elem_id="teacher-grid",
                                buttons=["download", "fullscreen"], height=320)
@@ -693,12 +861,22 @@ def _monitor_page(settings: Settings):
     # Resume starts a process, like Start: the same queue, so two clicks cannot start two processes.
     resume_btn.click(partial(control, settings, "resume"), run_select, action, trigger_mode="once",
                      concurrency_limit=1, concurrency_id="start", api_name="resume")
+    export_btn.click(partial(export_run, settings), [run_select, export_format], action, api_name="export")
+    # the browser asks first; a cancelled dialog sends '' and nothing is deleted
+    delete_btn.click(partial(delete_run, settings), run_select, [action, run_select], api_name="delete",
+                     js="(name) => name && confirm(`Delete the run '${name}' and all its files (checkpoints, "
+                        "student, report)? This cannot be undone.`) ? name : ''")
+    run_select.change(partial(load_notes, settings), run_select, notes, show_progress="hidden",
+                      api_visibility="private")
+    notes.blur(partial(save_notes, settings), [run_select, notes], action, show_progress="hidden",
+               api_visibility="private")
     return run_select, outputs
 
 
 def _compare_page(settings: Settings, cache: cmp.ModelCache):
     gr.Markdown("Sample the same prompts from the same seeds with each chosen student (and the teacher), "
-                "side by side. Runs appear here once they have finished and exported `student.safetensors`.")
+                "side by side. A finished run is sampled from its `student.safetensors`; a running or stopped run from "
+                "its newest checkpoint (its card says which step).")
     gr.Markdown(cmp.WHAT_TO_LOOK_FOR, elem_id="compare-explained")
     with gr.Row():
         names = gr.CheckboxGroup(choices=[], label="Runs", elem_id="compare-runs")
@@ -730,7 +908,7 @@ def build_app(settings: Settings) -> gr.Blocks:
                     "or restarting the UI does not stop it.")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Wizard", id="wizard", elem_id="tab-wizard"):
-                inputs, saved, start_btn, message, highlight, preview = _wizard_page(settings)
+                inputs, saved, start_btn, demo_btn, message, highlight, preview = _wizard_page(settings)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
                 run_select, monitor_outputs = _monitor_page(settings)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
@@ -740,7 +918,10 @@ def build_app(settings: Settings) -> gr.Blocks:
         start_btn.click(partial(start, settings), inputs, started,
                         trigger_mode="once", concurrency_limit=1, concurrency_id="start", api_name="start"
                         ).then(None, js="() => window.scrollTo(0, 0)")  # the Monitor from its top
+        demo_btn.click(partial(start_demo, settings), None, started, trigger_mode="once", concurrency_limit=1,
+                       concurrency_id="start", api_name="start_demo").then(None, js="() => window.scrollTo(0, 0)")
         compare_tab.select(partial(compare_choices, settings), None, compare_names, api_visibility="private")
+        demo.load(None, js=KEEP_TYPED_JS)
         demo.load(restore, saved, inputs, api_visibility="private")
         demo.load(lambda: refresh(settings, None, None), None, monitor_outputs, api_visibility="private")
         demo.load(partial(compare_choices, settings), None, compare_names, api_visibility="private")

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill_core.config import Config, load_run_config, resolve
+from distill_core.config import METHODS, Config, load_run_config, resolve
 from distill_core.errors import DPDMDError
 from distill_core.runfolder import RunFolder
+
+from .runs import newest_checkpoint
 
 MAX_PROMPTS = 8  # a page is reachable over the network: keep one click's work bounded
 MAX_SEEDS = 16
@@ -45,7 +47,7 @@ WHAT_TO_LOOK_FOR = (
 
 
 # What a bar's colour says: the data, the teacher, or a student by its method.
-KINDS = ("data", "teacher", "dpdmd", "dmd", "no_detach")
+KINDS = ("data", "teacher", *METHODS)
 
 
 def _bar_rows(groups: list[tuple[str, list[tuple[str, float, str]]]]) -> list[tuple[str, float, str]]:
@@ -72,9 +74,11 @@ def chart(panels: list[Panel]) -> tuple[list[tuple[str, float, str]], str]:
         return _bar_rows(groups), f"Share of samples per mode, prompt {prompt!r} (run evaluations)"
     measures = (("diversity", lambda p: p.numbers.get("diversity (these samples)")),
                 ("coverage", lambda p: p.evaluation.get("mode_coverage")),
+                ("coverage, valid only", lambda p: p.evaluation.get("mode_coverage_valid")),
                 ("validity", lambda p: p.evaluation.get("validity", p.evaluation.get("class_accuracy"))))
     groups = [(name, [(p.label, get(p), _kind(p)) for p in panels if get(p) is not None]) for name, get in measures]
-    return _bar_rows([g for g in groups if g[1]]), "Diversity (these samples), mode coverage and validity (run evaluations)"
+    return (_bar_rows([g for g in groups if g[1]]),
+            "Diversity (these samples), mode coverage (all and valid samples) and validity (run evaluations)")
 
 
 class ModelCache:
@@ -118,8 +122,13 @@ def _run_eval(metrics: dict, who: str) -> dict:
     """The run's own end-of-training evaluation (many more samples), when it has one."""
     m = metrics.get(who, {})
     names = {"diversity": "diversity (run eval)", "frechet_distance": "Frechet distance (run eval)",
-             "class_accuracy": "class accuracy (run eval)"}
-    return {label: round(m[key], 4) for key, label in names.items() if key in m}
+             "validity": "validity (run eval)", "blank_share": "blank share (run eval)",
+             "mode_coverage_valid": "mode coverage, valid samples only (run eval)",
+             "diversity_valid": "diversity, valid samples only (run eval)"}
+    out = {label: round(m[key], 4) for key, label in names.items() if m.get(key) is not None}
+    if m.get("prompts_few_valid"):
+        out["prompts with < 2 valid samples (run eval)"] = len(m["prompts_few_valid"])
+    return out
 
 
 def _panel(label: str, title: str, teacher, net, prompts, seeds, levels, guidance, extractor, device,
@@ -148,6 +157,22 @@ def default_prompts(run_dirs: list[Path]) -> list[str]:
     return cfg.eval.prompts[: cfg.eval.grid_prompts or 4]
 
 
+def student_file(run: RunFolder) -> tuple[Path, int | None]:
+    """The student Compare samples: the finished run's student.safetensors (step None), else the newest
+    checkpoint's, exported once into the run folder as `dpdmd export` names it (student_stepNNNNNNNN.safetensors)."""
+    from distill_core.export.exporters import default_out, export
+
+    student = run.file(run.student_path)
+    if student is not None:
+        return student, None
+    step = newest_checkpoint(run)
+    if step is None:
+        raise DPDMDError(f"run {run.root.name!r} has no checkpoint yet; Compare can sample it after its first "
+                         "checkpoint (Monitor: Save a checkpoint now)")
+    path = run.file(default_out(run.root, "file", step))
+    return (path if path is not None else export(run.root, "file", step=step)[0]), step
+
+
 def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], seeds: list[int], cache: ModelCache,
             device: str = "cpu", progress: Callable[[float, str], None] | None = None) -> list[Panel]:
     """One seed grid per teacher (if asked) and per run's student, same prompts and seeds, with numbers."""
@@ -160,11 +185,7 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
     if not 2 <= len(seeds) <= MAX_SEEDS:
         raise DPDMDError(f"use 2 to {MAX_SEEDS} seeds: diversity compares samples of one prompt pairwise")
     runs = [RunFolder(d) for d in run_dirs]
-    students = [run.file(run.student_path) for run in runs]
-    for run, student in zip(runs, students):
-        if student is None:
-            raise DPDMDError(f"run {run.root.name!r} has no exported student yet; Compare uses the "
-                             "student.safetensors a run writes when it finishes")
+    students = [student_file(run) for run in runs]
     configs = [_run_config(run) for run in runs] or [resolve(Config())]
     metrics = [r.read_json(r.metrics_path) for r in runs] or [{}]
     panels: list[Panel] = []
@@ -193,12 +214,13 @@ def compare(run_dirs: list[Path], include_teacher: bool, prompts: list[str], see
                 prompts, seeds, teacher.teacher_levels(t.num_steps), t.guidance_scale, cache.extractor(cfg.eval.features, cfg.teacher.builtin),
                 device, {"method": "teacher", "k": "", "lambda": "", "steps": t.num_steps, **_run_eval(m, "teacher")},
                 m.get("teacher", {}), cfg.eval.prompts, tick))
-    for run, student, cfg, m in zip(runs, students, configs, metrics):
+    for run, (student, at), cfg, m in zip(runs, students, configs, metrics):
         tick(f"loading {run.root.name}")
         teacher = cache.teacher(cfg, device)
         net, info = load_student(student, teacher, device)
+        label = run.root.name if at is None else f"{run.root.name} (checkpoint, step {at})"
         panels.append(_panel(
-            run.root.name, f"{run.root.name}: {info.num_steps} steps", teacher, net, prompts, seeds, info.levels, 1.0,
+            label, f"{label}: {info.num_steps} steps", teacher, net, prompts, seeds, info.levels, 1.0,
             cache.extractor(cfg.eval.features, cfg.teacher.builtin), device,
             {"method": info.method, "k": "" if info.method == "dmd" else info.anchor_step, "lambda": info.diversity_weight, "steps": info.num_steps,
              **_run_eval(m, "student")}, m.get("student", {}), cfg.eval.prompts, tick))

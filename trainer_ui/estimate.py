@@ -84,10 +84,12 @@ def time_estimate(cfg: Config, roots: Roots) -> str:
 
 
 class MemoryPlans:
-    """One planner per teacher folder (building one is the slow part), shared by every page of this UI."""
+    """One planner per teacher folder (building one is the slow part), shared by every page of this UI, and what it
+    said of each config (an estimate, or why it cannot run it: the verdict refuses those, see ``refusal``)."""
 
     def __init__(self) -> None:
         self._planners: dict[tuple, object] = {}
+        self._outcomes: dict[tuple, object] = {}  # (planner key, options) -> Estimate | the error's text
         self._lock = threading.Lock()
 
     def known(self, cfg: Config) -> bool:
@@ -98,18 +100,40 @@ class MemoryPlans:
         index = Path(cfg.teacher.path) / "model_index.json"
         return cfg.teacher.family, str(index.parent), index.stat().st_mtime_ns if index.exists() else 0
 
-    def estimate(self, cfg: Config) -> str:
-        """The planner's peak for this config, and which of the planner's GPU sizes it fits."""
-        if cfg.teacher.family == "builtin":
-            return "**Memory:** the built-in teacher needs no GPU (well under 1 GB of RAM)."
-        from distill_core.plan import BUDGETS, GB, Options, Planner, architecture_from_folder
+    def _outcome(self, cfg: Config):
+        """The planner's Estimate for ``cfg``, or the text of the error its network raised on this config (e.g.
+        diffusers' 'Height ... cannot be greater than pos_embed_max_size')."""
+        from distill_core.plan import Options, Planner, architecture_from_folder
 
         key = self._key(cfg)
         with self._lock:  # two pages asking at once build it once
             if key not in self._planners:
                 self._planners[key] = Planner(architecture_from_folder(Path(cfg.teacher.path), cfg.teacher.family))
-            planner = self._planners[key]
-            e = planner.estimate(Options.from_config(cfg))
+            options = Options.from_config(cfg)
+            if (key, repr(options)) not in self._outcomes:
+                try:
+                    self._outcomes[key, repr(options)] = self._planners[key].estimate(options)
+                except (ValueError, RuntimeError) as e:
+                    self._outcomes[key, repr(options)] = str(e)
+            return self._outcomes[key, repr(options)]
+
+    def refusal(self, cfg: Config) -> str | None:
+        """Why the network cannot run ``cfg`` (as its planner found), or None; only for a teacher whose planner is
+        built already (the verdict does not wait the ~15 s a first build takes; the memory line does)."""
+        if cfg.teacher.family == "builtin" or not self.known(cfg):
+            return None
+        outcome = self._outcome(cfg)
+        return outcome if isinstance(outcome, str) else None
+
+    def estimate(self, cfg: Config) -> str:
+        """The planner's peak for this config, and which of the planner's GPU sizes it fits."""
+        if cfg.teacher.family == "builtin":
+            return "**Memory:** the built-in teacher needs no GPU (well under 1 GB of RAM)."
+        from distill_core.plan import BUDGETS, GB
+
+        e = self._outcome(cfg)
+        if isinstance(e, str):
+            return f"**Memory:** the network cannot run this config ({e}); Start is refused until it can."
         fits = [b for b in BUDGETS if e.fits(b)]
         verdict = f"fits a {fits[0]} GB GPU" if fits else f"fits none of {', '.join(map(str, BUDGETS))} GB"
         return (f"**Memory:** about **{e.peak / GB:.1f} GB** peak per GPU, {verdict} (the planner, `dpdmd plan`; "

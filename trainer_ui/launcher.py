@@ -8,7 +8,10 @@ O_EXCL) makes two clicks, tabs or UIs starting the same run start one process.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -36,8 +39,47 @@ class RunBusy(DPDMDError):
     """The run is already starting or running (or not running, for stop and save)."""
 
 
-def train_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "distill_core.cli", "train", str(config_path)]
+LAUNCH = "launch.json"  # how the UI starts the run: {"processes": N}, read again by a resume and by the queue
+MAX_PROCESSES = 64
+
+
+def train_command(config_path: Path, processes: int = 1) -> list[str]:
+    """``dpdmd train`` in this Python; several processes (GPUs of this machine, DDP) through ``accelerate launch``."""
+    if processes == 1:
+        return [sys.executable, "-m", "distill_core.cli", "train", str(config_path)]
+    return [sys.executable, "-m", "accelerate.commands.launch", *_accelerate_args(processes),
+            "--main_process_port", str(_free_port()), "-m", "distill_core.cli", "train", str(config_path)]
+
+
+def _accelerate_args(processes: int) -> list[str]:
+    # --multi_gpu: on a machine without GPUs it gives several CPU processes over gloo (--cpu would run one)
+    return ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--dynamo_backend", "no"]
+
+
+def terminal_command(config_path: Path, processes: int = 1) -> str:
+    """The same run from a terminal, as the page shows it."""
+    if processes == 1:
+        return f"dpdmd train {config_path}"
+    return f"accelerate launch {' '.join(_accelerate_args(processes))} -m distill_core.cli train {config_path}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_processes(processes: int) -> int:
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise ConfigError(f"Processes = {processes}: give 1 to {MAX_PROCESSES} (one per GPU of this machine)")
+    return processes
+
+
+def processes_of(run_dir: Path) -> int:
+    """The process count the run was started with (1 for runs started before it was kept)."""
+    run = RunFolder(run_dir)
+    n = run.read_json(run.root / LAUNCH).get("processes", 1)
+    return n if isinstance(n, int) and 1 <= n <= MAX_PROCESSES else 1
 
 
 def child_env() -> dict[str, str]:
@@ -109,27 +151,29 @@ class Started:
     note: str
 
 
-def _write_config(run: RunFolder, cfg: Config) -> str:
-    """The run's config.toml written (refused if the run is active or is another run); the existing-run note."""
+def _write_config(run: RunFolder, cfg: Config, processes: int) -> str:
+    """The run's config.toml and launch.json written (refused if the run is active or is another run); the
+    existing-run note."""
     note = existing_run_note(cfg)
     log_path = run.root / LOG
     if log_path.is_symlink() and run.file(log_path) is None:  # appending would write outside the run
         raise PathRefused(f"{log_path} is a link that leads outside the run folder; remove it and start again")
     atomic_write_text(run.config_path, cfg.to_toml())
+    atomic_write_text(run.root / LAUNCH, json.dumps({"processes": check_processes(processes)}))
     return note
 
 
-def start(cfg: Config) -> Started:
-    """Write the run's config and start its training process (refused if it is already active)."""
+def start(cfg: Config, processes: int = 1) -> Started:
+    """Write the run's config and start its training process(es) (refused if it is already active)."""
     run = RunFolder(Path(cfg.run.output_dir))
     run.create()
     with launch_lock(run.root):
-        note = _write_config(run, cfg)
+        note = _write_config(run, cfg, processes)
         for stale in ("stop", "save"):  # requests left from an earlier process must not stop this one
             (run.control / stale).unlink(missing_ok=True)
         log_path = run.root / LOG
         run.write_status("starting", pid=None, max_steps=cfg.run.max_steps, message="starting the training process")
-        command = train_command(run.config_path)
+        command = train_command(run.config_path, processes)
         try:
             with open(log_path, "ab") as log:
                 log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} trainer UI: {' '.join(command)}\n".encode())
@@ -189,7 +233,7 @@ class Devices:
                 out[d.name] = self.device(str(table.get("run", {}).get("device", "auto")))
         return out
 
-    def start_or_queue(self, cfg: Config) -> Started | Queued:
+    def start_or_queue(self, cfg: Config, processes: int = 1) -> Started | Queued:
         """Start ``cfg``'s run now if its device has room and nobody waits for it, else queue it last."""
         run = RunFolder(Path(cfg.run.output_dir))
         name, device = run.root.name, self.device(cfg.run.device)
@@ -199,10 +243,10 @@ class Devices:
                 raise RunBusy(f"run {name!r} is already queued (#{place} on {device}); the Monitor shows the queue")
             working = [n for n, d in self.working().items() if d == device and n != name]
             if len(working) < self.limit and not any(e.device == device for e in entries):
-                return start(cfg)
+                return start(cfg, processes)
             run.create()
             with launch_lock(run.root):
-                note = _write_config(run, cfg)
+                note = _write_config(run, cfg, processes)
             entries.append(Entry(name, device, round(time.time(), 3)))
             place = sum(e.device == device for e in entries)
         return Queued(run.root, device, place, working, note)
@@ -222,7 +266,11 @@ class Devices:
                 out[device] = out.get(device, 0) + 1
             return out
 
-        return self.queue.dispatch(counts, self.limit, lambda name: start(run_config(self.queue.runs_dir / name)))
+        def begin(name: str) -> Started:
+            run_dir = self.queue.runs_dir / name
+            return start(run_config(run_dir), processes_of(run_dir))
+
+        return self.queue.dispatch(counts, self.limit, begin)
 
 
 def dispatch_forever(devices: Devices, every: float = 2.0) -> None:
@@ -235,6 +283,22 @@ def dispatch_forever(devices: Devices, every: float = 2.0) -> None:
         except DPDMDError as e:  # that run left the queue; the others go on
             print(f"queue: a queued run could not start: {e}", file=sys.stderr, flush=True)
         time.sleep(every)
+
+
+def delete(run_dir: Path, runs_dir: Path) -> str:
+    """Delete a run folder and everything in it: only a folder directly inside the runs folder (not a link), and
+    never while a process works on it or it waits in the queue."""
+    run = RunFolder(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir() or run_dir.resolve().parent != runs_dir.resolve():
+        raise PathRefused(f"{run_dir.name!r} is not a run folder inside the runs folder {runs_dir}; nothing deleted")
+    with launch_lock(run.root):  # no Start of this run gets between the checks and the deletion
+        state = run_state(run)
+        if state in ACTIVE_STATES:
+            raise RunBusy(f"run {run.root.name!r} is {state}; stop it first (a working run is never deleted)")
+        if any(e.run == run.root.name for e in RunQueue(runs_dir).entries()):
+            raise RunBusy(f"run {run.root.name!r} waits in the queue; cancel it first")
+        shutil.rmtree(run_dir)
+    return f"deleted {run.root.name!r} and all its files"
 
 
 def request(run_dir: Path, what: str) -> str:

@@ -7,15 +7,14 @@ shown as missing.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_core.config import effective_diversity_weight, parse_toml
+from distill_core.config import METHODS, effective_diversity_weight, parse_toml
 from distill_core.errors import ConfigError
 from distill_core.run_queue import QueueError, RunQueue
-from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder
+from distill_core.runfolder import ACTIVE_STATES, TRAINING_STATES, RunFolder, atomic_write_text
 
 from .launcher import LOG, run_state
 from .paths import Roots
@@ -41,7 +40,7 @@ class RunSummary:
     k: int | None
     lam: float | None
     updated: float
-    has_student: bool
+    comparable: bool  # Compare can sample it (comparable())
     queued: tuple[str, int] | None = None  # (device, place in its queue)
 
     def row(self) -> list:
@@ -76,9 +75,23 @@ def summarize(run_dir: Path, queued: tuple[str, int] | None = None) -> RunSummar
     updated = status.get("updated") or (config.stat().st_mtime if config else 0.0)
     return RunSummary(name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
                       max_steps=int(status.get("max_steps") or cfg.get("run", {}).get("max_steps", 0)),
-                      method=name, k=None if name == "dmd" else method.get("anchor_step"),  # DMD has no anchor
+                      method=name,  # a method without the diversity loss has no anchor
+                      k=None if name in METHODS and not METHODS[name].diversity else method.get("anchor_step"),
                       lam=effective_diversity_weight(name, method.get("diversity_weight")), updated=float(updated),
-                      has_student=run.file(run.student_path) is not None)
+                      comparable=comparable(run))
+
+
+def newest_checkpoint(run: RunFolder) -> int | None:
+    """The step of the run's newest complete checkpoint (None: none yet); the step is in the folder's name."""
+    from distill_core.training import checkpoint as ckpt
+
+    done = ckpt.list_complete(run.checkpoints)
+    return int(done[-1].name.removeprefix(ckpt.PREFIX)) if done else None
+
+
+def comparable(run: RunFolder) -> bool:
+    """A run Compare can sample: its exported student, or (running, stopped) its newest checkpoint's."""
+    return run.file(run.student_path) is not None or newest_checkpoint(run) is not None
 
 
 def list_runs(roots: Roots) -> list[RunSummary]:
@@ -119,7 +132,9 @@ class RunView:
     step: int
     max_steps: int
     message: str
-    sec_per_step: float | None
+    sec_per_step: float | None  # the trainer's running median (distill_core.progress.StepClock)
+    eta: float | None = None  # seconds of training left, by the trainer's clock
+    phase: dict | None = None  # what a working process does now: {"name", "done", "total"} (status.json)
     losses: list[tuple[int, float, str]] = field(default_factory=list)  # (step, value, series)
     diversity: list[tuple[int, float, str]] = field(default_factory=list)
     teacher_grid: Path | None = None
@@ -131,12 +146,11 @@ class RunView:
     log: str = ""
     log_file: Path | None = None
     queued: tuple[str, int] | None = None  # (device, place in its queue)
+    exports: list[Path] = field(default_factory=list)  # files `dpdmd export` (or Compare) wrote into the run
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.sec_per_step is None or self.state not in TRAINING_STATES:  # 'finishing' has no steps left
-            return None
-        return max(0, self.max_steps - self.step) * self.sec_per_step
+        return self.eta if self.state in TRAINING_STATES else None  # 'finishing' has no steps left
 
 
 # Eval fields that change only when or how often it is drawn, not what the teacher's diversity is measured on.
@@ -181,32 +195,54 @@ def signature(run_dir: Path) -> tuple:
 
 
 def view(run_dir: Path) -> RunView:
-    from distill_core.training import checkpoint as ckpt
-
     run = RunFolder(run_dir)
     status, events = run.read_status(), run.read_events()
     steps = [e for e in events if e.get("event") == "step"]
-    recent = [e["sec_per_step"] for e in steps[-20:] if "sec_per_step" in e]
     metrics = run.read_json(run.metrics_path)
     diversity = [(e["step"], e["diversity"], "student") for e in events
                  if e.get("event") == "eval" and "diversity" in e]
-    teacher_div = metrics.get("teacher", {}).get("diversity")
+    measured = [e["diversity"] for e in events if e.get("event") == "teacher_eval"]  # the collapse guard's
+    teacher_div = metrics.get("teacher", {}).get("diversity", measured[-1] if measured else None)
     teacher_div = known_teacher_diversity(run) if teacher_div is None else teacher_div
+    warnings = [e for e in events if e.get("event") == "collapse_warning"]
+    diversity += [(e["step"], e["diversity"], "collapse warning") for e in warnings]
     max_steps = int(status.get("max_steps") or 0)
     if teacher_div is not None:  # a level from step 0 (when another run measured it) to the newest step, as dots
         span = plot_span([int(status.get("step") or 0), *(d[0] for d in diversity)])
         level = {*range(0, span + 1, max(1, span // 20)), span, *(d[0] for d in diversity)}
         diversity += [(s, teacher_div, "teacher") for s in sorted(level)]
     grids, log = run.student_grids(), run.file(LOG)
-    done = ckpt.list_complete(run.checkpoints)  # the step is in the name: no file of it is read
     queued = queue_positions(run.root.parent).get(run.root.name)
+    state = state_of(run, queued)
     return RunView(
-        name=run.root.name, state=state_of(run, queued), queued=queued, step=int(status.get("step") or 0),
-        max_steps=max_steps, message=str(status.get("message") or ""),
-        sec_per_step=statistics.median(recent) if recent else None,
+        name=run.root.name, state=state, queued=queued, step=int(status.get("step") or 0),
+        max_steps=max_steps, message=str(status.get("message") or (warnings[-1]["message"] if warnings else "")), sec_per_step=status.get("sec_per_step"),
+        eta=status.get("eta_seconds"), phase=status.get("phase") if state in ACTIVE_STATES else None,
         losses=[(e["step"], e[key], label) for e in steps for key, label in LOSSES.items() if key in e],
         diversity=diversity,
         teacher_grid=run.file(run.samples / "teacher.png"), student_grid=grids[-1] if grids else None,
-        checkpoint_step=int(done[-1].name.removeprefix(ckpt.PREFIX)) if done else None,
+        checkpoint_step=newest_checkpoint(run),
         report=run.file(run.report_path), student=run.file(run.student_path), metrics=metrics,
-        log=log_tail(log), log_file=log)
+        log=log_tail(log), log_file=log, exports=exports(run))
+
+
+NOTES = "notes.md"  # a run's notes, written by the Monitor's notes box
+
+
+def exports(run: RunFolder) -> list[Path]:
+    """The student files exported from checkpoints (student_stepNNNNNNNN + a format's suffix; a diffusers export
+    is a folder, which a browser cannot download), oldest first."""
+    from distill_core.export.formats import FORMATS
+
+    files = [run.file(p) for p in sorted(run.root.glob("student_step*"))
+             if any(p.name.endswith(f.suffix) for f in FORMATS.values())]
+    return [p for p in files if p is not None]
+
+
+def read_notes(run_dir: Path) -> str:
+    path = RunFolder(run_dir).file(run_dir / NOTES)
+    return path.read_text(encoding="utf-8", errors="replace") if path else ""
+
+
+def write_notes(run_dir: Path, text: str) -> None:
+    atomic_write_text(run_dir / NOTES, text)

@@ -18,22 +18,25 @@ from typing import Any
 
 from distill_core import presets
 from distill_core.config import METHODS as CORE_METHODS
-from distill_core.config import (Config, MethodSection, TeacherSection, choices, dumps_toml, field_value, from_dict,
-                                 parse_toml, read_path_places, resolve)
+from distill_core.builtin.kinds import DEFAULT_KIND, KINDS
+from distill_core.config import (Config, MethodSection, TeacherSection, builtin_family, choices, dumps_toml,
+                                 field_value, from_dict, parse_toml, read_path_places, resolve)
 from distill_core.errors import ConfigError
 from distill_core.families import FAMILIES as CORE_FAMILIES
 from distill_core.families import native_guidance
 
+from .launcher import check_processes
 from .paths import Roots
 
 # (label, value) choices, in the config annotations' order.
 METHODS = [(CORE_METHODS[name].label, name) for name in choices(MethodSection, "name")]
 FAMILIES = [(CORE_FAMILIES[name].label, name) for name in choices(TeacherSection, "family")]
+BUILTINS = [(f"{name}: {KINDS[name].label}", name) for name in choices(TeacherSection, "builtin")]
 
 K_HELP = ("k, the diversity anchor: the teacher runs k of its own steps from the student's noise, and the "
           "student's first step learns to land there, which keeps each seed's layout (paper: 5 of 30).")
 LAMBDA_HELP = ("lambda, the diversity weight: how much the first-step diversity loss counts next to DMD on the "
-               "later steps (paper: 0.05; 0 is plain DMD).")
+               "later steps (paper: 0.05; the shapes teacher's measured setting: 0.5; 0 is plain DMD).")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class WizardForm:
     """The wizard's fields, in the order the page passes them to the handlers (defaults: default_form)."""
     family: str
     teacher_path: str
+    resolution: float | None  # sd3 / sdxl only (the built-in teachers have one size)
+    builtin: str  # the built-in family only: which built-in teacher
     prompts: str  # one per line
     prompts_file: str
     method: str
@@ -75,11 +80,14 @@ class WizardForm:
     batch_size: float | None
     memory: str
     run_name: str
+    processes: float | None  # training processes (GPUs of this machine); not a config field: how it is launched
     fake_updates: float | None
+    fake_lr: float | None
     seed: float | None
     checkpoint_every: float | None
     grid_every: float | None
     diversity_every: float | None
+    tensorboard: bool  # offered only where the tensorboard package is installed
     extra_toml: str
 
     def __post_init__(self) -> None:
@@ -101,6 +109,8 @@ class FormField:
 FORM_FIELDS: dict[str, FormField] = {
     "family": FormField("Teacher", ("teacher.family",)),
     "teacher_path": FormField("Teacher folder", ("teacher.path",)),
+    "resolution": FormField("Resolution", ("teacher.resolution",)),
+    "builtin": FormField("Built-in teacher", ("teacher.builtin",)),
     "prompts": FormField("Prompts", ("data.prompts",)),
     "prompts_file": FormField("Prompts file", ("data.prompts_file",)),
     "method": FormField("Method", ("method.name",)),
@@ -114,11 +124,14 @@ FORM_FIELDS: dict[str, FormField] = {
     "batch_size": FormField("Batch size", ("data.batch_size",)),
     "memory": FormField("Memory preset", ("memory preset",)),
     "run_name": FormField("Run name", ("run name",)),
+    "processes": FormField("Processes", ("processes",)),
     "fake_updates": FormField("Fake-score updates", ("method.fake_updates",)),
+    "fake_lr": FormField("Fake-score lr", ("optim.fake_lr",)),
     "seed": FormField("Seed", ("run.seed",)),
     "checkpoint_every": FormField("Checkpoint every", ("run.checkpoint_every",)),
     "grid_every": FormField("Seed grid every", ("eval.grid_every",)),
     "diversity_every": FormField("Diversity every", ("eval.diversity_every",)),
+    "tensorboard": FormField("TensorBoard", ("run.tensorboard",)),
     "extra_toml": FormField("Advanced TOML", ("the advanced TOML box",)),
 }
 
@@ -147,17 +160,19 @@ def guidance_help(family: str) -> str:
     return f"uncond + s (cond - uncond){default}"
 
 
-def default_form(family: str = "builtin") -> WizardForm:
-    """The paper's defaults (Config()) with the family's teacher settings."""
-    c, fam = Config(), CORE_FAMILIES[family]
-    return WizardForm(family=family, teacher_path="", prompts="", prompts_file="", extra_toml="",
-                      method=c.method.name, anchor_step=c.method.anchor_step,
-                      diversity_weight=c.method.diversity_weight, student_steps=c.student.num_steps,
-                      guidance_scale=fam.guidance_scale, teacher_steps=fam.num_steps,
-                      max_steps=c.run.max_steps, batch_size=fam.batch_size, run_name=default_run_name(c.method.name),
+def default_form(family: str = "builtin", builtin: str = DEFAULT_KIND) -> WizardForm:
+    """The config's defaults (Config()) with the family's (families.py; a built-in teacher's own: builtin_family):
+    what `dpdmd config` prints and `dpdmd demo` trains."""
+    c, fam = Config(), builtin_family(builtin) if family == "builtin" else CORE_FAMILIES[family]
+    return WizardForm(family=family, teacher_path="", resolution=fam.resolution, builtin=builtin, prompts="",
+                      prompts_file="", extra_toml="", method=c.method.name, anchor_step=c.method.anchor_step,
+                      diversity_weight=fam.diversity_weight, student_steps=c.student.num_steps,
+                      guidance_scale=fam.guidance_scale, teacher_steps=fam.num_steps, fake_lr=fam.fake_lr or fam.lr,
+                      max_steps=fam.max_steps, batch_size=fam.batch_size, run_name=default_run_name(c.method.name),
+                      processes=1,
                       memory=NO_PRESET if family == "builtin" else REAL_TEACHER_PRESET,
                       fake_updates=c.method.fake_updates, seed=c.run.seed, checkpoint_every=c.run.checkpoint_every,
-                      grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every)
+                      grid_every=c.eval.grid_every, diversity_every=c.eval.diversity_every, tensorboard=False)
 
 
 QUICK_TEST_NOTE = ("about 30 iterations at a small batch with a seed grid every 5, so a first result (grids, "
@@ -210,6 +225,11 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def processes(form: WizardForm) -> int:
+    """How many training processes Start launches (accelerate launch for more than one)."""
+    return check_processes(_whole(form, "processes"))
+
+
 def teacher_path(form: WizardForm) -> str:
     """The teacher folder box's value; '' for the built-in teacher, whose page hides that box (what a user
     cannot see must not refuse a run)."""
@@ -223,12 +243,16 @@ def form_to_dict(form: WizardForm, roots: Roots) -> dict:
     prompts = [line.strip() for line in form.prompts.splitlines() if line.strip() and not line.strip().startswith("#")]
     data: dict[str, dict[str, Any]] = {
         "run": {"output_dir": str(roots.run_dir(form.run_name)), "seed": _whole(form, "seed"),
-                "max_steps": _whole(form, "max_steps"), "checkpoint_every": _whole(form, "checkpoint_every")},
+                "max_steps": _whole(form, "max_steps"), "checkpoint_every": _whole(form, "checkpoint_every"),
+                "tensorboard": bool(form.tensorboard)},
         "teacher": {"family": form.family, "path": teacher_path(form),
-                    "guidance_scale": _number(form, "guidance_scale"), "num_steps": _whole(form, "teacher_steps")},
+                    "guidance_scale": _number(form, "guidance_scale"), "num_steps": _whole(form, "teacher_steps"),
+                    **({"builtin": form.builtin} if form.family == "builtin" else
+                       {"resolution": _whole(form, "resolution")})},
         "student": {"num_steps": _whole(form, "student_steps")},
         "method": {"name": form.method, "anchor_step": _whole(form, "anchor_step"),
                    "diversity_weight": _number(form, "diversity_weight"), "fake_updates": _whole(form, "fake_updates")},
+        "optim": {"fake_lr": _number(form, "fake_lr")},
         "data": {"prompts": prompts, "batch_size": _whole(form, "batch_size"),
                  "prompts_file": form.prompts_file.strip()},
         "eval": {"grid_every": _whole(form, "grid_every"), "diversity_every": _whole(form, "diversity_every")},
@@ -270,16 +294,20 @@ def check_prompts(cfg: Config) -> None:
 
 def check_teacher_folder(cfg: Config) -> None:
     """Refuse a folder that is not a diffusers teacher of the chosen family (model_index.json, components,
-    safetensors weights) with the trainer's own check, rather than a run that dies while loading it."""
+    safetensors weights), or a resolution its network cannot take, with the trainer's own checks, rather than a
+    run that dies while loading it (or at its first step)."""
     if cfg.teacher.family != "builtin":
-        from distill_core.teachers.diffusers_base import check_folder, teacher_class
+        from distill_core.teachers.diffusers_base import check_folder, check_resolution, teacher_class
 
-        check_folder(Path(cfg.teacher.path), teacher_class(cfg.teacher.family))
+        kind = teacher_class(cfg.teacher.family)
+        check_folder(Path(cfg.teacher.path), kind)
+        check_resolution(Path(cfg.teacher.path), kind, cfg.teacher.resolution)
 
 
 def build_config(form: WizardForm, roots: Roots) -> Config:
     """The resolved config the wizard will run; raises the core's errors (DPDMDError) on bad input."""
     cfg = resolve(from_dict(form_to_dict(form, roots)))
+    processes(form)
     check_teacher_folder(cfg)
     check_prompts(cfg)
     return cfg
@@ -297,19 +325,17 @@ def form_from_config(cfg: Config, run_name: str, roots: Roots) -> WizardForm:
     """The form that describes ``cfg`` again under ``run_name``: its fields from the config, and every other
     field that differs from what the form alone gives in the advanced box (so nothing is lost)."""
     t, m, r, e = cfg.teacher, cfg.method, cfg.run, cfg.eval
-    form = WizardForm(family=t.family, teacher_path=t.path, prompts="\n".join(cfg.data.prompts), prompts_file="",
+    form = WizardForm(family=t.family, teacher_path=t.path, resolution=t.resolution, builtin=t.builtin, prompts="\n".join(cfg.data.prompts), prompts_file="",
                       method=m.name, anchor_step=m.anchor_step, diversity_weight=m.diversity_weight,
                       student_steps=cfg.student.num_steps, guidance_scale=t.guidance_scale, teacher_steps=t.num_steps,
                       max_steps=r.max_steps, batch_size=cfg.data.batch_size, memory=_preset_of(cfg), run_name=run_name,
-                      fake_updates=m.fake_updates, seed=r.seed, checkpoint_every=r.checkpoint_every,
-                      grid_every=e.grid_every, diversity_every=e.diversity_every, extra_toml="")
-    kept = {"teacher": {"builtin": t.builtin}} if t.family == "builtin" else {}  # its prompts name its classes
-    form.extra_toml = dumps_toml(kept)
+                      processes=1,
+                      fake_updates=m.fake_updates, fake_lr=cfg.optim.fake_lr, seed=r.seed, checkpoint_every=r.checkpoint_every,
+                      grid_every=e.grid_every, diversity_every=e.diversity_every, tensorboard=r.tensorboard,
+                      extra_toml="")
     wanted, given = cfg.to_dict(), build_config(form, roots).to_dict()
     extra = {section: {key: value for key, value in fields.items()
                        if value != given[section][key] and f"{section}.{key}" != "run.output_dir"}
              for section, fields in wanted.items()}
-    for section, fields in kept.items():
-        extra[section] = {**fields, **extra[section]}
     form.extra_toml = dumps_toml({section: fields for section, fields in extra.items() if fields})
     return form

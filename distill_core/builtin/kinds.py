@@ -24,7 +24,8 @@ KINDS: dict[str, BuiltinKind] = {
     "shapes": BuiltinKind("coloured shapes, 16x16 RGB, 8 exactly known modes per prompt",
                           "shapes_teacher.safetensors", 16, "shapes"),
     "digits": BuiltinKind("handwritten digits (scikit-learn), 8x8 grey", "digits_teacher.safetensors", 8, "digits",
-                          defaults={"guidance_scale": 2.0, "lr": 1e-4, "batch_size": 64}),
+                          defaults={"guidance_scale": 2.0, "lr": 1e-4, "fake_lr": None, "batch_size": 64,
+                                    "diversity_weight": 0.05, "max_steps": 400}),
 }
 BuiltinName = Literal[tuple(KINDS)]  # type: ignore[valid-type]
 DEFAULT_KIND = "shapes"

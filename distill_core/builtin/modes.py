@@ -45,12 +45,12 @@ class StyleModes:
         return d.argmin(1)
 
     def histograms(self, modes: np.ndarray, labels: torch.Tensor) -> np.ndarray:
-        """(NUM_CLASSES, k) share of samples per cluster, for the classes present."""
+        """(NUM_CLASSES, k) share of samples per cluster, for the classes present (blank samples, -1, in none)."""
         y = labels.numpy()
         k = self.centers.shape[1]
         out = np.zeros((NUM_CLASSES, k))
         for c in np.unique(y):
-            out[c] = np.bincount(modes[y == c], minlength=k) / (y == c).sum()
+            out[c] = np.bincount(modes[(y == c) & (modes >= 0)], minlength=k) / (y == c).sum()
         return out
 
     def coverage(self, hist: np.ndarray, classes: np.ndarray, min_fraction: float = 0.25) -> float:
@@ -73,8 +73,18 @@ def agreement(modes_a: np.ndarray, modes_b: np.ndarray) -> float:
 
 
 def prompt_histograms(modes: np.ndarray, per_prompt: int, k: int) -> list[list[float]]:
-    """Share of each prompt's samples per cluster (prompt-major samples, ``per_prompt`` each)."""
-    return [(np.bincount(group, minlength=k) / len(group)).tolist() for group in modes.reshape(-1, per_prompt)]
+    """Share of each prompt's samples per cluster (prompt-major samples, ``per_prompt`` each); a blank sample
+    (mode -1) is in no cluster, so a prompt's shares sum to one minus its blank share."""
+    return [(np.bincount(group[group >= 0], minlength=k) / len(group)).tolist()
+            for group in modes.reshape(-1, per_prompt)]
+
+
+def sample_modes(extractor, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Each sample's style cluster within its prompt's class; -1 for a blank image (never booked as a mode)."""
+    from .shapes import is_blank
+
+    modes = extractor.modes.assign(extractor.features(images), labels)
+    return np.where(is_blank(images).numpy(), -1, modes)
 
 
 def mode_metrics(extractor, teacher_images: torch.Tensor, student_images: torch.Tensor,
@@ -86,8 +96,8 @@ def mode_metrics(extractor, teacher_images: torch.Tensor, student_images: torch.
     """
     modes = extractor.modes
     classes = np.unique(labels.numpy())
-    t_modes = modes.assign(extractor.features(teacher_images), labels)
-    s_modes = modes.assign(extractor.features(student_images), labels)
+    t_modes = sample_modes(extractor, teacher_images, labels)
+    s_modes = sample_modes(extractor, student_images, labels)
     t_hist, s_hist = modes.histograms(t_modes, labels), modes.histograms(s_modes, labels)
     t_out = {"mode_coverage": modes.coverage(t_hist, classes)}
     s_out = {"mode_coverage": modes.coverage(s_hist, classes),

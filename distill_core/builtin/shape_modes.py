@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .modes import agreement, histogram_divergence, prompt_histograms
-from .shapes import MODE_PROBS, MODES, decode, is_valid, mode_name
+from .shapes import MODE_PROBS, MODES, Decoded, decode, is_valid, mode_name
 
 MIN_FRACTION = 0.25  # a mode counts as reached with at least this share of its data probability (as for digits)
 
@@ -23,10 +23,15 @@ def coverage(hist: np.ndarray, data: np.ndarray) -> float:
     return float((hist >= MIN_FRACTION * data).mean())
 
 
+def sample_modes(decoded: Decoded) -> np.ndarray:
+    """Each sample's mode; -1 for a blank image (no shape: the decoder's best template would be mode 0)."""
+    return np.where(decoded.blank.numpy(), -1, decoded.mode.numpy())
+
+
 def model_metrics(images: torch.Tensor, labels: torch.Tensor, per_prompt: int) -> tuple[dict, np.ndarray]:
-    """The counted metrics of one model's prompt-major samples, and each sample's mode."""
+    """The counted metrics of one model's prompt-major samples, and each sample's mode (-1: blank)."""
     decoded = decode(images)
-    modes = decoded.mode.numpy()
+    modes = sample_modes(decoded)
     hist = np.array(prompt_histograms(modes, per_prompt, len(MODES)))
     data = np.array(MODE_PROBS)[labels[::per_prompt].numpy()]
     return {"mode_coverage": coverage(hist, data),

@@ -42,6 +42,7 @@ BASE_MODE_PROBS = (0.35, 0.05, 0.20, 0.08, 0.12, 0.05, 0.10, 0.05)
 MODE_PROBS = tuple(tuple(BASE_MODE_PROBS[(m - len(SIZES) * c) % len(MODES)] for m in range(len(MODES)))
                    for c in range(len(CLASSES)))  # MODE_PROBS[class][mode]
 BRIGHTNESS = (0.7, 1.0)  # the shape's colour is scaled by a uniform factor in this range
+INK_LEVEL = 0.25  # display-space brightness a shape's pixel exceeds (the dimmest data colour is 0.7)
 MIN_IOU = 0.7  # a sample is a valid member of its class when its best template is of that class, at this overlap
 
 
@@ -147,17 +148,18 @@ class Decoded:
     mode: torch.Tensor  # (B,) mode index (within the class's 8 modes)
     label: torch.Tensor  # (B,) the class whose template fits best
     iou: torch.Tensor  # (B,) overlap of the sample's shape with that template
+    blank: torch.Tensor  # (B,) no pixel above INK_LEVEL: no shape at all, so no mode (``mode`` is then meaningless)
 
 
 def decode(images: torch.Tensor) -> Decoded:
     """Read the generating factors of images (B, 3, 16, 16) in display space [0, 1].
 
-    The shape is where the brightest channel exceeds a quarter (the dimmest data colour is 0.7);
+    The shape is where the brightest channel exceeds INK_LEVEL; an image with no such pixel is blank;
     the best template by intersection over union gives quadrant, size and shape, and the mean
     colour of the shape's pixels, nearest of the palette, gives the colour.
     """
     x = images.float().flatten(2)  # (B, 3, HW)
-    mask = (x.max(1).values > 0.25).float()  # (B, HW)
+    mask = (x.max(1).values > INK_LEVEL).float()  # (B, HW)
     t = templates()
     inter = mask @ t.masks.T
     union = mask.sum(1, keepdim=True) + t.masks.sum(1)[None] - inter
@@ -169,7 +171,12 @@ def decode(images: torch.Tensor) -> Decoded:
     colour_label = (torch.nn.functional.normalize(colour, dim=1) @ palette.T).argmax(1)
     shape_label = t.label[best]
     label = torch.where(colour_label == shape_label, shape_label, torch.full_like(shape_label, -1))
-    return Decoded(t.mode[best], label, iou.gather(1, best[:, None])[:, 0])
+    return Decoded(t.mode[best], label, iou.gather(1, best[:, None])[:, 0], mask.sum(1) == 0)
+
+
+def is_blank(images: torch.Tensor) -> torch.Tensor:
+    """(B,) images (display space [0, 1]) with no pixel above INK_LEVEL in any channel: faded to black."""
+    return images.float().flatten(1).amax(1) <= INK_LEVEL
 
 
 def is_valid(decoded: Decoded, labels: torch.Tensor) -> torch.Tensor:

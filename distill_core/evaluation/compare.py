@@ -10,6 +10,7 @@ from torch import nn
 from ..builtin import shape_modes
 from ..builtin.modes import mode_metrics
 from ..config import Config
+from ..progress import phase
 from ..sampling import sample_grid
 from ..teachers.base import Teacher
 from .evaluate import DigitsExtractor, FeatureExtractor, ShapesExtractor, evaluate_images, load_extractor
@@ -39,7 +40,7 @@ def seconds_per_image(teacher: Teacher, net: nn.Module, prompts: list[str], leve
 
 
 def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExtractor | None, *,
-            levels: list[float], guidance: float, device) -> tuple[dict, torch.Tensor]:
+            levels: list[float], guidance: float, device, who: str = "the student") -> tuple[dict, torch.Tensor]:
     """Sample the eval prompts from fixed seeds, compute the metrics, and time the sampler.
 
     Returns the metrics and the images (prompt-major), for comparisons across models.
@@ -47,15 +48,17 @@ def measure(teacher: Teacher, net: nn.Module, cfg: Config, extractor: FeatureExt
     e = cfg.eval
     per_prompt = max(e.seeds, e.fd_samples_per_prompt if teacher.family == "builtin" else 0)
     batch = max(cfg.data.batch_size, 64) if teacher.family == "builtin" else cfg.data.batch_size
-    latents = sample_grid(teacher, net, e.prompts, list(range(per_prompt)), levels, guidance, batch, device)
+    with phase(f"evaluation: sampling {who}", len(e.prompts) * per_prompt, "img") as p:
+        latents = sample_grid(teacher, net, e.prompts, list(range(per_prompt)), levels, guidance, batch, device,
+                              progress=p.advance)
+    with phase(f"evaluation: timing {who}'s sampler"):
+        seconds = seconds_per_image(teacher, net, e.prompts, levels, guidance, batch, device)
     out = {"steps": len(levels) - 1, "guidance": guidance, "nfe": (len(levels) - 1) * (2 if guidance != 1 else 1),
-           "seconds_per_image": seconds_per_image(teacher, net, e.prompts, levels, guidance, batch, device)}
+           "seconds_per_image": seconds}
     images = teacher.decode(latents)
     if extractor is not None:
         out.update(evaluate_images(images, per_prompt, extractor, prompt_labels(teacher, e.prompts, per_prompt),
                                    diversity_seeds=e.seeds))
-    if "class_accuracy" in out:  # the digits teacher's valid samples: those of the prompt's class
-        out["validity"] = out["class_accuracy"]
     return out, images
 
 
@@ -73,7 +76,8 @@ def measure_teacher(cfg: Config, teacher: Teacher, device) -> Reference:
     extractor = load_extractor(cfg.eval.features, cfg.teacher.builtin) if cfg.eval.features else None
     metrics, images = measure(teacher, teacher.network, cfg, extractor,
                               levels=teacher.teacher_levels(cfg.teacher.num_steps),
-                              guidance=cfg.teacher.guidance_scale, device=device)
+                              guidance=cfg.teacher.guidance_scale, device=device,
+                              who="the teacher's reference images")
     return Reference(metrics, images, extractor)
 
 
@@ -89,13 +93,20 @@ def compare(cfg: Config, teacher: Teacher, student: nn.Module, device, reference
     ratios = {"sampling_speedup": t["seconds_per_image"] / max(s["seconds_per_image"], 1e-12)}
     if "diversity" in t:
         ratios["diversity_student_over_teacher"] = s["diversity"] / max(t["diversity"], 1e-12)
-    if isinstance(extractor, (DigitsExtractor, ShapesExtractor)):  # the built-in teachers' modes
-        per_prompt = t_images.shape[0] // len(cfg.eval.prompts)
-        labels = prompt_labels(teacher, cfg.eval.prompts, per_prompt)
-        if isinstance(extractor, ShapesExtractor):  # counted by the decoder
-            t_modes, s_modes = shape_modes.mode_metrics(t_images, s_images, labels, per_prompt)
-        else:  # the real digits' style clusters
-            t_modes, s_modes = mode_metrics(extractor, t_images, s_images, labels, per_prompt)
+    if "diversity_valid" in t and t["diversity_valid"] and s["diversity_valid"] is not None:
+        ratios["diversity_valid_student_over_teacher"] = s["diversity_valid"] / t["diversity_valid"]
+    if isinstance(extractor, (DigitsExtractor, ShapesExtractor)):
+        t_modes, s_modes = builtin_mode_metrics(extractor, teacher, cfg.eval.prompts, t_images, s_images)
         t.update(t_modes)
         s.update(s_modes)
     return {"teacher": t, "student": s, "ratios": ratios}
+
+
+def builtin_mode_metrics(extractor: DigitsExtractor | ShapesExtractor, teacher: Teacher, prompts: list[str],
+                         teacher_images: torch.Tensor, student_images: torch.Tensor) -> tuple[dict, dict]:
+    """The built-in teachers' mode metrics of teacher and student from the same noises (prompt-major images)."""
+    per_prompt = teacher_images.shape[0] // len(prompts)
+    labels = prompt_labels(teacher, prompts, per_prompt)
+    if isinstance(extractor, ShapesExtractor):  # counted by the decoder
+        return shape_modes.mode_metrics(teacher_images, student_images, labels, per_prompt)
+    return mode_metrics(extractor, teacher_images, student_images, labels, per_prompt)  # the digits' style clusters

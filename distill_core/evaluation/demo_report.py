@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..runfolder import RunFolder, atomic_write_text
-from .report import STYLE, diversity_png, fig_png, png_img, pyplot
+from .report import STYLE, cell, diversity_png, fig_png, num, png_img, pyplot
 
 LABELS = {"teacher": "teacher", "dmd": "DMD", "dpdmd": "DP-DMD"}
 COLORS = {"data": "0.6", "teacher": "C0", "DMD": "C3", "DP-DMD": "C2"}  # the same in every plot
@@ -23,9 +23,11 @@ EXPLANATION = (
     "DP-DMD trains only the first step differently: it must land where the teacher's own trajectory from the "
     "same noise lands (the diversity loss, weight lambda, anchor step k), and its output is detached, so the "
     "DMD loss on the last steps sharpens the samples but can no longer move which mode a noise goes to. "
-    "What should change: DP-DMD's grid keeps the variety of the teacher's grid, its mode histograms stay "
+    "What the paper predicts: DP-DMD's grid keeps the variety of the teacher's grid, its mode histograms stay "
     "close to the teacher's (higher mode coverage) and its diversity stays higher during training, "
-    "at about DMD's validity and the same 4 network evaluations per image.")
+    "at about DMD's validity and the same 4 network evaluations per image. The line in bold below the ratios "
+    "says what this run's numbers show: valid-only numbers count only samples that are a clean shape of their "
+    "prompt, so they separate fewer modes from fewer valid images.")
 SEED_NOTE = ("One training seed per student. How far plain DMD collapses varies from seed to seed, and with the "
              "machine (the order of floating-point sums changes a training trajectory): some DMD runs lose most "
              "modes, some only a few. docs/results.md measures three training seeds of each.")
@@ -44,6 +46,9 @@ def numbers(m: dict) -> str:
     parts = [f"diversity {m['diversity']:.4f}" if "diversity" in m else "",
              f"mode coverage {m['mode_coverage']:.2f}" if "mode_coverage" in m else "",
              f"validity {m['validity']:.3f}" if "validity" in m else "",
+             f"blank {m['blank_share']:.0%}" if "blank_share" in m else "",
+             f"valid only: coverage {num(m['mode_coverage_valid'], '{:.2f}')}, diversity "
+             f"{num(m['diversity_valid'], '{:.4f}')}" if "mode_coverage_valid" in m else "",
              f"{m['nfe']} NFE" if "nfe" in m else ""]
     return ", ".join(p for p in parts if p)
 
@@ -90,6 +95,11 @@ def _table(metrics: dict) -> str:
     rows = [("diversity (Eq. 9, higher = more varied)", "diversity", "{:.4f}"),
             ("mode coverage (share of the prompts' modes reached)", "mode_coverage", "{:.3f}"),
             ("validity (share of samples of the prompt's class)", "validity", "{:.3f}"),
+            ("blank share (no shape at all: faded to black)", "blank_share", "{:.3f}"),
+            ("mode coverage of the valid samples only", "mode_coverage_valid", "{:.3f}"),
+            ("diversity (Eq. 9) of the valid samples only", "diversity_valid", "{:.4f}"),
+            ("prompts with fewer than 2 valid samples (left out of the valid-only numbers)", "prompts_few_valid",
+             "{}"),
             ("mode histogram divergence from the data (KL)", "mode_divergence_from_data", "{:.3f}"),
             ("mode histogram divergence from the teacher (KL)", "mode_divergence_from_teacher", "{:.3f}"),
             ("same noise, same mode as the teacher", "mode_agreement_with_teacher", "{:.3f}"),
@@ -98,18 +108,65 @@ def _table(metrics: dict) -> str:
     out = ["<table><tr><th></th>" + "".join(f"<th>{LABELS[w]}</th>" for w in LABELS) + "</tr>"]
     for label, key, fmt in rows:
         if any(key in metrics[w] for w in LABELS):
-            cells = "".join(f"<td>{fmt.format(metrics[w][key]) if key in metrics[w] else ''}</td>" for w in LABELS)
+            cells = "".join(f"<td>{cell(metrics[w].get(key), fmt, key)}</td>" for w in LABELS)
             out.append(f"<tr><td>{label}</td>{cells}</tr>")
     return "\n".join(out + ["</table>"])
 
 
 def ratio_line(metrics: dict) -> str:
-    """DP-DMD over DMD on diversity and mode coverage (the paper's claim in two numbers)."""
+    """DP-DMD over DMD on diversity and mode coverage, over all samples and over valid ones only."""
     d, p = metrics["dmd"], metrics["dpdmd"]
-    parts = [f"{name} {p[key] / d[key]:.2f}x" for key, name in (("diversity", "diversity"),
-                                                                 ("mode_coverage", "mode coverage"))
-             if key in d and key in p and d[key] > 0]
+    parts = [f"{name} {p[key] / d[key]:.2f}x" for key, name in (
+        ("diversity", "diversity"), ("mode_coverage", "mode coverage"),
+        ("diversity_valid", "valid-only diversity"), ("mode_coverage_valid", "valid-only mode coverage"))
+        if d.get(key) and p.get(key) is not None]
     return "DP-DMD over DMD: " + ", ".join(parts) if parts else ""
+
+
+PAPER_MARGIN = 1.3  # valid-only coverage and diversity ratios that count as the paper's effect (issue 28)
+VALIDITY_GAP = 0.10  # DMD this many points less valid than DP-DMD: its loss is mostly invalid samples
+
+
+def common_ratios(d: dict, p: dict) -> tuple[float | None, float | None, int | None]:
+    """DP-DMD over DMD on valid-only coverage and diversity, over the prompts where both have 2 valid samples
+    (their count when that is not every prompt); None where there are none or the numbers are missing."""
+    per = [(d.get(f"{k}_per_prompt"), p.get(f"{k}_per_prompt")) for k in ("mode_coverage_valid", "diversity_valid")]
+    if any(a is None or b is None for a, b in per):  # an evaluation from before the per-prompt lists
+        return (*(p[k] / d[k] if d.get(k) and p.get(k) is not None else None
+                  for k in ("mode_coverage_valid", "diversity_valid")), None)
+    common = [i for i, (a, b) in enumerate(zip(*per[1])) if a is not None and b is not None]
+    ratios = [sum(b[i] for i in common) / sum(a[i] for i in common) if common and sum(a[i] for i in common) else None
+              for a, b in per]
+    return ratios[0], ratios[1], (len(common) if len(common) < len(per[1][0]) else None)
+
+
+def finding(metrics: dict, prompts: list[str]) -> str:
+    """What this comparison shows, in words that follow its numbers: DMD's loss of variety among its valid
+    samples (the paper's claim) or mostly invalid (blank, off-class) samples."""
+    d, p = metrics["dmd"], metrics["dpdmd"]
+    if "validity" not in d or "mode_coverage_valid" not in d:
+        return ""
+    gap = p["validity"] - d["validity"]
+    cov, div, both = common_ratios(d, p)
+    lost = [prompts[i] if i < len(prompts) else f"prompt {i + 1}" for i in d.get("prompts_few_valid", [])]
+    words = []
+    if gap >= VALIDITY_GAP:
+        words.append(f"Most of what DMD loses here is valid samples: {1 - d['validity']:.0%} of its samples are not "
+                     f"a clean shape of the prompt's class ({d.get('blank_share', 0):.0%} are blank), against "
+                     f"{1 - p['validity']:.0%} for DP-DMD.")
+    if lost:
+        words.append(f"DMD draws fewer than 2 valid samples for {', '.join(repr(x) for x in lost)}; those prompts "
+                     "are left out of its valid-only numbers.")
+    if cov is not None and div is not None:
+        paper = cov >= PAPER_MARGIN and div >= PAPER_MARGIN
+        where = "" if both is None else f" (on the {both} prompts where both draw 2 or more)"
+        words.append(f"Over valid samples only{where}, DP-DMD's mode coverage is {cov:.2f}x DMD's and its diversity "
+                     f"{div:.2f}x"
+                     + (": DMD's valid samples also cover fewer modes, the paper's effect." if paper else
+                        f", below the {PAPER_MARGIN:g}x that would show the paper's effect (DMD keeping quality but "
+                        "seeking fewer modes)" + (": what this run shows is DP-DMD avoiding DMD's fade to "
+                                                  "invalid samples." if gap >= VALIDITY_GAP else ".")))
+    return " ".join(words)
 
 
 def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: list[str], setting: str) -> Path:
@@ -122,6 +179,7 @@ def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: 
              "<h1>DP-DMD demo: the teacher, DMD and DP-DMD</h1>",
              f"<p>{html.escape(EXPLANATION)}</p>",
              f"<p><b>{html.escape(ratio_line(metrics))}</b></p>",
+             f"<p id='finding'><b>{html.escape(finding(metrics, prompts))}</b></p>",
              f"<p id='setting'>{html.escape(setting)}</p>",
              f"<p>{html.escape(SEED_NOTE)}</p>",
              "<h2>Seed grids</h2><p>Rows are prompts, columns seeds: the same noises in all three grids.</p>",
@@ -135,9 +193,9 @@ def write_demo_report(out: Path, runs: dict[str, Path], metrics: dict, prompts: 
     bars = mode_bars_png(metrics, prompts)
     if bars:
         parts += ["<h2>Modes per prompt</h2><p>Each mode's share of a prompt's samples: the data, the teacher and "
-                  "both students (same prompts, same seeds). A mode a student drops has a missing bar. The decoder "
-                  "reads an image with no shape in it (a sample faded to black) as the first mode, top-left "
-                  "small, so a tall bar there can be blank images: the grids and the validity say which.</p>",
+                  "both students (same prompts, same seeds). A mode a student drops has a missing bar. A blank image (no "
+                  "shape at all, faded to black) is in no mode: a model's bars for a prompt add up to one minus "
+                  "its blank share there.</p>",
                   f"<div id='mode-bars'>{png_img(bars)}</div>"]
     curve = diversity_png({LABELS[w]: RunFolder(root).read_events() for w, root in runs.items()},
                           metrics["teacher"].get("diversity"), COLORS)

@@ -95,6 +95,19 @@ class DigitsExtractor:
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self._model_space(images)).argmax(1)
 
+    def valid(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A valid digit is one the classifier reads as its prompt's class."""
+        return self.classify(images) == labels
+
+    def sample_modes(self, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+        from ..builtin.modes import sample_modes
+
+        return sample_modes(self, images, labels)
+
+    def mode_reference(self, prompt_labels: torch.Tensor) -> np.ndarray:
+        """Each prompt's style clusters' shares of the real digits."""
+        return self.modes.real_share[prompt_labels.numpy()]
+
     @cached_property
     def modes(self):
         """The real digits' per-class style clusters (see builtin/modes.py)."""
@@ -131,6 +144,18 @@ class ShapesExtractor:
 
         return is_valid(decode(images), labels)
 
+    def sample_modes(self, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+        from ..builtin.shape_modes import sample_modes
+        from ..builtin.shapes import decode
+
+        return sample_modes(decode(images))
+
+    def mode_reference(self, prompt_labels: torch.Tensor) -> np.ndarray:
+        """Each prompt's modes' probabilities in the data."""
+        from ..builtin.shapes import MODE_PROBS
+
+        return np.array(MODE_PROBS)[prompt_labels.numpy()]
+
     @cached_property
     def real_features(self) -> np.ndarray:
         """Features of 1,200 generated images (400 per class, a fixed seed other than the mean's)."""
@@ -159,19 +184,19 @@ def evaluate_images(images: torch.Tensor, per_prompt: int, extractor: FeatureExt
     """Metrics of prompt-major images with ``per_prompt`` samples each.
 
     Diversity uses the first ``diversity_seeds`` samples of each prompt (R);
-    the built-in extractor adds class accuracy and the Frechet distance over all.
+    the built-in extractors add validity (class accuracy), the Frechet distance, the blank share and
+    the valid-only metrics (valid_only.py) over all.
     """
     feats = extractor.features(images)
     r = diversity_seeds or per_prompt
     grouped = feats.reshape(-1, per_prompt, feats.shape[-1])[:, :r]
     out = {"diversity": diversity(grouped.reshape(-1, feats.shape[-1]), r), "samples": int(images.shape[0]),
            "seeds_per_prompt": r, "features": extractor.name}
-    if isinstance(extractor, DigitsExtractor):
-        out["frechet_distance"] = frechet_distance(feats.numpy(), extractor.real_features)
-        if labels is not None:
-            out["class_accuracy"] = float((extractor.classify(images) == labels).float().mean())
-    if isinstance(extractor, ShapesExtractor):
+    if isinstance(extractor, (DigitsExtractor, ShapesExtractor)):  # the built-in teachers: counted measures
+        from .valid_only import builtin_valid_metrics
+
         out["frechet_distance"] = frechet_distance(feats.numpy(), extractor.real_features)
         if labels is not None:
             out["class_accuracy"] = out["validity"] = float(extractor.valid(images, labels).float().mean())
+            out.update(builtin_valid_metrics(extractor, images, labels, per_prompt, feats))
     return out

@@ -64,6 +64,10 @@ def diversity_png(series: dict[str, list[dict]], teacher_diversity: float | None
     for name, evals in lines.items():
         ax.plot([e["step"] for e in evals], [e["diversity"] for e in evals], marker="o", label=name,
                 color=(colors or {}).get(name))
+    warned = [e for events in series.values() for e in events if e.get("event") == "collapse_warning"]
+    if warned:  # the collapse guard's warnings (training/collapse.py)
+        ax.scatter([e["step"] for e in warned], [e["diversity"] for e in warned], marker="x", s=70, color="red",
+                   zorder=3, label="collapse warning")
     if teacher_diversity is not None:
         ax.axhline(teacher_diversity, color="gray", ls="--", label="teacher")
     top = max([e["diversity"] for evals in lines.values() for e in evals]
@@ -104,11 +108,30 @@ def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes |
     return loss_png, diversity_png({"student": events}, teacher_diversity)
 
 
+def num(value: float | None, fmt: str) -> str:
+    """A valid-only number: None when no prompt had 2 valid samples (evaluation/valid_only.py)."""
+    return "n/a" if value is None else fmt.format(value)
+
+
+def cell(value, fmt: str, key: str) -> str:
+    """A metrics table's cell: blank where a model lacks the number, n/a where no prompt had 2 valid samples,
+    the number of such prompts for their list."""
+    if key == "prompts_few_valid":
+        return "" if value is None else str(len(value))
+    if key in ("mode_coverage_valid", "diversity_valid"):
+        return num(value, fmt)
+    return "" if value is None else fmt.format(value)
+
+
 def _metrics_table(metrics: dict) -> str:
     rows = [("diversity (Eq. 9, higher = more varied)", "diversity", "{:.4f}"),
             ("Frechet distance to held-out digits (lower = better)", "frechet_distance", "{:.2f}"),
-            ("class accuracy", "class_accuracy", "{:.3f}"),
-            ("style clusters of the real digits reached (coverage)", "mode_coverage", "{:.3f}"),
+            ("validity (share of samples of the prompt's class)", "validity", "{:.3f}"),
+            ("blank share (no pixel above the ink level: faded to black)", "blank_share", "{:.3f}"),
+            ("modes reached (coverage; digits: style clusters of the real digits)", "mode_coverage", "{:.3f}"),
+            ("modes reached by the valid samples only", "mode_coverage_valid", "{:.3f}"),
+            ("diversity (Eq. 9) of the valid samples only", "diversity_valid", "{:.4f}"),
+            ("prompts with fewer than 2 valid samples (not in the valid-only rows)", "prompts_few_valid", "{}"),
             ("style histogram divergence from the teacher (KL, lower = closer)", "mode_divergence_from_teacher",
              "{:.3f}"),
             ("same noise, same style as the teacher (agreement)", "mode_agreement_with_teacher", "{:.3f}"),
@@ -119,7 +142,7 @@ def _metrics_table(metrics: dict) -> str:
         if key is None:
             vals = [f"{m.get('steps')} / {m.get('nfe')}" for m in (t, s)]
         elif key in t or key in s:
-            vals = [fmt.format(m[key]) if key in m else "" for m in (t, s)]
+            vals = [cell(m.get(key), fmt, key) for m in (t, s)]
         else:
             continue
         out.append(f"<tr><td>{label}</td><td>{vals[0]}</td><td>{vals[1]}</td></tr>")

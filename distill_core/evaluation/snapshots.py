@@ -9,6 +9,7 @@ from torch import nn
 from ..config import Config
 from ..families import native_guidance
 from ..grids import seed_grid
+from ..progress import phase
 from ..sampling import sample_grid
 from ..teachers.base import Teacher
 from .evaluate import FeatureExtractor, evaluate_images
@@ -32,8 +33,11 @@ class Snapshots:
         return sample_grid(self.teacher, net, prompts, seeds, self.student_levels, 1.0, self.batch, self.device)
 
     def teacher_grid(self, path: Path) -> None:
-        lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
-                          self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device)
+        total = len(self.grid_prompts) * len(self.grid_seeds)
+        with phase("sampling the teacher's seed grid", total, "img") as p:
+            lat = sample_grid(self.teacher, self.teacher.network, self.grid_prompts, self.grid_seeds,
+                              self.teacher_levels, self.cfg.teacher.guidance_scale, self.batch, self.device,
+                              progress=p.advance)
         t = self.cfg.teacher
         title = f"teacher: {t.num_steps} steps, CFG {t.guidance_scale:g} {native_guidance(t.family, t.guidance_scale)}"
         title = title.rstrip()
@@ -43,6 +47,14 @@ class Snapshots:
         lat = self._student(net, self.grid_prompts, self.grid_seeds)
         title = f"student: {self.cfg.student.num_steps} steps, step {step}"
         seed_grid(self.teacher.decode(lat), self.grid_prompts, self.grid_seeds, title).save(path)
+
+    def teacher_metrics(self) -> dict:
+        """The teacher's diversity (Eq. 9) on the same eval prompts x R seeds as ``student_metrics``."""
+        if self.extractor is None:
+            return {}
+        lat = sample_grid(self.teacher, self.teacher.network, self.eval_prompts, self.eval_seeds, self.teacher_levels,
+                          self.cfg.teacher.guidance_scale, self.batch, self.device)
+        return evaluate_images(self.teacher.decode(lat), len(self.eval_seeds), self.extractor)
 
     def student_metrics(self, net: nn.Module) -> dict:
         """Diversity (Eq. 9) of the student on the eval prompts x R seeds."""

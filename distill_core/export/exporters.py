@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import Config, load_run_config, resolve
 from ..errors import CheckpointError, ConfigError, shown
+from ..families import FAMILIES
 from ..integrity import file_tensors, nonfinite_message, scan, tensors_sha256
 from ..runfolder import RunFolder, atomic_target
 from ..teachers import load_teacher
@@ -51,6 +52,7 @@ def student_info(teacher: Teacher, cfg: Config, steps_trained: int) -> StudentIn
         sigmas=teacher.schedule.comfy_sigmas(levels), schedule=teacher.schedule.describe(),
         network_config=teacher.network_config(), method=cfg.method.name, anchor_step=cfg.method.anchor_step,
         diversity_weight=cfg.lam, renoise_shift=cfg.method.renoise_shift, fake_t_shift=cfg.method.fake_t_shift,
+        refine=cfg.objective,
         teacher_timestep_spacing=cfg.teacher.timestep_spacing, teacher_guidance=float(cfg.teacher.guidance_scale),
         teacher=cfg.teacher.path or teacher.family, steps_trained=steps_trained,
         title=f"DP-DMD {cfg.student.num_steps}-step student ({cfg.method.name})",
@@ -171,8 +173,8 @@ def load_run_student(run_dir: str | Path, step: int | None = None) -> RunStudent
         folder = ckpt.latest(run.checkpoints, report=say)
         if folder is None:
             raise CheckpointError(f"no usable checkpoint in {run.checkpoints}")
-    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]),
-                      load_file(str(folder / "student.safetensors")))
+    weights = folder / ("ema.safetensors" if cfg.student.ema_decay else "student.safetensors")  # as finish_run's
+    return RunStudent(cfg, load_teacher(cfg), int(ckpt.read_state(folder)["step"]), load_file(str(weights)))
 
 
 # ---- single files ----------------------------------------------------------------------------
@@ -219,7 +221,8 @@ def diffusers_scheduler(student: RunStudent, levels: list[float]):
 USAGE = """# {title}
 
 A {steps}-step DP-DMD student of `{teacher}` ({family}). Load it over the teacher pipeline and
-sample with guidance 1 (the teacher's CFG is baked in) and this folder's scheduler:
+sample without CFG (the teacher's CFG is baked in; {pipeline}'s "no CFG" is guidance_scale={no_cfg:g}) and this
+folder's scheduler:
 
 ```python
 import torch
@@ -228,7 +231,7 @@ from diffusers import {pipeline}, {net_class}, {scheduler}
 student = {net_class}.from_pretrained("{out}", subfolder="{net_folder}", torch_dtype=torch.bfloat16)
 pipe = {pipeline}.from_pretrained("{teacher}", {net_folder}=student, torch_dtype=torch.bfloat16).to("cuda")
 pipe.scheduler = {scheduler}.from_pretrained("{out}", subfolder="scheduler")
-image = pipe(prompt="a photo of a cat", num_inference_steps={steps}, guidance_scale=1.0).images[0]
+image = pipe("a photo of a cat", num_inference_steps={steps}, guidance_scale={no_cfg:g}).images[0]
 ```
 
 The scheduler reproduces the training levels exactly: {levels}.
@@ -241,6 +244,7 @@ def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None =
     if teacher.family == "builtin":
         raise ConfigError("--format diffusers needs a run with a diffusers teacher; this run's teacher is 'builtin'")
     info = student.info()
+    no_cfg = 1.0 - FAMILIES[teacher.family].guidance_offset  # CFG 1 in the pipeline's own count (Z-Image: 0)
     scheduler = diffusers_scheduler(student, info.levels)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -252,12 +256,12 @@ def export_diffusers(student: RunStudent, out: Path, dtype: torch.dtype | None =
     scheduler.save_pretrained(str(tmp / "scheduler"))
     record = {**asdict(info), "diffusers": {"pipeline": teacher.pipeline_class, "component": teacher.net_folder,
                                               "scheduler": type(scheduler).__name__,
-                                              "call": {"num_inference_steps": info.num_steps, "guidance_scale": 1.0}}}
+                                              "call": {"num_inference_steps": info.num_steps, "guidance_scale": no_cfg}}}
     (tmp / "dpdmd_student.json").write_text(json.dumps(record, indent=1))
     (tmp / "README.md").write_text(USAGE.format(
         title=info.title, steps=info.num_steps, teacher=teacher.path.resolve(), family=info.family, out=out.resolve(),
         pipeline=teacher.pipeline_class, net_class=teacher.net_class, net_folder=teacher.net_folder,
-        scheduler=type(scheduler).__name__, levels=info.levels))
+        scheduler=type(scheduler).__name__, levels=info.levels, no_cfg=no_cfg))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -51,6 +51,7 @@ class StudentInfo:
     diversity_weight: float = 0.05
     renoise_shift: str = "shifted"  # the training options of config.py (files without them used these)
     fake_t_shift: str = "shifted"
+    refine: str = "dmd"  # the objective of the steps the DMD loss trains (config.OBJECTIVES)
     teacher_timestep_spacing: str = "trailing"
     teacher_guidance: float = 1.0
     teacher: str = ""

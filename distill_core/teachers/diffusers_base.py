@@ -73,12 +73,13 @@ class DiffusersTeacher(Teacher):
         self.resolution = int(cfg.teacher.resolution)
         self.max_sample_batch = int(cfg.data.batch_size)  # what fits in training fits in sampling (no grad)
         self.vae_config = read_json(self.path / "vae" / "config.json")
+        check_resolution(self.path, type(self), self.resolution)  # before the weights load: configs only
         network = merge_loras(self._network_class().from_pretrained(
             str(self.path), subfolder=self.net_folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True),
             cfg.teacher.loras, self.family)
         self.scheduler_config = read_json(self.path / "scheduler" / "scheduler_config.json")
         super().__init__(network, self._schedule(self.scheduler_config))
-        self._check_resolution()
+        self._check_resolution()  # what the family's loaded network adds (its own patch, position tables)
         self.store = EmbeddingStore(self._fingerprint())
         self._text_pipe = None
         self._text_device: torch.device | None = None  # where the encoders run if not next to the network
@@ -119,18 +120,14 @@ class DiffusersTeacher(Teacher):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+        return _vae_factor(self.vae_config)
 
     def _patch_size(self) -> int:
         """The network's spatial patch (pixels of latent per token side)."""
         return int(self.network.config.get("patch_size", 1) or 1)
 
     def _check_resolution(self) -> None:
-        patch = self._patch_size()
-        multiple = self.vae_scale_factor * patch * (2 ** (len(self.network.config.get("block_out_channels", [0])) - 1))
-        if self.resolution % multiple:
-            raise ConfigError(f"teacher.resolution = {self.resolution} must be a multiple of {multiple} for this "
-                              f"{self.family} teacher (VAE factor {self.vae_scale_factor}, patch {patch})")
+        _check_multiple(self.resolution, self.family, self.vae_config, dict(self.network.config), self._patch_size())
 
     def _fingerprint(self) -> dict:
         quantized = {"quantize": self.cfg.teacher.quantize} if self.cfg.teacher.quantize != "none" else {}
@@ -281,6 +278,32 @@ def check_folder(path: Path, kind: type[DiffusersTeacher]) -> dict:
     return index
 
 
+def _vae_factor(vae_config: dict) -> int:
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def _check_multiple(resolution: int, family: str, vae_config: dict, net_config: dict, patch: int) -> None:
+    """A resolution the VAE, the patches and a UNet's levels all divide."""
+    factor = _vae_factor(vae_config)
+    multiple = factor * patch * (2 ** (len(net_config.get("block_out_channels", [0])) - 1))
+    if resolution % multiple:
+        raise ConfigError(f"teacher.resolution = {resolution} must be a multiple of {multiple} for this "
+                          f"{family} teacher (VAE factor {factor}, patch {patch})")
+
+
+def check_resolution(path: Path, kind: type[DiffusersTeacher], resolution: int) -> None:
+    """Refuse a teacher.resolution the folder's network cannot take, from its configs alone (no weights): a
+    multiple of what the VAE, the patches and the UNet's levels divide, and for SD3 no larger than its position
+    embedding covers (diffusers refuses a larger image only at the first forward pass, after minutes of loading)."""
+    vae, net = (read_json(path / sub / "config.json") for sub in ("vae", kind.net_folder))
+    factor, patch = _vae_factor(vae), int(net.get("patch_size", 1) or 1)
+    _check_multiple(resolution, kind.family, vae, net, patch)
+    if net.get("pos_embed_max_size"):
+        largest = int(net["pos_embed_max_size"]) * patch * factor
+        if resolution > largest:
+            raise ConfigError(f"teacher.resolution = {resolution} is larger than this {kind.family} teacher can "
+                              f"take ({largest} px: its pos_embed_max_size {net['pos_embed_max_size']} x patch "
+                              f"{patch} x VAE factor {factor}); give {largest} or less")
 
 
 def teacher_class(family: str) -> type[DiffusersTeacher]:

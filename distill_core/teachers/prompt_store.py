@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
 from ..export.student_file import check_complete
+from ..progress import phase
 from ..runfolder import atomic_write_text
 from ..training.checkpoint import save_tensors
 from .base import Cond, PromptBank, pad_cat
@@ -93,10 +94,14 @@ class EmbeddingStore:
     def ensure(self, prompts: Sequence[str], encode: Callable[[list[str]], Cond]) -> int:
         """Encode (in shards) every prompt not stored yet; returns how many were encoded."""
         todo = self.missing(prompts)
-        for start in range(0, len(todo), SHARD_ROWS):
-            chunk = todo[start:start + SHARD_ROWS]
-            self._add(chunk, encode(chunk))
-        if todo and self.folder is not None:
+        if not todo:
+            return 0
+        with phase("encoding the prompts", len(todo), "prompt") as p:
+            for start in range(0, len(todo), SHARD_ROWS):
+                chunk = todo[start:start + SHARD_ROWS]
+                self._add(chunk, encode(chunk))
+                p.advance(len(chunk))
+        if self.folder is not None:
             self._write_index()
         return len(todo)
 

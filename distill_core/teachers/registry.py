@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from ..config import Config, TeacherSection, choices
+from ..progress import phase
 from .base import PromptBank, Teacher
 
 DTYPES = {name: getattr(torch, name) for name in choices(TeacherSection, "dtype")}
@@ -26,9 +27,11 @@ def load_teacher_with_prompts(cfg: Config, device: torch.device | str,
     CPU, and the text encoders are freed before it moves: the two never share
     the accelerator (SD3.5: 11 GB of text encoders, 5 GB of transformer).
     """
-    teacher = _build(cfg)
-    bank = teacher.prompt_bank(prompts, device)
-    teacher.network.to(device)
+    with phase(f"loading the {cfg.teacher.family} teacher"):
+        teacher = _build(cfg)
+    bank = teacher.prompt_bank(prompts, device)  # a diffusers teacher's encoding is a phase of its own
+    with phase(f"moving the teacher to {device}"):
+        teacher.network.to(device)
     return teacher, bank
 
 

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, config_differences, extreme_values, field_value, load_run_config, resolve
+from .. import progress as phases
+from ..config import METHODS, Config, config_differences, extreme_values, field_value, load_run_config, resolve
 from ..errors import CheckpointError, ConfigError, DiskFull, RunRefused, TrainingDiverged
 from ..integrity import first_nonfinite
-from ..method import DPDMD, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
+from ..method import DPDMD, TeacherSplit, dpdmd_student_loss, fake_update_loss, first_step_target, one_step_pick
 from ..runfolder import RunFolder
 from ..teachers import load_teacher_with_prompts
 from ..teachers.base import cond_to
@@ -49,11 +50,13 @@ def make_accelerator(cfg: Config):
     cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    # run.tensorboard: accelerate's own tracker, writing <run>/tensorboard (resolve() checked it is installed)
+    tracking = {"log_with": "tensorboard", "project_dir": str(Path(cfg.run.output_dir))} if cfg.run.tensorboard else {}
     try:
-        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu, **tracking)
     except ValueError:  # an earlier Accelerator in this process had other settings
         AcceleratorState._reset_state(True)
-        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu)
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cpu, **tracking)
 
 
 class Trainer:
@@ -72,7 +75,8 @@ class Trainer:
 
         c = self.cfg
         # prompts first: the text encoders come and go before the denoiser and the trainable copies take memory
-        self.teacher, self.bank = load_teacher_with_prompts(c, self.acc.device, c.data.prompts)
+        with self.reporting():
+            self.teacher, self.bank = load_teacher_with_prompts(c, self.acc.device, c.data.prompts)
         sched, m = self.teacher.schedule, c.method
         self.anchor_target = first_step_target(sched, m.anchor_target)
         self.student_levels = self.teacher.student_levels(c.student.num_steps, c.student.shift)
@@ -82,7 +86,7 @@ class Trainer:
             anchor_target=self.anchor_target, detach_first=c.detach_first, backprop=m.backprop,
             renoise_low=m.renoise_min, renoise_high=m.renoise_max, renoise_per_sample=m.renoise_per == "sample",
             renoise_shifted=m.renoise_shift == "shifted", normalizer=m.dmd_normalizer,
-            fake_t_shifted=m.fake_t_shift == "shifted")
+            fake_t_shifted=m.fake_t_shift == "shifted", objective=c.objective)
 
         self.sharded = is_sharded(self.acc)  # FSDP: each process holds a shard of the student and the fake score
         student, fake = self._trainable_networks()
@@ -114,6 +118,11 @@ class Trainer:
         self._seed_generators(self.acc.process_index, 0)
         self.step = 0
         self.opened = False  # the run folder records this process's attempt (a refused start leaves it alone)
+
+    def reporting(self):
+        """Where this process's long phases show: the terminal (with progress) and, on the main process, the run's
+        status.json (distill_core.progress)."""
+        return phases.reporting(self.run if self.is_main else None, self.progress)
 
     def _trainable_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The student and the fake score: copies of the teacher (LoRA-wrapped when student.lora_rank), or two
@@ -168,6 +177,11 @@ class Trainer:
         w = self.cfg.teacher.guidance_scale
         return lambda x, lv: self.teacher.predict_cfg(self.teacher.network, x, lv, cond, null, w)
 
+    def _split(self, cond, null) -> TeacherSplit:
+        """The teacher with the prompt and without, unguided (Decoupled-DMD's two terms)."""
+        net = self.teacher.network
+        return TeacherSplit(self._pred(net, cond), self._pred(net, null), self.cfg.teacher.guidance_scale)
+
     # ---- the two updates -------------------------------------------------------------------------
     def fake_update(self) -> float:
         """One fake-score step on its loss (method.fake_update_loss) for a fresh batch."""
@@ -188,7 +202,8 @@ class Trainer:
         pick = one_step_pick(self.method, self.generators["data"])
         with self.acc.autocast():
             out = dpdmd_student_loss(self.method, self._pred(self.student, cond), self._real(cond, null),
-                                     self._pred(self.fake, cond), z, self.generators["noise"], pick)
+                                     self._pred(self.fake, cond), z, self.generators["noise"], pick,
+                                     self._split(cond, null) if self.method.objective == "decoupled_dmd" else None)
         self._check(out.loss, "student")
         self._backward(out.loss, self.student)
         self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
@@ -385,7 +400,7 @@ class Trainer:
         ``finish``: then export, evaluate and report (the run reads 'finishing' meanwhile). The run folder is
         locked throughout: another process training in it is refused (RunRefused).
         """
-        with self.run.locked() if self.is_main else nullcontext():
+        with self.run.locked() if self.is_main else nullcontext(), self.reporting():
             state = self._fit(finish)
             if finish and state == "finished" and self.is_main:
                 from .finish import finish_run
@@ -400,9 +415,12 @@ class Trainer:
         c = self.cfg
         recorder = self._open()
         state = "finished"
+        # time left from the running median of step times (StepClock), not tqdm's rate, which a slow first step
+        # (warm-up) skews for many steps
         bar = tqdm(total=c.run.max_steps, initial=self.step, desc="distilling", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
-        first = True
+                   disable=not self.progress, dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        clock, first = phases.StepClock(), True
         with self._signals(), closing(bar):  # closed before an error line, which then stands on its own line
             while self.step < c.run.max_steps:
                 if self._agree(self._stop.is_set() or recorder.requested("stop")):
@@ -411,10 +429,13 @@ class Trainer:
                 with batch_fits(c.data.batch_size, self.acc.device) if first else nullcontext():
                     logs = self.train_step()
                 first = False
+                clock.add(logs["sec_per_step"])
                 bar.update(1)
-                bar.set_postfix(dmd=f"{logs['loss_dmd']:.4f}", div=f"{logs['loss_div']:.4f}",
-                                fake=f"{logs['loss_fake']:.4f}")
-                recorder.after_step(self.step, logs)
+                recorder.after_step(self.step, logs, clock)
+                if c.run.tensorboard:
+                    measured = {} if recorder.diversity is None else {"diversity": recorder.diversity}
+                    self.acc.log({**logs, **measured}, step=self.step)
+                bar.set_postfix(self._postfix(logs, recorder, clock.left(c.run.max_steps - self.step)), refresh=False)
                 every = c.run.checkpoint_every
                 if self._agree(recorder.requested("save")) or (every and self.step % every == 0):
                     self.save_checkpoint(recorder)
@@ -423,12 +444,27 @@ class Trainer:
         self._close(recorder, "finishing" if finish_after and state == "finished" else state)
         return state
 
+    def _postfix(self, logs: dict, recorder: Recorder, left: float | None) -> dict[str, str]:
+        """The bar's numbers: the losses the method trains on (plain DMD has no diversity loss), the diversity once
+        an evaluation has measured it (a 0 before then would read as none), the time left once it is known."""
+        from tqdm import tqdm
+
+        out = {"dmd": f"{logs['loss_dmd']:.4f}", "fake": f"{logs['loss_fake']:.4f}"}
+        if METHODS[self.cfg.method.name].diversity:
+            out["div_loss"] = f"{logs['loss_div']:.4f}"
+        if recorder.diversity is not None:
+            out["diversity"] = f"{recorder.diversity:.4f}"
+        out["left"] = "measuring" if left is None else tqdm.format_interval(left)
+        return out
+
     def _open(self) -> Recorder:
         """Create or resume the run folder; the recorder that writes it (silent off the main process)."""
         if self.is_main:
             self.run.create()
         self.acc.wait_for_everyone()
         resumed = self.try_resume()
+        if self.cfg.run.tensorboard:
+            self.acc.init_trackers("tensorboard")  # <run>/tensorboard; only the main process writes
         if not self.is_main:
             return Recorder()
         from ..evaluation.evaluate import load_extractor
@@ -440,7 +476,8 @@ class Trainer:
                                self.sampling_student, can_sample=not self.sharded, processes=self.acc.num_processes)
         self.opened = True
         recorder.open(self.step, resumed, {
-            "teacher": self.teacher.describe(), "method": c.method.name, "student_levels": self.student_levels,
+            "teacher": self.teacher.describe(), "method": c.method.name, "refine": c.objective,
+            "student_levels": self.student_levels,
             "anchor_level": self.teacher_levels[c.method.anchor_step]})
         return recorder
 
@@ -454,6 +491,8 @@ class Trainer:
         if ckpt.step_dir_name(self.step) not in {d.name for d in ckpt.list_complete(self.run.checkpoints)}:
             self.save_checkpoint(recorder)
         recorder.close(state, self.step)
+        if self.cfg.run.tensorboard:
+            self.acc.end_training()
         self.acc.wait_for_everyone()
 
     def _replica_difference(self) -> float:
