@@ -1,9 +1,10 @@
 """Full-size random-weight teachers and measured DP-DMD iterations: the code fullsize_cpu.py and gpu_check.py share.
 
-A teacher folder is a real diffusers folder: the public SD3.5-Medium transformer or SDXL-base UNet config
-(distill_core.plan) with random bf16 weights, the real VAE config, and text encoders of one layer whose
-outputs have the real shapes (CLIP-L 768, CLIP-G 1280, pooled 2048; T5 4096; SDXL 2048 + pooled 1280), so
-the prompt embeddings the trainer caches are what the real pipelines produce in shape. The iterations are the
+A teacher folder is a real diffusers folder: a public network config of `dpdmd plan`'s table (distill_core.plan
+REFERENCES: SD3.5, SDXL, Z-Image, FLUX.2 [klein]) with random bf16 weights, the real VAE config, and text
+encoders whose outputs have the real shapes (one-layer CLIP-L 768, CLIP-G 1280, pooled 2048; T5 4096; SDXL
+2048 + pooled 1280; Qwen3 at its real width with as few narrow layers as the pipeline reads), so the prompt
+embeddings the trainer caches are what the real pipelines produce in shape. The iterations are the
 project's own Trainer (its fake_update and student_update, optimiser steps included); each phase's seconds and
 peak memory are recorded by a Meter (host RSS on a CPU, torch.cuda.max_memory_allocated on a GPU) and set
 against ``dpdmd plan``'s parts for the same config.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import json
 import os
@@ -35,48 +37,49 @@ from distill_core.runfolder import atomic_write_text  # noqa: E402
 
 GB = 1e9
 PROMPTS = ["a photo of a cat", "the dog", "a painting of the sea"]
-# A few-layer network of the same class and widths where the text meets it: the same code path in seconds
-# (SD3: width 64 x depth, as ComfyUI infers the depth).
-TINY = {"sd3.5-medium": {"num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128,
-                         "dual_attention_layers": [0]},
+# Per family, a few-layer network of the same class and widths where the text meets it: the same code path in
+# seconds (SD3: width 64 x depth, as ComfyUI infers the depth).
+TINY = {"sd3": {"num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128, "dual_attention_layers": [0]},
         "sdxl": {"block_out_channels": [32, 64, 64], "transformer_layers_per_block": [1, 1, 1],
                  "attention_head_dim": [2, 4, 4], "norm_num_groups": 16},
-        "flux2-klein-4b": {"num_layers": 1, "num_single_layers": 1},
-        "flux2-klein-9b": {"num_layers": 1, "num_single_layers": 1},
-        "z-image": {"dim": 120, "n_heads": 2, "n_kv_heads": 2, "n_layers": 2, "n_refiner_layers": 1,
-                    "axes_dims": [20, 20, 20]}}
+        "zimage": {"dim": 128, "n_heads": 1, "n_kv_heads": 1, "n_layers": 1, "n_refiner_layers": 1},  # head 128
+        "flux2": {"num_layers": 1, "num_single_layers": 1, "num_attention_heads": 1}}  # head 128, as ComfyUI reads
+TINY_VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1}  # the same 8x downsampling
 VAE_FACTORS = {"sd3": {"scaling_factor": 1.5305, "shift_factor": 0.0609}, "sdxl": {"scaling_factor": 0.13025},
-               "zimage": {"scaling_factor": 0.3611, "shift_factor": 0.1159}}
+               "zimage": {"scaling_factor": 0.3611, "shift_factor": 0.1159}}  # Z-Image: FLUX.1's VAE
 
 
 def network_config(name: str, tiny: bool = False) -> dict:
     ref = planning.REFERENCES[name]
-    return {**ref["network"], **(TINY[name] if tiny else {})}
+    return {**ref["network"], **(TINY[ref["family"]] if tiny else {})}
 
 
-def _qwen3_encoder(width: int) -> dict:
-    """FLUX.2's Qwen3 at its real width with narrow layers: 28 of them, as the pipeline reads hidden states 9,
-    18 and 27 (the embeddings the transformer sees have the real 3 x width)."""
+def reference_report(name: str, resolution: int, tiny: bool = False) -> planning.Report:
+    """``dpdmd plan --architecture NAME`` at ``resolution``; ``tiny``: of the few-layer networks the bench builds
+    (its one-layer text encoders are left out: next to nothing)."""
+    arch = planning.architecture_from_reference(name)
+    if tiny:
+        arch = dataclasses.replace(arch, network=network_config(name, tiny), text_encoders={},
+                                   vae={**arch.vae, **TINY_VAE})
+    return planning.Report(arch, name, planning.Options(resolution=resolution), planning.Planner(arch))
+
+
+def _qwen3_encoder(width: int, layers: int, causal_lm: bool = True) -> dict:
+    """A Qwen3 at its real width with narrow layers: as many as the pipeline reads (FLUX.2: 28, for hidden
+    states 9, 18 and 27, the transformer seeing the real 3 x width; Z-Image: 2, for hidden_states[-2], a
+    Qwen3Model)."""
     from tiny_flux2 import tiny_qwen_tokenizer
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
     tok = tiny_qwen_tokenizer()
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=width, intermediate_size=64, num_hidden_layers=28,
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=width, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=128, pad_token_id=tok.pad_token_id,
                          tie_word_embeddings=True)
-    return {"text_encoder": Qwen3ForCausalLM(config), "tokenizer": tok}
+    return {"text_encoder": (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config), "tokenizer": tok}
 
 
 def _text_encoders(family: str) -> dict:
-    """One-layer CLIP-L / CLIP-G (and T5), or Qwen3 (Z-Image), whose hidden and pooled widths are the real ones."""
-    if family == "zimage":
-        from tiny_zimage import tiny_qwen_tokenizer
-        from transformers import Qwen3Config, Qwen3Model
-
-        tok = tiny_qwen_tokenizer()
-        return {"tokenizer": tok, "text_encoder": Qwen3Model(Qwen3Config(
-            vocab_size=len(tok), hidden_size=2560, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=64, max_position_embeddings=1024, pad_token_id=tok.pad_token_id))}
+    """One-layer CLIP-L / CLIP-G (and T5) whose hidden and pooled widths are the real ones."""
     from tiny_diffusers import tiny_clip_tokenizer, tiny_t5_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -100,8 +103,9 @@ def _text_encoders(family: str) -> dict:
     return parts
 
 
-def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 0) -> Path:
-    """Write a random-weight diffusers teacher folder of a reference architecture (skipped if it exists)."""
+def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 0, device: str = "cpu") -> Path:
+    """Write a random-weight diffusers teacher folder of a reference architecture (skipped if it exists).
+    ``device``: where the denoiser's random weights are drawn (a GPU draws 8 B parameters in a second)."""
     import diffusers
 
     if (path / "model_index.json").is_file():
@@ -112,19 +116,23 @@ def build_teacher_folder(name: str, path: Path, tiny: bool = False, seed: int = 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # built in bf16: no fp32 copy of 2.5 B parameters on the way
     try:
-        net = getattr(diffusers, ref["network_class"]).from_config(network_config(name, tiny))
+        with torch.device(device):
+            net = getattr(diffusers, ref["network_class"]).from_config(network_config(name, tiny))
     finally:
         torch.set_default_dtype(previous)
     vae = getattr(diffusers, ref.get("vae_class", "AutoencoderKL")).from_config(
-        {**ref["vae"], **VAE_FACTORS.get(family, {})})
+        {**ref["vae"], **VAE_FACTORS.get(family, {}), **(TINY_VAE if tiny else {})})
     if family == "flux2":
         width = ref["text_encoders"]["text_encoder"][1]["hidden_size"]
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
                                                               time_shift_type="exponential")
-        pipe = diffusers.Flux2KleinPipeline(transformer=net, vae=vae, scheduler=scheduler, **_qwen3_encoder(width))
+        pipe = diffusers.Flux2KleinPipeline(transformer=net, vae=vae, scheduler=scheduler,
+                                            **_qwen3_encoder(width, layers=28))
     elif family == "zimage":
-        pipe = diffusers.ZImagePipeline(transformer=net, vae=vae, **_text_encoders(family),
-                                        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+        width = ref["text_encoders"]["text_encoder"][1]["hidden_size"]
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+        pipe = diffusers.ZImagePipeline(transformer=net, vae=vae, scheduler=scheduler,
+                                        **_qwen3_encoder(width, layers=2, causal_lm=False))
     elif family == "sd3":
         pipe = diffusers.StableDiffusion3Pipeline(transformer=net, vae=vae, **_text_encoders(family),
                                                   scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
@@ -205,12 +213,19 @@ class HostMeter:
         time.sleep(0.05)
         return max(self._peak, rss_bytes())
 
+    def peak_reserved(self) -> None:
+        return None  # no allocator cache to tell apart on the host
+
+    def sync(self) -> None:
+        pass
+
     def close(self) -> None:
         self._stop.set()
 
 
 class CudaMeter:
-    """torch.cuda.max_memory_allocated per phase (what the planner estimates, without the context)."""
+    """torch.cuda.max_memory_allocated per phase (what the planner estimates, without the context), and
+    max_memory_reserved (the caching allocator's hold: allocated plus its fragmentation)."""
 
     kind = "max_memory_allocated"
     baseline = 0
@@ -222,6 +237,13 @@ class CudaMeter:
     def peak(self) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated()
+
+    def peak_reserved(self) -> int:
+        return torch.cuda.max_memory_reserved()
+
+    def sync(self) -> None:
+        """Wait for queued kernels, so that a phase's seconds are its kernels' and not their launches'."""
+        torch.cuda.synchronize()
 
     def close(self) -> None:
         pass
@@ -240,7 +262,8 @@ class Phases:
         if self._active:  # nested: the outer phase keeps its own peak running
             t0 = time.perf_counter()
             yield
-            self._add(name, time.perf_counter() - t0, None)
+            self.meter.sync()
+            self._add(name, time.perf_counter() - t0, None, None)
             return
         self._active.append(name)
         self.meter.start()
@@ -248,15 +271,22 @@ class Phases:
         try:
             yield
         finally:
-            self._add(name, time.perf_counter() - t0, self.meter.peak())
+            self._add(name, time.perf_counter() - t0, self.meter.peak(), self.meter.peak_reserved())
             self._active.pop()
 
-    def _add(self, name: str, seconds: float, peak: int | None) -> None:
+    def take(self) -> dict[str, dict]:
+        """The rows so far, and a fresh start (one measurement per call, e.g. per iteration)."""
+        rows, self.rows = self.rows, {}
+        return rows
+
+    def _add(self, name: str, seconds: float, peak: int | None, reserved: int | None) -> None:
         row = self.rows.setdefault(name, {"seconds": 0.0, "peak_gb": None, "count": 0})
         row["seconds"] += seconds
         row["count"] += 1
         if peak is not None:
             row["peak_gb"] = max(row["peak_gb"] or 0.0, peak / GB)
+        if reserved is not None:
+            row["reserved_gb"] = max(row.get("reserved_gb", 0.0), reserved / GB)
 
 
 def _timed(phases: Phases, name: str, fn):
@@ -267,20 +297,17 @@ def _timed(phases: Phases, name: str, fn):
 
 
 # ---- the measured run -------------------------------------------------------------------------------------------
-def measure(cfg: Config, meter, iterations: int = 1, checkpoint: bool = True) -> dict:
-    """Build the run's Trainer, train ``iterations`` DP-DMD steps, write a checkpoint (``checkpoint``); seconds and
-    peaks per phase; seconds per iteration from the last one (the first also warms kernels up).
-
-    Phases: 'load + prompts' (teacher, prompt cache, the two adapters, optimisers), 'fake update' (student sample,
-    fake-score loss, backward, AdamW step), 'student update' (anchor rollout, student rollout, DMD and diversity
-    losses, backward, AdamW step), with 'anchor rollout' (the teacher's k CFG steps) timed inside it.
-    """
-    from distill_core.training.recorder import Recorder
+@contextmanager
+def timed_trainer(cfg: Config, phases: Phases):
+    """The run's Trainer, built inside the phase 'load + prompts' (teacher, prompt cache, adapters, optimisers),
+    with its 'fake update' (student sample, fake-score loss, backward, AdamW step) and 'student update' (anchor
+    rollout, student rollout, DMD and diversity losses, backward, AdamW step) timed as phases, and 'anchor rollout'
+    (the teacher's k CFG steps) inside the latter. The trainer is deleted on the way out."""
     from distill_core.training.trainer import Trainer
 
-    phases = Phases(meter)
     original_anchor = method_module.teacher_anchor
     method_module.teacher_anchor = _timed(phases, "anchor rollout (in student update)", original_anchor)
+    trainer = None
     try:
         with phases.phase("load + prompts"):
             trainer = Trainer(cfg, progress=False)
@@ -288,6 +315,20 @@ def measure(cfg: Config, meter, iterations: int = 1, checkpoint: bool = True) ->
             atomic_write_text(trainer.run.config_path, trainer.cfg.to_toml())
         trainer.fake_update = _timed(phases, "fake update", trainer.fake_update)
         trainer.student_update = _timed(phases, "student update", trainer.student_update)
+        yield trainer
+    finally:
+        method_module.teacher_anchor = original_anchor
+        del trainer
+        gc.collect()
+
+
+def measure(cfg: Config, meter, iterations: int = 1, checkpoint: bool = True) -> dict:
+    """Build the run's Trainer, train ``iterations`` DP-DMD steps, write a checkpoint (``checkpoint``); seconds and
+    peaks per phase (timed_trainer's); seconds per iteration from the last one (the first also warms kernels up)."""
+    from distill_core.training.recorder import Recorder
+
+    phases = Phases(meter)
+    with timed_trainer(cfg, phases) as trainer:
         logs = []
         for _ in range(iterations):
             t0 = time.perf_counter()
@@ -296,22 +337,21 @@ def measure(cfg: Config, meter, iterations: int = 1, checkpoint: bool = True) ->
         if checkpoint:
             with phases.phase("checkpoint"):
                 trainer.save_checkpoint(Recorder())
-    finally:
-        method_module.teacher_anchor = original_anchor
-    del trainer
-    gc.collect()
     return {"phases": phases.rows, "sec_per_iter": seconds_per_iteration, "baseline_gb": meter.baseline / GB,
             "meter": meter.kind, "logs": logs}
 
 
 def planned(cfg: Config, host: bool) -> dict:
-    """The planner's parts and peak for the same config. ``host``: no CUDA context or allocator fragmentation (a
-    CPU run: what the process holds beyond its baseline), and no VAE (previews are off in the bench)."""
+    """The planner's parts and peak for the same config (plan_summary)."""
     report = planning.plan(cfg)
-    e = report.planner.estimate(report.options)
+    return plan_summary(report.planner.estimate(report.options), host)
+
+
+def plan_summary(e: planning.Estimate, host: bool) -> dict:
+    """An estimate's parts in GB, without the VAE (previews are off in the bench, it is never loaded). Not ``host``
+    (a GPU run): also the planner's own peaks, with the CUDA context and allocator fragmentation (and the VAE)."""
     parts = {k: v / GB for k, v in e.parts.items()}
-    if host:
-        parts["VAE (previews)"] = 0.0
+    parts["VAE (previews)"] = 0.0
     out = {"parts_gb": parts, "parts_sum_gb": sum(parts.values()), "prompt_gb": e.encode_peak / GB}
     return out if host else {**out, "peak_gb": e.peak / GB, "train_peak_gb": e.train_peak / GB}
 
