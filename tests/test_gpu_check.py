@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check  # noqa: E402
 
 from distill_core import plan as planning  # noqa: E402
+from distill_core.presets import PRESETS  # noqa: E402
 
 PRESET = "shared-lora64-ckpt-onestep-b1"
 # The first architecture of each family in the planner's table: a family added there is run here without a change.
@@ -121,6 +122,8 @@ def test_the_16_and_24_gb_presets_come_first(tmp_path):
     best = archs["sdxl"]["best"]
     order = [j["preset"] for j in jobs]
     assert order[:2] == [best["16"], best["24"]] and set(order) == set(archs["sdxl"]["fitting"]) and len(order) > 2
+    fp8 = {p for p in PRESETS if PRESETS[p].get("teacher.quantize") == "fp8"}
+    assert fp8 and fp8 <= set(order)  # the fp8-base presets are measured too (SDXL: all fit 24 GB)
     assert [j["sample"] for j in jobs] == [True] + [False] * (len(jobs) - 1)
     assert jobs[0]["planned_peak_gb"] <= 16 < jobs[1]["planned_peak_gb"] <= 24
 
