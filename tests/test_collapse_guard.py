@@ -1,7 +1,7 @@
 """The collapse guard (training/collapse.py) on a DMD run that collapses, and its count by hand."""
 import json
 
-from distill_core.config import Config
+from distill_core.config import Config, resolve
 from distill_core.training.collapse import CollapseGuard, advice
 from distill_core.training.trainer import Trainer
 
@@ -20,7 +20,7 @@ def test_advice_follows_the_method():
     for name, words in (("dmd", "method.name = 'dpdmd'"), ("decoupled_dmd", "method.name = 'dpdmd'"),
                         ("no_detach", "the detach"), ("dpdmd", "method.diversity_weight")):
         cfg.method.name = name
-        text = advice(cfg)
+        text = advice(resolve(cfg))  # what a run calls it with: resolved
         assert words in text and "optim.fake_lr 0.0005 vs optim.student_lr 0.001" in text
 
 
