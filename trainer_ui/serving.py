@@ -23,6 +23,9 @@ Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 FILE_ROUTE = "/file="  # Gradio's route for files (…/gradio_api/file=PATH)
+# Answered without the login: Gradio's launch() calls it on itself, and it says only whether the app's start-up
+# hooks had run (they have, by then), nothing about the app.
+LAUNCH_CHECK = "/gradio_api/startup-events"
 REALM = "DP-DMD Studio"
 
 
@@ -68,6 +71,8 @@ class LoginFirst:
         self.login = login
 
     def _allowed(self, scope: Scope) -> bool:
+        if scope["type"] == "http" and scope.get("method") == "GET" and scope.get("path") == LAUNCH_CHECK:
+            return True
         given = basic_credentials(scope.get("headers", []))
         if given is None:
             return False
