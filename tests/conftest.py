@@ -45,6 +45,16 @@ def tiny(tmp_path):
     return lambda name="run", **kw: tiny_config(tmp_path / name, **kw)
 
 
+def assert_same_checkpoint(a, b) -> None:
+    """Two checkpoint folders hold bit-identical networks and optimiser states (a resume against an unbroken run)."""
+    import torch
+    from safetensors.torch import load_file
+
+    for name in ("student", "fake", "optim_student", "optim_fake"):
+        x, y = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+
 def require(available: bool, what: str, how: str) -> None:
     """Skip a test whose tool is missing locally, but fail it in CI (CI must run every test)."""
     if available:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import assert_same_checkpoint
 import torch
 from safetensors.torch import load_file
 from tiny_diffusers import tiny_run_config
@@ -123,12 +125,6 @@ def write_config(cfg, path: Path) -> Path:
     return path
 
 
-def same_checkpoints(a: Path, b: Path) -> None:
-    for name in ("student", "fake", "optim_student", "optim_fake"):
-        x, y = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
-
-
 @pytest.mark.parametrize("method, rank", [("dpdmd", 0), ("dmd", 0), ("dpdmd", 2), ("dmd", 2)])
 def test_train_resume_is_bit_identical_and_exports_reload_in_the_pipeline(folder, tmp_path, monkeypatch, method,
                                                                              rank):
@@ -150,7 +146,7 @@ def test_train_resume_is_bit_identical_and_exports_reload_in_the_pipeline(folder
         assert cli(["train", str(config), "--max-steps", "3", "--no-finish"]) == 0
     straight = run_config(folder, tmp_path / "straight", run__max_steps=3, **kw)
     assert cli(["train", str(write_config(straight, tmp_path / "straight.toml")), "--no-finish"]) == 0
-    same_checkpoints(tmp_path / "run/checkpoints/step_00000003", tmp_path / "straight/checkpoints/step_00000003")
+    assert_same_checkpoint(tmp_path / "run/checkpoints/step_00000003", tmp_path / "straight/checkpoints/step_00000003")
     if rank:
         saved = load_file(str(tmp_path / "run/checkpoints/step_00000003/student.safetensors"))
         assert saved and all(".lora_" in k for k in saved)  # shared base: the adapters only

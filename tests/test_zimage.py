@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from conftest import assert_same_checkpoint
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -156,10 +158,7 @@ def train_resume_and_compare(folder, tmp_path, monkeypatch, **kw):
     assert [e["event"] for e in events].count("resume") == 1
     straight = run_config(folder, tmp_path / "straight", **{**kw, "run__max_steps": 3})
     assert cli(["train", str(write_config(straight, tmp_path / "straight.toml")), "--no-finish"]) == 0
-    for name in ("student", "fake", "optim_student", "optim_fake"):
-        a = load_file(str(tmp_path / "run/checkpoints/step_00000003" / f"{name}.safetensors"))
-        b = load_file(str(tmp_path / "straight/checkpoints/step_00000003" / f"{name}.safetensors"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert_same_checkpoint(tmp_path / "run/checkpoints/step_00000003", tmp_path / "straight/checkpoints/step_00000003")
     return cfg
 
 
