@@ -51,15 +51,16 @@ def base_config(args, work: Path, name: str, method: str, seed: int) -> Config:
     cfg.method.refine = refine
     cfg.run.seed = seed
     cfg.run.max_steps = args.steps or cfg.run.max_steps
-    cfg.run.checkpoint_every = cfg.run.max_steps
     cfg.run.keep_checkpoints = 1
     cfg.data.batch_size = args.batch or cfg.data.batch_size
     cfg.optim.student_lr = args.lr or cfg.optim.student_lr
     cfg.optim.fake_lr = args.fake_lr or cfg.optim.fake_lr or args.lr
-    cfg.eval.diversity_every = max(1, cfg.run.max_steps // 8)  # diversity over training (the paper's Fig. 5)
     cfg.eval.grid_every = 0
     for assignment in args.set:
         apply_override(cfg, assignment)
+    cfg = resolve(cfg)  # the family's defaults (max_steps among them) filled in
+    cfg.run.checkpoint_every = cfg.run.max_steps
+    cfg.eval.diversity_every = max(1, cfg.run.max_steps // 8)  # diversity over training (the paper's Fig. 5)
     return cfg
 
 
