@@ -39,20 +39,25 @@ def folder_of(work: Path, arch: str, tiny: bool) -> Path:
     return work / f"teacher_{arch}{'_tiny' if tiny else ''}"
 
 
-def run_of(work: Path, arch: str, tiny: bool, resolution: int) -> Path:
-    return work / f"run_{arch}{'_tiny' if tiny else ''}_{resolution}"
+def preset_tag(preset: str) -> str:
+    """Runs and results of another preset than the default live beside its, not over them."""
+    return "" if preset == PRESET else f"_{preset}"
+
+
+def run_of(args, resolution: int) -> Path:
+    return args.work / f"run_{args.arch}{'_tiny' if args.tiny else ''}{preset_tag(args.preset)}_{resolution}"
 
 
 def export_path(args, fmt: str) -> Path:
     """Where the 256 px run's student is exported (the names dpdmd export gives in a run folder)."""
     from distill_core.export.formats import FORMATS
 
-    return args.work / f"{run_of(args.work, args.arch, args.tiny, args.resolution).name}{FORMATS[fmt].suffix}"
+    return args.work / f"{run_of(args, args.resolution).name}{FORMATS[fmt].suffix}"
 
 
 def config_of(args, resolution: int):
     cfg = bench_config(folder_of(args.work, args.arch, args.tiny), args.arch,
-                       run_of(args.work, args.arch, args.tiny, resolution), resolution, args.preset, "cpu")
+                       run_of(args, resolution), resolution, args.preset, "cpu")
     cfg.optim.student_lr = cfg.optim.fake_lr = 1e-2
     return cfg
 
@@ -78,7 +83,7 @@ def stage_train(args) -> dict:
 def stage_export(args) -> dict:
     from distill_core.export.exporters import export
 
-    run = run_of(args.work, args.arch, args.tiny, args.resolution)
+    run = run_of(args, args.resolution)
     meter, rows = HostMeter(), {}
     for fmt, dtype in (("comfy", None), ("diffusers", "bfloat16"), ("lora", None)):
         meter.start()
@@ -129,7 +134,7 @@ STAGES = {"build": stage_build, "train": stage_train, "export": stage_export, "d
 
 # ---- the orchestration -------------------------------------------------------------------------------------------
 def result_path(args, stage: str, arch: str, resolution: int | None = None) -> Path:
-    suffix = f"_{resolution}" if resolution else ""
+    suffix = (preset_tag(args.preset) if stage != "build" else "") + (f"_{resolution}" if resolution else "")
     return args.work / f"{stage}_{arch}{'_tiny' if args.tiny else ''}{suffix}.json"
 
 
@@ -148,6 +153,7 @@ def table(rows: list[tuple[str, int, dict]]) -> str:
     for arch, px, r in rows:
         m, p = r["measured"], r["planned"]
         base = m["baseline_gb"]
+        arch += preset_tag(r.get("preset", PRESET)).replace("_", " ", 1)
         for name, ph in m["phases"].items():
             peak = f"{ph['peak_gb']:.2f}" if ph["peak_gb"] is not None else "(inside)"
             lines.append(f"| {arch} | {px} | {name} | {ph['seconds']:.1f} | {peak} | | |")

@@ -75,8 +75,9 @@ def _cmd_config(args) -> None:
         cfg.eval.features = ""
         fam = family(args.family)
         note = native_guidance(args.family, fam.guidance_scale)
-        comment = (f"[teacher]\n# guidance_scale = {fam.guidance_scale:g} by default: this project's CFG uncond + s (cond - "
-                   f"uncond), {note}\n") if note else "[teacher]\n"
+        comment = "[teacher]\n" + (f"# guidance_scale = {fam.guidance_scale:g} by default: this project's CFG uncond + s "
+                                    f"(cond - uncond), {note}\n" if note else "")
+        comment += f"# shift: {fam.shift_note}\n" if fam.shift_note else ""
         print(Config.to_toml(cfg).replace("[teacher]\n", comment, 1))
         return
     print(resolve(cfg).to_toml())

@@ -33,6 +33,8 @@ class Family:
     guidance_offset: float = 0.0
     guidance_name: str = "guidance_scale"  # what the family's own pipeline calls its CFG argument
     cfg_extras: bool = False  # its teacher takes teacher.cfg_truncation / cfg_normalization (as its pipeline does)
+    # how the family's own scheduler sets the shift where it is not one static number ('' where it is)
+    shift_note: str = ""
 
 
 FAMILIES: dict[str, Family] = {
@@ -65,8 +67,11 @@ FAMILIES: dict[str, Family] = {
     # mu = 2.02 (ComfyUI's Flux2 default "shift"), i.e. the static shift exp(2.02) = 7.56 written here.
     # Its sigmas before the shift are linspace(1, 1/n, n) (the pipeline passes them): spacing "linear".
     "flux2": Family("FLUX.2 [klein] base 4B / 9B (local diffusers folder)", guidance_scale=4.0, num_steps=50,
-                    lr=1e-5, fake_lr=None, diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024, prediction_type="flow", shift=7.56, comfy_native=True,
-                    spacing="linear"),
+                    lr=1e-5, fake_lr=None, diversity_weight=0.05, max_steps=400, batch_size=4, resolution=1024,
+                    prediction_type="flow", shift=7.56, comfy_native=True, spacing="linear",
+                    shift_note="FLUX.2's own scheduler shifts by exp(mu), mu from the image size and step count "
+                               "(mu 2.02 = shift 7.56 at 1024 px and 50 steps); the teacher computes it the same way "
+                               "unless teacher.shift is set"),
 }
 # The names as a type: teacher.family's annotation, checked at run time (config.choices reads it).
 FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]

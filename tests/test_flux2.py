@@ -248,6 +248,28 @@ def test_example_config_and_its_stated_schedule(folder, tmp_path):
     assert Options.from_config(cfg).describe().startswith("LoRA rank 64 on a shared base")
 
 
+def test_the_familys_own_shift_is_stated_where_the_user_sets_the_teacher(capsys):
+    """FLUX.2 writes mu, not a shift: the note beside teacher.shift (dpdmd config, the wizard's CFG note, the report's
+    teacher line) gives the mu its pipeline computes at the row's defaults and the shift that equals."""
+    import math
+
+    from distill_core.cli import main
+    from distill_core.evaluation.report import _teacher_line
+    from distill_core.families import family
+    from distill_core.teachers.flux2 import empirical_mu
+    from trainer_ui.wizard import guidance_help
+
+    row = family("flux2")
+    mu = empirical_mu((row.resolution // 16) ** 2, row.num_steps)
+    assert f"mu {mu:.2f} = shift {math.exp(mu):.2f}" in row.shift_note and row.shift == round(math.exp(mu), 2)
+    main(["config", "--family", "flux2"])
+    assert f"# shift: {row.shift_note}" in capsys.readouterr().out
+    assert row.shift_note in guidance_help("flux2") and "mu" not in guidance_help("sd3")
+    line = _teacher_line('[teacher]\nfamily = "flux2"\nguidance_scale = 4.0\nnum_steps = 50\n')
+    assert line.endswith(row.shift_note)
+    assert _teacher_line('[teacher]\nfamily = "flux2"\nguidance_scale = 4.0\nshift = 3.0\n').endswith("shift 3")
+
+
 def test_the_24_gb_presets_settings_train(folder, tmp_path):
     """shared-lora64-ckpt-onestep-b1's combination (bf16 autocast, bf16 shared base, gradient checkpointing,
     one-step backprop) runs a fake and a student update on FLUX.2 and moves the adapters."""

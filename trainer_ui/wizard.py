@@ -154,10 +154,13 @@ def in_labels(message: str) -> tuple[str, str | None]:
 
 def guidance_help(family: str) -> str:
     """The CFG field's note: the formula, and the family's own value of the default where its pipeline counts CFG
-    another way (Z-Image: 6 here is its guidance_scale 5)."""
-    note = native_guidance(family, CORE_FAMILIES[family].guidance_scale)
-    default = f"; the default {CORE_FAMILIES[family].guidance_scale:g} {note}" if note else ""
-    return f"uncond + s (cond - uncond){default}"
+    another way (Z-Image: 6 here is its guidance_scale 5); where the family's scheduler sets the shift its own
+    way (FLUX.2's mu), that too, as the schedule the guided teacher samples with."""
+    fam = CORE_FAMILIES[family]
+    note = native_guidance(family, fam.guidance_scale)
+    default = f"; the default {fam.guidance_scale:g} {note}" if note else ""
+    shift = f". Schedule: {fam.shift_note}" if fam.shift_note else ""
+    return f"uncond + s (cond - uncond){default}{shift}"
 
 
 def default_form(family: str = "builtin", builtin: str = DEFAULT_KIND) -> WizardForm:

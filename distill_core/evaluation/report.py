@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import METHODS
 from ..errors import CheckpointError, ConfigError, shown
+from .. import families
 from ..families import native_guidance
 from ..runfolder import RunFolder, atomic_write_text
 
@@ -84,10 +85,12 @@ def _teacher_line(config_text: str) -> str:
     try:
         t = tomllib.loads(config_text).get("teacher", {})
         family, scale = str(t["family"]), float(t["guidance_scale"])
-        note = native_guidance(family, scale)
+        note, shift = native_guidance(family, scale), families.family(family).shift_note
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError):
         return ""
-    return f"teacher: {family}, {t.get('num_steps', '?')} steps, CFG {scale:g} (uncond + s (cond - uncond)) {note}".rstrip()
+    shift = f"; shift {t['shift']:g}" if t.get("shift") is not None else (f"; {shift}" if shift else "")
+    return (f"teacher: {family}, {t.get('num_steps', '?')} steps, CFG {scale:g} (uncond + s (cond - uncond)) "
+            f"{note}".rstrip() + shift)
 
 
 def curves(events: list[dict], teacher_diversity: float | None) -> tuple[bytes | None, bytes | None]:
