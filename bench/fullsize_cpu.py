@@ -110,7 +110,11 @@ def stage_diffusers(args) -> dict:
     teacher = folder_of(args.work, args.arch, args.tiny)
     pipe = getattr(diffusers, d["pipeline"]).from_pretrained(str(teacher), **{d["component"]: net}, scheduler=scheduler,
                                                              torch_dtype=torch.bfloat16)
-    side = DIFFUSERS_PX // pipe.image_processor.config.vae_scale_factor  # FLUX.2: VAE factor x 2 x 2 patches
+    from distill_core.plan import REFERENCES
+    from distill_core.teachers.diffusers_base import teacher_class
+
+    packed = getattr(teacher_class(REFERENCES[args.arch]["family"]), "patch", 1)  # FLUX.2: 2 x 2 patches in channels
+    side = DIFFUSERS_PX // (pipe.vae_scale_factor * packed)
     latents = torch.randn(1, net.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
     call = {**d["call"], "height": DIFFUSERS_PX, "width": DIFFUSERS_PX, "output_type": "latent"}
     student = pipe(prompt="a photo of a cat", latents=latents.to(torch.bfloat16), **call).images.float()
