@@ -39,11 +39,12 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     # The default built-in teacher's values (shapes); the digits teacher's own differences are in builtin/kinds.py.
-    # Shapes: the measured setting E2 of docs/investigation.md, which `dpdmd demo` trains: strong updates (lr 1e-3,
-    # batch 32), a fake score at half the student's lr (it lags, so plain DMD loses modes) and lambda 0.5 (the anchor
-    # holds DP-DMD's first step against that pull), 200 steps.
+    # Shapes: what `dpdmd demo` trains and docs/results.md measures over 5 seeds (docs/investigation.md, issue 28):
+    # strong updates (lr 1e-3, batch 32, 200 steps), lambda 0.5 (E2's), and a fair DMD: the fake score at the
+    # student's lr with 5 updates per student update (DMD2's two time-scale rule; E2's fake score at half the lr
+    # lagged on purpose, which issue 28 called a handicapped baseline).
     "builtin": Family("Built-in teacher: shapes or digits (runs on a CPU)", guidance_scale=2.0, num_steps=30, lr=1e-3,
-                      fake_lr=5e-4, diversity_weight=0.5, max_steps=200, batch_size=32, resolution=16,
+                      fake_lr=None, diversity_weight=0.5, max_steps=200, batch_size=32, resolution=16,
                       prediction_type="flow", shift=1.0, comfy_native=False),
     # The paper's (lambda 0.05, one lr for both networks).
     "sd3": Family("SD3 / SD3.5 (local diffusers folder)", guidance_scale=3.5, num_steps=30, lr=1e-5, fake_lr=None,

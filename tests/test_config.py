@@ -108,15 +108,15 @@ def test_sd3_and_sdxl_defaults_follow_the_paper(tmp_path):
 
 
 def test_the_built_in_defaults_are_the_demos_measured_setting():
-    """Issue 29: `dpdmd config`, the wizard and `dpdmd demo` start from one setting, the shapes teacher's (E2 of
-    docs/investigation.md: lambda 0.5, a fake score at half the student's lr, 200 steps); digits keep the paper's."""
+    """Issue 29: `dpdmd config`, the wizard and `dpdmd demo` start from one setting, the shapes teacher's (lambda
+    0.5, 200 steps, and since issue 28 a fair DMD: the fake score at the student's lr); digits keep the paper's."""
     from distill_core.demo import demo_config
 
     shapes, demo = resolve(Config()), resolve(demo_config("runs/demo/dpdmd"))
     demo.run.output_dir = shapes.run.output_dir
     assert demo.to_dict() == shapes.to_dict()
     assert (shapes.method.diversity_weight, shapes.optim.fake_lr, shapes.optim.student_lr, shapes.run.max_steps) == (
-        0.5, 5e-4, 1e-3, 200)
+        0.5, 1e-3, 1e-3, 200)
     digits = resolve(loads_config("[teacher]\nbuiltin = 'digits'"))
     assert (digits.method.diversity_weight, digits.optim.fake_lr, digits.run.max_steps) == (0.05, 1e-4, 400)
 

@@ -64,11 +64,13 @@ def test_on_the_shapes_teacher_too(tiny):
     assert errors["dmd"] > 10 * before, errors
 
 
-def test_at_the_demo_setting_dmd_loses_diversity_early_and_dpdmd_keeps_it(tmp_path):
-    """The demo's own config (setting E2), cut to 25 steps: DMD's diversity has already dropped, DP-DMD's has not.
+def test_under_a_lagging_fake_score_dmd_loses_diversity_early_and_dpdmd_keeps_it(tmp_path):
+    """The demo's config with E2's lagging fake score (half the student's lr), cut to 25 steps: DMD's diversity has
+    already dropped, DP-DMD's has not.
 
-    The benchmark's diversity over training shows the gap opening there (docs/results.md); a change that removes
-    the anchor, the detach or the lagging fake score's pull closes it.
+    docs/investigation.md (E2) shows the gap opening there; a change that removes the anchor, the detach or the
+    lagging fake score's pull closes it. (The demo itself now trains the fair DMD of issue 28, where DMD's
+    collapse depends on the training seed: no fixed-seed test can assert it.)
     """
     from distill_core.demo import demo_config
     from distill_core.runfolder import RunFolder
@@ -76,6 +78,7 @@ def test_at_the_demo_setting_dmd_loses_diversity_early_and_dpdmd_keeps_it(tmp_pa
     diversity = {}
     for method in ("dmd", "dpdmd"):
         cfg = demo_config(tmp_path / method, method=method)
+        cfg.optim.fake_lr = 5e-4  # E2: half the student's 1e-3
         cfg.run.max_steps, cfg.run.checkpoint_every, cfg.eval.diversity_every, cfg.eval.grid_every = 25, 0, 25, 0
         Trainer(cfg, progress=False).fit()
         evals = [e for e in RunFolder(tmp_path / method).read_events() if e["event"] == "eval" and e["step"] == 25]

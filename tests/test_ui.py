@@ -634,7 +634,7 @@ def test_the_demo_preset_starts_the_demos_two_runs(settings, tmp_path):
         demos = resolve(demo_config(tmp_path / "demo" / method, method=method))  # what run_demo trains
         written.run.output_dir = demos.run.output_dir
         assert written.to_toml() == demos.to_toml(), method
-    assert "lambda = 0.5" in view.message and "fake-score lr 0.0005" in view.message  # the setting, in words
+    assert "lambda = 0.5" in view.message and "fake-score lr 0.001" in view.message  # the setting, in words
     assert "already" in app.start_demo(settings).message  # a second click starts nothing twice
 
 

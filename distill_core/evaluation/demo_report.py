@@ -30,7 +30,7 @@ EXPLANATION = (
     "prompt, so they separate fewer modes from fewer valid images.")
 SEED_NOTE = ("One training seed per student. How far plain DMD collapses varies from seed to seed, and with the "
              "machine (the order of floating-point sums changes a training trajectory): some DMD runs lose most "
-             "modes, some only a few. docs/results.md measures three training seeds of each.")
+             "modes, some none. docs/results.md measures five training seeds of each.")
 
 
 def setting_line(cfg: Config) -> str:
