@@ -71,6 +71,11 @@ def test_the_demo_reports_words_follow_the_valid_only_numbers():
     seeking = {"dmd": _student(0.95, 0.0, 0.50, 0.40), "dpdmd": _student(0.97, 0.0, 0.80, 0.60)}
     words = finding(seeking, prompts)
     assert words.startswith("Over valid samples only") and "1.60x" in words and "the paper's effect." in words
+    assert "did not collapse" not in words
+    alike = {"dmd": _student(0.59, 0.0, 0.83, 0.81), "dpdmd": _student(0.56, 0.01, 0.79, 0.76)}  # the fair demo, seed 0
+    words = finding(alike, prompts)
+    assert "0.95x" in words and "did not collapse on this training seed" in words and "fade" not in words
+    assert "did not collapse" not in finding(faded, prompts)
 
 
 def test_valid_only_ratios_compare_the_prompts_both_students_draw():
