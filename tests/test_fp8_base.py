@@ -55,6 +55,32 @@ def test_fp8_linear_rounds_once_and_keeps_no_upcast_copy():
     assert torch.equal(layer.weight, bits) and torch.equal(layer.dequantized(torch.bfloat16).float(), w)
 
 
+def test_quantizing_a_network_loaded_from_its_file_releases_the_files_memory_map(tiny_qwen_pipelines, tmp_path):
+    """diffusers loads a bf16 safetensors file on the CPU as views of one memory map of it: were any tensor left
+    on the map, the replaced bf16 weights would stay resident beside the fp8 ones (a full-size Z-Image: 12.3 GB
+    beside 6.2, bench/fullsize_cpu.py)."""
+    import gc
+    from pathlib import Path
+
+    from diffusers import ZImageTransformer2DModel
+
+    ZImageTransformer2DModel.from_pretrained(str(tiny_qwen_pipelines["zimage"]), subfolder="transformer").to(
+        torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    net = ZImageTransformer2DModel.from_pretrained(str(tmp_path / "bf16"), torch_dtype=torch.bfloat16)
+    file = str(tmp_path / "bf16" / "diffusion_pytorch_model.safetensors")
+
+    def mapped() -> bool:
+        return file in Path("/proc/self/maps").read_text()
+
+    assert mapped()  # the premise: the loaded weights are views of the file's map
+    before = {n: p.float().clone() for n, p in net.named_parameters() if "norm" in n or n.endswith("bias")}
+    quantize_linears(net.requires_grad_(False))
+    gc.collect()
+    assert not mapped()
+    after = dict(net.named_parameters())
+    assert all(torch.equal(after[n].float(), v) for n, v in before.items())  # the unquantised ones kept as they were
+
+
 @pytest.mark.parametrize("family", ["sd3", "sdxl", "zimage", "flux2"])
 def test_fp8_teacher_predicts_within_the_stated_tolerance(tiny_pipelines, tiny_qwen_pipelines, tmp_path, family):
     preds = {}
