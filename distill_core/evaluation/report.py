@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..config import METHODS
 from ..errors import CheckpointError, ConfigError, shown
-from .. import families
-from ..families import native_guidance
+from ..families import family as family_row, native_guidance
 from ..runfolder import RunFolder, atomic_write_text
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
@@ -85,10 +84,10 @@ def _teacher_line(config_text: str) -> str:
     try:
         t = tomllib.loads(config_text).get("teacher", {})
         family, scale = str(t["family"]), float(t["guidance_scale"])
-        note, shift = native_guidance(family, scale), families.family(family).shift_note
+        note, shift_note = native_guidance(family, scale), family_row(family).shift_note
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError):
         return ""
-    shift = f"; shift {t['shift']:g}" if t.get("shift") is not None else (f"; {shift}" if shift else "")
+    shift = f"; shift {t['shift']:g}" if t.get("shift") is not None else (f"; {shift_note}" if shift_note else "")
     return (f"teacher: {family}, {t.get('num_steps', '?')} steps, CFG {scale:g} (uncond + s (cond - uncond)) "
             f"{note}".rstrip() + shift)
 
