@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fullsize_common import (GB, HostMeter, bench_config, build_teacher_folder, measure, planned,  # noqa: E402
-                             write_json)
+from fullsize_common import (GB, HostMeter, bench_config, build_teacher_folder, measure, plan_summary,  # noqa: E402
+                             planned, write_json)
 
 PRESET = "shared-lora64-ckpt-onestep-b1"
 ARCHS = ("sd3.5-medium", "sdxl")
@@ -151,6 +151,15 @@ def run_stage(args, stage: str, arch: str, resolution: int | None = None) -> dic
     return json.loads(path.read_text())
 
 
+def replanned(arch: str, result: dict) -> dict:
+    """A measured run's plan by today's planner: the reference network (what the bench's folders hold) with the
+    run's preset, resolution and batch 1, as stage_train's config has them."""
+    from distill_core import plan as planning
+
+    options = planning.preset_options(planning.Options(resolution=result["resolution"], batch_size=1), result["preset"])
+    return plan_summary(planning.Planner(planning.architecture_from_reference(arch)).estimate(options), host=True)
+
+
 def table(rows: list[tuple[str, int, dict]]) -> str:
     lines = ["| architecture | px | phase | seconds | peak RSS GB | planned GB | measured / planned |",
              "|---|---|---|---|---|---|---|"]
@@ -181,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default=PRESET)
     ap.add_argument("--skip", default="", help="stages to skip, e.g. export,diffusers")
     ap.add_argument("--report", action="store_true", help="only print the table of the results already in WORK")
+    ap.add_argument("--replan", action="store_true",
+                    help="with --report: plan the measured runs again with today's planner (teacher folders not needed)")
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--resolution", type=int, default=256, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -193,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     resolutions = [int(r) for r in args.resolutions.split(",")]
     if args.report:
         found = [(arch, px, result_path(args, "train", arch, px)) for arch in args.arch.split(",") for px in resolutions]
-        print(table([(arch, px, json.loads(path.read_text())) for arch, px, path in found if path.is_file()]))
+        rows = [(arch, px, json.loads(path.read_text())) for arch, px, path in found if path.is_file()]
+        if args.replan:
+            for arch, _, r in rows:
+                r["planned"] = replanned(arch, r)
+        print(table(rows))
         return 0
     for arch in args.arch.split(","):
         run_stage(args, "build", arch)

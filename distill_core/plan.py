@@ -3,8 +3,9 @@
 Parameter counts come from the teacher folder's configs (models built on the
 meta device, nothing loaded). Activations are *measured* on the meta device:
 one forward pass with gradient of the denoiser at the run's resolution, adding
-up the tensors autograd saves for backward (attention counted as a fused
-flash-style kernel saves it: q, k, v, output and log-sum-exp). With gradient
+up the memory autograd's saved tensors keep (each base tensor once, parameters
+and views of them not at all; attention counted as a fused flash-style kernel
+saves it: q, k, v, output and log-sum-exp). With gradient
 checkpointing the saved set is what stays outside the checkpointed blocks,
 their inputs, and the largest block re-run during backward. The rest is
 arithmetic on the training loop:
@@ -260,19 +261,25 @@ def _flash_attention(*args, **kwargs) -> torch.Tensor:
 
 
 class _SavedBytes:
-    """Counts distinct tensors autograd saves (parameters excluded)."""
+    """Counts the memory autograd's saved tensors keep alive: each distinct base tensor once, whole (a saved view
+    keeps its base), parameters and their views (a linear layer saves its weight transposed) not at all."""
 
     def __init__(self) -> None:
         self.seen: dict[int, torch.Tensor] = {}
 
     def pack(self, t: torch.Tensor):
-        if not isinstance(t, nn.Parameter):
-            self.seen[id(t)] = t
+        base = t if t._base is None else t._base
+        if not isinstance(base, nn.Parameter):
+            self.seen[id(base)] = base
         return t
 
     @property
     def total(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.seen.values())
+        return _bytes(self.seen.values())
+
+
+def _bytes(tensors) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors)
 
 
 def _inputs(arch: Architecture, resolution: int, dtype: torch.dtype) -> dict:
@@ -310,7 +317,7 @@ def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, ch
         if checkpointing:
             net.disable_gradient_checkpointing()
     outside_only = {k: t for k, t in outside.seen.items() if k not in inputs.seen}
-    return sum(t.numel() * t.element_size() for t in outside_only.values()) + inputs.total + largest[0]
+    return _bytes(outside_only.values()) + inputs.total + largest[0]
 
 
 # ---- the estimate -----------------------------------------------------------------------------------------------

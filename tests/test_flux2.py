@@ -220,7 +220,7 @@ def test_plan_counts_the_folder_and_the_real_klein_configs(folder, capsys):
     assert 9.0e9 < sizes["flux2-klein-9b"].net_params < 9.2e9 and 8.1e9 < sizes["flux2-klein-9b"].text_params < 8.3e9
     assert cli(["plan", "--architecture", "flux2-klein-4b", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["best"]["24"] == "shared-lora64-ckpt-onestep-b1"  # bf16 4B in 24 GB
+    assert out["presets"][out["best"]["24"]]["settings"]["teacher.quantize"] == "none"  # bf16 4B in 24 GB
     assert out["best"]["16"] == "fp8-shared-lora64-ckpt-onestep-b1"  # 16 GB only with the fp8 base
 
 

@@ -11,6 +11,7 @@ from distill_core.cli import main as cli
 from distill_core.plan import (CONTEXT_BYTES, FRAGMENTATION, GB, Options, Planner, architecture_from_folder,
                                architecture_from_reference, build_meta_network, plan)
 from distill_core.presets import PRESETS, settings
+from distill_core.teachers.diffusers_base import teacher_class
 from tiny_diffusers import tiny_run_config
 
 
@@ -58,6 +59,48 @@ def test_memory_arithmetic_and_options(sd3_planner):
     sharded = sd3_planner.estimate(Options(resolution=32, batch_size=2, fsdp=4))
     assert sharded.parts["AdamW states (both)"] == est.parts["AdamW states (both)"] / 4
     assert est.fits(24)  # a tiny model fits anywhere
+
+
+def _real_saved_bytes(planner: Planner, resolution: int) -> int:
+    """The bytes of distinct non-parameter storage autograd keeps in a real CPU forward pass of the planner's
+    network (random weights, float32, no checkpointing, the planner's fused-attention stand-in)."""
+    import torch.nn.functional as F
+
+    from distill_core import plan as plan_module
+    from distill_core.plan import _inputs
+
+    arch = planner.arch
+    net = torch.nn.Module.to_empty(build_meta_network(arch), device="cpu").requires_grad_(True)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    inputs = _inputs(arch, resolution, torch.float32)  # real CPU tensors: built outside the meta device
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = plan_module._flash_attention
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(**inputs)
+    finally:
+        F.scaled_dot_product_attention = original
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("family", ["sd3", "sdxl", "zimage", "flux2"])
+def test_activations_are_the_storage_a_real_pass_keeps(family, tiny_pipelines, tiny_qwen_pipelines, monkeypatch):
+    """The meta-device count equals the memory a real pass holds for backward: a linear layer saves its weight
+    (transposed: a view, no new memory), and a saved slice keeps its whole tensor (counting each saved tensor's
+    own size got FLUX.2 klein 4B's full-size row 2.1 GB of activations where the run held about 0.5)."""
+    folder = {**tiny_pipelines, **tiny_qwen_pipelines}[family]
+    # 32 text tokens: the tiny Z-Image's RoPE table is shorter than the real one's 512 text positions
+    monkeypatch.setattr(teacher_class(family), "plan_text_tokens", 32)
+    planner = Planner(architecture_from_folder(folder, family))
+    assert planner.activations(64, torch.float32, False) == _real_saved_bytes(planner, 64)
 
 
 def test_reference_presets_order_and_fit():
