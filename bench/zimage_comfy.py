@@ -6,7 +6,7 @@ ComfyUI detects a Z-Image file only at the real width (model_detection: dim 3840
 and Z-Image's modulation; any other width is read as a Lumina 2 it cannot run), so the tiny CI folders cannot
 reach it. This builds the real block shape (dim 3840, 30 heads, ComfyUI's 2 + 2 refiner blocks) with one main
 layer (0.9 B parameters instead of 6.15 B), a random rank-8 LoRA over the layers the project trains
-(training.lora.TARGETS['zimage']) written by the project's LoRA key writer, and the merged student written by
+(the Z-Image teacher's lora_targets) written by the project's LoRA key writer, and the merged student written by
 the project's student-file writer in bfloat16 (what `dpdmd export --format comfy` writes). Then, in ComfyUI:
 the pack's Student Loader must detect supported_models.ZImage with flow sampling; the pack's Student Sigmas
 (source 'zimage') must equal the file's sigmas; SamplerCustom with the Student Sampler samples 4 steps, set

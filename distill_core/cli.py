@@ -26,6 +26,7 @@ from pathlib import Path
 from .config import AT_MOST, SEED_LIMIT, TeacherSection, choices
 from .errors import ConfigError, DPDMDError, exit_code, shown
 from .export.formats import DTYPES, FORMATS
+from .reference_configs import REFERENCES
 
 # Commands whose module owns their options: main() hands them the rest of the command line. Other
 # packages add commands to the entry-point group (the trainer UI registers `dpdmd ui` in pyproject.toml).
@@ -290,7 +291,7 @@ def build_parser(registered: dict[str, importlib.metadata.EntryPoint] | None = N
 
     pl = sub.add_parser("plan", help="estimate the GPU memory of a run and the presets that fit 16 / 24 / 48 / 80 GB")
     pl.add_argument("config", nargs="?", help="a run config with a diffusers teacher (its folder's configs are read)")
-    pl.add_argument("--architecture", choices=["sd3.5-medium", "sd3.5-large", "sdxl", "z-image", "flux2-klein-4b", "flux2-klein-9b"],
+    pl.add_argument("--architecture", choices=list(REFERENCES),
                     help="plan for a reference architecture (no folder needed; with CONFIG: its options)")
     pl.add_argument("--fsdp", type=int, default=1, metavar="N", help="shard the networks with FSDP over N GPUs")
     pl.add_argument("--json", action="store_true", help="one JSON object: every preset's peak and parts, the best "

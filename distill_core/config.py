@@ -693,7 +693,7 @@ def _check_method(m: MethodSection, t: TeacherSection) -> None:
     if not 0.0 <= m.renoise_min < m.renoise_max <= 1.0:
         raise ConfigError(f"method.renoise_min / renoise_max = {m.renoise_min} / {m.renoise_max} must satisfy "
                           "0 <= min < max <= 1 (DMD2: 0.02 / 0.98)")
-    if t.timestep_spacing != "trailing" and t.family != "sdxl":
+    if t.timestep_spacing != "trailing" and FAMILIES[t.family].prediction_type == "flow":
         raise ConfigError(f"teacher.timestep_spacing = {t.timestep_spacing!r} applies to sdxl teachers (discrete "
                           f"timesteps); a {t.family} teacher samples on its flow sigmas, remove the field")
 

@@ -130,3 +130,11 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_pipelines, turbo, tmp_path, 
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error:")]  # (after the progress bar)
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+
+
+def test_every_familys_folder_is_told_by_its_pipeline_class(tiny_pipelines, tiny_qwen_pipelines):
+    """extract-lora needs no --family for any diffusers family's folder (Z-Image and FLUX.2 included)."""
+    from distill_core.export.extract import detect_family
+
+    for family, folder in {**tiny_pipelines, **tiny_qwen_pipelines}.items():
+        assert detect_family(str(folder)) == family

@@ -114,3 +114,22 @@ def test_the_ui_without_gradio_says_how_to_install_it(tmp_path):
                  f"from trainer_ui.cli import main\nsys.exit(main(['--runs-dir', {str(tmp_path / 'runs')!r}]))")
     assert out.returncode == 2 and "pip install 'dp-dmd-studio[ui]'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_family_is_named_only_in_its_row_and_its_teacher_module():
+    """What a diffusers family is (LoRA layers and file keys, original layer names, ModelSpec id, pipeline class)
+    lives on its teacher class: no other module of the core, the UI or the nodes branches on its name."""
+    import ast
+
+    from distill_core.families import FAMILIES
+
+    names = set(FAMILIES) - {"builtin"}
+    allowed = {ROOT / "distill_core" / "families.py", ROOT / "distill_core" / "reference_configs.py"}
+    found = []
+    for package in ("distill_core", "trainer_ui", "nodes"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path in allowed or path.parent == ROOT / "distill_core" / "teachers":
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for node in ast.walk(ast.parse(
+                path.read_text(encoding="utf-8"))) if isinstance(node, ast.Constant) and node.value in names]
+    assert found == []

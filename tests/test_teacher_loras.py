@@ -218,5 +218,5 @@ def test_merge_is_generic_over_modules():
         save_file({"transformer.0.lora_A.weight": down, "transformer.0.lora_B.weight": up}, f"{d}/l.safetensors")
         merge_loras(net, [{"path": f"{d}/l.safetensors", "weight": 2.0}], "sd3")
     assert torch.allclose(net[0].weight, before + 2 * up @ down)
-    with pytest.raises(ConfigError, match="not available for newfamily"):  # a family without a KEY_FORMATS row
-        merge_loras(net, [{"path": "x.safetensors", "weight": 1.0}], "newfamily")
+    with pytest.raises(ConfigError, match="not available for builtin"):  # a family without LoRA key formats
+        merge_loras(net, [{"path": "x.safetensors", "weight": 1.0}], "builtin")

@@ -34,10 +34,9 @@ from ..families import FAMILIES
 from ..integrity import file_tensors, nonfinite_message, scan, tensors_sha256
 from ..runfolder import RunFolder, atomic_target
 from ..teachers import load_teacher
-from ..teachers.base import Teacher
+from ..teachers.base import Teacher, family_teacher
 from ..training import checkpoint as ckpt
-from ..training.adapters import (adapter_factors, base_dtype, is_lora_state, lora_file_keys, merged_state_dict,
-                                 merged_tensors)
+from ..training.adapters import adapter_factors, base_dtype, is_lora_state, merged_state_dict, merged_tensors
 from ..training.fp8 import full_precision_base
 from ..training.merge import lora_records
 from .formats import DTYPES as DTYPE_NAMES
@@ -291,8 +290,8 @@ def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def lora_keys(family: str, module: str, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
     """One layer's factors in the key format diffusers and ComfyUI both load for the family (scale 1)."""
-    down, up = lora_file_keys(family, module)
-    if family == "sdxl":
+    down, up = family_teacher(family).lora_file_keys(module)
+    if down.endswith(".lora_down.weight"):  # kohya keys carry their alpha
         return {down: a, up: b, down.replace(".lora_down.weight", ".alpha"): torch.tensor(float(a.shape[0]))}
     return {down: a, up: b}
 

@@ -1,6 +1,6 @@
 """``dpdmd extract-lora``: an existing fine-tune (a turbo, a style model) as a LoRA of the layers the student trains.
 
-The delta (tuned - base) of every layer the student's adapter covers (training.lora.TARGETS) is factored by a
+The delta (tuned - base) of every layer the student's adapter covers (its teacher's lora_targets) is factored by a
 truncated SVD (the best rank-r approximation, Eckart-Young), so ``student.init_lora`` / ``fake.init_lora`` can
 start a run from it. What a LoRA cannot hold is measured and printed rather than hidden: the relative Frobenius
 error per layer group and overall (from the discarded singular values), and the share of the delta's squared
@@ -23,6 +23,8 @@ from ..errors import ConfigError, shown
 from ..families import FAMILIES
 from ..integrity import require_safetensors
 from ..runfolder import atomic_target
+from ..teachers.base import family_teacher
+from ..teachers.diffusers_base import teacher_classes
 from .student_file import CHECKSUM, PREFIX, StudentInfo, read_metadata
 
 NET_FOLDERS = ("transformer", "unet")  # where a pipeline folder keeps the denoiser (sd3 | sdxl)
@@ -59,7 +61,7 @@ def detect_family(path: str) -> str | None:
     index = p / "model_index.json"
     if index.is_file():
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-        return {"StableDiffusion3": "sd3", "StableDiffusionXL": "sdxl"}.get(name.removesuffix("Pipeline"))
+        return next((family for family, cls in teacher_classes().items() if cls.pipeline_class == name), None)
     return None
 
 
@@ -83,9 +85,7 @@ class Weights:
 
 def group_of(module: str, family: str) -> str:
     """The layer group a covered module belongs to: its target suffix (to_q, ff.net.2, ...)."""
-    from ..training.lora import TARGETS
-
-    return next(s for s in TARGETS[family] if module == s or module.endswith("." + s))
+    return next(s for s in family_teacher(family).lora_targets if module == s or module.endswith("." + s))
 
 
 @dataclass
@@ -127,8 +127,7 @@ def extract(base: str, tuned: str, rank: int, family: str, progress: bool = True
     """The truncated SVD of (tuned - base) for every covered layer, and the errors it leaves."""
     from tqdm import tqdm
 
-    from ..training.lora import TARGETS
-
+    targets = family_teacher(family).lora_targets
     result = Extraction()
     with ExitStack() as stack:
         a, b = (Weights(network_files(p, flag), stack) for p, flag in ((base, "--base"), (tuned, "--tuned")))
@@ -144,7 +143,7 @@ def extract(base: str, tuned: str, rank: int, family: str, progress: bool = True
             delta = tuned_w - base_w
             module = key.removesuffix(".weight")
             covered = key.endswith(".weight") and delta.dim() == 2 and any(
-                module == s or module.endswith("." + s) for s in TARGETS[family])
+                module == s or module.endswith("." + s) for s in targets)
             if not covered:
                 result.outside += float(delta.pow(2).sum())
                 continue
@@ -156,7 +155,7 @@ def extract(base: str, tuned: str, rank: int, family: str, progress: bool = True
             result.residual[group] += float(s[r:].pow(2).sum())
     if not result.factors:
         raise ConfigError(f"--base has none of the {family} layers the student's adapter covers "
-                          f"({', '.join(TARGETS[family][:4])}, ...); is --family right?")
+                          f"({', '.join(targets[:4])}, ...); is --family right?")
     return result
 
 

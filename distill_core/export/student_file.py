@@ -15,28 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..teachers.base import family_teacher
 
 FORMAT_VERSION = "1"
 PREFIX = "dpdmd."
 CHECKSUM = f"{PREFIX}tensors_sha256"  # integrity.tensors_sha256 of the file's tensors, checked on load
-MODELSPEC_ARCH = {
-    "builtin": "dpdmd-builtin-digits",
-    "sd3": "stable-diffusion-v3-medium",
-    "sdxl": "stable-diffusion-xl-v1-base",
-    "flux2": "flux-2-klein",
-}
-
-
-def modelspec_architecture(family: str, network_config: dict) -> str:
-    """ModelSpec's architecture id (as SwarmUI / kohya read it); SD3 variants are told apart by their config."""
-    if family == "sd3":
-        if network_config.get("num_layers") == 38:
-            return "stable-diffusion-v3.5-large"
-        if network_config.get("dual_attention_layers") or network_config.get("qk_norm"):
-            return "stable-diffusion-v3.5-medium"
-    return MODELSPEC_ARCH.get(family, family)
-
-
 @dataclass
 class StudentInfo:
     """Everything needed to sample a student correctly, as stored in its metadata."""
@@ -68,7 +51,7 @@ class StudentInfo:
         meta[f"{PREFIX}format_version"] = FORMAT_VERSION
         meta.update({
             "modelspec.sai_model_spec": "1.0.0",
-            "modelspec.architecture": modelspec_architecture(self.family, self.network_config)
+            "modelspec.architecture": family_teacher(self.family).modelspec_architecture(self.network_config)
             + ("/lora" if self.extra.get("kind") == "lora" else ""),
             "modelspec.implementation": "diffusers",
             "modelspec.title": self.title,

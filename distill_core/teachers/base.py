@@ -79,10 +79,32 @@ class PromptBank:
 
 
 class Teacher(ABC):
-    """A frozen multi-step text-to-image model the student is distilled from."""
+    """A frozen multi-step text-to-image model the student is distilled from.
+
+    The class also holds what the rest of the project reads about its family's network (LoRA layers, LoRA file
+    layouts, the ModelSpec id), so that a family is its row in families.py and its module here, nothing else."""
 
     family: str  # a name in distill_core.families.FAMILIES
     max_sample_batch: int | None = None  # largest batch for sampling grids / evaluation (None: no limit)
+    lora_targets: tuple[str, ...] = ()  # the Linear layers LoRA adapts, as module-name suffixes
+    lora_key_formats: tuple = ()  # training.merge.KeyFormat: the LoRA file layouts teacher.loras reads
+    modelspec_arch: str = ""  # ModelSpec's architecture id of an exported student (SwarmUI / kohya read it)
+
+    @classmethod
+    def modelspec_architecture(cls, network_config: dict) -> str:
+        """ModelSpec's id for a network of this family with ``network_config`` (the family's name if it has none)."""
+        return cls.modelspec_arch or cls.family
+
+    @staticmethod
+    def original_layer_names(net: nn.Module) -> dict[str, list]:
+        """Original checkpoint layer name -> the diffusers layers (training.merge.Part) it holds, for LoRA files in
+        those names (a ``KeyFormat`` with ``original``); a family whose trainers write diffusers names has none."""
+        return {}
+
+    @classmethod
+    def lora_file_keys(cls, module: str) -> tuple[str, str]:
+        """The (down / A, up / B) keys of one layer in the LoRA file diffusers and ComfyUI both load."""
+        return f"transformer.{module}.lora_A.weight", f"transformer.{module}.lora_B.weight"
 
     def __init__(self, network: nn.Module, schedule: NoiseSchedule) -> None:
         self.network = network.requires_grad_(False).eval()
@@ -169,3 +191,10 @@ class Teacher(ABC):
 
     def teacher_levels(self, num_steps: int) -> list[float]:
         return self.schedule.sampling_levels(num_steps)
+
+
+def family_teacher(family: str) -> type[Teacher]:
+    """The teacher class of any family: ``TEACHER`` of its module, distill_core/teachers/<family>.py."""
+    from importlib import import_module
+
+    return import_module(f"{__package__}.{family}").TEACHER

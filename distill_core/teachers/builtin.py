@@ -61,6 +61,8 @@ class BuiltinTeacher(Teacher):
     """
 
     family = "builtin"
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+    modelspec_arch = "dpdmd-builtin-digits"
 
     def __init__(self, path: str | Path = "", shift: float | None = None, dtype: torch.dtype = torch.float32,
                  kind: str = "digits"):
@@ -110,3 +112,6 @@ class BuiltinTeacher(Teacher):
         return {"family": self.family, "builtin": self.kind, "path": str(self.path),
                 "architecture": "DiTTransformer2DModel",
                 "prediction_type": self.schedule.prediction_type, "schedule": self.schedule.describe()}
+
+
+TEACHER = BuiltinTeacher

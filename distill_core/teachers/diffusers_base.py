@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Sequence
-from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from ..families import FAMILIES
 from ..integrity import require_safetensors
 from ..schedules import FlowSchedule, NoiseSchedule
 from ..training.merge import merge_loras
-from .base import Cond, PromptBank, Teacher, pad_cat
+from .base import Cond, PromptBank, Teacher, family_teacher, pad_cat
 from .prompt_store import EmbeddingStore, StoredPromptBank
 
 ENCODE_BATCH = 16
@@ -308,7 +307,7 @@ def check_resolution(path: Path, kind: type[DiffusersTeacher], resolution: int) 
 
 def teacher_class(family: str) -> type[DiffusersTeacher]:
     """The teacher class of a diffusers family: ``TEACHER`` of its module, distill_core/teachers/<family>.py."""
-    return import_module(f"{__package__}.{family}").TEACHER
+    return family_teacher(family)
 
 
 def teacher_classes() -> dict[str, type[DiffusersTeacher]]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schedules import FlowSchedule, NoiseSchedule
+from ..training.merge import KeyFormat, original_flux2_names
 from .base import Cond
 from .diffusers_base import DiffusersTeacher
 
@@ -76,6 +77,18 @@ class Flux2Teacher(DiffusersTeacher):
     max_sequence_length = 512  # the pipeline's default (and what the transformer was trained with)
     patch = 2  # latents are packed in 2 x 2 patches
     plan_text_tokens = 512  # Qwen3 at the pipeline's max_sequence_length
+    # double blocks as SD3's (SwiGLU linear_in / linear_out), single blocks' fused qkv + MLP-in and out
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                    "ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out",
+                    "attn.to_qkv_mlp_proj", "attn.to_out")
+    # diffusers' _convert_non_diffusers_flux2_lora_to_diffusers / _convert_kohya_flux2_lora_to_diffusers: diffusers
+    # names, or Black Forest Labs' (double_blocks / single_blocks, fused q/k/v) behind ComfyUI's or kohya's prefix
+    lora_key_formats = (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
+                        KeyFormat("ComfyUI / ai-toolkit", "diffusion_model.", False),
+                        KeyFormat("kohya, original names", "lora_unet_", True, original=True),
+                        KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True))
+    modelspec_arch = "flux-2-klein"
+    original_layer_names = staticmethod(original_flux2_names)  # Black Forest Labs names, q/k/v fused
 
     @staticmethod
     def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:

@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from ..schedules import NoiseSchedule
+from ..training.merge import KeyFormat, original_mmdit_names
 from .base import Cond
 from .diffusers_base import DiffusersTeacher
+
 
 class SD3Teacher(DiffusersTeacher):
     """StableDiffusion3Pipeline folders (SD3-Medium, SD3.5-Medium / Large): rectified flow, velocity prediction."""
@@ -18,6 +20,24 @@ class SD3Teacher(DiffusersTeacher):
     required = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
     max_sequence_length = 256  # SD3 pipelines' T5 default
     plan_text_tokens = 77 + 256  # CLIP, then T5 at the pipeline's default length
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+    lora_key_formats = (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
+                        KeyFormat("kohya / OneTrainer", "lora_transformer_", True),
+                        KeyFormat("ComfyUI", "diffusion_model.", False),
+                        KeyFormat("kohya, original names", "lora_unet_", True, original=True),
+                        KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True))
+    modelspec_arch = "stable-diffusion-v3-medium"
+    original_layer_names = staticmethod(original_mmdit_names)  # MMDiT names, q/k/v fused
+
+    @classmethod
+    def modelspec_architecture(cls, network_config: dict) -> str:
+        """SD3 variants are told apart by their config: 38 layers is SD3.5-Large, dual attention SD3.5-Medium."""
+        if network_config.get("num_layers") == 38:
+            return "stable-diffusion-v3.5-large"
+        if network_config.get("dual_attention_layers") or network_config.get("qk_norm"):
+            return "stable-diffusion-v3.5-medium"
+        return cls.modelspec_arch
 
     @staticmethod
     def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:

@@ -6,8 +6,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schedules import NoiseSchedule, VPSchedule
+from ..training.merge import KeyFormat, original_unet_layers
 from .base import Cond
 from .diffusers_base import DiffusersTeacher
+
+# UNet modules whose kohya name diffusers' converter cannot map back; their LDM names both loaders know
+_LDM_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
 
 class SDXLTeacher(DiffusersTeacher):
     """StableDiffusionXLPipeline folders: discrete VP schedule, epsilon prediction, added time ids."""
@@ -18,6 +23,19 @@ class SDXLTeacher(DiffusersTeacher):
     net_class = "UNet2DConditionModel"
     required = ("scheduler", "vae", "text_encoder_2", "tokenizer_2")
     plan_text_tokens = 77  # CLIP
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+    lora_key_formats = (KeyFormat("diffusers", "unet.", False), KeyFormat("PEFT", "base_model.model.", False),
+                        KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
+                        KeyFormat("kohya, original names", "lora_unet_", True, original=True),
+                        KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True))
+    modelspec_arch = "stable-diffusion-xl-v1-base"
+    original_layer_names = staticmethod(original_unet_layers)  # LDM / SGM UNet names
+
+    @classmethod
+    def lora_file_keys(cls, module: str) -> tuple[str, str]:
+        """kohya names, which ComfyUI maps from diffusers UNet modules (and diffusers reads)."""
+        key = "lora_unet_" + _LDM_NAMES.get(module, module).replace(".", "_")
+        return f"{key}.lora_down.weight", f"{key}.lora_up.weight"
 
     @staticmethod
     def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schedules import NoiseSchedule
+from ..training.merge import KeyFormat
 from .base import Cond
 from .diffusers_base import DiffusersTeacher
 
@@ -37,6 +38,14 @@ class ZImageTeacher(DiffusersTeacher):
     required = ("scheduler", "vae", "text_encoder", "tokenizer")
     max_sequence_length = 512  # ZImagePipeline.encode_prompt's default
     plan_text_tokens = 512  # the longest prompt the pipeline keeps (padding is dropped: most prompts are shorter)
+    # the blocks' attention and SwiGLU feed-forward (ComfyUI's z_image_to_diffusers maps each of them)
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+    # the layouts diffusers' _convert_non_diffusers_z_image_lora_to_diffusers reads: the diffusers layer names behind
+    # ComfyUI's / ai-toolkit's prefix, or kohya's with underscores. Files by the original checkpoint's names (fused
+    # attention.qkv) match no layer and are refused whole
+    lora_key_formats = (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
+                        KeyFormat("kohya", "lora_unet_", True),
+                        KeyFormat("ComfyUI / ai-toolkit", "diffusion_model.", False))
 
     @staticmethod
     def plan_inputs(config: dict, x: torch.Tensor, t: torch.Tensor, tokens: int) -> dict:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import Config
 from ..errors import ConfigError
+from ..teachers.base import family_teacher
 
 ADAPTER = "default"  # peft's adapter name in every key
 
@@ -67,19 +68,7 @@ def adapter_factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Ten
             for k in state if k.endswith(suffix)}
 
 
-# ---- LoRA files (the export format: diffusers keys for SD3, kohya keys for SDXL) -------------------------------
-# SDXL modules whose kohya name diffusers' converter cannot map back; their LDM names both loaders know
-_SDXL_LDM_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
-
-
-def lora_file_keys(family: str, module: str) -> tuple[str, str]:
-    """The (down / A, up / B) keys of one layer in a LoRA file that diffusers and ComfyUI both load."""
-    if family == "sdxl":  # kohya names, which ComfyUI maps from diffusers UNet modules
-        key = "lora_unet_" + _SDXL_LDM_NAMES.get(module, module).replace(".", "_")
-        return f"{key}.lora_down.weight", f"{key}.lora_up.weight"
-    return f"transformer.{module}.lora_A.weight", f"transformer.{module}.lora_B.weight"
-
-
+# ---- LoRA files (the export format: each family teacher's lora_file_keys) -------------------------------------
 def read_lora_file(path: str | Path, family: str, modules: list[str],
                    field: str = "student.init_lora") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """module -> float32 (A, B) of a LoRA file for the adapted ``modules``, its alpha / rank scale folded into B.
@@ -96,7 +85,7 @@ def read_lora_file(path: str | Path, family: str, modules: list[str],
         raise ConfigError(f"{field} cannot be read as a LoRA safetensors file ({e})") from None
     out, used = {}, set()
     for module in modules:
-        down, up = lora_file_keys(family, module)
+        down, up = family_teacher(family).lora_file_keys(module)
         if down in tensors and up in tensors:
             a, b = tensors[down].float(), tensors[up].float()
             alpha = tensors.get(down.replace(".lora_down.weight", ".alpha"))

@@ -26,26 +26,15 @@ from torch import nn
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
+from ..teachers.base import family_teacher
 from .adapters import ADAPTER
 
-# attention and feed-forward projections (matched as module-name suffixes, Linear layers only)
-TARGETS: dict[str, tuple[str, ...]] = {
-    "sd3": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
-    "sdxl": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
-    # Z-Image: the blocks' attention and SwiGLU feed-forward (ComfyUI's z_image_to_diffusers maps each of them)
-    "zimage": ("to_q", "to_k", "to_v", "to_out.0", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
-    "builtin": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
-    # FLUX.2: double blocks as SD3's (SwiGLU linear_in / linear_out), single blocks' fused qkv + MLP-in and out
-    "flux2": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-              "ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out",
-              "attn.to_qkv_mlp_proj", "attn.to_out"),
-}
 STUDENT, FAKE = "student", "fake"  # the adapters of a shared base
 
 
 def target_modules(net: nn.Module, family: str) -> list[str]:
-    suffixes = TARGETS[family]
+    """The Linear layers of ``net`` LoRA adapts: the family teacher's ``lora_targets``, as module-name suffixes."""
+    suffixes = family_teacher(family).lora_targets
     return [name for name, m in net.named_modules()
             if isinstance(m, nn.Linear) and any(name == s or name.endswith("." + s) for s in suffixes)]
 

@@ -1,8 +1,8 @@
 """``teacher.loras``: LoRA files merged into the frozen teacher at load, W += weight * (alpha / rank) * up @ down.
 
 Family-generic: a file's keys are matched to the layers of any ``nn.Module`` by name, through the per-family
-key formats of ``KEY_FORMATS`` (the prefixes LoRA trainers write); a new family adds its row, and where its
-trainers use the original checkpoint's layer names, a table in ``original_names`` (SDXL's UNet blocks, SD3's
+key formats its teacher class lists (``lora_key_formats``: the prefixes LoRA trainers write), and where its
+trainers use the original checkpoint's layer names, a table here its teacher names (SDXL's UNet blocks, SD3's
 MMDiT with fused q/k/v, both read off the network and checked against ComfyUI's own tables; FLUX.2's Black Forest
 Labs names, from the tables its ComfyUI export uses). A file is merged whole or not at all: keys that match no
 layer (a text-encoder part, another family's names, a format this table lacks) refuse the file, naming how many
@@ -33,27 +33,13 @@ class KeyFormat:
     original: bool = False  # the layer named as in the original (LDM / SGM) checkpoint, not as in diffusers
 
 
-KEY_FORMATS: dict[str, tuple[KeyFormat, ...]] = {
-    "sd3": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
-            KeyFormat("kohya / OneTrainer", "lora_transformer_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
-            KeyFormat("kohya, original names", "lora_unet_", True, original=True),
-            KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
-    "sdxl": (KeyFormat("diffusers", "unet.", False), KeyFormat("PEFT", "base_model.model.", False),
-             KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI", "diffusion_model.", False),
-             KeyFormat("kohya, original names", "lora_unet_", True, original=True),
-             KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
-    # the layouts diffusers' _convert_non_diffusers_z_image_lora_to_diffusers reads: the diffusers layer names behind
-    # ComfyUI's / ai-toolkit's prefix, or kohya's with underscores. Files by the original checkpoint's names (fused
-    # attention.qkv) match no layer and are refused whole
-    "zimage": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
-               KeyFormat("kohya", "lora_unet_", True), KeyFormat("ComfyUI / ai-toolkit", "diffusion_model.", False)),
-    # diffusers' _convert_non_diffusers_flux2_lora_to_diffusers / _convert_kohya_flux2_lora_to_diffusers: diffusers
-    # names, or Black Forest Labs' (double_blocks / single_blocks, fused q/k/v) behind ComfyUI's or kohya's prefix
-    "flux2": (KeyFormat("diffusers", "transformer.", False), KeyFormat("PEFT", "base_model.model.", False),
-              KeyFormat("ComfyUI / ai-toolkit", "diffusion_model.", False),
-              KeyFormat("kohya, original names", "lora_unet_", True, original=True),
-              KeyFormat("ComfyUI, original names", "diffusion_model.", False, original=True)),
-}
+def key_formats(family: str) -> tuple[KeyFormat, ...]:
+    """The LoRA file layouts teacher.loras reads for ``family`` (its teacher's ``lora_key_formats``)."""
+    from ..teachers.base import family_teacher
+
+    return family_teacher(family).lora_key_formats
+
+
 # a ResNet block's layers in the original UNet
 _RESNET = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
            "conv_shortcut": "skip_connection"}
@@ -156,12 +142,15 @@ def original_flux2_names(net: nn.Module) -> dict[str, list[Part]]:
 
 
 def original_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
-    """Original (LDM / SGM / MMDiT / BFL) layer name -> the diffusers layers it holds, for the families that have
-    one."""
-    if family == "sd3":
-        return original_mmdit_names(net)
-    if family == "flux2":
-        return original_flux2_names(net)
+    """Original (LDM / SGM / MMDiT / BFL) layer name -> the diffusers layers it holds (the family teacher's
+    ``original_layer_names``: one of the tables here, or none)."""
+    from ..teachers.base import family_teacher
+
+    return family_teacher(family).original_layer_names(net)
+
+
+def original_unet_layers(net: nn.Module) -> dict[str, list[Part]]:
+    """SDXL's UNet: every linear and convolution layer by its original (LDM / SGM) name."""
     blocks = original_unet_names(net)
     out = {}
     for name, m in net.named_modules():
@@ -184,7 +173,7 @@ def original_name(module: str, names: dict[str, str]) -> str | None:
 
 
 def expected_prefixes(family: str) -> str:
-    return " or ".join(f"'{f.prefix}' ({f.name})" for f in KEY_FORMATS[family] if not f.original)
+    return " or ".join(f"'{f.prefix}' ({f.name})" for f in key_formats(family) if not f.original)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -204,9 +193,10 @@ def _layer_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
     """Every way a key format may name a mergeable layer -> the diffusers layers (rows) it holds."""
     own = {name: [Part(name)] for name, m in net.named_modules()
            if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in name}
-    original = original_names(net, family) if any(f.original for f in KEY_FORMATS[family]) else {}
+    formats = key_formats(family)
+    original = original_names(net, family) if any(f.original for f in formats) else {}
     names = {}
-    for fmt in KEY_FORMATS[family]:
+    for fmt in formats:
         for spelt, parts in (original if fmt.original else own).items():
             names[fmt.prefix + (spelt.replace(".", "_") if fmt.underscores else spelt)] = parts
     return names
@@ -261,9 +251,9 @@ def read_deltas(path: str, family: str, net: nn.Module, field: str) -> dict[str,
 @torch.no_grad()
 def merge_loras(net: nn.Module, loras: list[dict], family: str) -> nn.Module:
     """Merge ``loras`` ([{path, weight}], in order) into ``net``'s weights in place; returns ``net``."""
-    if loras and family not in KEY_FORMATS:
-        raise ConfigError(f"teacher.loras is not available for {family} teachers yet (no key formats for it in "
-                          "distill_core/training/merge.py KEY_FORMATS); remove it")
+    if loras and not key_formats(family):
+        raise ConfigError(f"teacher.loras is not available for {family} teachers (no LoRA key formats in its "
+                          "teacher's lora_key_formats); remove it")
     for i, lora in enumerate(loras):
         field = f"teacher.loras[{i}].path"
         for module, delta in read_deltas(lora["path"], family, net, field).items():

@@ -324,7 +324,8 @@ def test_original_sdxl_layer_names_are_comfyuis(pack):
     (read off the diffusers UNet) names every mergeable layer of the real SDXL UNet as comfy.utils does."""
     import comfy.utils
 
-    from distill_core.plan import SDXL_BASE, Architecture, build_meta_network
+    from distill_core.plan import Architecture, build_meta_network
+    from distill_core.reference_configs import SDXL_BASE
     from distill_core.training.merge import original_name, original_unet_names
 
     net = build_meta_network(Architecture("sdxl", SDXL_BASE["network_class"], SDXL_BASE["network"], {}, {}))
@@ -344,7 +345,8 @@ def test_original_sd3_layer_names_are_comfyuis(pack):
     halves) equals comfy.utils.mmdit_to_diffusers on SD3.5-Medium's transformer."""
     import comfy.utils
 
-    from distill_core.plan import SD35_MEDIUM, Architecture, build_meta_network
+    from distill_core.plan import Architecture, build_meta_network
+    from distill_core.reference_configs import SD35_MEDIUM
     from distill_core.training.merge import original_mmdit_names
 
     net = build_meta_network(Architecture("sd3", SD35_MEDIUM["network_class"], SD35_MEDIUM["network"], {}, {}))
