@@ -24,7 +24,6 @@ import gradio as gr
 import pytest
 import tomllib
 from PIL import Image
-from tiny_diffusers import RESOLUTION
 from ui_support import REPO, copy_run, diffusers_skeleton, finished_runs, stop_trainers, tiny_form, values, wait_for
 
 from distill_core.config import Config, loads_config, resolve
