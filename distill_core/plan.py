@@ -30,6 +30,7 @@ It is an estimate: check it with the peak memory the run reports.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -165,6 +166,17 @@ class _FlashAttention(torch.autograd.Function):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+@contextmanager
+def flash_attention_counted():
+    """Inside the with block, F.scaled_dot_product_attention is the stand-in that saves what fused kernels save."""
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _flash_attention
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def _flash_attention(*args, **kwargs) -> torch.Tensor:
     """F.scaled_dot_product_attention's stand-in, called positionally (SD3) or by keyword (diffusers' dispatcher)."""
     q, k, v = (list(args) + [kwargs[n] for n in ("query", "key", "value") if n in kwargs])[:3]
@@ -218,13 +230,11 @@ def activation_bytes(arch: Architecture, resolution: int, dtype: torch.dtype, ch
 
     if checkpointing:
         net.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
-    original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _flash_attention
     try:
-        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(outside.pack, lambda t: t):
+        with flash_attention_counted(), torch.device("meta"), \
+                torch.autograd.graph.saved_tensors_hooks(outside.pack, lambda t: t):
             net(**_inputs(arch, resolution, dtype))
     finally:
-        F.scaled_dot_product_attention = original
         if checkpointing:
             net.disable_gradient_checkpointing()
     outside_only = {k: t for k, t in outside.seen.items() if k not in inputs.seen}

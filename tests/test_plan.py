@@ -64,10 +64,7 @@ def test_memory_arithmetic_and_options(sd3_planner):
 def _real_saved_bytes(planner: Planner, resolution: int) -> int:
     """The bytes of distinct non-parameter storage autograd keeps in a real CPU forward pass of the planner's
     network (random weights, float32, no checkpointing, the planner's fused-attention stand-in)."""
-    import torch.nn.functional as F
-
-    from distill_core import plan as plan_module
-    from distill_core.plan import _inputs
+    from distill_core.plan import _inputs, flash_attention_counted
 
     arch = planner.arch
     net = torch.nn.Module.to_empty(build_meta_network(arch), device="cpu").requires_grad_(True)
@@ -81,13 +78,8 @@ def _real_saved_bytes(planner: Planner, resolution: int) -> int:
         return t
 
     inputs = _inputs(arch, resolution, torch.float32)  # real CPU tensors: built outside the meta device
-    original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = plan_module._flash_attention
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            net(**inputs)
-    finally:
-        F.scaled_dot_product_attention = original
+    with flash_attention_counted(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(**inputs)
     return sum(kept.values())
 
 

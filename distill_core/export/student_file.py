@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..teachers.base import family_teacher
 
 FORMAT_VERSION = "1"
 PREFIX = "dpdmd."
@@ -47,6 +46,8 @@ class StudentInfo:
         return len(self.levels) - 1
 
     def to_metadata(self) -> dict[str, str]:
+        from ..teachers.base import family_teacher  # (the teachers import torch; reading metadata needs none)
+
         meta = {f"{PREFIX}{k}": json.dumps(v) for k, v in asdict(self).items()}
         meta[f"{PREFIX}format_version"] = FORMAT_VERSION
         meta.update({

@@ -141,14 +141,6 @@ def original_flux2_names(net: nn.Module) -> dict[str, list[Part]]:
             if all(isinstance(modules.get(p.module), nn.Linear) for p in parts)}  # not the norms
 
 
-def original_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
-    """Original (LDM / SGM / MMDiT / BFL) layer name -> the diffusers layers it holds (the family teacher's
-    ``original_layer_names``: one of the tables here, or none)."""
-    from ..teachers.base import family_teacher
-
-    return family_teacher(family).original_layer_names(net)
-
-
 def original_unet_layers(net: nn.Module) -> dict[str, list[Part]]:
     """SDXL's UNet: every linear and convolution layer by its original (LDM / SGM) name."""
     blocks = original_unet_names(net)
@@ -193,8 +185,11 @@ def _layer_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
     """Every way a key format may name a mergeable layer -> the diffusers layers (rows) it holds."""
     own = {name: [Part(name)] for name, m in net.named_modules()
            if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in name}
-    formats = key_formats(family)
-    original = original_names(net, family) if any(f.original for f in formats) else {}
+    from ..teachers.base import family_teacher
+
+    teacher = family_teacher(family)
+    formats = teacher.lora_key_formats
+    original = teacher.original_layer_names(net) if any(f.original for f in formats) else {}
     names = {}
     for fmt in formats:
         for spelt, parts in (original if fmt.original else own).items():
