@@ -297,6 +297,18 @@ def test_start_monitor_save_stop(settings):
     assert app.control(settings, "resume", "live").startswith("Queued **live** (#1 on cpu)")  # resume queues too
 
 
+def test_a_refresh_never_moves_the_monitor_off_a_run_the_page_holds(settings):
+    """A tick leaves with the dropdown's value of its time; if Start (or a pick) lands before it returns, its
+    answer must not set the old run back (the Monitor would leave the run just started: CI, stop 33)."""
+    for name in ("older", "just-started"):
+        RunFolder(settings.roots.runs / name).write_status("stopped", max_steps=2)
+    stale = app.refresh(settings, "older", None)
+    assert "value" not in stale.run_choice and set(stale.run_choice["choices"]) == {"older", "just-started"}
+    fresh = app.refresh(settings, None, None)  # a new page holds none: the Monitor picks one
+    assert fresh.run_choice["value"] in ("older", "just-started")
+    assert app.refresh(settings, "deleted-since", None).run_choice["value"] in ("older", "just-started")
+
+
 def test_start_refuses_an_existing_run_with_another_config(settings):
     run = settings.roots.runs / "taken"
     run.mkdir()

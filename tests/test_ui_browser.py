@@ -334,7 +334,8 @@ def _check_queue(page, shots: Path) -> None:
     it out (no training process is started)."""
     page.get_by_role("tab", name="Wizard").click()
     _set_number(page, "run-name", "waiting-run")
-    wait_for(lambda: "Start queues this run" in _message(page), 30, "the verdict saying Start queues")
+    wait_for(lambda: "Start queues this run" in _message(page) and "waiting-run" in _message(page), 30,
+             "the verdict on waiting-run saying Start queues")
     page.locator("#start-btn").click()
     status = page.locator("#run-status")
     wait_for(lambda: "state-queued" in status.inner_html(), 30, "the queued run in the Monitor")

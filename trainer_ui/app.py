@@ -533,7 +533,9 @@ def refresh(settings: Settings, selected: str | None, last: tuple | None) -> Mon
     if sig == last:
         return MonitorView.unchanged()
     table = [r.row() for r in summaries]
-    choice = gr.update(choices=names, value=name)
+    # the value only where the page had none (or a deleted run): a tick that left before Start (or a pick) landed
+    # carries the old choice, and setting it would move the Monitor off the run just started
+    choice = gr.update(choices=names) if name == selected else gr.update(choices=names, value=name)
     if run_dir is None:
         off = gr.update(interactive=False)
         return MonitorView(run_choice=choice, runs_table=table, status="<p>No runs yet: start one in the Wizard.</p>",
