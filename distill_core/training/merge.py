@@ -35,7 +35,7 @@ class KeyFormat:
 
 def key_formats(family: str) -> tuple[KeyFormat, ...]:
     """The LoRA file layouts teacher.loras reads for ``family`` (its teacher's ``lora_key_formats``)."""
-    from ..teachers.base import family_teacher
+    from ..teachers.base import family_teacher  # (imported here: the teachers import this module)
 
     return family_teacher(family).lora_key_formats
 
@@ -183,10 +183,10 @@ def lora_records(loras: list[dict]) -> list[dict]:
 
 def _layer_names(net: nn.Module, family: str) -> dict[str, list[Part]]:
     """Every way a key format may name a mergeable layer -> the diffusers layers (rows) it holds."""
+    from ..teachers.base import family_teacher  # (imported here: the teachers import this module)
+
     own = {name: [Part(name)] for name, m in net.named_modules()
            if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in name}
-    from ..teachers.base import family_teacher
-
     teacher = family_teacher(family)
     formats = teacher.lora_key_formats
     original = teacher.original_layer_names(net) if any(f.original for f in formats) else {}
